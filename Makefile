@@ -1,0 +1,24 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/dlcli: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/dlcli
+	$(BIN)/dlcli train sample_configs/spirals_mlp.yaml -o runs/spirals_mlp.npz
+
+test: $(BIN)/dlcli
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/dlcli
+	$(BIN)/python benchmarks/bench_mlp.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,112 @@
+"""Checkpoints: one .npz with the spec's text, parameters, optimizer state and metadata.
+
+No pickle anywhere: strings are stored as NumPy unicode arrays, metadata as JSON text,
+and loading uses `allow_pickle=False`, so a checkpoint from someone else cannot run code.
+Writes go to a temporary file in the same folder, then `os.replace`: a crash never
+leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import CheckpointError, SpecError
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    spec_text: str
+    params: dict
+    optimizer: dict
+    meta: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)  # mean, std arrays when standardised
+    path: str = ""
+
+    def spec(self):
+        from . import spec as spec_mod
+
+        try:
+            return spec_mod.parse(self.spec_text, f"{self.path} (embedded spec)")
+        except SpecError as e:
+            raise CheckpointError(f"{self.path}: its embedded spec does not validate: {e}") from None
+
+
+def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"spec": np.array(spec_text)}
+    for k, v in model.state().items():
+        arrays["param." + k] = v
+    if optimizer is not None:
+        for k, v in optimizer.state_dict().items():
+            arrays["optim." + k] = v
+    meta = dict(meta or {})
+    meta.update(format=FORMAT, dlcli_version=__version__)
+    if dataset is not None:
+        meta["classes"] = list(dataset.classes)
+        if dataset.mean is not None:
+            arrays["pre.mean"] = dataset.mean
+            arrays["pre.std"] = dataset.std
+    arrays["meta"] = np.array(json.dumps(meta))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path) -> Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable dlcli checkpoint ({type(e).__name__}: {e})") from None
+    for key in ("spec", "meta"):
+        if key not in arrays or arrays[key].dtype.kind != "U":
+            raise CheckpointError(f"{path}: not a dlcli checkpoint (no '{key}' entry)")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its metadata is corrupt") from None
+    if not isinstance(meta, dict) or meta.get("format", 0) > FORMAT:
+        raise CheckpointError(
+            f"{path}: written by a newer dlcli (checkpoint format {meta.get('format')}, "
+            f"version {meta.get('dlcli_version')}); this is dlcli {__version__}, which reads format {FORMAT}"
+        )
+    return Checkpoint(
+        spec_text=str(arrays["spec"]),
+        params={k[6:]: v for k, v in arrays.items() if k.startswith("param.")},
+        optimizer={k[6:]: v for k, v in arrays.items() if k.startswith("optim.")},
+        meta=meta,
+        preprocessing={k[4:]: v for k, v in arrays.items() if k.startswith("pre.")},
+        path=str(path),
+    )
+
+
+def build_model(ckpt: Checkpoint, dtype=np.float32, fuse=True):
+    """The checkpoint's model with its trained parameters, shape-checked against its spec."""
+    from .model import Model
+
+    spec = ckpt.spec()
+    model = Model.from_spec(spec.model, dtype=dtype, seed=spec.seed, loss=spec.loss, fuse=fuse)
+    model.load_state(ckpt.params, source=ckpt.path)
+    return spec, model

@@ -1,0 +1,49 @@
+"""Errors a user can act on. The CLI turns each into one clear line, never a traceback."""
+
+
+class DlcliError(Exception):
+    """Something about the user's input or run; `exit_code` follows Click (2 = bad input)."""
+
+    exit_code = 1
+
+
+class SpecError(DlcliError):
+    """A spec that does not validate: always names the file, the line and the field."""
+
+    exit_code = 2
+
+    def __init__(self, message, file=None, line=None, column=None):
+        self.message, self.file, self.line, self.column = message, file, line, column
+        super().__init__(str(self))
+
+    def __str__(self):
+        where = self.file or "<spec>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+class DataError(DlcliError):
+    """A data file that is missing, unreadable or does not fit the model."""
+
+    exit_code = 2
+
+
+class ShapeError(DlcliError):
+    """A layer that cannot take the shape its predecessor gives it."""
+
+    exit_code = 2
+
+
+class CheckpointError(DlcliError):
+    """A checkpoint that is missing, corrupt, or does not match its spec."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(DlcliError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 1

@@ -1,0 +1,160 @@
+"""Elementwise and reduction kernels: activations, optimizer updates, gradient norms.
+
+They work on flat (1-D, contiguous) views; callers pass `a.reshape(-1)`.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def relu_forward(x, out):
+    for i in prange(x.size):
+        v = x[i]
+        out[i] = v if v > 0 else 0
+
+
+@njit(cache=True, parallel=True)
+def relu_backward(x, dy, dx):
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > 0 else 0
+
+
+@njit(cache=True, parallel=True)
+def sigmoid_forward(x, out):
+    for i in prange(x.size):
+        v = x[i]
+        if v >= 0:
+            out[i] = 1 / (1 + np.exp(-v))
+        else:
+            e = np.exp(v)
+            out[i] = e / (1 + e)
+
+
+@njit(cache=True, parallel=True)
+def sigmoid_backward(y, dy, dx):
+    for i in prange(y.size):
+        dx[i] = dy[i] * y[i] * (1 - y[i])
+
+
+@njit(cache=True, parallel=True)
+def tanh_forward(x, out):
+    for i in prange(x.size):
+        out[i] = np.tanh(x[i])
+
+
+@njit(cache=True, parallel=True)
+def tanh_backward(y, dy, dx):
+    for i in prange(y.size):
+        dx[i] = dy[i] * (1 - y[i] * y[i])
+
+
+@njit(cache=True, parallel=True)
+def softmax_rows(x, out):
+    """Row-wise softmax of a 2-D array, max-subtracted for stability."""
+    n, c = x.shape
+    for i in prange(n):
+        m = x[i, 0]
+        for j in range(1, c):
+            m = max(m, x[i, j])
+        s = 0.0
+        for j in range(c):
+            e = np.exp(x[i, j] - m)
+            out[i, j] = e
+            s += e
+        for j in range(c):
+            out[i, j] /= s
+
+
+@njit(cache=True, parallel=True)
+def softmax_rows_backward(y, dy, dx):
+    n, c = y.shape
+    for i in prange(n):
+        dot = 0.0
+        for j in range(c):
+            dot += dy[i, j] * y[i, j]
+        for j in range(c):
+            dx[i, j] = y[i, j] * (dy[i, j] - dot)
+
+
+@njit(cache=True, parallel=True)
+def dropout_apply(x, mask, out):
+    for i in prange(x.size):
+        out[i] = x[i] * mask[i]
+
+
+# ---------------------------------------------------------------- gradient norms
+
+
+@njit(cache=True, parallel=True)
+def sum_of_squares(a):
+    s = 0.0
+    for i in prange(a.size):
+        s += a[i] * a[i]
+    return s
+
+
+@njit(cache=True)
+def segment_sums_of_squares(a, offsets, out):
+    """out[k] = sum of squares of a[offsets[k]:offsets[k+1]]: one norm per parameter tensor."""
+    for k in range(offsets.size - 1):
+        out[k] = sum_of_squares(a[offsets[k] : offsets[k + 1]])
+
+
+@njit(cache=True, parallel=True)
+def scale_inplace(a, factor):
+    for i in prange(a.size):
+        a[i] *= factor
+
+
+@njit(cache=True)
+def all_finite(a):
+    for i in range(a.size):
+        if not np.isfinite(a[i]):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- optimizer updates
+# One fused pass over the flat parameter buffer; the semantics follow PyTorch's.
+
+
+@njit(cache=True, parallel=True)
+def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov):
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        if momentum != 0:
+            v = momentum * velocity[i] + d
+            velocity[i] = v
+            d = d + momentum * v if nesterov else v
+        p[i] -= lr * d
+
+
+@njit(cache=True, parallel=True)
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    c1 = 1 - beta1**step
+    c2 = 1 - beta2**step
+    for i in prange(p.size):
+        d = g[i]
+        if decoupled:
+            p[i] -= lr * weight_decay * p[i]
+        else:
+            d += weight_decay * p[i]
+        mi = beta1 * m[i] + (1 - beta1) * d
+        vi = beta2 * v[i] + (1 - beta2) * d * d
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
+
+
+@njit(cache=True, parallel=True)
+def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum):
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        s = alpha * square_avg[i] + (1 - alpha) * d * d
+        square_avg[i] = s
+        step = d / (np.sqrt(s) + eps)
+        if momentum != 0:
+            step = momentum * velocity[i] + step
+            velocity[i] = step
+        p[i] -= lr * step

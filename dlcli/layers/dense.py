@@ -1,0 +1,77 @@
+"""Fully connected layer: y = x @ W + b over the last axis (time-distributed on sequences)."""
+
+import numpy as np
+
+from ..spec import Opt, boolean, choice, positive_int
+from .base import INITS, Layer, initialise
+
+
+class Dense(Layer):
+    kind = "dense"
+    SHORTHAND = "units"
+    OPTIONS = {
+        "units": Opt(positive_int),
+        "bias": Opt(boolean, True),
+        "init": Opt(choice(*INITS), "auto", "auto: He before relu, Glorot otherwise"),
+    }
+
+    def build(self, input_shape):
+        from ..kernels import dense as K
+
+        self.K = K
+        self.input_shape = tuple(input_shape)
+        fan_in, units = self.input_shape[-1], self.options["units"]
+        init = self.options["init"]
+        if init == "auto":
+            init = "he" if self.next_kind == "relu" else "glorot"
+        self.params["weight"] = initialise(self.rng, init, fan_in, units, (fan_in, units), self.dtype)
+        if self.options["bias"]:
+            self.params["bias"] = np.zeros(units, self.dtype)
+        self.zeros_like_params()
+        self.output_shape = self.input_shape[:-1] + (units,)
+        return self.output_shape
+
+    next_kind = None  # set by the model: lets `init: auto` and the ReLU fusion see ahead
+    fuse_relu = False  # set by the model when a relu layer follows and can be fused in
+
+    def forward(self, x, training=False):
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if not x2.flags.c_contiguous:
+            x2 = np.ascontiguousarray(x2)
+        self.x = x2
+        w = self.params["weight"]
+        out = np.empty((x2.shape[0], w.shape[1]), self.dtype)
+        b = self.params.get("bias")
+        if b is None:
+            self.K.matmul(x2, w, out)
+            if self.fuse_relu:
+                np.maximum(out, 0, out=out)
+        elif self.fuse_relu:
+            self.K.dense_forward_relu(x2, w, b, out)
+        else:
+            self.K.dense_forward(x2, w, b, out)
+        self.y = out
+        return out.reshape(lead + (w.shape[1],))
+
+    def backward(self, dy, need_dx=True):
+        w = self.params["weight"]
+        dy2 = np.ascontiguousarray(dy.reshape(-1, w.shape[1]))
+        if self.fuse_relu:
+            self.K.relu_mask_inplace(self.y, dy2)
+        self.K.matmul_tn(self.x, dy2, self.grads["weight"])
+        if "bias" in self.grads:
+            self.K.column_sums(dy2, self.grads["bias"])
+        if not need_dx:
+            return None
+        dx = np.empty_like(self.x)
+        self.K.matmul_nt(dy2, w, dx)
+        return dx.reshape(dy.shape[:-1] + (w.shape[0],))
+
+    def flops(self):
+        fan_in, units = self.params["weight"].shape
+        positions = int(np.prod(self.input_shape[:-1], dtype=np.int64)) if len(self.input_shape) > 1 else 1
+        return positions * (2 * fan_in * units + (units if "bias" in self.params else 0))
+
+    def describe(self):
+        return f"{self.options['units']} units" + (" + relu (fused)" if self.fuse_relu else "")

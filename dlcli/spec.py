@@ -1,0 +1,489 @@
+"""YAML spec -> validated `Spec` dataclasses.
+
+The YAML is read twice, both times safely: `yaml.safe_load` gives the values and
+`yaml.compose` gives the node tree whose marks tell us the line and column of every
+field, so an error can say `spirals.yaml:12:9: model.layers[2].dense.units must be a
+positive integer, got -4`. Pure Python: loading a spec imports neither NumPy nor Numba.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import SpecError
+
+REQUIRED = object()
+
+
+# ---------------------------------------------------------------- option parsers
+# Each parser returns the normalised value or raises ValueError with what is allowed.
+
+
+def positive_int(v):
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError("must be a positive integer")
+    return v
+
+
+def non_negative_int(v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError("must be a non-negative integer")
+    return v
+
+
+def number(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError("must be a number")
+    return float(v)
+
+
+def positive_float(v):
+    if number(v) <= 0:
+        raise ValueError("must be a positive number")
+    return float(v)
+
+
+def non_negative_float(v):
+    if number(v) < 0:
+        raise ValueError("must be a non-negative number")
+    return float(v)
+
+
+def fraction(v):
+    """A probability-like number in [0, 1)."""
+    if not 0.0 <= number(v) < 1.0:
+        raise ValueError("must be a number in [0, 1)")
+    return float(v)
+
+
+def boolean(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def text(v):
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string")
+    return v
+
+
+def optional(parser):
+    def parse(v):
+        return None if v is None else parser(v)
+
+    parse.__name__ = parser.__name__
+    return parse
+
+
+def choice(*allowed):
+    def parse(v):
+        if v not in allowed:
+            raise ValueError("must be one of " + ", ".join(map(str, allowed)))
+        return v
+
+    return parse
+
+
+def int_tuple(n, minimum=1):
+    """An int (repeated n times) or a list of n ints, each >= minimum: kernel sizes, strides."""
+
+    def parse(v):
+        values = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
+        if (
+            not isinstance(values, list)
+            or len(values) != n
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in values)
+        ):
+            what = "an integer" if n == 1 else f"an integer or a list of {n} integers"
+            raise ValueError(f"must be {what} >= {minimum}")
+        return tuple(values)
+
+    return parse
+
+
+def shape(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v or any(
+        isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v
+    ):
+        raise ValueError("must be a list of positive integers, e.g. [1, 28, 28]")
+    return tuple(v)
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option of a layer, dataset or section: how to parse it and its default."""
+
+    parse: Callable[[Any], Any]
+    default: Any = REQUIRED
+    help: str = ""
+
+
+# ---------------------------------------------------------------- dataclasses
+
+
+@dataclass
+class LayerSpec:
+    kind: str
+    options: dict
+    index: int
+    line: int | None = None
+
+    def describe(self):
+        return f"layers[{self.index}] ({self.kind})"
+
+
+@dataclass
+class DataSpec:
+    source: str = "builtin:spirals"
+    options: dict = field(default_factory=dict)
+    validation_split: float = 0.2
+    shuffle: bool = True
+    standardize: bool = False
+    label: str | None = None
+    targets: str | None = None
+
+    @property
+    def builtin(self):
+        return self.source[len("builtin:") :] if self.source.startswith("builtin:") else None
+
+
+@dataclass
+class ModelSpec:
+    input: tuple
+    layers: list
+
+
+@dataclass
+class ScheduleSpec:
+    name: str = "constant"
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    warmup_epochs: int = 0
+
+
+@dataclass
+class OptimizerSpec:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+
+
+@dataclass
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 32
+    clip_norm: float | None = None
+    threads: int | None = None
+    checkpoint: str | None = None
+
+
+@dataclass
+class Spec:
+    name: str
+    seed: int
+    data: DataSpec
+    model: ModelSpec
+    loss: str
+    optimizer: OptimizerSpec
+    train: TrainSpec
+    path: str = "<spec>"
+    text: str = ""
+
+
+LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine")
+
+OPTIMIZER_OPTIONS = {
+    "name": Opt(choice(*OPTIMIZERS), "sgd"),
+    "lr": Opt(positive_float, 0.01),
+    "momentum": Opt(fraction, 0.0),
+    "nesterov": Opt(boolean, False),
+    "weight_decay": Opt(non_negative_float, 0.0),
+    "beta1": Opt(fraction, 0.9),
+    "beta2": Opt(fraction, 0.999),
+    "eps": Opt(positive_float, 1e-8),
+}
+SCHEDULE_OPTIONS = {
+    "name": Opt(choice(*SCHEDULES), "constant"),
+    "step_size": Opt(positive_int, 10, "epochs between decays (step)"),
+    "gamma": Opt(positive_float, 0.1, "decay factor (step)"),
+    "min_lr": Opt(non_negative_float, 0.0, "final learning rate (cosine)"),
+    "warmup_epochs": Opt(non_negative_int, 0, "linear warm-up from 0"),
+}
+TRAIN_OPTIONS = {
+    "epochs": Opt(positive_int, 10),
+    "batch_size": Opt(positive_int, 32),
+    "clip_norm": Opt(optional(positive_float), None, "clip gradients to this global norm"),
+    "threads": Opt(optional(positive_int), None),
+    "checkpoint": Opt(optional(text), None, "where to write the checkpoint"),
+}
+DATA_OPTIONS = {
+    "source": Opt(text, REQUIRED),
+    "options": Opt(dict, {}),
+    "validation_split": Opt(fraction, 0.2),
+    "shuffle": Opt(boolean, True),
+    "standardize": Opt(boolean, False),
+    "label": Opt(optional(text), None, "label column of a .csv file"),
+    "targets": Opt(optional(text), None, "the .npy file of targets that goes with a .npy source"),
+}
+TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "train")
+
+
+# ---------------------------------------------------------------- reading with positions
+
+
+class _Positions:
+    """Line/column of every path in a YAML document (1-based, as editors show them)."""
+
+    def __init__(self, text):
+        self.marks = {}
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError:
+            root = None
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node, path):
+        self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                k = key.value
+                self.marks[path + (k, "<key>")] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                self._walk(value, path + (k,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def of(self, path, key=False):
+        path = tuple(path)
+        if key and path + ("<key>",) in self.marks:
+            return self.marks[path + ("<key>",)]
+        while path and path not in self.marks:
+            path = path[:-1]
+        return self.marks.get(path, (None, None))
+
+
+def path_name(path):
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+class SpecReader:
+    """Validates one mapping of the document against a table of `Opt`s."""
+
+    def __init__(self, file, positions):
+        self.file, self.positions = file, positions
+
+    def error(self, path, message, key=False):
+        line, column = self.positions.of(path, key=key)
+        return SpecError(message, self.file, line, column)
+
+    def field_error(self, path, problem, value):
+        return self.error(path, f"{path_name(path)} {problem}, got {value!r}")
+
+    def unknown_key(self, path, key, allowed):
+        hint = difflib.get_close_matches(str(key), list(allowed), n=1)
+        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return self.error(
+            path + (key,),
+            f"unknown field '{path_name(path + (key,))}'{did_you_mean}; "
+            f"allowed: {', '.join(allowed)}",
+            key=True,
+        )
+
+    def options(self, path, mapping, table):
+        """Parse `mapping` against `table`; unknown keys and bad values are errors."""
+        if mapping is None:
+            mapping = {}
+        if not isinstance(mapping, dict):
+            raise self.field_error(path, "must be a mapping of options", mapping)
+        for key in mapping:
+            if key not in table:
+                raise self.unknown_key(path, key, table)
+        out = {}
+        for key, opt in table.items():
+            if key in mapping:
+                value = mapping[key]
+                if opt.parse is dict:
+                    if not isinstance(value, dict):
+                        raise self.field_error(path + (key,), "must be a mapping", value)
+                    out[key] = value
+                    continue
+                try:
+                    out[key] = opt.parse(value)
+                except ValueError as e:
+                    raise self.field_error(path + (key,), str(e), value) from None
+            elif opt.default is REQUIRED:
+                raise self.error(path, f"{path_name(path + (key,))} is required")
+            else:
+                out[key] = opt.default
+        return out
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def load(path) -> Spec:
+    path = Path(path)
+    try:
+        text_ = path.read_text()
+    except FileNotFoundError:
+        raise SpecError("spec file not found", str(path)) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read spec file: {e.strerror or e}", str(path)) from None
+    return parse(text_, str(path))
+
+
+def parse(text_: str, file: str = "<spec>") -> Spec:
+    try:
+        doc = yaml.safe_load(text_)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise SpecError(f"not valid YAML: {problem}", file, line, col) from None
+    reader = SpecReader(file, _Positions(text_))
+    if not isinstance(doc, dict):
+        raise reader.error((), "a spec must be a YAML mapping with at least 'model' and 'data'")
+    for key in doc:
+        if key not in TOP_LEVEL:
+            raise reader.unknown_key((), key, TOP_LEVEL)
+
+    name = doc.get("name", Path(file).stem)
+    if not isinstance(name, str):
+        raise reader.field_error(("name",), "must be a string", name)
+    seed = doc.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise reader.field_error(("seed",), "must be a non-negative integer", seed)
+
+    if "data" not in doc:
+        raise reader.error((), "the spec needs a 'data' section, e.g. data: {source: builtin:spirals}")
+    data_map = doc["data"]
+    if isinstance(data_map, str):
+        data_map = {"source": data_map}
+    data = DataSpec(**reader.options(("data",), data_map, DATA_OPTIONS))
+    _check_data(reader, data)
+
+    if "model" not in doc:
+        raise reader.error((), "the spec needs a 'model' section with 'input' and 'layers'")
+    model = _parse_model(reader, doc["model"])
+
+    loss = doc.get("loss", "cross_entropy")
+    if loss not in LOSSES:
+        hint = difflib.get_close_matches(str(loss), LOSSES, n=1)
+        raise reader.field_error(
+            ("loss",),
+            "must be one of " + ", ".join(LOSSES) + (f" (did you mean '{hint[0]}'?)" if hint else ""),
+            loss,
+        )
+
+    opt_map = doc.get("optimizer") or {}
+    if isinstance(opt_map, str):
+        opt_map = {"name": opt_map}
+    if not isinstance(opt_map, dict):
+        raise reader.field_error(("optimizer",), "must be a mapping or an optimizer name", opt_map)
+    schedule_map = opt_map.get("schedule", {}) if isinstance(opt_map, dict) else {}
+    if isinstance(schedule_map, str):
+        schedule_map = {"name": schedule_map}
+    opt_values = reader.options(
+        ("optimizer",), {k: v for k, v in opt_map.items() if k != "schedule"}, OPTIMIZER_OPTIONS
+    )
+    schedule = ScheduleSpec(**reader.options(("optimizer", "schedule"), schedule_map, SCHEDULE_OPTIONS))
+    optimizer = OptimizerSpec(**opt_values, schedule=schedule)
+
+    train = TrainSpec(**reader.options(("train",), doc.get("train") or {}, TRAIN_OPTIONS))
+    return Spec(name, seed, data, model, loss, optimizer, train, file, text_)
+
+
+def _check_data(reader, data: DataSpec):
+    from .datasets import BUILTIN  # pure Python registry: names and option tables
+
+    if data.builtin is not None:
+        if data.builtin not in BUILTIN:
+            hint = difflib.get_close_matches(data.builtin, list(BUILTIN), n=1)
+            raise reader.field_error(
+                ("data", "source"),
+                "names no built-in dataset; built-in: "
+                + ", ".join("builtin:" + n for n in BUILTIN)
+                + (f" (did you mean 'builtin:{hint[0]}'?)" if hint else ""),
+                data.source,
+            )
+        data.options = reader.options(("data", "options"), data.options, BUILTIN[data.builtin].OPTIONS)
+    else:
+        suffix = Path(data.source).suffix.lower()
+        if suffix not in (".npz", ".npy", ".csv"):
+            raise reader.field_error(
+                ("data", "source"),
+                "must be builtin:<name> or a .npz, .npy or .csv file",
+                data.source,
+            )
+        if data.options:
+            raise reader.error(("data", "options"), "data.options applies to built-in datasets only")
+        if suffix == ".csv" and not data.label:
+            raise reader.error(("data",), "data.label must name the label column of a .csv file")
+        if suffix == ".npy" and not data.targets:
+            raise reader.error(("data",), "data.targets must name the .npy file of targets for a .npy source")
+
+
+def _parse_model(reader, model_map):
+    from .layers import LAYERS  # layer classes import kernels lazily, so this stays cheap
+
+    if not isinstance(model_map, dict):
+        raise reader.field_error(("model",), "must be a mapping with 'input' and 'layers'", model_map)
+    for key in model_map:
+        if key not in ("input", "layers"):
+            raise reader.unknown_key(("model",), key, ("input", "layers"))
+    if "input" not in model_map:
+        raise reader.error(("model",), "model.input is required: the shape of one sample, e.g. [2] or [1, 28, 28]")
+    try:
+        input_shape = shape(model_map["input"])
+    except ValueError as e:
+        raise reader.field_error(("model", "input"), str(e), model_map["input"]) from None
+    items = model_map.get("layers")
+    if not isinstance(items, list) or not items:
+        raise reader.field_error(("model", "layers"), "must be a non-empty list of layers", items)
+    layers = []
+    for i, item in enumerate(items):
+        path = ("model", "layers", i)
+        if isinstance(item, str):
+            kind, options = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            kind, options = next(iter(item.items()))
+        else:
+            raise reader.field_error(
+                path, "must be a layer name (e.g. relu) or a one-key mapping (e.g. dense: {units: 64})", item
+            )
+        if kind not in LAYERS:
+            hint = difflib.get_close_matches(str(kind), list(LAYERS), n=1)
+            raise reader.error(
+                path,
+                f"{path_name(path)}: unknown layer type '{kind}'"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + "; known: "
+                + ", ".join(LAYERS),
+            )
+        cls = LAYERS[kind]
+        if options is not None and not isinstance(options, dict):
+            options = {cls.SHORTHAND: options} if getattr(cls, "SHORTHAND", None) else options
+        parsed = reader.options(path + (kind,), options, cls.OPTIONS)
+        layers.append(LayerSpec(kind, parsed, i, reader.positions.of(path)[0]))
+    return ModelSpec(input_shape, layers)

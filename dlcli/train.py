@@ -1,0 +1,205 @@
+"""The training loop, readable top to bottom. Everything else hangs off it as callbacks
+that receive events: the dashboard, the metrics log, the checkpointer."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import optim
+from .data import batches
+from .errors import TrainingDiverged
+
+
+@dataclass
+class StepEvent:
+    epoch: int  # 0-based
+    step: int  # global step, 1-based
+    epoch_step: int
+    steps_per_epoch: int
+    loss: float
+    acc: float | None
+    lr: float
+    grad_norm: float
+    layer_grad_norms: np.ndarray
+    samples_per_s: float
+    elapsed: float
+
+
+@dataclass
+class EpochEvent:
+    epoch: int  # 0-based, completed
+    epochs: int
+    step: int
+    train_loss: float
+    train_acc: float | None
+    val_loss: float | None
+    val_acc: float | None
+    lr: float
+    elapsed: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    epochs_done: int
+    step: int
+    history: list = field(default_factory=list)  # EpochEvents
+    stopped: str = "finished"  # finished | interrupted | diverged
+    message: str = ""
+    epoch_step: int = 0  # batches done in the unfinished epoch (interrupted runs)
+    clean: bool = True  # False when stopped mid-step: the parameters must not be saved
+
+
+@contextmanager
+def stop_on_interrupt(flag):
+    """First Ctrl-C sets flag["stop"] so the loop stops between steps with consistent
+    parameters; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flag.get("stop"):
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Callback:
+    def on_start(self, trainer): ...
+    def on_step(self, trainer, event: StepEvent): ...
+    def on_epoch(self, trainer, event: EpochEvent): ...
+    def on_end(self, trainer, result: TrainResult): ...
+
+
+class Trainer:
+    def __init__(self, model, loss, optimizer, dataset, spec, callbacks=(), start_epoch=0, skip_steps=0):
+        self.model, self.loss, self.optimizer, self.dataset, self.spec = model, loss, optimizer, dataset, spec
+        self.callbacks = list(callbacks)
+        self.start_epoch = start_epoch
+        self.skip_steps = skip_steps  # batches of start_epoch already done (resuming an interrupted run)
+        self.interrupt = {}
+        self.epochs = spec.train.epochs
+        self.batch_size = spec.train.batch_size
+        self.steps_per_epoch = -(-len(dataset.x_train) // self.batch_size)
+        self.step = optimizer.step_count
+        self.history = []
+
+    def _emit(self, name, *args):
+        for cb in self.callbacks:
+            getattr(cb, name)(self, *args)
+
+    def train_step(self, xb, yb, lr):
+        """One step: forward, loss, backward, (allreduce slot), clip, update."""
+        model = self.model
+        out = model.forward(xb, training=True)
+        loss, dout, hits = self.loss(out, yb)
+        if not np.isfinite(loss):
+            return loss, hits, float("nan"), None
+        model.backward(dout)
+        # Data-parallel training would allreduce model.grads_flat here: all gradients are in it.
+        layer_norms = model.layer_grad_norms()
+        grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
+        if not np.isfinite(grad_norm):
+            return float("nan"), hits, grad_norm, layer_norms
+        optim.clip_by_global_norm(model.grads_flat, grad_norm, self.spec.train.clip_norm)
+        self.optimizer.step(model.params_flat, model.grads_flat, lr)
+        return loss, hits, grad_norm, layer_norms
+
+    def evaluate(self, x, y, batch_size=1024):
+        """Mean loss and accuracy (None for regression) over a whole split."""
+        if len(x) == 0:
+            return None, None
+        total, hits, items = 0.0, 0, 0
+        for xb, yb in batches(x, y, batch_size):
+            out = self.model.forward(xb, training=False)
+            loss, _, h = self.loss(out, yb)
+            total += loss * len(xb)
+            if h is not None:
+                hits += h
+                items += yb.size
+        acc = hits / items if items else None
+        return total / len(x), acc
+
+    def fit(self) -> TrainResult:
+        self._emit("on_start")
+        t0 = time.perf_counter()
+        result = TrainResult(self.start_epoch, self.step)
+        try:
+            with stop_on_interrupt(self.interrupt):
+                self._loop(result, t0)
+        except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the parameters may be torn
+            self.interrupt["stop"] = True
+            result.clean = False
+        except TrainingDiverged as e:
+            result.stopped = "diverged"
+            result.message = str(e)
+        if self.interrupt.get("stop") and result.stopped == "finished":
+            result.stopped = "interrupted"
+            result.message = f"interrupted at epoch {result.epochs_done + 1}, step {self.step}"
+        result.history = self.history
+        result.step = self.step
+        self._emit("on_end", result)
+        return result
+
+    def _loop(self, result, t0):
+        d, spec = self.dataset, self.spec
+        for epoch in range(self.start_epoch, self.epochs):
+            rng = np.random.default_rng([spec.seed, 2, epoch]) if spec.data.shuffle else None
+            for i, layer in enumerate(self.model.layers):  # dropout masks repeat on resume
+                layer.rng = np.random.default_rng([spec.seed, 3, epoch, i])
+            sum_loss, sum_hits, seen, items = 0.0, 0, 0, 0
+            epoch_t0 = time.perf_counter()
+            for j, (xb, yb) in enumerate(batches(d.x_train, d.y_train, self.batch_size, rng)):
+                if epoch == self.start_epoch and j < self.skip_steps:
+                    continue
+                if self.interrupt.get("stop"):
+                    result.epoch_step = j
+                    return
+                lr = optim.learning_rate(spec.optimizer, epoch + j / self.steps_per_epoch, self.epochs)
+                ts = time.perf_counter()
+                loss, hits, gnorm, layer_norms = self.train_step(xb, yb, lr)
+                if not np.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {'NaN' if np.isnan(loss) else 'infinite'} at epoch {epoch + 1}, "
+                        f"step {self.step + 1}; training stopped and the last good checkpoint is kept. "
+                        "Try a smaller learning rate, or clip_norm under train."
+                    )
+                self.step += 1
+                n = len(xb)
+                sum_loss += loss * n
+                seen += n
+                if hits is not None:
+                    sum_hits += hits
+                    items += yb.size
+                now = time.perf_counter()
+                self._emit(
+                    "on_step",
+                    StepEvent(
+                        epoch, self.step, j + 1, self.steps_per_epoch, loss,
+                        hits / yb.size if hits is not None else None, lr, gnorm, layer_norms,
+                        n / max(now - ts, 1e-9), now - t0,
+                    ),
+                )
+            train_time = time.perf_counter() - epoch_t0
+            val_loss, val_acc = self.evaluate(d.x_val, d.y_val)
+            event = EpochEvent(
+                epoch, self.epochs, self.step, sum_loss / max(seen, 1),
+                sum_hits / items if items else None, val_loss, val_acc, lr,
+                time.perf_counter() - t0, seen / max(train_time, 1e-9),
+            )
+            self.history.append(event)
+            result.epochs_done = epoch + 1
+            result.step = self.step
+            self._emit("on_epoch", event)
