@@ -108,6 +108,7 @@ class Dropout(Layer):
     kind = "dropout"
     SHORTHAND = "rate"
     OPTIONS = {"rate": Opt(fraction, 0.5)}
+    EXAMPLE = {"options": {"rate": 0.3}, "input": (6,)}
 
     def forward(self, x, training=False):
         rate = self.options["rate"]

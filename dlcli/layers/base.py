@@ -17,6 +17,9 @@ class Layer:
     kind = "layer"
     OPTIONS: dict = {}
     SHORTHAND = None  # option set by `kind: value`, e.g. `dense: 64`
+    # A representative configuration for `dlcli gradcheck --all`/`--layer`: options and
+    # the input shape of one sample (every layer type must have one; a test checks).
+    EXAMPLE = {"options": {}, "input": (5,)}
 
     def __init__(self, dtype=np.float32, rng=None, name=None, **options):
         self.dtype = np.dtype(dtype)

@@ -15,6 +15,8 @@ class Dense(Layer):
         "init": Opt(choice(*INITS), "auto", "auto: He before relu, Glorot otherwise"),
     }
 
+    EXAMPLE = {"options": {"units": 4}, "input": (5,)}
+
     def build(self, input_shape):
         from ..kernels import dense as K
 
