@@ -83,6 +83,25 @@ class Callback:
     def on_end(self, trainer, result: TrainResult): ...
 
 
+def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None):
+    """One step: forward, loss, backward, (allreduce slot), clip, update.
+    Returns (loss, hits, global grad norm, per-layer grad norms); a non-finite loss or
+    gradient returns before the update, so the parameters stay the last good ones."""
+    out = model.forward(xb, training=True)
+    loss, dout, hits = loss_fn(out, yb)
+    if not np.isfinite(loss):
+        return loss, hits, float("nan"), None
+    model.backward(dout)
+    # Data-parallel training would allreduce model.grads_flat here: all gradients are in it.
+    layer_norms = model.layer_grad_norms()
+    grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
+    if not np.isfinite(grad_norm):
+        return float("nan"), hits, grad_norm, layer_norms
+    optim.clip_by_global_norm(model.grads_flat, grad_norm, clip_norm)
+    optimizer.step(model.params_flat, model.grads_flat, lr)
+    return loss, hits, grad_norm, layer_norms
+
+
 class Trainer:
     def __init__(self, model, loss, optimizer, dataset, spec, callbacks=(), start_epoch=0, skip_steps=0):
         self.model, self.loss, self.optimizer, self.dataset, self.spec = model, loss, optimizer, dataset, spec
@@ -101,21 +120,7 @@ class Trainer:
             getattr(cb, name)(self, *args)
 
     def train_step(self, xb, yb, lr):
-        """One step: forward, loss, backward, (allreduce slot), clip, update."""
-        model = self.model
-        out = model.forward(xb, training=True)
-        loss, dout, hits = self.loss(out, yb)
-        if not np.isfinite(loss):
-            return loss, hits, float("nan"), None
-        model.backward(dout)
-        # Data-parallel training would allreduce model.grads_flat here: all gradients are in it.
-        layer_norms = model.layer_grad_norms()
-        grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
-        if not np.isfinite(grad_norm):
-            return float("nan"), hits, grad_norm, layer_norms
-        optim.clip_by_global_norm(model.grads_flat, grad_norm, self.spec.train.clip_norm)
-        self.optimizer.step(model.params_flat, model.grads_flat, lr)
-        return loss, hits, grad_norm, layer_norms
+        return train_step(self.model, self.loss, self.optimizer, xb, yb, lr, self.spec.train.clip_norm)
 
     def evaluate(self, x, y, batch_size=1024):
         """Mean loss and accuracy (None for regression) over a whole split."""

@@ -1,0 +1,154 @@
+"""Reference MLP: 784-512-256-10 ReLU, batch 128, SGD with momentum, random data.
+
+Prints dlcli's training samples/s beside PyTorch's CPU figure with the same thread count
+(when PyTorch is installed), the ratio, the GEMM ceiling (NumPy/BLAS doing just the
+step's matrix products), and dlcli's cold and warm time to the first training step.
+
+    python benchmarks/bench_mlp.py [--threads N] [--rounds 3] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_rate, ratio_line, run_child, torch_available  # noqa: E402
+
+SIZES = (784, 512, 256, 10)
+BATCH = 128
+# forward multiply-adds x2, backward twice that (the first layer's input gradient is skipped)
+FWD = sum(2 * a * b for a, b in zip(SIZES, SIZES[1:]))
+TRAIN_FLOPS = 3 * FWD - 2 * SIZES[0] * SIZES[1]
+
+SPEC = """
+name: bench_mlp
+seed: 0
+data: {source: builtin:spirals}
+model:
+  input: [784]
+  layers: [{dense: 512}, relu, {dense: 256}, relu, {dense: 10}]
+loss: cross_entropy
+optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
+train: {epochs: 1, batch_size: 128}
+"""
+
+
+def dlcli_rate(threads, seconds):
+    import numpy as np
+
+    from dlcli import optim, run, runtime, spec
+    from dlcli.train import train_step
+
+    runtime.set_threads(threads)
+    s = spec.parse(SPEC, "bench_mlp.yaml")
+    model, loss = run.build(s)
+    opt = optim.make(s.optimizer, model.n_params())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], BATCH)
+
+    def step():
+        train_step(model, loss, opt, x, y, 0.01)
+
+    return best_rate(step, BATCH, seconds)
+
+
+def gemm_ceiling(threads, seconds):
+    """Samples/s if a step were nothing but its BLAS matrix products (NumPy matmul)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, "blas")
+    rng = np.random.default_rng(0)
+    ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
+    acts = [rng.standard_normal((BATCH, a)).astype(np.float32) for a in SIZES]
+    outs = [np.empty((BATCH, b), np.float32) for b in SIZES[1:]]
+    gws = [np.empty_like(w) for w in ws]
+    gxs = [np.empty((BATCH, a), np.float32) for a in SIZES[:-1]]
+
+    def step():
+        for i, w in enumerate(ws):
+            np.matmul(acts[i], w, out=outs[i])
+        for i in range(len(ws) - 1, -1, -1):
+            np.matmul(acts[i].T, outs[i], out=gws[i])
+            if i:
+                np.matmul(outs[i], ws[i].T, out=gxs[i])
+
+    return best_rate(step, BATCH, seconds)
+
+
+def first_step_time(cache_dir):
+    """Seconds from interpreter start to the end of the first training step."""
+    code = (
+        "import time; t0 = time.perf_counter(); "
+        "import sys; sys.argv = ['x']; "
+        "from dlcli import spec, run, optim; import numpy as np; "
+        "from dlcli.train import train_step; "
+        f"s = spec.parse({SPEC!r}); m, l = run.build(s); o = optim.make(s.optimizer, m.n_params()); "
+        "x = np.zeros((128, 784), np.float32); y = np.zeros(128, np.int64); "
+        "train_step(m, l, o, x, y, 0.01); "
+        "print(time.perf_counter() - t0)"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return wall
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--child", choices=["dlcli", "torch", "gemm"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child == "dlcli":
+        print(json.dumps(dlcli_rate(a.threads, a.seconds)))
+        return
+    if a.child == "gemm":
+        print(json.dumps(gemm_ceiling(a.threads, a.seconds)))
+        return
+    if a.child == "torch":
+        from torch_peers import torch_mlp_rate
+
+        print(json.dumps(torch_mlp_rate(SIZES, BATCH, a.threads, a.seconds)))
+        return
+
+    have_torch = torch_available()
+    print(f"reference MLP {'-'.join(map(str, SIZES))} ReLU, batch {BATCH}, SGD momentum, "
+          f"{a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample")
+    best = {"dlcli": 0.0, "torch": 0.0, "gemm": 0.0}
+    common = ["--threads", a.threads, "--seconds", a.seconds]
+    for r in range(a.rounds):
+        best["dlcli"] = max(best["dlcli"], run_child("bench_mlp.py", ["--child", "dlcli", *common]))
+        if have_torch:
+            best["torch"] = max(best["torch"], run_child("bench_mlp.py", ["--child", "torch", *common]))
+        best["gemm"] = max(best["gemm"], run_child("bench_mlp.py", ["--child", "gemm", *common]))
+        print(f"  round {r + 1}: best so far dlcli {best['dlcli']:,.0f}, PyTorch {best['torch']:,.0f}, "
+              f"GEMM-only {best['gemm']:,.0f} samples/s")
+    print(ratio_line("mlp", best["dlcli"], best["torch"], TRAIN_FLOPS))
+    print(f"{'':<10} GEMM-only ceiling {best['gemm']:,.0f} samples/s "
+          f"({best['gemm'] * TRAIN_FLOPS / 1e9:.1f} GFLOP/s); dlcli reaches "
+          f"{best['dlcli'] / best['gemm']:.0%} of it")
+
+    cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
+    try:
+        cold = first_step_time(cache)
+        warm = first_step_time(cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    print(f"time to first training step: cold (empty kernel cache) {cold:.2f} s, warm {warm:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Shared pieces of the benchmark scripts: timing, the PyTorch peer, printing ratios.
+
+Benchmarks print figures measured side by side in one run: this machine is shared and
+noisy, so the ratios mean more than the absolute numbers. dlcli and PyTorch alternate in
+rounds and each keeps its best round. PyTorch runs in a child process so the two never
+share thread pools; it is skipped when not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def torch_available():
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    except Exception:
+        return False
+
+
+def best_rate(step, samples_per_step, seconds=2.0, warmup=3):
+    """Samples/s of `step()`: best of a few timed windows after warm-up steps."""
+    for _ in range(warmup):
+        step()
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        n, t0 = 0, time.perf_counter()
+        while n < 5 or time.perf_counter() - t0 < 0.25:
+            step()
+            n += 1
+        best = max(best, n * samples_per_step / (time.perf_counter() - t0))
+    return best
+
+
+def run_child(script, args, timeout=300, env=None):
+    """Run `python script args...` and return the JSON it prints on its last line."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(HERE, script), *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ratio_line(name, ours, theirs, flops_per_sample=None):
+    """One printed row: dlcli samples/s, PyTorch samples/s, ratio, and GFLOP/s of each."""
+    parts = [f"{name:<10} dlcli {ours:>10,.0f} samples/s"]
+    if flops_per_sample:
+        parts.append(f"({ours * flops_per_sample / 1e9:6.1f} GFLOP/s)")
+    if theirs:
+        parts.append(f"| PyTorch {theirs:>10,.0f} samples/s")
+        if flops_per_sample:
+            parts.append(f"({theirs * flops_per_sample / 1e9:6.1f} GFLOP/s)")
+        parts.append(f"| ratio {ours / theirs:5.2f}x")
+    else:
+        parts.append("| PyTorch not installed: skipped")
+    return " ".join(parts)
