@@ -1,0 +1,210 @@
+"""Convolution layers, NCHW / NCW: conv2d and conv1d (conv1d runs as conv2d with H = 1).
+
+Weights are (filters, in_channels, *kernel), as in PyTorch; the bias is (filters,).
+Forward: im2col over the whole batch, one GEMM, one pass to NCHW adding the bias (and a
+fused ReLU when the model fuses the next relu layer into this one).
+"""
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..spec import Opt, boolean, choice, int_tuple, positive_int
+from .base import INITS, Layer, initialise
+
+
+def padding(n):
+    """`valid`, `same`, an integer >= 0, or a list of n integers (padding on both sides)."""
+
+    def parse(v):
+        if v in ("valid", "same"):
+            return v
+        values = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
+        if (
+            not isinstance(values, list)
+            or len(values) != n
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in values)
+        ):
+            what = "an integer" if n == 1 else f"an integer or a list of {n} integers"
+            raise ValueError(f"must be 'valid', 'same', or {what} >= 0")
+        return tuple(values)
+
+    parse.__name__ = "padding"
+    return parse
+
+
+def resolve_padding(padding_opt, size, kernel, stride, dilation):
+    """(before, after, output size) along one axis. `same` gives ceil(size / stride) outputs
+    with the total padding split as evenly as possible, the extra one after (as TensorFlow)."""
+    span = dilation * (kernel - 1) + 1
+    if padding_opt == "valid":
+        before = after = 0
+    elif padding_opt == "same":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + span - size, 0)
+        before, after = total // 2, total - total // 2
+    else:
+        before = after = padding_opt
+    padded = size + before + after
+    if padded < span:
+        return before, after, 0
+    return before, after, (padded - span) // stride + 1
+
+
+class _Conv(Layer):
+    ndim = 2
+    SHORTHAND = "filters"
+    next_kind = None  # set by the model
+    fuse_relu = False  # set by the model when a relu layer follows
+
+    def build(self, input_shape):
+        from ..kernels import conv as K
+        from ..kernels import dense as D
+
+        self.K, self.D = K, D
+        input_shape = tuple(input_shape)
+        self.input_shape = input_shape
+        nd = self.ndim
+        if len(input_shape) != nd + 1:
+            layout = "(channels, height, width)" if nd == 2 else "(channels, length)"
+            raise ShapeError(f"{self.name}: expects one sample of shape {layout}, got {input_shape}")
+        o = self.options
+        kernel, stride, dilation = o["kernel"], o["stride"], o["dilation"]
+        pads, outs = [], []
+        for a in range(nd):
+            before, after, out = resolve_padding(o["padding"], input_shape[1 + a], kernel[a], stride[a], dilation[a])
+            span = dilation[a] * (kernel[a] - 1) + 1
+            if out <= 0:
+                raise ShapeError(
+                    f"{self.name}: kernel {list(kernel)} (dilation {list(dilation)}, span {span}) is larger "
+                    f"than the padded input: input shape {input_shape}, padding {o['padding']!r}"
+                )
+            pads.append(before)
+            outs.append(out)
+        cin, cout = input_shape[0], o["filters"]
+        # Internally every sample is (C, H, W); conv1d has H = 1.
+        if nd == 1:
+            self.k2, self.s2, self.d2, self.p2, self.o2 = (1,) + kernel, (1,) + stride, (1,) + dilation, (0,) + tuple(pads), (1,) + tuple(outs)
+            self.in2 = (cin, 1, input_shape[1])
+        else:
+            self.k2, self.s2, self.d2, self.p2, self.o2 = kernel, stride, dilation, tuple(pads), tuple(outs)
+            self.in2 = input_shape
+        fan_in = cin * int(np.prod(kernel))
+        fan_out = cout * int(np.prod(kernel))
+        init = o["init"]
+        if init == "auto":
+            init = "he" if self.next_kind == "relu" else "glorot"
+        self.params["weight"] = initialise(self.rng, init, fan_in, fan_out, (cout, cin) + tuple(kernel), self.dtype)
+        if o["bias"]:
+            self.params["bias"] = np.zeros(cout, self.dtype)
+        self.zeros_like_params()
+        self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
+        self.bias_scratch = np.zeros(cout, self.dtype)
+        self.buffers = {}  # batch size -> (cols, ycn); internal only, reused across steps
+        self.output_shape = (cout,) + tuple(outs)
+        return self.output_shape
+
+    def _buffers(self, n):
+        buf = self.buffers.get(n)
+        if buf is None:
+            cout = self.options["filters"]
+            rows = self.in2[0] * self.k2[0] * self.k2[1]
+            npos = n * self.o2[0] * self.o2[1]
+            buf = {"cols": np.empty((rows, npos), self.dtype), "ycn": np.empty((cout, npos), self.dtype)}
+            if len(self.buffers) > 4:
+                self.buffers.clear()
+            self.buffers[n] = buf
+        return buf
+
+    def _args(self):
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = self.k2, self.s2, self.p2, self.d2, self.o2
+        return kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
+
+    def forward(self, x, training=False):
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise self.shape_error(self.input_shape, x.shape[1:])
+        n = x.shape[0]
+        x4 = x.reshape((n,) + self.in2)
+        if not x4.flags.c_contiguous or x4.dtype != self.dtype:
+            x4 = np.ascontiguousarray(x4, dtype=self.dtype)
+        buf = self._buffers(n)
+        cols, ycn = buf["cols"], buf["ycn"]
+        self.K.im2col(x4, *self._args(), cols)
+        w2 = self.params["weight"].reshape(self.options["filters"], -1)
+        self.D.matmul(w2, cols, ycn)
+        cout = self.options["filters"]
+        out = np.empty((n, cout) + self.o2, self.dtype)
+        b = self.params.get("bias", self.zero_bias)
+        self.K.conv_output(ycn, b, self.fuse_relu, out.reshape(n, cout, -1))
+        self.n, self.cols, self.y = n, cols, out
+        return out.reshape((n,) + self.output_shape)
+
+    def backward(self, dy, need_dx=True):
+        n, cout = self.n, self.options["filters"]
+        dy3 = dy.reshape(n, cout, -1)
+        if not dy3.flags.c_contiguous:
+            dy3 = np.ascontiguousarray(dy3)
+        buf = self._buffers(n)
+        dycn = buf["ycn"]  # the forward's GEMM output is no longer needed: reuse it
+        dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
+        self.K.conv_grad_output(dy3, self.y.reshape(n, cout, -1), self.fuse_relu, dycn, dbias)
+        w2 = self.params["weight"].reshape(cout, -1)
+        self.D.matmul_nt(dycn, self.cols, self.grads["weight"].reshape(cout, -1))
+        if not need_dx:
+            return None
+        dcols = buf.get("dcols")
+        if dcols is None:
+            dcols = buf["dcols"] = np.empty_like(self.cols)
+        self.D.matmul_tn(w2, dycn, dcols)
+        dx = np.empty((n,) + self.in2, self.dtype)
+        self.K.col2im(dcols, *self._args(), dx)
+        return dx.reshape((n,) + self.input_shape)
+
+    def flops(self):
+        cout, cin = self.params["weight"].shape[:2]
+        positions = int(np.prod(self.output_shape[1:]))
+        k = int(np.prod(self.options["kernel"]))
+        return positions * cout * (2 * cin * k + (1 if "bias" in self.params else 0))
+
+    def describe(self):
+        o = self.options
+        k = "x".join(map(str, o["kernel"]))
+        parts = [f"{o['filters']} filters {k}"]
+        if any(s != 1 for s in o["stride"]):
+            parts.append("stride " + "x".join(map(str, o["stride"])))
+        if o["padding"] != "valid":
+            parts.append(f"pad {o['padding'] if isinstance(o['padding'], str) else list(o['padding'])}")
+        if any(d != 1 for d in o["dilation"]):
+            parts.append("dil " + "x".join(map(str, o["dilation"])))
+        return ", ".join(parts) + (" + relu (fused)" if self.fuse_relu else "")
+
+
+def _options(n):
+    return {
+        "filters": Opt(positive_int),
+        "kernel": Opt(int_tuple(n)),
+        "stride": Opt(int_tuple(n), (1,) * n),
+        "padding": Opt(padding(n), "valid", "valid, same, or an integer (both sides)"),
+        "dilation": Opt(int_tuple(n), (1,) * n),
+        "bias": Opt(boolean, True),
+        "init": Opt(choice(*INITS), "auto", "auto: He before relu, Glorot otherwise"),
+    }
+
+
+class Conv2D(_Conv):
+    kind = "conv2d"
+    ndim = 2
+    OPTIONS = _options(2)
+    EXAMPLE = {
+        "options": {"filters": 3, "kernel": [3, 2], "stride": [2, 1], "padding": "same", "dilation": [1, 2]},
+        "input": (2, 7, 6),
+    }
+
+
+class Conv1D(_Conv):
+    kind = "conv1d"
+    ndim = 1
+    OPTIONS = _options(1)
+    EXAMPLE = {
+        "options": {"filters": 3, "kernel": 4, "stride": 2, "padding": "same", "dilation": 2},
+        "input": (2, 9),
+    }
