@@ -75,10 +75,12 @@ def load(path) -> Checkpoint:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # else np.load reports it as pickled data
+        raise CheckpointError(f"{path}: not a dlcli checkpoint (not a .npz file, or truncated)")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError) as e:
         raise CheckpointError(f"{path}: not a readable dlcli checkpoint ({type(e).__name__}: {e})") from None
     for key in ("spec", "meta"):
         if key not in arrays or arrays[key].dtype.kind != "U":

@@ -125,5 +125,114 @@ def summary(source, no_data):
     console.print("[green]spec OK[/green]")
 
 
+def _progress(enabled, description):
+    """A Rich progress bar on stderr when it is a terminal: (context manager, callback or None)."""
+    import contextlib
+
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task(description, total=None)
+
+    def update(done, total):
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write to this file; .csv, .json or .npy by its extension (default: CSV on stdout).")
+@click.option("--proba", is_flag=True, help="Class probabilities instead of labels.")
+@click.option("--top-k", type=click.IntRange(min=1), metavar="K", help="The K likeliest classes with their probabilities.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Samples per forward pass (bounds memory).")
+@click.option("--label", help="CSV label column to drop, if present (default: the spec's data.label).")
+@threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
+@friendly_errors
+def predict(model, input_file, output, proba, top_k, batch_size, label, threads, quiet):
+    """Predict INPUT (.npy, .npz with key x, or .csv) with the checkpoint MODEL.
+
+    Classifiers give class labels (names when the training data had them), --proba the
+    probability of each class, --top-k the K likeliest; regression models their outputs.
+    .npy inputs are memory-mapped and processed batch by batch.
+    """
+    from . import predict as predict_mod, runtime
+
+    if threads:
+        runtime.set_threads(threads)
+    bar, update = _progress(not quiet, "predicting")
+    try:
+        with bar:
+            result = predict_mod.predict(model, input_file, output=output, stream=sys.stdout, proba=proba,
+                                         top_k=top_k, batch_size=batch_size, label=label, progress=update)
+    except BrokenPipeError:  # e.g. `dlcli predict ... | head`
+        sys.stderr.close()
+        sys.exit(0)
+    if output and not quiet:
+        click.echo(f"wrote {result.rows} predictions ({', '.join(result.columns[:6])}"
+                   f"{', ...' if len(result.columns) > 6 else ''}) to {output}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("data_file", metavar="DATA", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Samples per forward pass (bounds memory).")
+@click.option("--label", help="CSV label column (default: the spec's data.label, else 'label').")
+@threads_option
+@friendly_errors
+def evaluate(model, data_file, as_json, batch_size, label, threads):
+    """Loss, accuracy, per-class precision/recall and confusion matrix of the checkpoint
+    MODEL on labelled DATA (.npz with keys x and y, or .csv with the label column)."""
+    import json
+
+    from . import predict as predict_mod, runtime
+
+    if threads:
+        runtime.set_threads(threads)
+    bar, update = _progress(not as_json, "evaluating")
+    with bar:
+        r = predict_mod.evaluate(model, data_file, batch_size=batch_size, label=label, progress=update)
+    if as_json:
+        click.echo(json.dumps(r.as_dict(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    line = f"{r.samples} samples   {r.loss_name} loss {r.loss:.4f}"
+    if r.accuracy is not None:
+        line += f"   accuracy {r.accuracy:.4f}"
+    console.print(line)
+    if not r.classes:
+        return
+
+    def pct(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    per = Table(title="per class")
+    for name in ("class", "precision", "recall", "support"):
+        per.add_column(name, justify="left" if name == "class" else "right")
+    for c, p, rc, s in zip(r.classes, r.precision, r.recall, r.support):
+        per.add_row(str(c), pct(p), pct(rc), str(s))
+    console.print(per)
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("true \\ predicted")
+    for c in r.classes:
+        cm.add_column(str(c), justify="right")
+    for i, (c, row) in enumerate(zip(r.classes, r.confusion)):
+        cm.add_row(str(c), *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
+    console.print(cm)
+
+
 if __name__ == "__main__":
     main()

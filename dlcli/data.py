@@ -110,7 +110,8 @@ def load_csv(path, label, classification=True, need_label=True):
             feats.append([float(v) for i, v in enumerate(row) if i != li])
         except ValueError:
             bad = next(i for i, v in enumerate(row) if i != li and not _is_float(v))
-            raise DataError(f"{path}:{n}: column '{header[bad]}' is not numeric: {row[bad]!r}") from None
+            what = "has no value" if not row[bad].strip() else f"is not numeric: {row[bad]!r}"
+            raise DataError(f"{path}:{n}: column '{header[bad]}' {what}") from None
         if li is not None:
             labels.append(row[li].strip())
     x = np.asarray(feats, dtype=np.float32)
