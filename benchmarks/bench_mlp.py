@@ -49,7 +49,7 @@ def dlcli_rate(threads, seconds):
     runtime.set_threads(threads)
     s = spec.parse(SPEC, "bench_mlp.yaml")
     model, loss = run.build(s)
-    opt = optim.make(s.optimizer, model.n_params())
+    opt = optim.for_model(s.optimizer, model)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
     y = rng.integers(0, SIZES[-1], BATCH)
@@ -91,7 +91,7 @@ def first_step_time(cache_dir):
         "import sys; sys.argv = ['x']; "
         "from dlcli import spec, run, optim; import numpy as np; "
         "from dlcli.train import train_step; "
-        f"s = spec.parse({SPEC!r}); m, l = run.build(s); o = optim.make(s.optimizer, m.n_params()); "
+        f"s = spec.parse({SPEC!r}); m, l = run.build(s); o = optim.for_model(s.optimizer, m); "
         "x = np.zeros((128, 784), np.float32); y = np.zeros(128, np.int64); "
         "train_step(m, l, o, x, y, 0.01); "
         "print(time.perf_counter() - t0)"

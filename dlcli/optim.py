@@ -14,14 +14,19 @@ import numpy as np
 class Optimizer:
     state_names: tuple = ()
 
-    def __init__(self, spec, n, dtype):
+    def __init__(self, spec, n, dtype, offsets=None):
         self.spec = spec
         self.step_count = 0
         self.state = {name: np.zeros(n, dtype) for name in self.state_names}
+        self.offsets = np.asarray(offsets if offsets is not None else [0, n], dtype=np.int64)
+        self.sumsq = np.zeros(len(self.offsets) - 1)
 
-    def step(self, params, grads, lr):
+    def step(self, params, grads, lr, scale=1.0):
+        """Update params from grads * scale; returns the sum of squares of the raw
+        gradient of each segment (offsets[k]:offsets[k+1]), computed in the same pass."""
         self.step_count += 1
-        self._update(params, grads, lr)
+        self._update(params, grads, lr, scale)
+        return self.sumsq
 
     def state_dict(self):
         return {**self.state, "step": np.array(self.step_count, np.int64)}
@@ -39,11 +44,12 @@ class SGD(Optimizer):
 
     state_names = ("velocity",)
 
-    def _update(self, p, g, lr):
+    def _update(self, p, g, lr, scale):
         from .kernels.elementwise import sgd_update
 
         s = self.spec
-        sgd_update(p, g, self.state["velocity"], lr, s.momentum, s.weight_decay, s.nesterov)
+        sgd_update(p, g, self.state["velocity"], lr, s.momentum, s.weight_decay, s.nesterov, scale,
+                   self.offsets, self.sumsq)
 
 
 class Adam(Optimizer):
@@ -52,13 +58,13 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     decoupled = False
 
-    def _update(self, p, g, lr):
+    def _update(self, p, g, lr, scale):
         from .kernels.elementwise import adam_update
 
         s = self.spec
         adam_update(
             p, g, self.state["m"], self.state["v"], lr, s.beta1, s.beta2, s.eps, s.weight_decay,
-            self.decoupled, self.step_count,
+            self.decoupled, self.step_count, scale, self.offsets, self.sumsq,
         )
 
 
@@ -71,20 +77,27 @@ class RMSprop(Optimizer):
 
     state_names = ("square_avg", "velocity")
 
-    def _update(self, p, g, lr):
+    def _update(self, p, g, lr, scale):
         from .kernels.elementwise import rmsprop_update
 
         s = self.spec
         rmsprop_update(
-            p, g, self.state["square_avg"], self.state["velocity"], lr, s.beta2, s.eps, s.weight_decay, s.momentum
+            p, g, self.state["square_avg"], self.state["velocity"], lr, s.beta2, s.eps, s.weight_decay, s.momentum,
+            scale, self.offsets, self.sumsq,
         )
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
-def make(spec, n, dtype=np.float32) -> Optimizer:
-    return OPTIMIZERS[spec.name](spec, n, dtype)
+def make(spec, n, dtype=np.float32, offsets=None) -> Optimizer:
+    """An optimizer for n parameters; `offsets` splits them into segments (the model's
+    layers) whose gradient norms each step returns."""
+    return OPTIMIZERS[spec.name](spec, n, dtype, offsets)
+
+
+def for_model(spec, model) -> Optimizer:
+    return make(spec, model.n_params(), model.dtype, model.layer_offsets)
 
 
 def learning_rate(spec, epoch_progress: float, total_epochs: int) -> float:
@@ -103,12 +116,8 @@ def learning_rate(spec, epoch_progress: float, total_epochs: int) -> float:
     return base
 
 
-def clip_by_global_norm(grads, norm, max_norm):
-    """Scale all gradients so their global norm is at most max_norm; returns the factor."""
+def clip_factor(norm, max_norm):
+    """The factor that scales gradients of global norm `norm` down to at most max_norm."""
     if max_norm is None or norm <= max_norm or not np.isfinite(norm):
         return 1.0
-    from .kernels.elementwise import scale_inplace
-
-    factor = max_norm / (norm + 1e-12)
-    scale_inplace(grads, grads.dtype.type(factor))
-    return factor
+    return max_norm / (norm + 1e-12)

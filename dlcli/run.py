@@ -51,7 +51,7 @@ def train(s, output=None, resume=None, log=None, log_grad_norms=False, display=N
     runtime.set_threads(s.train.threads)
     model, loss = build(s)
     dataset = data.load(s, loss, model.output_shape)
-    optimizer = optim.make(s.optimizer, model.n_params(), model.dtype)
+    optimizer = optim.for_model(s.optimizer, model)
     start_epoch = skip = 0
     if resume is not None:
         ckpt = checkpoint.load(resume)

@@ -93,12 +93,18 @@ def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None):
         return loss, hits, float("nan"), None
     model.backward(dout)
     # Data-parallel training would allreduce model.grads_flat here: all gradients are in it.
-    layer_norms = model.layer_grad_norms()
+    scale = 1.0
+    if clip_norm is not None:  # clipping needs the norm before the update: one extra pass
+        layer_norms = model.layer_grad_norms()
+        grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
+        if not np.isfinite(grad_norm):
+            return float("nan"), hits, grad_norm, layer_norms
+        scale = optim.clip_factor(grad_norm, clip_norm)
+    # The update pass also sums each layer's squared gradient: the norms come for free.
+    layer_norms = np.sqrt(optimizer.step(model.params_flat, model.grads_flat, lr, scale))
     grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
-    if not np.isfinite(grad_norm):
+    if not np.isfinite(grad_norm):  # the parameters are spoilt; training stops without saving them
         return float("nan"), hits, grad_norm, layer_norms
-    optim.clip_by_global_norm(model.grads_flat, grad_norm, clip_norm)
-    optimizer.step(model.params_flat, model.grads_flat, lr)
     return loss, hits, grad_norm, layer_norms
 
 

@@ -116,45 +116,63 @@ def all_finite(a):
 
 
 # ---------------------------------------------------------------- optimizer updates
-# One fused pass over the flat parameter buffer; the semantics follow PyTorch's.
+# One fused pass over the flat parameter buffer; the semantics follow PyTorch's. Each pass
+# also returns, in `sumsq`, the sum of squares of the raw gradient of every segment
+# (offsets[k]:offsets[k+1], one per layer): the per-layer gradient norms come for free.
+# `scale` multiplies the gradient first (clipping by global norm).
 
 
 @njit(cache=True, parallel=True)
-def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        if momentum != 0:
-            v = momentum * velocity[i] + d
-            velocity[i] = v
-            d = d + momentum * v if nesterov else v
-        p[i] -= lr * d
+def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, offsets, sumsq):
+    for k in range(offsets.size - 1):
+        s = 0.0
+        for i in prange(offsets[k], offsets[k + 1]):
+            gi = g[i]
+            s += gi * gi
+            d = scale * gi + weight_decay * p[i]
+            if momentum != 0:
+                v = momentum * velocity[i] + d
+                velocity[i] = v
+                d = d + momentum * v if nesterov else v
+            p[i] -= lr * d
+        sumsq[k] = s
 
 
 @njit(cache=True, parallel=True)
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step, scale, offsets, sumsq):
     c1 = 1 - beta1**step
     c2 = 1 - beta2**step
-    for i in prange(p.size):
-        d = g[i]
-        if decoupled:
-            p[i] -= lr * weight_decay * p[i]
-        else:
-            d += weight_decay * p[i]
-        mi = beta1 * m[i] + (1 - beta1) * d
-        vi = beta2 * v[i] + (1 - beta2) * d * d
-        m[i] = mi
-        v[i] = vi
-        p[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
+    for k in range(offsets.size - 1):
+        s = 0.0
+        for i in prange(offsets[k], offsets[k + 1]):
+            gi = g[i]
+            s += gi * gi
+            d = scale * gi
+            if decoupled:
+                p[i] -= lr * weight_decay * p[i]
+            else:
+                d += weight_decay * p[i]
+            mi = beta1 * m[i] + (1 - beta1) * d
+            vi = beta2 * v[i] + (1 - beta2) * d * d
+            m[i] = mi
+            v[i] = vi
+            p[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
+        sumsq[k] = s
 
 
 @njit(cache=True, parallel=True)
-def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum):
-    for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
-        s = alpha * square_avg[i] + (1 - alpha) * d * d
-        square_avg[i] = s
-        step = d / (np.sqrt(s) + eps)
-        if momentum != 0:
-            step = momentum * velocity[i] + step
-            velocity[i] = step
-        p[i] -= lr * step
+def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, offsets, sumsq):
+    for k in range(offsets.size - 1):
+        s = 0.0
+        for i in prange(offsets[k], offsets[k + 1]):
+            gi = g[i]
+            s += gi * gi
+            d = scale * gi + weight_decay * p[i]
+            a = alpha * square_avg[i] + (1 - alpha) * d * d
+            square_avg[i] = a
+            step = d / (np.sqrt(a) + eps)
+            if momentum != 0:
+                step = momentum * velocity[i] + step
+                velocity[i] = step
+            p[i] -= lr * step
+        sumsq[k] = s
