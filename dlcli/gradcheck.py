@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .errors import DlcliError
+
 DEFAULT_EPS = 1e-6
 # An entry passes when its absolute error |a - n| <= atol or its relative error
 # |a - n| / max(|a|, |n|, tiny) <= rtol. In float64 with eps = 1e-6 a correct gradient is
@@ -136,7 +138,7 @@ def check_model(model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFA
     rng = np.random.default_rng([seed, 98])
     layers = model.trained
 
-    def forward_from(k, inp):
+    def forward_from(k, inp):  # every call reseeds all layers: dropout draws the same masks
         _reseed(layers, seed)
         for layer in layers[k:]:
             inp = layer.forward(inp, training)
@@ -150,7 +152,8 @@ def check_model(model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFA
     inputs = []
     h = x
     for layer in layers:
-        inputs.append(h)
+        # Copies: a layer may reuse its output buffer on the next forward pass.
+        inputs.append(np.array(h, dtype=np.float64, copy=True))
         h = layer.forward(h, training)
     out = h
     _, dout, _ = loss(out, y)
@@ -167,7 +170,8 @@ def check_model(model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFA
                                 eps, rtol, atol, samples, rng))
     for k, layer in enumerate(layers):
         for pname, p in layer.params.items():
-            results.append(check_tensor(lambda: loss_of(forward_from(0, x)), p, param_grads[k][pname],
+            # Layers before k do not depend on p: start from their (copied) output.
+            results.append(check_tensor(lambda k=k: loss_of(forward_from(k, inputs[k])), p, param_grads[k][pname],
                                         layer.name, pname, eps, rtol, atol, samples, rng))
         xin = np.array(inputs[k], dtype=np.float64, copy=True)
         results.append(check_tensor(lambda k=k, xin=xin: loss_of(forward_from(k, xin)), xin, input_grads[k],
@@ -182,3 +186,217 @@ def assert_gradients_ok(results):
         f"{r.layer} {r.tensor}: max abs {r.max_abs_error:.2e}, max rel {r.max_rel_error:.2e} at {r.worst_index}"
         for r in failed
     )
+
+
+# ---------------------------------------------------------------- the command's side
+
+class UsageError(DlcliError):
+    """A layer type that does not exist or cannot be checked on its own."""
+
+    exit_code = 2
+
+
+DEFAULT_SAMPLES = 30  # entries per tensor: a moderate spec checks in seconds
+DEFAULT_BATCH = 4
+
+
+@dataclass
+class Section:
+    """One checked graph: a spec's model (plain or fused) or one layer type on its own."""
+
+    title: str
+    results: list
+    kind: str = ""  # set for a layer type checked on its own
+
+    @property
+    def passed(self):
+        return not any(r.status == "FAIL" for r in self.results)
+
+
+@dataclass
+class Report:
+    sections: list
+    eps: float
+    rtol: float
+    atol: float
+    samples: int | None
+    batch_size: int
+    seed: int
+    per_kind: bool = False  # layer types on their own (--layer/--all) rather than a spec's model
+
+    @property
+    def results(self):
+        return [r for s in self.sections for r in s.results]
+
+    @property
+    def passed(self):
+        return all(s.passed for s in self.sections)
+
+    def counts(self):
+        c = {"pass": 0, "kink": 0, "FAIL": 0}
+        for r in self.results:
+            c[r.status] += 1
+        return c
+
+    def summary_line(self):
+        c = self.counts()
+        n = len(self.results)
+        entries = sum(r.checked for r in self.results)
+        verdict = "all gradients match" if self.passed else "gradient check FAILED"
+        what = "layer type" if self.per_kind else "graph"
+        return (f"{verdict}: {n} tensors ({entries} entries) in {len(self.sections)} "
+                f"{what}{'s' if len(self.sections) != 1 else ''}: {c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL")
+
+    def to_dict(self):
+        rows = []
+        for sec in self.sections:
+            for r in sec.results:
+                index, kind = split_layer_name(r.layer)
+                rows.append({"graph": sec.title, "layer_index": index, "layer_type": kind, **r.to_dict()})
+        return {
+            "passed": self.passed,
+            "exit_code": 0 if self.passed else 1,
+            "eps": self.eps, "rtol": self.rtol, "atol": self.atol,
+            "samples": self.samples, "batch_size": self.batch_size, "seed": self.seed,
+            "summary": {**self.counts(), "tensors": len(self.results), "line": self.summary_line()},
+            "checks": rows,
+        }
+
+
+def split_layer_name(name):
+    """'layers[2] dense' -> (2, 'dense'); 'loss' -> (None, 'loss'); 'lstm' -> (None, 'lstm')."""
+    if name.startswith("layers[") and "]" in name:
+        head, _, kind = name.partition("] ")
+        try:
+            return int(head[len("layers["):]), kind
+        except ValueError:
+            pass
+    return None, name
+
+
+def spec_inputs(s, model, loss, batch_size, seed):
+    """Small random float64 inputs of the spec's input shape, and targets the loss accepts."""
+    rng = np.random.default_rng([seed, 7])
+    x = rng.standard_normal((batch_size,) + tuple(model.input_shape))
+    # The trained graph's output (logits for fused losses) is what the loss sees.
+    out_shape = tuple(model.trained[-1].output_shape)
+    if loss.name == "cross_entropy":
+        y = rng.integers(0, out_shape[-1], size=(batch_size,) + out_shape[:-1]).astype(np.int64)
+    elif loss.name == "binary_cross_entropy":
+        y = rng.integers(0, 2, size=(batch_size,) + out_shape).astype(np.float64)
+    else:
+        y = rng.standard_normal((batch_size,) + out_shape)
+    return x, y
+
+
+def check_spec(s, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=DEFAULT_SAMPLES,
+               batch_size=DEFAULT_BATCH, seed=0, fused=True):
+    """Check a spec's model end to end with its loss, in float64: first as written, then
+    (when the model has any) with the Dense+ReLU fusion training uses."""
+    from . import run
+
+    sections = []
+    for fuse in (False, True) if fused else (False,):
+        model, loss = run.build(s, dtype=np.float64, fuse=fuse)
+        if fuse and not any(getattr(layer, "fuse_relu", False) for layer in model.trained):
+            continue
+        x, y = spec_inputs(s, model, loss, batch_size, seed)
+        results = check_model(model, loss, x, y, eps, rtol, atol, samples, seed)
+        sections.append(Section(f"{s.name} ({'fused dense+relu' if fuse else 'as written'})", results))
+    return Report(sections, eps, rtol, atol, samples, batch_size, seed)
+
+
+def example_layer(kind, dtype=np.float64, seed=0):
+    """A built layer of this kind from its EXAMPLE, and the example's one-sample input shape."""
+    from .layers import LAYERS
+    from .model import Model
+    from .spec import REQUIRED
+
+    if kind not in LAYERS:
+        raise UsageError(f"unknown layer type '{kind}'; known: {', '.join(LAYERS)}")
+    cls = LAYERS[kind]
+    example = getattr(cls, "EXAMPLE", None)
+    if not example or "input" not in example:
+        raise UsageError(f"layer type '{kind}' has no EXAMPLE (options and input shape) to check")
+    given = dict(example.get("options", {}))
+    options = {}
+    for key, opt in cls.OPTIONS.items():
+        if key in given:
+            options[key] = given.pop(key) if opt.parse is dict else opt.parse(given.pop(key))
+        elif opt.default is REQUIRED:
+            raise UsageError(f"layer type '{kind}': its EXAMPLE lacks the required option '{key}'")
+        else:
+            options[key] = opt.default
+    if given:
+        raise UsageError(f"layer type '{kind}': its EXAMPLE has unknown options {sorted(given)}")
+    layer = cls(dtype=dtype, rng=np.random.default_rng([seed, 0]), name=kind, **options)
+    Model([layer], example["input"], dtype=dtype, loss=None, fuse=False)  # builds; flat buffers
+    return layer, tuple(example["input"])
+
+
+def check_kind(kind, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=DEFAULT_SAMPLES,
+               batch_size=DEFAULT_BATCH, seed=0):
+    """One built-in layer type on its own, on its EXAMPLE: Section of TensorChecks."""
+    layer, shape = example_layer(kind, seed=seed)
+    x = np.random.default_rng([seed, 5]).standard_normal((batch_size,) + shape)
+    results = check_layer(layer, x, eps, rtol, atol, samples, seed)
+    def compact(v):
+        return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    opts = " ".join(f"{k}={compact(v)}" for k, v in layer.EXAMPLE.get("options", {}).items())
+    return Section(f"{kind} on {compact((batch_size,) + shape)}" + (f" ({opts})" if opts else ""), results, kind)
+
+
+def check_kinds(kinds, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=DEFAULT_SAMPLES,
+                batch_size=DEFAULT_BATCH, seed=0):
+    sections = [check_kind(k, eps, rtol, atol, samples, batch_size, seed) for k in kinds]
+    return Report(sections, eps, rtol, atol, samples, batch_size, seed, per_kind=True)
+
+
+def report_tables(report):
+    """Rich tables: one per checked model graph, or one for all the layer types checked."""
+    from rich.table import Table
+    from rich.text import Text
+
+    style = {"pass": "green", "FAIL": "bold red", "kink": "yellow"}
+
+    def new_table(title, first):
+        t = Table(title=title, title_justify="left", header_style="bold")
+        t.add_column(first, justify="left" if report.per_kind else "right")
+        if not report.per_kind:
+            t.add_column("layer")
+        t.add_column("tensor")
+        t.add_column("checked", justify="right")
+        t.add_column("max abs err", justify="right")
+        t.add_column("max rel err", justify="right")
+        t.add_column("status")
+        if report.per_kind:
+            t.add_column("example (batch, input shape, options)", overflow="fold")
+        return t
+
+    def add(t, first, r, second=None):
+        index, kind = split_layer_name(r.layer)
+        status = r.status + (f" ({r.kinks})" if r.kinks else "")
+        cells = [first, kind if second is None else second, r.tensor, str(r.checked), f"{r.max_abs_error:.1e}",
+                 f"{r.max_rel_error:.1e}", Text(status, style=style[r.status])]
+        if report.per_kind:
+            cells.append(second or "")
+            del cells[1]
+        t.add_row(*cells)
+
+    if report.per_kind:
+        t = new_table(f"layer types on their own (eps {report.eps:g}, rtol {report.rtol:g}, "
+                      f"atol {report.atol:g})", "layer")
+        for sec in report.sections:
+            for j, r in enumerate(sec.results):
+                add(t, sec.kind if j == 0 else "", r, sec.title if j == 0 else "")
+            t.add_section()
+        return [t]
+    tables = []
+    for sec in report.sections:
+        t = new_table(sec.title, "#")
+        for r in sec.results:
+            index, _ = split_layer_name(r.layer)
+            add(t, "" if index is None else str(index), r)
+        tables.append(t)
+    return tables

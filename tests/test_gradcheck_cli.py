@@ -1,0 +1,131 @@
+"""`dlcli gradcheck`: the command (through CliRunner) and the helper every layer test uses."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlcli import gradcheck as gc
+from dlcli.cli import main
+from dlcli.layers import LAYERS
+
+SPEC = """\
+name: tiny
+seed: 0
+data: {{source: builtin:spirals, options: {{classes: 3, samples: 60}}}}
+model:
+  input: [2]
+  layers:
+    - dense: 6
+    - relu
+    - dropout: 0.3
+    - dense: 5
+    - tanh
+    - dense: {out}
+loss: {loss}
+"""
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["gradcheck", *map(str, args)])
+
+
+def rows(result):
+    return json.loads(result.output)["checks"]
+
+
+@pytest.mark.parametrize("loss,out", [("cross_entropy", 3), ("mse", 2), ("binary_cross_entropy", 1)])
+def test_spec_passes_with_every_loss(write_spec, loss, out):
+    result = run(write_spec(SPEC.format(loss=loss, out=out)), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["passed"] and data["summary"]["FAIL"] == 0
+    checked = {(r["graph"].split(" (")[1], r["layer_index"], r["tensor"]) for r in data["checks"]}
+    # every parameter and every layer's input, the loss, as written and fused
+    for graph in ("as written)", "fused dense+relu)"):
+        assert (graph, 0, "weight") in checked and (graph, 0, "bias") in checked
+        assert (graph, 2, "input") in checked  # dropout, with its mask pinned
+        assert (graph, 5, "weight") in checked
+        assert (graph, None, f"{loss} input") in checked
+    assert all(r["status"] in ("pass", "kink") for r in data["checks"])
+
+
+def test_table_and_summary_line(write_spec):
+    result = run(write_spec(SPEC.format(loss="cross_entropy", out=3)), "--samples", 5)
+    assert result.exit_code == 0, result.output
+    assert "max rel err" in result.output and "fused dense+relu" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("all gradients match") and "0 FAIL" in last
+
+
+def test_injected_bug_fails_that_layer_and_tensor(write_spec, monkeypatch):
+    from dlcli.layers.dense import Dense
+
+    original = Dense.backward
+
+    def broken(self, dy, need_dx=True):
+        dx = original(self, dy, need_dx)
+        if self.name == "layers[3] dense":
+            self.grads["bias"] *= 1.1  # a 10% error in one tensor of one layer
+        return dx
+
+    monkeypatch.setattr(Dense, "backward", broken)
+    path = write_spec(SPEC.format(loss="cross_entropy", out=3))
+    result = run(path, "--json")
+    assert result.exit_code == 1
+    failed = {(r["layer_index"], r["layer_type"], r["tensor"]) for r in rows(result) if r["status"] == "FAIL"}
+    assert failed == {(3, "dense", "bias")}
+    table = run(path)
+    assert table.exit_code == 1
+    assert "FAIL" in table.output and "gradient check FAILED" in table.output
+
+
+def test_kink_is_marked_not_failed():
+    layer, _ = gc.example_layer("relu")
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    x[0, :3] = 0.0  # exactly on ReLU's kink
+    x[1, 0] = 3e-7  # within eps of it
+    results = gc.check_layer(layer, x)
+    (r,) = results
+    assert r.status == "kink" and r.kinks == 4
+    gc.assert_gradients_ok(results)  # kinks do not fail
+
+
+def test_wrong_gradient_on_smooth_function_is_not_excused_as_kink():
+    layer, _ = gc.example_layer("tanh")
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    original = layer.backward
+    layer.backward = lambda dy, need_dx=True: original(dy, need_dx) * 1.01
+    (r,) = gc.check_layer(layer, x)
+    assert r.status == "FAIL" and r.kinks == 0
+    with pytest.raises(AssertionError, match="tanh input"):
+        gc.assert_gradients_ok([r])
+
+
+def test_layer_option_checks_one_type(write_spec):
+    result = run("--layer", "dense", "--layer", "sigmoid", "--json")
+    assert result.exit_code == 0, result.output
+    got = {(r["layer_type"], r["tensor"]) for r in rows(result)}
+    assert got == {("dense", "weight"), ("dense", "bias"), ("dense", "input"), ("sigmoid", "input")}
+
+
+def test_all_checks_every_layer_type_and_each_has_an_example():
+    for kind, cls in LAYERS.items():
+        ex = cls.EXAMPLE
+        assert isinstance(ex.get("options", {}), dict) and isinstance(tuple(ex["input"]), tuple), kind
+    result = run("--all", "--json", "--samples", 10)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {r["layer_type"] for r in data["checks"]} == set(LAYERS)
+    assert all(r["status"] != "FAIL" for r in data["checks"])
+    for r in data["checks"]:
+        assert set(r) >= {"graph", "layer_index", "layer_type", "tensor", "checked", "max_abs_error",
+                          "max_rel_error", "kinks", "status", "worst_index"}
+
+
+def test_bad_usage_is_one_line():
+    result = run("--layer", "nope")
+    assert result.exit_code == 2
+    assert "unknown layer type 'nope'" in result.output and "Traceback" not in result.output
+    assert run().exit_code == 2  # neither a spec nor --layer/--all
