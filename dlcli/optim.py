@@ -18,15 +18,17 @@ class Optimizer:
         self.spec = spec
         self.step_count = 0
         self.state = {name: np.zeros(n, dtype) for name in self.state_names}
-        self.offsets = np.asarray(offsets if offsets is not None else [0, n], dtype=np.int64)
-        self.sumsq = np.zeros(len(self.offsets) - 1)
+        offsets = np.asarray(offsets if offsets is not None else [0, n], dtype=np.int64)
+        self.chunks, self.chunk_owner = segment_chunks(offsets)
+        self.chunk_sumsq = np.zeros(len(self.chunks))
+        self.n_segments = len(offsets) - 1
 
     def step(self, params, grads, lr, scale=1.0):
         """Update params from grads * scale; returns the sum of squares of the raw
         gradient of each segment (offsets[k]:offsets[k+1]), computed in the same pass."""
         self.step_count += 1
         self._update(params, grads, lr, scale)
-        return self.sumsq
+        return np.bincount(self.chunk_owner, self.chunk_sumsq, minlength=self.n_segments)
 
     def state_dict(self):
         return {**self.state, "step": np.array(self.step_count, np.int64)}
@@ -49,7 +51,7 @@ class SGD(Optimizer):
 
         s = self.spec
         sgd_update(p, g, self.state["velocity"], lr, s.momentum, s.weight_decay, s.nesterov, scale,
-                   self.offsets, self.sumsq)
+                   self.chunks, self.chunk_sumsq)
 
 
 class Adam(Optimizer):
@@ -64,7 +66,7 @@ class Adam(Optimizer):
         s = self.spec
         adam_update(
             p, g, self.state["m"], self.state["v"], lr, s.beta1, s.beta2, s.eps, s.weight_decay,
-            self.decoupled, self.step_count, scale, self.offsets, self.sumsq,
+            self.decoupled, self.step_count, scale, self.chunks, self.chunk_sumsq,
         )
 
 
@@ -83,8 +85,19 @@ class RMSprop(Optimizer):
         s = self.spec
         rmsprop_update(
             p, g, self.state["square_avg"], self.state["velocity"], lr, s.beta2, s.eps, s.weight_decay, s.momentum,
-            scale, self.offsets, self.sumsq,
+            scale, self.chunks, self.chunk_sumsq,
         )
+
+
+def segment_chunks(offsets, chunk=16384):
+    """(start, end) rows covering each segment offsets[k]:offsets[k+1] in pieces of at most
+    `chunk` entries, and the segment index of each row. Plain Python: run once."""
+    rows, owner = [], []
+    for k in range(len(offsets) - 1):
+        for start in range(int(offsets[k]), int(offsets[k + 1]), chunk):
+            rows.append((start, min(start + chunk, int(offsets[k + 1]))))
+            owner.append(k)
+    return np.array(rows, dtype=np.int64).reshape(-1, 2), np.array(owner, dtype=np.int64)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}

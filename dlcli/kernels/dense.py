@@ -62,6 +62,27 @@ def matmul(a, b, out):
 
 
 @njit(cache=True, parallel=True)
+def relu_mask_column_sums(y, dy, out):
+    """dy *= (y > 0), then out = column sums of dy: the backward of a fused dense+ReLU
+    up to the products, in one pass over dy."""
+    n, m = dy.shape
+    blocks = min(32, n)
+    partial = np.zeros((blocks, m), dtype=dy.dtype)
+    for b in prange(blocks):
+        for i in range(b * n // blocks, (b + 1) * n // blocks):
+            for j in range(m):
+                if y[i, j] <= 0:
+                    dy[i, j] = 0
+                else:
+                    partial[b, j] += dy[i, j]
+    for j in range(m):
+        s = partial[0, j]
+        for b in range(1, blocks):
+            s += partial[b, j]
+        out[j] = s
+
+
+@njit(cache=True, parallel=True)
 def relu_mask_inplace(y, dy):
     """dy *= (y > 0): the ReLU backward step when only its output y was kept."""
     flat_y = y.reshape(-1)

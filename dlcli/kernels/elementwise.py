@@ -116,17 +116,18 @@ def all_finite(a):
 
 
 # ---------------------------------------------------------------- optimizer updates
-# One fused pass over the flat parameter buffer; the semantics follow PyTorch's. Each pass
-# also returns, in `sumsq`, the sum of squares of the raw gradient of every segment
-# (offsets[k]:offsets[k+1], one per layer): the per-layer gradient norms come for free.
-# `scale` multiplies the gradient first (clipping by global norm).
+# One fused parallel pass over the flat parameter buffer; the semantics follow PyTorch's.
+# The buffer is cut into chunks that never straddle two segments (one segment per layer,
+# see `optim.segment_chunks`), so a single parallel loop over chunks also yields, in
+# `chunk_sumsq`, the raw gradient's sum of squares per chunk; summed per segment these are
+# the per-layer gradient norms, for free. `scale` multiplies the gradient first (clipping).
 
 
 @njit(cache=True, parallel=True)
-def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, offsets, sumsq):
-    for k in range(offsets.size - 1):
+def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq):
+    for c in prange(chunks.shape[0]):
         s = 0.0
-        for i in prange(offsets[k], offsets[k + 1]):
+        for i in range(chunks[c, 0], chunks[c, 1]):
             gi = g[i]
             s += gi * gi
             d = scale * gi + weight_decay * p[i]
@@ -135,16 +136,16 @@ def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, offs
                 velocity[i] = v
                 d = d + momentum * v if nesterov else v
             p[i] -= lr * d
-        sumsq[k] = s
+        chunk_sumsq[c] = s
 
 
 @njit(cache=True, parallel=True)
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step, scale, offsets, sumsq):
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step, scale, chunks, chunk_sumsq):
     c1 = 1 - beta1**step
     c2 = 1 - beta2**step
-    for k in range(offsets.size - 1):
+    for c in prange(chunks.shape[0]):
         s = 0.0
-        for i in prange(offsets[k], offsets[k + 1]):
+        for i in range(chunks[c, 0], chunks[c, 1]):
             gi = g[i]
             s += gi * gi
             d = scale * gi
@@ -157,14 +158,14 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step
             m[i] = mi
             v[i] = vi
             p[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
-        sumsq[k] = s
+        chunk_sumsq[c] = s
 
 
 @njit(cache=True, parallel=True)
-def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, offsets, sumsq):
-    for k in range(offsets.size - 1):
+def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq):
+    for c in prange(chunks.shape[0]):
         s = 0.0
-        for i in prange(offsets[k], offsets[k + 1]):
+        for i in range(chunks[c, 0], chunks[c, 1]):
             gi = g[i]
             s += gi * gi
             d = scale * gi + weight_decay * p[i]
@@ -175,4 +176,5 @@ def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, mom
                 step = momentum * velocity[i] + step
                 velocity[i] = step
             p[i] -= lr * step
-        sumsq[k] = s
+        chunk_sumsq[c] = s
+

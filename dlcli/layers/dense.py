@@ -59,11 +59,14 @@ class Dense(Layer):
     def backward(self, dy, need_dx=True):
         w = self.params["weight"]
         dy2 = np.ascontiguousarray(dy.reshape(-1, w.shape[1]))
-        if self.fuse_relu:
+        has_bias = "bias" in self.grads
+        if self.fuse_relu and has_bias:
+            self.K.relu_mask_column_sums(self.y, dy2, self.grads["bias"])
+        elif self.fuse_relu:
             self.K.relu_mask_inplace(self.y, dy2)
-        self.K.matmul_tn(self.x, dy2, self.grads["weight"])
-        if "bias" in self.grads:
+        elif has_bias:
             self.K.column_sums(dy2, self.grads["bias"])
+        self.K.matmul_tn(self.x, dy2, self.grads["weight"])
         if not need_dx:
             return None
         dx = np.empty_like(self.x)
