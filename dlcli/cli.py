@@ -287,5 +287,52 @@ def evaluate(model, data_file, as_json, batch_size, label, threads):
     console.print(cm)
 
 
+@main.command("inspect-gradients")
+@click.argument("source", required=False, type=click.Path(dir_okay=False))
+@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Batches of the training data to average over.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed (initialisation, batch order).")
+@click.option("--compare", "other", type=click.Path(dir_okay=False), help="A second spec or checkpoint, side by side.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="A metrics log from `train --log FILE --log-grad-norms`: norms over training as a heat map.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of tables and charts.")
+@friendly_errors
+def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_json):
+    """Show how gradients flow through SOURCE (a spec, freshly initialised, or a checkpoint):
+    per-layer gradient norms, update/weight ratios, dead and saturated units, per-time-step
+    norms of recurrent layers, and a verdict (vanishing, exploding, dead ReLUs, saturation)."""
+    import json
+
+    from . import inspect_gradients as ig
+
+    if source is None and log_path is None:
+        raise click.UsageError("give a SOURCE (spec or checkpoint), or --log METRICS.jsonl")
+    if other is not None and source is None:
+        raise click.UsageError("--compare needs a SOURCE to compare with")
+    opts = dict(batches=batches, batch_size=batch_size, seed=seed)
+    runs = [ig.inspect(p, **opts) for p in (source, other) if p is not None]
+    log = ig.read_log(log_path) if log_path else None
+    if as_json:
+        out = runs[0].to_dict() if len(runs) == 1 else {}
+        if len(runs) == 2:
+            out = {"compare": [r.to_dict() for r in runs]}
+        if log is not None:
+            out["training_log"] = log.to_dict()
+        click.echo(json.dumps(out, indent=2))
+        return
+    from rich.console import Console
+    from rich.panel import Panel
+
+    console = Console()
+    if len(runs) == 2:
+        console.print(ig.render_compare(*runs))
+    elif runs:
+        console.print(ig.render(runs[0]))
+    if log is not None:
+        console.print(Panel(ig.heat_map(log), title=f"gradient norm per layer over training: {log_path}",
+                            title_align="left", border_style="blue"))
+
+
 if __name__ == "__main__":
     main()

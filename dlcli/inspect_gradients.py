@@ -1,0 +1,453 @@
+"""How gradients flow: per layer, per time step, over training, and what that means.
+
+`inspect(source)` runs a spec's freshly initialised model (or a checkpoint's trained one)
+forward and backward on a few batches of its data, without updating it, and collects:
+
+- for every layer of the trained graph: the norm of the gradient of each parameter and of
+  the layer's input (the backpropagated signal), as mean and spread over the batches;
+- the update-to-weight ratio ||update|| / ||weight|| one optimizer step at the spec's
+  learning rate would make (with the checkpoint's optimizer state when there is one);
+- the fraction of dead units of each ReLU (never positive on any inspected sample) and of
+  saturated outputs of each sigmoid (within 0.01 of 0 or 1) and tanh (|y| > 0.99);
+- for recurrent layers: ||dL/dh_t|| for every time step (the layers' `record_time_grads`);
+- a verdict: vanishing, exploding, dead ReLUs, saturation, or healthy.
+
+`read_log(path)` turns a `train --log FILE --log-grad-norms` file into a layer x step grid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+VANISHING = 1e-2  # first/last gradient-norm ratio below this: vanishing (two orders of magnitude)
+EXPLODING = 1e2  # ... above this: exploding
+DEAD = 0.5  # fraction of ReLU units never active on any inspected sample
+SATURATED = 0.2  # fraction of saturated sigmoid/tanh outputs
+
+
+@dataclass
+class Verdict:
+    kind: str  # vanishing | exploding | vanishing_through_time | exploding_through_time | dead_relu | saturation | healthy
+    layer: str | None
+    message: str
+    suggestion: str
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+@dataclass
+class Inspection:
+    source: str
+    name: str
+    batches: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    loss: float
+    layers: list  # dicts, see to_dict
+    time_steps: list = field(default_factory=list)  # dicts: index, name, kind, grad_norms (T,)
+    first_last_ratio: float | None = None
+    verdicts: list = field(default_factory=list)
+
+    @property
+    def param_layers(self):
+        return [l for l in self.layers if l["params"]]
+
+    def to_dict(self):
+        return {
+            "source": self.source, "name": self.name, "batches": self.batches, "batch_size": self.batch_size,
+            "optimizer": self.optimizer, "lr": self.lr, "loss": self.loss, "layers": self.layers,
+            "time_steps": self.time_steps, "first_last_ratio": self.first_last_ratio,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+        }
+
+
+def _stats(values):
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std())}
+
+
+def _offset(model, view):
+    """Where a parameter view starts in the model's flat buffer."""
+    base = model.params_flat.__array_interface__["data"][0]
+    return (view.__array_interface__["data"][0] - base) // model.params_flat.itemsize
+
+
+def inspect(source, batches=4, batch_size=None, seed=None):
+    from . import checkpoint, data, optim, run
+
+    s, ckpt = run.spec_or_checkpoint(source)
+    if seed is not None:
+        s = run.apply_overrides(s, seed=seed)
+    model, loss = run.build(s, fuse=False)  # unfused: each ReLU's own input gradient and dead units
+    if ckpt is not None:
+        model.load_state(ckpt.params, source=str(source))
+    ds = data.load(s, loss, model.output_shape)
+    bs = batch_size or s.train.batch_size
+    layers = model.trained
+    recurrent = [l for l in layers if hasattr(l, "record_time_grads")]
+    for layer in recurrent:
+        layer.record_time_grads = True
+
+    n_layers = len(layers)
+    input_norms = [[] for _ in range(n_layers)]
+    param_norms = [{name: [] for name in l.params} for l in layers]
+    layer_norms = [[] for _ in range(n_layers)]
+    update_ratios = [{name: [] for name in l.params} for l in layers]
+    layer_update = [[] for _ in range(n_layers)]
+    alive = [None] * n_layers
+    saturated = [[] for _ in range(n_layers)]
+    time_norms = {id(l): [] for l in recurrent}
+    losses = []
+    spans = [{name: (_offset(model, p), p.size) for name, p in l.params.items()} for l in layers]
+    ckpt_optim = ckpt.optimizer if ckpt is not None else None
+
+    rng = np.random.default_rng([s.seed, 2, 0]) if s.data.shuffle else None
+    done = 0
+    for xb, yb in data.batches(ds.x_train, ds.y_train, bs, rng):
+        if done >= batches:
+            break
+        done += 1
+        for i, layer in enumerate(model.layers):  # dropout as in the first training epoch
+            layer.rng = np.random.default_rng([s.seed, 3, 0, i])
+        h = np.ascontiguousarray(xb, dtype=model.dtype)
+        for k, layer in enumerate(layers):
+            h = layer.forward(h, training=True)
+            if layer.kind == "relu":
+                active = (np.asarray(h).reshape(len(xb), -1) > 0).any(axis=0)
+                alive[k] = active if alive[k] is None else (alive[k] | active)
+            elif layer.kind == "sigmoid":
+                saturated[k].append(float(np.mean((h < 0.01) | (h > 0.99))))
+            elif layer.kind == "tanh":
+                saturated[k].append(float(np.mean(np.abs(h) > 0.99)))
+        value, d, _ = loss(h, yb)
+        losses.append(float(value))
+        for k in range(n_layers - 1, -1, -1):
+            d = layers[k].backward(d, need_dx=True)
+            input_norms[k].append(float(np.linalg.norm(np.asarray(d, dtype=np.float64))))
+        for k, layer in enumerate(layers):
+            total = 0.0
+            for name, g in layer.grads.items():
+                n = float(np.linalg.norm(g.astype(np.float64)))
+                param_norms[k][name].append(n)
+                total += n * n
+            if layer.params:
+                layer_norms[k].append(math.sqrt(total))
+        for layer in recurrent:
+            if layer.time_grad_norms is not None:
+                time_norms[id(layer)].append(np.asarray(layer.time_grad_norms, dtype=np.float64).copy())
+        # One optimizer step on copies: what the update would be, relative to the weights.
+        opt = optim.make(s.optimizer, model.n_params(), model.dtype)
+        if ckpt_optim:
+            opt.load_state_dict(ckpt_optim)
+        p = model.params_flat.copy()
+        opt.step(p, model.grads_flat.copy(), s.optimizer.lr)
+        delta = (p - model.params_flat).astype(np.float64)
+        w = model.params_flat.astype(np.float64)
+        for k, layer in enumerate(layers):
+            du = dw = 0.0
+            for name, (o, size) in spans[k].items():
+                a = float(np.linalg.norm(delta[o : o + size]))
+                b = float(np.linalg.norm(w[o : o + size]))
+                update_ratios[k][name].append(a / b if b > 0 else float("nan"))
+                du += a * a
+                dw += b * b
+            if layer.params:
+                layer_update[k].append(math.sqrt(du) / math.sqrt(dw) if dw > 0 else float("nan"))
+    if done == 0:
+        raise DataError(f"{source}: the training split has no samples to inspect")
+
+    rows = []
+    for k, layer in enumerate(layers):
+        row = {
+            "index": k, "name": layer.name, "kind": layer.kind,
+            "input_grad_norm": _stats(input_norms[k]),
+            "grad_norm": _stats(layer_norms[k]) if layer.params else None,
+            "update_ratio": float(np.mean(layer_update[k])) if layer.params else None,
+            "params": {
+                name: {**_stats(param_norms[k][name]), "update_ratio": float(np.mean(update_ratios[k][name]))}
+                for name in layer.params
+            },
+            "dead_fraction": float(1.0 - alive[k].mean()) if alive[k] is not None else None,
+            "saturated_fraction": float(np.mean(saturated[k])) if saturated[k] else None,
+        }
+        rows.append(row)
+    time_steps = []
+    for layer in recurrent:
+        got = time_norms[id(layer)]
+        if got:
+            time_steps.append({
+                "index": layers.index(layer), "name": layer.name, "kind": layer.kind,
+                "grad_norms": [float(v) for v in np.mean(got, axis=0)],
+            })
+    result = Inspection(str(source), s.name, done, bs, s.optimizer.name, float(s.optimizer.lr),
+                        float(np.mean(losses)), rows, time_steps)
+    plist = result.param_layers
+    if len(plist) >= 2:
+        first, last = plist[0]["grad_norm"]["mean"], plist[-1]["grad_norm"]["mean"]
+        result.first_last_ratio = first / last if last > 0 else float("inf")
+    result.verdicts = verdicts(result)
+    return result
+
+
+def verdicts(r: Inspection):
+    """What the figures mean, each with a one-line explanation and a suggestion."""
+    out = []
+    plist = r.param_layers
+    kinds = {l["kind"] for l in r.layers}
+    squashing = sorted(kinds & {"sigmoid", "tanh"})
+    norms = [l["grad_norm"]["mean"] for l in plist]
+    ratio = r.first_last_ratio
+    if any(not math.isfinite(n) for n in norms):
+        out.append(Verdict("exploding", None, "some gradient norms are not finite (overflow)",
+                           "lower the learning rate and set train.clip_norm: clipping tames explosions"))
+    elif ratio is not None and ratio < VANISHING:
+        why = (f"each {'/'.join(squashing)} multiplies the backpropagated signal by its derivative "
+               f"(at most {'0.25' if 'sigmoid' in squashing else '1'}), so it shrinks layer by layer"
+               if squashing else "the backpropagated signal shrinks layer by layer")
+        out.append(Verdict(
+            "vanishing", plist[0]["name"],
+            f"vanishing gradients: the first layer's gradient is {ratio:.1e} x the last layer's; {why}",
+            "use relu with He initialisation (ReLU passes the gradient unchanged where it is active), "
+            "or fewer layers" if squashing else "check the initialisation scale, or use fewer layers"))
+    elif ratio is not None and ratio > EXPLODING:
+        out.append(Verdict(
+            "exploding", plist[0]["name"],
+            f"exploding gradients: the first layer's gradient is {ratio:.1e} x the last layer's; "
+            "the signal grows as it is multiplied back through the layers",
+            "set train.clip_norm (clipping tames explosions), lower the learning rate or the initial weights"))
+    for t in r.time_steps:
+        g = t["grad_norms"]
+        if len(g) < 2 or not g[-1] > 0:
+            continue
+        tr = g[0] / g[-1]
+        gated = t["kind"] in ("lstm", "gru")
+        if tr < VANISHING:
+            out.append(Verdict(
+                "vanishing_through_time", t["name"],
+                f"vanishing through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}; "
+                + ("even the gates lose the signal over these many steps" if gated else
+                   "each step back multiplies it by W_hh and tanh', so early inputs barely learn"),
+                "use lstm or gru: their gates keep gradients through time" if not gated
+                else "shorten the sequences or add skip connections"))
+        elif tr > EXPLODING:
+            out.append(Verdict(
+                "exploding_through_time", t["name"],
+                f"exploding through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}",
+                "set train.clip_norm: clipping tames explosions"))
+    for l in r.layers:
+        if l["dead_fraction"] is not None and l["dead_fraction"] > DEAD:
+            out.append(Verdict(
+                "dead_relu", l["name"],
+                f"dead ReLUs: {l['dead_fraction']:.0%} of {l['name']}'s units are never active on these batches, "
+                "so their gradient is zero and they stop learning",
+                "lower the learning rate, use He initialisation, or standardize the inputs"))
+        if l["saturated_fraction"] is not None and l["saturated_fraction"] > SATURATED:
+            out.append(Verdict(
+                "saturation", l["name"],
+                f"saturation: {l['saturated_fraction']:.0%} of {l['name']}'s outputs sit where its derivative "
+                "is almost 0, so they pass almost no gradient back",
+                "standardize the inputs (data.standardize), use Glorot initialisation, or relu"))
+    if not out:
+        msg = "healthy: gradients reach the first layer at a scale comparable to the last"
+        if ratio is not None:
+            msg += f" (ratio {ratio:.2g})"
+        out.append(Verdict("healthy", None, msg + "; no dead or saturated units", "nothing to change"))
+    return out
+
+
+# ---------------------------------------------------------------- the metrics log
+
+
+@dataclass
+class GradLog:
+    path: str
+    layers: list
+    steps: list
+    norms: dict  # layer name -> list of norms, one per step (None where missing)
+
+    def to_dict(self):
+        return {"log": self.path, "layers": self.layers, "steps": self.steps, "grad_norms": self.norms}
+
+
+def read_log(path):
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: no such metrics log")
+    layers, steps, rows = [], [], []
+    with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{lineno}: not a JSON line") from None
+            g = obj.get("layer_grad_norms") if isinstance(obj, dict) else None
+            if obj.get("event") != "step" or not isinstance(g, dict):
+                continue
+            for name in g:
+                if name not in layers:
+                    layers.append(name)
+            steps.append(obj.get("step", len(steps) + 1))
+            rows.append(g)
+    if not rows:
+        raise DataError(f"{path}: no per-layer gradient norms; train with --log {path} --log-grad-norms")
+    norms = {n: [r.get(n) for r in rows] for n in layers}
+    return GradLog(str(path), layers, steps, norms)
+
+
+# ---------------------------------------------------------------- rendering
+
+SHADES = " ░▒▓█"
+
+
+def heat_map(log: GradLog, width=60):
+    """Layer x step grid, one character per column of steps: darker is a larger norm (log scale)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .dashboard import fmt
+
+    n = len(log.steps)
+    cols = min(width, n)
+    edges = [round(i * n / cols) for i in range(cols + 1)]
+    grid = {}
+    values = []
+    for name in log.layers:
+        row = []
+        for a, b in zip(edges, edges[1:]):
+            chunk = [v for v in log.norms[name][a:b] if v is not None and v > 0 and math.isfinite(v)]
+            row.append(float(np.mean(np.log10(chunk))) if chunk else None)
+        grid[name] = row
+        values += [v for v in row if v is not None]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    span = max(hi - lo, 1e-12)
+    colors = ["blue", "cyan", "green", "yellow", "red"]
+    t = Table.grid(padding=(0, 1))
+    t.add_column(no_wrap=True)
+    t.add_column(no_wrap=True)
+    for name in log.layers:
+        text = Text()
+        for v in grid[name]:
+            if v is None:
+                text.append(" ")
+                continue
+            level = min(int((v - lo) / span * len(SHADES)), len(SHADES) - 1)
+            text.append(SHADES[max(level, 1)], style=colors[level])
+        t.add_row(name, text)
+    legend = Text(f"steps {log.steps[0]}..{log.steps[-1]} left to right; shade: {fmt(10**lo)} ", style="dim")
+    for i, c in enumerate(SHADES[1:], 1):
+        legend.append(c, style=colors[i])
+    legend.append(f" {fmt(10**hi)} (log scale)", style="dim")
+    t.add_row("", legend)
+    return t
+
+
+def render(r: Inspection):
+    """Rich renderables for one inspection: per-layer table, bars, time steps, verdict."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from .dashboard import fmt, line_chart, log_bars
+
+    t = Table(title=f"{r.name}: {r.batches} batches of {r.batch_size}, loss {fmt(r.loss)}, "
+                    f"{r.optimizer} lr {fmt(r.lr)}", title_justify="left", header_style="bold")
+    for col, just in (("#", "right"), ("layer", "left"), ("tensor", "left"), ("grad norm", "right"),
+                      ("± sd", "right"), ("update/weight", "right"), ("dead/sat.", "right")):
+        t.add_column(col, justify=just)
+    for l in r.layers:
+        idx, kind = str(l["index"]), l["kind"]
+        for name, p in l["params"].items():
+            t.add_row(idx, kind, name, fmt(p["mean"]), fmt(p["std"]), fmt(p["update_ratio"]), "")
+            idx = kind = ""
+        extra = ""
+        if l["dead_fraction"] is not None:
+            extra = f"{l['dead_fraction']:.0%} dead"
+        elif l["saturated_fraction"] is not None:
+            extra = f"{l['saturated_fraction']:.0%} sat."
+        t.add_row(idx, kind, Text("input", style="dim"), fmt(l["input_grad_norm"]["mean"]),
+                  fmt(l["input_grad_norm"]["std"]), "", extra)
+    parts = [t]
+    plist = r.param_layers
+    parts.append(Panel(log_bars([l["name"] for l in plist], [l["grad_norm"]["mean"] for l in plist], width=30),
+                       title="gradient norm per layer (log scale, first layer at the top)", title_align="left",
+                       border_style="blue"))
+    if r.time_steps:
+        colors = ["cyan", "magenta", "yellow", "green"]
+        series = []
+        for i, ts in enumerate(r.time_steps):
+            g = ts["grad_norms"]
+            xs = [j / max(len(g) - 1, 1) for j in range(len(g))]
+            series.append((f"{ts['name']} ||dL/dh_t||", xs, g, colors[i % len(colors)]))
+        T = len(r.time_steps[0]["grad_norms"])
+        parts.append(Panel(line_chart(series, width=50, height=8, log=True),
+                           title=f"gradient through time (log scale): step 1 left .. step {T} right; "
+                                 "backpropagation runs right to left", title_align="left", border_style="blue"))
+    parts.append(verdict_text(r))
+    return Group(*parts)
+
+
+def verdict_text(r: Inspection, named=False):
+    from rich.text import Text
+
+    text = Text()
+    for v in r.verdicts:
+        style = "green" if v.kind == "healthy" else "bold yellow"
+        text.append(f"{r.name} verdict: " if named else "verdict: ", style="bold")
+        text.append(v.message + "\n", style=style)
+        text.append(f"  suggestion: {v.suggestion}\n", style="dim")
+    return text
+
+
+def render_compare(a: Inspection, b: Inspection):
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from .dashboard import fmt, log_bars
+
+    t = Table(title="side by side", title_justify="left", header_style="bold")
+    t.add_column("")
+    t.add_column(a.name, justify="right")
+    t.add_column(b.name, justify="right")
+    pa, pb = a.param_layers, b.param_layers
+    t.add_row("first layer grad norm", fmt(pa[0]["grad_norm"]["mean"]) if pa else "-",
+              fmt(pb[0]["grad_norm"]["mean"]) if pb else "-")
+    t.add_row("last layer grad norm", fmt(pa[-1]["grad_norm"]["mean"]) if pa else "-",
+              fmt(pb[-1]["grad_norm"]["mean"]) if pb else "-")
+    t.add_row("first / last", fmt(a.first_last_ratio), fmt(b.first_last_ratio))
+    ta = a.time_steps[0]["grad_norms"] if a.time_steps else None
+    tb = b.time_steps[0]["grad_norms"] if b.time_steps else None
+    if ta or tb:
+        t.add_row("||dL/dh_1|| / ||dL/dh_T||", fmt(ta[0] / ta[-1]) if ta else "-", fmt(tb[0] / tb[-1]) if tb else "-")
+    t.add_row("verdict", ", ".join(v.kind for v in a.verdicts), ", ".join(v.kind for v in b.verdicts))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column()
+    grid.add_column()
+    bars = [Panel(log_bars([l["name"] for l in x.param_layers], [l["grad_norm"]["mean"] for l in x.param_layers],
+                           width=16), title=x.name, border_style="blue") for x in (a, b)]
+    grid.add_row(*bars)
+    parts = [t, grid]
+    if ta or tb:
+        from .dashboard import line_chart
+
+        series = []
+        for x, g, c in ((a, ta, "cyan"), (b, tb, "magenta")):
+            if g:
+                series.append((f"{x.name}", [j / max(len(g) - 1, 1) for j in range(len(g))], g, c))
+        parts.append(Panel(line_chart(series, width=50, height=8, log=True),
+                           title="||dL/dh_t|| (log scale): step 1 left .. step T right", title_align="left",
+                           border_style="blue"))
+    parts += [verdict_text(a, named=True), verdict_text(b, named=True)]
+    return Group(*parts)
