@@ -79,4 +79,4 @@ class Dense(Layer):
         return positions * (2 * fan_in * units + (units if "bias" in self.params else 0))
 
     def describe(self):
-        return f"{self.options['units']} units" + (" + relu (fused)" if self.fuse_relu else "")
+        return f"{self.options['units']} units" + (", relu fused in" if self.fuse_relu else "")
