@@ -278,7 +278,7 @@ def evaluate(model, data_file, as_json, batch_size, label, threads):
     for c, p, rc, s in zip(r.classes, r.precision, r.recall, r.support):
         per.add_row(str(c), pct(p), pct(rc), str(s))
     console.print(per)
-    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm = Table(title="confusion matrix")
     cm.add_column("true \\ predicted")
     for c in r.classes:
         cm.add_column(str(c), justify="right")
