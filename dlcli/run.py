@@ -65,7 +65,10 @@ def train(s, output=None, resume=None, log=None, log_grad_norms=False, display=N
                 f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
                 f"pass --epochs N with N > {start_epoch} to train further"
             )
-    output = Path(output) if output else default_checkpoint_path(s)
+    if output:
+        output = Path(output)
+    else:  # a resumed run goes on writing the checkpoint it continues
+        output = Path(resume) if resume is not None else default_checkpoint_path(s)
     cbs = list(callbacks)
     if display is not None:
         cbs.insert(0, display)

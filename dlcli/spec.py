@@ -3,7 +3,7 @@
 The YAML is read twice, both times safely: `yaml.safe_load` gives the values and
 `yaml.compose` gives the node tree whose marks tell us the line and column of every
 field, so an error can say `spirals.yaml:12:9: model.layers[2].dense.units must be a
-positive integer, got -4`. Pure Python: loading a spec imports neither NumPy nor Numba.
+positive integer, got -4`. Loading a spec imports neither Numba nor any kernel (the layer tables need only NumPy).
 """
 
 from __future__ import annotations

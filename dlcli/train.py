@@ -156,13 +156,26 @@ class Trainer:
         except TrainingDiverged as e:
             result.stopped = "diverged"
             result.message = str(e)
-        if self.interrupt.get("stop") and result.stopped == "finished":
+        if self.interrupt.get("stop") and result.stopped == "finished" and result.epochs_done < self.epochs:
             result.stopped = "interrupted"
             result.message = f"interrupted at epoch {result.epochs_done + 1}, step {self.step}"
         result.history = self.history
         result.step = self.step
         self._emit("on_end", result)
         return result
+
+    def _check_finite(self, epoch, val_loss):
+        """The last step's update may overflow, or leave a NaN that a ReLU hides from the
+        loss: check the parameters (and the validation loss) before they are saved."""
+        from .kernels.elementwise import all_finite
+
+        params_ok = all_finite(self.model.params_flat)
+        if not params_ok or (val_loss is not None and not np.isfinite(val_loss)):
+            what = "the validation loss" if params_ok else "the parameters"
+            raise TrainingDiverged(
+                f"{what} became NaN or infinite at epoch {epoch + 1}, step {self.step}; training stopped "
+                "and the last good checkpoint is kept. Try a smaller learning rate, or clip_norm under train."
+            )
 
     def _loop(self, result, t0):
         d, spec = self.dataset, self.spec
@@ -176,6 +189,7 @@ class Trainer:
                 if epoch == self.start_epoch and j < self.skip_steps:
                     continue
                 if self.interrupt.get("stop"):
+                    self._check_finite(epoch, None)  # the checkpointer saves these parameters next
                     result.epoch_step = j
                     return
                 lr = optim.learning_rate(spec.optimizer, epoch + j / self.steps_per_epoch, self.epochs)
@@ -205,6 +219,7 @@ class Trainer:
                 )
             train_time = time.perf_counter() - epoch_t0
             val_loss, val_acc = self.evaluate(d.x_val, d.y_val)
+            self._check_finite(epoch, val_loss)  # before on_epoch: a spoilt model is never saved
             event = EpochEvent(
                 epoch, self.epochs, self.step, sum_loss / max(seen, 1),
                 sum_hits / items if items else None, val_loss, val_acc, lr,
