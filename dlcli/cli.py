@@ -321,6 +321,8 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
             out["training_log"] = log.to_dict()
         click.echo(json.dumps(out, indent=2))
         return
+    from pathlib import Path
+
     from rich.console import Console
     from rich.panel import Panel
 
@@ -330,7 +332,7 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
     elif runs:
         console.print(ig.render(runs[0]))
     if log is not None:
-        console.print(Panel(ig.heat_map(log), title=f"gradient norm per layer over training: {log_path}",
+        console.print(Panel(ig.heat_map(log), title=f"gradient norm per layer over training: {Path(log_path).name}",
                             title_align="left", border_style="blue"))
 
 

@@ -184,9 +184,16 @@ def inspect(source, batches=4, batch_size=None, seed=None):
     for layer in recurrent:
         got = time_norms[id(layer)]
         if got:
+            g = np.mean(got, axis=0)
+            ok = g > 0
+            # Fitted slope of log10 ||dL/dh_t|| over t: decades lost per step back in time.
+            decay = (float(np.polyfit(np.flatnonzero(ok), np.log10(g[ok]), 1)[0])
+                     if ok.sum() >= 2 else None)
             time_steps.append({
                 "index": layers.index(layer), "name": layer.name, "kind": layer.kind,
-                "grad_norms": [float(v) for v in np.mean(got, axis=0)],
+                "grad_norms": [float(v) for v in g],
+                "first_last_ratio": float(g[0] / g[-1]) if g[-1] > 0 else None,
+                "decades_per_step": decay,
             })
     result = Inspection(str(source), s.name, done, bs, s.optimizer.name, float(s.optimizer.lr),
                         float(np.mean(losses)), rows, time_steps)
@@ -333,7 +340,7 @@ def heat_map(log: GradLog, width=60):
     span = max(hi - lo, 1e-12)
     colors = ["blue", "cyan", "green", "yellow", "red"]
     t = Table.grid(padding=(0, 1))
-    t.add_column(no_wrap=True)
+    t.add_column(no_wrap=True, min_width=max(len(n) for n in log.layers))
     t.add_column(no_wrap=True)
     for name in log.layers:
         text = Text()
@@ -348,8 +355,9 @@ def heat_map(log: GradLog, width=60):
     for i, c in enumerate(SHADES[1:], 1):
         legend.append(c, style=colors[i])
     legend.append(f" {fmt(10**hi)} (log scale)", style="dim")
-    t.add_row("", legend)
-    return t
+    from rich.console import Group
+
+    return Group(t, legend)
 
 
 def render(r: Inspection):
@@ -431,6 +439,8 @@ def render_compare(a: Inspection, b: Inspection):
     tb = b.time_steps[0]["grad_norms"] if b.time_steps else None
     if ta or tb:
         t.add_row("||dL/dh_1|| / ||dL/dh_T||", fmt(ta[0] / ta[-1]) if ta else "-", fmt(tb[0] / tb[-1]) if tb else "-")
+        da, db = (x.time_steps[0]["decades_per_step"] if x.time_steps else None for x in (a, b))
+        t.add_row("decades lost per step back", fmt(da), fmt(db))
     t.add_row("verdict", ", ".join(v.kind for v in a.verdicts), ", ".join(v.kind for v in b.verdicts))
     grid = Table.grid(padding=(0, 2))
     grid.add_column()

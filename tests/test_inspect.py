@@ -1,0 +1,129 @@
+"""`dlcli inspect-gradients`: per-layer and per-time-step gradient flow, verdicts, JSON."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dlcli.cli import main
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_configs"
+
+TINY = """\
+name: tiny
+seed: 0
+data: {source: builtin:spirals, options: {classes: 3, samples: 120}, validation_split: 0.2}
+model:
+  input: [2]
+  layers: [{dense: 16}, relu, {dense: 16}, sigmoid, {dense: 3}]
+loss: cross_entropy
+optimizer: {name: sgd, lr: 0.1}
+train: {epochs: 1, batch_size: 16}
+"""
+
+RECURRENT = """\
+name: {kind}_long
+seed: 0
+data: {{source: builtin:adding, options: {{length: 200, samples: 64}}, validation_split: 0.0}}
+model:
+  input: [200, 2]
+  layers: [{{{kind}: 32}}, {{dense: 1}}]
+loss: mse
+optimizer: {{name: adam, lr: 0.001}}
+train: {{batch_size: 32}}
+"""
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, ["inspect-gradients", *map(str, args)])
+    return result
+
+
+def as_json(*args):
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_deep_sigmoid_vanishes_and_deep_relu_does_not():
+    data = as_json(SAMPLES / "deep_sigmoid.yaml", "--compare", SAMPLES / "deep_relu.yaml",
+                   "--batches", 1, "--batch-size", 32)
+    sig, relu = data["compare"]
+    first, last = sig["layers"][0]["grad_norm"]["mean"], sig["layers"][-1]["grad_norm"]["mean"]
+    assert first < 1e-4 * last
+    assert sig["first_last_ratio"] < 1e-4
+    assert "vanishing" in [v["kind"] for v in sig["verdicts"]]
+    assert all(l["saturated_fraction"] is not None for l in sig["layers"] if l["kind"] == "sigmoid")
+    assert relu["first_last_ratio"] > 1e-2
+    assert "vanishing" not in [v["kind"] for v in relu["verdicts"]]
+    assert all(l["dead_fraction"] is not None for l in relu["layers"] if l["kind"] == "relu")
+
+
+def test_json_has_the_documented_fields(write_spec):
+    data = as_json(write_spec(TINY), "--batches", 3)
+    assert set(data) >= {"source", "name", "batches", "batch_size", "optimizer", "lr", "loss", "layers",
+                         "time_steps", "first_last_ratio", "verdicts"}
+    assert data["batches"] == 3 and data["batch_size"] == 16 and data["time_steps"] == []
+    assert [l["kind"] for l in data["layers"]] == ["dense", "relu", "dense", "sigmoid", "dense"]
+    dense = data["layers"][0]
+    assert set(dense) >= {"index", "name", "kind", "input_grad_norm", "grad_norm", "update_ratio", "params",
+                          "dead_fraction", "saturated_fraction"}
+    assert set(dense["params"]) == {"weight", "bias"}
+    w = dense["params"]["weight"]
+    assert w["mean"] > 0 and w["std"] >= 0 and 0 < w["update_ratio"] < 1
+    assert 0 <= data["layers"][1]["dead_fraction"] <= 1 and data["layers"][1]["saturated_fraction"] is None
+    assert 0 <= data["layers"][3]["saturated_fraction"] <= 1
+    for v in data["verdicts"]:
+        assert set(v) == {"kind", "layer", "message", "suggestion"} and v["message"] and v["suggestion"]
+
+
+def test_rnn_decays_through_time_faster_than_lstm(write_spec):
+    rnn = as_json(write_spec(RECURRENT.format(kind="rnn"), "rnn.yaml"), "--batches", 2)
+    lstm = as_json(write_spec(RECURRENT.format(kind="lstm"), "lstm.yaml"), "--batches", 2)
+    (r,), (l,) = rnn["time_steps"], lstm["time_steps"]
+    assert len(r["grad_norms"]) == len(l["grad_norms"]) == 200
+    assert r["grad_norms"][0] < r["grad_norms"][-1]  # decays toward the first step
+    assert r["first_last_ratio"] < 0.1 * l["first_last_ratio"]
+    assert r["decades_per_step"] > 1.3 * l["decades_per_step"]
+    assert "vanishing_through_time" in [v["kind"] for v in rnn["verdicts"]]
+
+
+def test_rnn_vs_lstm_chart_and_verdicts(write_spec):
+    a = write_spec(RECURRENT.format(kind="rnn").replace("200", "60"), "rnn.yaml")
+    b = write_spec(RECURRENT.format(kind="lstm").replace("200", "60"), "lstm.yaml")
+    result = invoke(a, "--compare", b, "--batches", 1)
+    assert result.exit_code == 0, result.output
+    assert "||dL/dh_t||" in result.output and "rnn_long verdict:" in result.output
+    assert "lstm_long verdict:" in result.output and "gates keep gradients through time" in result.output
+
+
+def test_from_a_checkpoint_and_a_training_log(write_spec, tmp_path):
+    spec = write_spec(TINY)
+    log = tmp_path / "m.jsonl"
+    r = CliRunner().invoke(main, ["train", str(spec), "-q", "-o", str(tmp_path / "t.npz"), "--log", str(log),
+                                  "--log-grad-norms"])
+    assert r.exit_code == 0, r.output
+    fresh = as_json(spec, "--batches", 2)
+    trained = as_json(tmp_path / "t.npz", "--batches", 2, "--log", log)
+    assert trained["name"] == "tiny" and trained["source"].endswith("t.npz")
+    assert trained["layers"][0]["params"]["weight"]["mean"] != fresh["layers"][0]["params"]["weight"]["mean"]
+    tl = trained["training_log"]
+    assert tl["layers"] == ["layers[0] dense", "layers[2] dense", "layers[4] dense"]
+    assert len(tl["steps"]) == 6 and all(len(v) == 6 for v in tl["grad_norms"].values())
+    shown = invoke("--log", log)
+    assert shown.exit_code == 0 and "over training" in shown.output and "layers[2] dense" in shown.output
+
+
+def test_table_output_and_errors(write_spec, tmp_path):
+    spec = write_spec(TINY)
+    result = invoke(spec, "--batches", 1)
+    assert result.exit_code == 0, result.output
+    assert "update/weight" in result.output and "verdict:" in result.output
+    no_norms = tmp_path / "plain.jsonl"
+    no_norms.write_text('{"event": "step", "step": 1, "loss": 1.0}\n')
+    bad = invoke("--log", no_norms)
+    assert bad.exit_code == 2 and "--log-grad-norms" in bad.output and "Traceback" not in bad.output
+    assert invoke().exit_code == 2
+    missing = invoke(tmp_path / "nope.yaml")
+    assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1
