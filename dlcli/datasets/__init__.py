@@ -4,7 +4,7 @@ Each entry has `OPTIONS` (validated like layer options) and
 `generate(options, rng) -> Generated`. Registering one is adding it to `BUILTIN`.
 """
 
-from . import sequences, tabular
+from . import images, sequences, tabular
 
 BUILTIN = {
     "spirals": tabular.Spirals,
@@ -12,6 +12,8 @@ BUILTIN = {
     "xor": tabular.Xor,
     "circles": tabular.Circles,
     "sine": tabular.Sine,
+    "shapes": images.Shapes,
+    "signals": images.Signals,
     "adding": sequences.Adding,
     "temporal_order": sequences.TemporalOrder,
     "sine_next": sequences.SineNext,

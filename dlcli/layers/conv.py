@@ -71,7 +71,8 @@ class _Conv(Layer):
         kernel, stride, dilation = o["kernel"], o["stride"], o["dilation"]
         pads, outs = [], []
         for a in range(nd):
-            before, after, out = resolve_padding(o["padding"], input_shape[1 + a], kernel[a], stride[a], dilation[a])
+            pad_opt = o["padding"] if isinstance(o["padding"], str) else o["padding"][a]
+            before, after, out = resolve_padding(pad_opt, input_shape[1 + a], kernel[a], stride[a], dilation[a])
             span = dilation[a] * (kernel[a] - 1) + 1
             if out <= 0:
                 raise ShapeError(
