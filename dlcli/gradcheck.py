@@ -371,7 +371,7 @@ def report_tables(report):
         t.add_column("max rel err", justify="right")
         t.add_column("status")
         if report.per_kind:
-            t.add_column("example (batch, input shape, options)", overflow="fold")
+            t.add_column("example: batch x input (options)", overflow="fold")
         return t
 
     def add(t, first, r, second=None):
@@ -389,7 +389,8 @@ def report_tables(report):
                       f"atol {report.atol:g})", "layer")
         for sec in report.sections:
             for j, r in enumerate(sec.results):
-                add(t, sec.kind if j == 0 else "", r, sec.title if j == 0 else "")
+                example = sec.title[len(sec.kind) + 1:] if sec.title.startswith(sec.kind + " ") else sec.title
+                add(t, sec.kind if j == 0 else "", r, example if j == 0 else "")
             t.add_section()
         return [t]
     tables = []
