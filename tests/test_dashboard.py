@@ -1,0 +1,92 @@
+"""The dashboard rendered into a recorded Rich console, its pieces, and plain progress."""
+
+import io
+import re
+
+from click.testing import CliRunner
+from rich.console import Console
+
+from dlcli import run, spec
+from dlcli.cli import main
+from dlcli.dashboard import Dashboard, PlainProgress, line_chart, log_bars
+
+TEXT = """\
+name: dash
+data: {source: builtin:xor, options: {samples: 200}, validation_split: 0.2}
+model: {input: [2], layers: [{dense: 6}, relu, {dense: 4}, tanh, {dense: 2}]}
+optimizer: {name: adam, lr: 0.02}
+train: {epochs: 3, batch_size: 16}
+"""
+BRAILLE = re.compile("[\u2801-\u28ff]")
+
+
+def recorded_console():
+    return Console(file=io.StringIO(), record=True, width=160, force_terminal=True, color_system=None)
+
+
+def test_dashboard_renders_everything(tmp_path):
+    console = recorded_console()
+    dash = Dashboard(console=console)
+    result, _, _ = run.train(spec.parse(TEXT, "dash.yaml"), output=tmp_path / "d.npz", display=dash)
+    text = console.export_text()
+    # the model summary
+    assert "model: dash" in text
+    for row in ("dense (6 units", "tanh", "[4]", "total", "params", "FLOPs/sample", "56"):  # 18 + 0 + 28 + 0 + 10
+        assert row in text, row
+    # the final frame, rendered on its own
+    frame = recorded_console()
+    frame.print(dash.render())
+    final = frame.export_text()
+    assert "loss (log scale)" in final and "train loss" in final and "val loss" in final
+    assert len(BRAILLE.findall(final)) > 20  # the chart has a line
+    assert "gradient norm per layer" in final
+    for name in ("layers[0] dense", "layers[2] dense", "layers[4] dense"):
+        assert name in final
+    assert "█" in final  # bars
+    assert "epoch 3/3" in final and "step 10/10" in final and "100.0%" in final
+    assert re.search(r"[\d,]+ samples/s", final)
+    assert re.search(r"ETA \d+:\d\d", final) and "elapsed" in final
+    last = result.history[-1]
+    assert f"val acc {last.val_acc:.3f}" in final
+    assert f"train loss {last.train_loss:.4f}" in final or f"train loss {last.train_loss:.2e}" in final
+
+
+def test_line_chart_draws_a_falling_curve_from_top_left_to_bottom_right():
+    xs = [i / 49 for i in range(50)]
+    ys = [10 ** (-i / 20) for i in range(50)]
+    chart = line_chart([("train loss", xs, ys, None)], width=20, height=5, log=True).plain
+    rows = chart.split("\n")[:5]
+    body = [r.split("┤", 1)[1] for r in rows]
+    assert body[0][0] != " " and body[-1][0] == " "  # starts high
+    assert body[-1][-1] != " " and body[0][-1] == " "  # ends low
+    assert rows[0].lstrip().startswith("1.000") and "train loss" in chart
+    assert "waiting" in line_chart([("train loss", [], [], None)]).plain
+
+
+def test_log_bars_grow_with_the_norm():
+    con = recorded_console()
+    con.print(log_bars(["small", "big", "dead"], [1e-4, 10.0, 0.0], width=20))
+    lines = {ln.split()[0]: ln for ln in con.export_text().splitlines() if ln.strip()}
+    assert lines["big"].count("█") > lines["small"].count("█") >= 1
+    assert "█" not in lines["dead"]
+    assert "1.00e-04" in lines["small"] and "10.0000" in lines["big"]
+
+
+def test_plain_progress_lines():
+    lines = []
+    run.train(spec.parse(TEXT, "dash.yaml"), output="p.npz", display=PlainProgress(lines.append, lines_per_epoch=2))
+    assert lines[0] == "model dash: 56 parameters"
+    epochs = [ln for ln in lines if "train_loss" in ln]
+    assert [ln.split()[1] for ln in epochs] == ["1/3", "2/3", "3/3"]
+    assert all("val_acc" in ln and "samples/s" in ln for ln in epochs)
+    steps = [ln for ln in lines if " step " in ln]
+    assert len(steps) == 3 * 1 and all(re.search(r"step 5/10 loss \S+ acc \S+ [\d,]+ samples/s", s) for s in steps)
+
+
+def test_cli_prints_plain_lines_when_stdout_is_not_a_terminal(write_spec):
+    p = write_spec(TEXT)
+    out = CliRunner().invoke(main, ["train", str(p), "-o", "c.npz"])
+    assert out.exit_code == 0, out.output
+    assert "\x1b[" not in out.output and not BRAILLE.search(out.output)
+    assert "epoch 3/3 train_loss" in out.output
+    assert "final: epoch 3/3" in out.output and "checkpoint: c.npz" in out.output
