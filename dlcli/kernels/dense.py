@@ -39,7 +39,7 @@ def dense_forward_relu(x, w, b, out):
     for i in prange(n):
         for j in range(m):
             v = out[i, j] + b[j]
-            out[i, j] = v if v > 0 else 0
+            out[i, j] = 0 if v <= 0 else v  # NaN passes through, so the loss sees it
 
 
 @njit(cache=True)

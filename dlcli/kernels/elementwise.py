@@ -11,7 +11,7 @@ from numba import njit, prange
 def relu_forward(x, out):
     for i in prange(x.size):
         v = x[i]
-        out[i] = v if v > 0 else 0
+        out[i] = 0 if v <= 0 else v  # NaN passes through, so the loss sees it
 
 
 @njit(cache=True, parallel=True)
