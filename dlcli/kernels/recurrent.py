@@ -18,7 +18,7 @@ size (see dlcli/layers/recurrent.py). A parallel kernel is never called from ano
 jitted function (that would make it uncacheable).
 
 tanh and the logistic function use `_tanh`, a rational approximation (our own fit,
-|error| < 3e-8 relative) that LLVM can vectorise, unlike libm's tanh/exp; the logistic
+|error| < 4e-7) that LLVM can vectorise, unlike libm's tanh/exp; the logistic
 is 0.5 + 0.5 tanh(x/2). Backward uses the stored activations, so it matches the forward
 exactly as the chain rule needs (the gradient checks confirm it in float64).
 
@@ -33,46 +33,57 @@ from numba import njit, prange
 # ---------------------------------------------------------------- nonlinearities
 
 
-@njit(cache=True, fastmath=True)
+# Coefficients of tanh(x) ~ x * P(x^2) / Q(x^2) on [-9, 9]: a weighted least-squares rational
+# fit made for dlcli (max relative error 2.1e-8 with these float64 values; ~3e-7 absolute
+# once rounded to float32). They are float32 constants on purpose: Numba types a Python
+# float as float64, which would make the float32 kernels compute in float64, half as many
+# lanes per vector instruction. float64 inputs still compute in float64. Every kernel here
+# uses error_model="numpy": with Numba's default ("python") a float division carries a
+# ZeroDivisionError check that stops LLVM from vectorising the loop (measured: 10x slower).
+_P0, _P1, _P2, _P3 = np.float32(0.9999999973184098), np.float32(0.1309073509190021), np.float32(0.0031114640765683623), np.float32(1.123282316882116e-05)
+_P4, _P5, _P6 = np.float32(-2.0544165387458564e-08), np.float32(5.431962247112973e-11), np.float32(-8.885725876705905e-14)
+_Q1, _Q2, _Q3 = np.float32(0.464240640838599), np.float32(0.02452508616598348), np.float32(0.00025570758472700746)
+_ZERO, _ONE, _HALF, _CLAMP = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(9.0)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _tanh(x):
-    """tanh(x) as x * P(x^2) / Q(x^2) on [-9, 9] (clamped outside); a least-squares
-    rational fit made for dlcli (max relative error 2.1e-8 in float64)."""
-    x = 9.0 if x > 9.0 else x
-    x = -9.0 if x < -9.0 else x
+    """tanh(x) as x * P(x^2) / Q(x^2), clamped to [-9, 9] (tanh(9) = 1 - 3e-8)."""
+    x = _CLAMP if x > _CLAMP else x
+    x = -_CLAMP if x < -_CLAMP else x
     s = x * x
-    p = (((((-8.885725876705905e-14 * s + 5.431962247112973e-11) * s - 2.0544165387458564e-08) * s
-           + 1.123282316882116e-05) * s + 0.0031114640765683623) * s + 0.1309073509190021) * s + 0.9999999973184098
-    q = ((0.00025570758472700746 * s + 0.02452508616598348) * s + 0.464240640838599) * s + 1.0
+    p = (((((_P6 * s + _P5) * s + _P4) * s + _P3) * s + _P2) * s + _P1) * s + _P0
+    q = ((_Q3 * s + _Q2) * s + _Q1) * s + _ONE
     y = x * p / q
-    y = 1.0 if y > 1.0 else y
-    return -1.0 if y < -1.0 else y
+    y = _ONE if y > _ONE else y
+    return -_ONE if y < -_ONE else y
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _sigmoid(x):
-    return 0.5 + 0.5 * _tanh(0.5 * x)
+    return _HALF + _HALF * _tanh(_HALF * x)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def tanh_approx(x, out):
     """out = tanh(x) through `_tanh`, flat arrays (for tests and references)."""
     for i in range(x.size):
         out[i] = _tanh(x[i])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul(a, b, out):
     """out = a @ b (BLAS)."""
     np.dot(a, b, out)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul_tn(a, b, out):
     """out = a.T @ b (BLAS): weight gradients over all time steps."""
     np.dot(a.T, b, out)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def matmul_nt(a, b, out):
     """out = a @ b.T (BLAS): input gradients and dh_{t-1} = da_t @ W_hh^T."""
     np.dot(a, b.T, out)
@@ -83,27 +94,27 @@ def matmul_nt(a, b, out):
 # by the serial whole-sequence kernels; plain njit functions, inlined by LLVM.
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _rnn_row_fwd(xp, hh, b, h, relu):
     for j in range(h.size):
         a = xp[j] + hh[j] + b[j]
         if relu:
-            h[j] = a if a > 0 else 0.0
+            h[j] = a if a > 0 else _ZERO
         else:
             h[j] = _tanh(a)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _rnn_row_bwd(dh, h, da, relu):
     """da = dh * act'(a), from the stored output h."""
     for j in range(h.size):
         if relu:
-            da[j] = dh[j] if h[j] > 0 else 0.0
+            da[j] = dh[j] if h[j] > 0 else _ZERO
         else:
-            da[j] = dh[j] * (1.0 - h[j] * h[j])
+            da[j] = dh[j] * (_ONE - h[j] * h[j])
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _lstm_row_fwd(xp, hh, b, c_prev, gates, c, h, tc):
     n = c.size
     for j in range(n):
@@ -122,7 +133,7 @@ def _lstm_row_fwd(xp, hh, b, c_prev, gates, c, h, tc):
         h[j] = og * t
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _lstm_row_bwd(dh, dc, gates, c_prev, tc):
     """In: dh (total dL/dh_t), dc (dL/dc_t from step t+1), the stored gates. Out: gates is
     overwritten with the pre-activation gradients da (i, f, g, o); dc becomes dL/dc_{t-1}."""
@@ -131,15 +142,15 @@ def _lstm_row_bwd(dh, dc, gates, c_prev, tc):
         ig, fg, gg, og = gates[j], gates[n + j], gates[2 * n + j], gates[3 * n + j]
         t = tc[j]
         d = dh[j]
-        dcj = dc[j] + d * og * (1.0 - t * t)
-        gates[j] = dcj * gg * ig * (1.0 - ig)
-        gates[n + j] = dcj * c_prev[j] * fg * (1.0 - fg)
-        gates[2 * n + j] = dcj * ig * (1.0 - gg * gg)
-        gates[3 * n + j] = d * t * og * (1.0 - og)
+        dcj = dc[j] + d * og * (_ONE - t * t)
+        gates[j] = dcj * gg * ig * (_ONE - ig)
+        gates[n + j] = dcj * c_prev[j] * fg * (_ONE - fg)
+        gates[2 * n + j] = dcj * ig * (_ONE - gg * gg)
+        gates[3 * n + j] = d * t * og * (_ONE - og)
         dc[j] = dcj * fg
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _gru_row_fwd(xp, hh, b, bhn, h_prev, gates, hn, h):
     n = h.size
     for j in range(n):
@@ -151,10 +162,10 @@ def _gru_row_fwd(xp, hh, b, bhn, h_prev, gates, hn, h):
         gates[n + j] = z
         gates[2 * n + j] = nn
         hn[j] = hnj
-        h[j] = (1.0 - z) * nn + z * h_prev[j]
+        h[j] = (_ONE - z) * nn + z * h_prev[j]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _gru_row_bwd(dh, gates, hn, h_prev, dah, dh_prev):
     """In: dh (total dL/dh_t), stored gates r, z, n and hn = W_hn h + b_hn. Out: gates is
     overwritten with the input-side gradients (da_r, da_z, da_n); dah with the
@@ -163,9 +174,9 @@ def _gru_row_bwd(dh, gates, hn, h_prev, dah, dh_prev):
     for j in range(n):
         r, z, nn = gates[j], gates[n + j], gates[2 * n + j]
         d = dh[j]
-        dan = d * (1.0 - z) * (1.0 - nn * nn)
-        dar = dan * hn[j] * r * (1.0 - r)
-        daz = d * (h_prev[j] - nn) * z * (1.0 - z)
+        dan = d * (_ONE - z) * (_ONE - nn * nn)
+        dar = dan * hn[j] * r * (_ONE - r)
+        daz = d * (h_prev[j] - nn) * z * (_ONE - z)
         gates[j] = dar
         gates[n + j] = daz
         gates[2 * n + j] = dan
@@ -175,7 +186,7 @@ def _gru_row_bwd(dh, gates, hn, h_prev, dah, dh_prev):
         dh_prev[j] = d * z
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _row_sq(v):
     s = 0.0
     for j in range(v.size):
@@ -183,7 +194,7 @@ def _row_sq(v):
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _add_output_grad(dh, dh_out, t, T, seq):
     """dh += dL/dh_t coming from the layer's output (every step, or the last one only)."""
     if seq:
@@ -196,13 +207,13 @@ def _add_output_grad(dh, dh_out, t, T, seq):
 # Per step, from Python: prange over the batch; the recurrent product is a separate BLAS call.
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def rnn_step_forward(xp, hh, b, h, relu):
     for i in prange(h.shape[0]):
         _rnn_row_fwd(xp[i], hh[i], b, h[i], relu)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def rnn_step_backward(dh, h, da, relu, sq, record):
     """dh: total dL/dh_t (B, H); writes da (B, H); sq[i] = |dh[i]|^2 when record."""
     for i in prange(h.shape[0]):
@@ -211,13 +222,13 @@ def rnn_step_backward(dh, h, da, relu, sq, record):
         _rnn_row_bwd(dh[i], h[i], da[i], relu)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def lstm_step_forward(xp, hh, b, c_prev, gates, c, h, tc):
     for i in prange(h.shape[0]):
         _lstm_row_fwd(xp[i], hh[i], b, c_prev[i], gates[i], c[i], h[i], tc[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def lstm_step_backward(dh, dc, gates, c_prev, tc, sq, record):
     for i in prange(dh.shape[0]):
         if record:
@@ -225,13 +236,13 @@ def lstm_step_backward(dh, dc, gates, c_prev, tc, sq, record):
         _lstm_row_bwd(dh[i], dc[i], gates[i], c_prev[i], tc[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def gru_step_forward(xp, hh, b, bhn, h_prev, gates, hn, h):
     for i in prange(h.shape[0]):
         _gru_row_fwd(xp[i], hh[i], b, bhn, h_prev[i], gates[i], hn[i], h[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def gru_step_backward(dh, gates, hn, h_prev, dah, dh_prev, sq, record):
     for i in prange(dh.shape[0]):
         if record:
@@ -239,7 +250,7 @@ def gru_step_backward(dh, gates, hn, h_prev, dah, dh_prev, sq, record):
         _gru_row_bwd(dh[i], gates[i], hn[i], h_prev[i], dah[i], dh_prev[i])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
 def add_into(a, b):
     """a += b over a 2-D array, parallel over rows."""
     for i in prange(a.shape[0]):
@@ -253,7 +264,7 @@ def add_into(a, b):
 # h (and c) have T+1 entries: index 0 is the initial (zero) state, index t+1 is step t.
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_seq_forward(xp, w_hh, b, h, hh, relu):
     T, B = xp.shape[0], xp.shape[1]
     for t in range(T):
@@ -262,7 +273,7 @@ def rnn_seq_forward(xp, w_hh, b, h, hh, relu):
             _rnn_row_fwd(xp[t, i], hh[i], b, h[t + 1, i], relu)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, norms, record):
     """da (T, B, H) receives the pre-activation gradients; dh (B, H) is scratch and ends
     as dL/dh_{-1} (unused); norms[t] = |dL/dh_t| when record."""
@@ -277,7 +288,7 @@ def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, norms, record):
         np.dot(da[t], w_hh.T, dh)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_seq_forward(xp, w_hh, b, h, c, gates, tc, hh):
     T, B = xp.shape[0], xp.shape[1]
     for t in range(T):
@@ -286,7 +297,7 @@ def lstm_seq_forward(xp, w_hh, b, h, c, gates, tc, hh):
             _lstm_row_fwd(xp[t, i], hh[i], b, c[t, i], gates[t, i], c[t + 1, i], h[t + 1, i], tc[t, i])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, norms, record):
     """gates (T, B, 4H) is overwritten with the pre-activation gradients."""
     T, B = gates.shape[0], gates.shape[1]
@@ -301,7 +312,7 @@ def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, norms, record):
         np.dot(gates[t], w_hh.T, dh)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_seq_forward(xp, w_hh, b, bhn, h, gates, hn, hh):
     T, B = xp.shape[0], xp.shape[1]
     for t in range(T):
@@ -310,7 +321,7 @@ def gru_seq_forward(xp, w_hh, b, bhn, h, gates, hn, hh):
             _gru_row_fwd(xp[t, i], hh[i], b, bhn, h[t, i], gates[t, i], hn[t, i], h[t + 1, i])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gru_seq_backward(dh_out, seq, w_hh, h, gates, hn, dah, dh, direct, norms, record):
     """gates (T, B, 3H) is overwritten with the input-side gradients, dah (T, B, 3H)
     receives the recurrent-side ones."""
