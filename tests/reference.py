@@ -173,3 +173,133 @@ def avgpool2d(x, size, stride):
         return dx
 
     return y, backward
+
+
+# ---------------------------------------------------------------- recurrent cells (issue 5)
+# Step by step, batch-major (B, T, F), exactly the equations in the README. Gate blocks of
+# H columns: lstm i, f, g, o; gru r, z, n (PyTorch's variant, r multiplies h W_hn + b_hn).
+
+
+def _sig(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def rnn_forward(x, w_ih, w_hh, b, activation="tanh"):
+    B, T, _ = x.shape
+    h = np.zeros((B, w_hh.shape[0]))
+    hs = []
+    for t in range(T):
+        a = x[:, t] @ w_ih + h @ w_hh + b
+        h = np.tanh(a) if activation == "tanh" else np.maximum(a, 0)
+        hs.append(h)
+    return np.stack(hs, 1)
+
+
+def rnn_backward(x, w_ih, w_hh, b, dhs, activation="tanh"):
+    """dhs: dL/d(every h_t), (B, T, H). Returns (dw_ih, dw_hh, db, dx, |dL/dh_t| per t)."""
+    hs = rnn_forward(x, w_ih, w_hh, b, activation)
+    B, T, _ = x.shape
+    H = w_hh.shape[0]
+    dw_ih, dw_hh, db, dx = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b), np.zeros_like(x)
+    norms = np.zeros(T)
+    dnext = np.zeros((B, H))
+    for t in range(T - 1, -1, -1):
+        dh = dhs[:, t] + dnext
+        norms[t] = np.linalg.norm(dh)
+        h = hs[:, t]
+        da = dh * (1 - h * h) if activation == "tanh" else dh * (h > 0)
+        hprev = hs[:, t - 1] if t > 0 else np.zeros((B, H))
+        dw_ih += x[:, t].T @ da
+        dw_hh += hprev.T @ da
+        db += da.sum(0)
+        dx[:, t] = da @ w_ih.T
+        dnext = da @ w_hh.T
+    return dw_ih, dw_hh, db, dx, norms
+
+
+def lstm_forward(x, w_ih, w_hh, b, return_cells=False):
+    B, T, _ = x.shape
+    H = w_hh.shape[0]
+    h, c = np.zeros((B, H)), np.zeros((B, H))
+    hs, cache = [], []
+    for t in range(T):
+        a = x[:, t] @ w_ih + h @ w_hh + b
+        i, f, g, o = _sig(a[:, :H]), _sig(a[:, H : 2 * H]), np.tanh(a[:, 2 * H : 3 * H]), _sig(a[:, 3 * H :])
+        cache.append((h, c, i, f, g, o))
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        hs.append(h)
+    hs = np.stack(hs, 1)
+    return (hs, cache) if return_cells else hs
+
+
+def lstm_backward(x, w_ih, w_hh, b, dhs):
+    hs, cache = lstm_forward(x, w_ih, w_hh, b, return_cells=True)
+    B, T, _ = x.shape
+    H = w_hh.shape[0]
+    dw_ih, dw_hh, db, dx = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b), np.zeros_like(x)
+    norms = np.zeros(T)
+    dnext, dcnext = np.zeros((B, H)), np.zeros((B, H))
+    for t in range(T - 1, -1, -1):
+        hprev, cprev, i, f, g, o = cache[t]
+        c = f * cprev + i * g
+        tc = np.tanh(c)
+        dh = dhs[:, t] + dnext
+        norms[t] = np.linalg.norm(dh)
+        dc = dcnext + dh * o * (1 - tc**2)
+        da = np.concatenate(
+            [dc * g * i * (1 - i), dc * cprev * f * (1 - f), dc * i * (1 - g**2), dh * tc * o * (1 - o)], 1
+        )
+        dcnext = dc * f
+        dw_ih += x[:, t].T @ da
+        dw_hh += hprev.T @ da
+        db += da.sum(0)
+        dx[:, t] = da @ w_ih.T
+        dnext = da @ w_hh.T
+    return dw_ih, dw_hh, db, dx, norms
+
+
+def gru_forward(x, w_ih, w_hh, b, bhn, return_cells=False):
+    B, T, _ = x.shape
+    H = w_hh.shape[0]
+    h = np.zeros((B, H))
+    hs, cache = [], []
+    for t in range(T):
+        ax = x[:, t] @ w_ih + b
+        ah = h @ w_hh
+        r = _sig(ax[:, :H] + ah[:, :H])
+        z = _sig(ax[:, H : 2 * H] + ah[:, H : 2 * H])
+        hn = ah[:, 2 * H :] + bhn
+        n = np.tanh(ax[:, 2 * H :] + r * hn)
+        cache.append((h, r, z, n, hn))
+        h = (1 - z) * n + z * h
+        hs.append(h)
+    hs = np.stack(hs, 1)
+    return (hs, cache) if return_cells else hs
+
+
+def gru_backward(x, w_ih, w_hh, b, bhn, dhs):
+    """Returns (dw_ih, dw_hh, db, dbhn, dx, norms)."""
+    hs, cache = gru_forward(x, w_ih, w_hh, b, bhn, return_cells=True)
+    B, T, _ = x.shape
+    H = w_hh.shape[0]
+    dw_ih, dw_hh, db, dx = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b), np.zeros_like(x)
+    dbhn = np.zeros_like(bhn)
+    norms = np.zeros(T)
+    dnext = np.zeros((B, H))
+    for t in range(T - 1, -1, -1):
+        hprev, r, z, n, hn = cache[t]
+        dh = dhs[:, t] + dnext
+        norms[t] = np.linalg.norm(dh)
+        dan = dh * (1 - z) * (1 - n**2)
+        dar = dan * hn * r * (1 - r)
+        daz = dh * (hprev - n) * z * (1 - z)
+        dax = np.concatenate([dar, daz, dan], 1)
+        dah = np.concatenate([dar, daz, dan * r], 1)
+        dw_ih += x[:, t].T @ dax
+        db += dax.sum(0)
+        dw_hh += hprev.T @ dah
+        dbhn += (dan * r).sum(0)
+        dx[:, t] = dax @ w_ih.T
+        dnext = dah @ w_hh.T + dh * z
+    return dw_ih, dw_hh, db, dbhn, dx, norms

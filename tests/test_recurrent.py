@@ -1,0 +1,289 @@
+"""Recurrent layers (issue 5): kernels against step-by-step NumPy references, gradient
+checks, dL/dh_t norms, datasets, and training through the CLI."""
+
+import numpy as np
+import pytest
+import reference as ref
+
+from dlcli.errors import ShapeError
+from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
+from dlcli.layers import LAYERS
+from dlcli.layers.recurrent import GRU, LSTM, RNN
+
+MODES = ("serial", "parallel")
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=2e-6)}
+
+
+def make(cls, dtype=np.float64, T=5, F=3, seed=0, mode="serial", **options):
+    layer = cls(dtype=dtype, rng=np.random.default_rng(seed), **{"units": 7, **options})
+    layer.mode = mode
+    layer.build((T, F))
+    # Non-zero biases so that every term of the equations is exercised.
+    for name, p in layer.params.items():
+        if name.startswith("bias"):
+            p[...] = np.random.default_rng(seed + 1).uniform(-0.5, 0.5, p.shape)
+    return layer
+
+
+def reference_forward(layer, x):
+    p = {k: v.astype(np.float64) for k, v in layer.params.items()}
+    x = x.astype(np.float64)
+    if layer.kind == "rnn":
+        return ref.rnn_forward(x, p["w_input"], p["w_recurrent"], p["bias"], layer.options["activation"])
+    if layer.kind == "lstm":
+        return ref.lstm_forward(x, p["w_input"], p["w_recurrent"], p["bias"])
+    return ref.gru_forward(x, p["w_input"], p["w_recurrent"], p["bias"], p["bias_hn"])
+
+
+def reference_backward(layer, x, dhs):
+    """(grads by parameter name, dx, norms)."""
+    p = {k: v.astype(np.float64) for k, v in layer.params.items()}
+    x = x.astype(np.float64)
+    if layer.kind == "rnn":
+        gi, gh, gb, dx, n = ref.rnn_backward(x, p["w_input"], p["w_recurrent"], p["bias"], dhs,
+                                             layer.options["activation"])
+        return {"w_input": gi, "w_recurrent": gh, "bias": gb}, dx, n
+    if layer.kind == "lstm":
+        gi, gh, gb, dx, n = ref.lstm_backward(x, p["w_input"], p["w_recurrent"], p["bias"], dhs)
+        return {"w_input": gi, "w_recurrent": gh, "bias": gb}, dx, n
+    gi, gh, gb, gbhn, dx, n = ref.gru_backward(x, p["w_input"], p["w_recurrent"], p["bias"], p["bias_hn"], dhs)
+    return {"w_input": gi, "w_recurrent": gh, "bias": gb, "bias_hn": gbhn}, dx, n
+
+
+CELLS = [
+    pytest.param(RNN, {"activation": "tanh"}, id="rnn-tanh"),
+    pytest.param(RNN, {"activation": "relu"}, id="rnn-relu"),
+    pytest.param(LSTM, {}, id="lstm"),
+    pytest.param(GRU, {}, id="gru"),
+]
+
+
+@pytest.mark.parametrize("cls,opts", CELLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_matches_reference(cls, opts, mode, dtype, rng):
+    layer = make(cls, dtype, mode=mode, return_sequences=True, **opts)
+    x = rng.standard_normal((3, 5, 3)).astype(dtype)
+    y = layer.forward(x, training=True)
+    assert y.shape == (3, 5, 7) and y.dtype == dtype
+    np.testing.assert_allclose(y, reference_forward(layer, x), **TOL[dtype])
+    last = make(cls, dtype, mode=mode, return_sequences=False, **opts)
+    y_last = last.forward(x, training=True)
+    assert y_last.shape == (3, 7)
+    np.testing.assert_allclose(y_last, y[:, -1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,opts", CELLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("seq", [True, False])
+def test_backward_matches_reference(cls, opts, mode, seq, rng):
+    dtype = np.float32
+    layer = make(cls, dtype, mode=mode, return_sequences=seq, **opts)
+    layer.record_time_grads = True
+    x = rng.standard_normal((3, 5, 3)).astype(dtype)
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(dy.copy())
+    dhs = dy.astype(np.float64) if seq else np.zeros((3, 5, 7))
+    if not seq:
+        dhs[:, -1] = dy
+    grads, dx_ref, norms_ref = reference_backward(layer, x, dhs)
+    for name, g in grads.items():
+        np.testing.assert_allclose(layer.grads[name], g, rtol=1e-3, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-3, atol=1e-4)
+    assert layer.time_grad_norms.dtype == np.float64 and layer.time_grad_norms.shape == (5,)
+    np.testing.assert_allclose(layer.time_grad_norms, norms_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,opts", CELLS)
+@pytest.mark.parametrize("seq", [True, False])
+def test_gradcheck_layer(cls, opts, seq, rng):
+    layer = make(cls, np.float64, T=4, F=2, units=3, return_sequences=seq, **opts)
+    x = rng.standard_normal((2, 4, 2))
+    assert_gradients_ok(check_layer(layer, x))
+
+
+@pytest.mark.parametrize("cls,opts", CELLS)
+@pytest.mark.parametrize("B,T", [(1, 4), (2, 1)])
+def test_gradcheck_batch_one_and_length_one(cls, opts, B, T, rng):
+    for mode in MODES:
+        layer = make(cls, np.float64, T=T, F=2, units=3, return_sequences=True, mode=mode, **opts)
+        assert_gradients_ok(check_layer(layer, rng.standard_normal((B, T, 2))))
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_gradcheck_without_bias(cls, rng):
+    layer = make(cls, np.float64, T=3, F=2, units=3, bias=False)
+    assert not any(k.startswith("bias") for k in layer.params)
+    assert_gradients_ok(check_layer(layer, rng.standard_normal((2, 3, 2))))
+
+
+def _model(layers_yaml, input_shape, loss_name):
+    """A float64 model built from spec text, as the CLI builds it."""
+    from dlcli import run, spec
+
+    s = spec.parse(
+        f"data: {{source: builtin:adding}}\nmodel:\n  input: {list(input_shape)}\n  layers:\n{layers_yaml}"
+        f"loss: {loss_name}\n"
+    )
+    return run.build(s, dtype=np.float64)
+
+
+def test_gradcheck_stacked_model(rng):
+    """rnn -> lstm -> gru -> dense, sequence to one, with the real loss."""
+    model, loss = _model(
+        "    - rnn: {units: 3, return_sequences: true}\n    - lstm: {units: 4, return_sequences: true}\n"
+        "    - gru: {units: 3}\n    - dense: 2\n",
+        (4, 2), "mse")
+    assert model.output_shape == (2,)
+    x = rng.standard_normal((2, 4, 2))
+    y = rng.standard_normal((2, 2))
+    assert_gradients_ok(check_model(model, loss, x, y))
+
+
+def test_gradcheck_sequence_to_sequence(rng):
+    """A dense layer after return_sequences applies to every step; labels (B, T)."""
+    model, loss = _model("    - gru: {units: 4, return_sequences: true}\n    - dense: 3\n", (5, 2), "cross_entropy")
+    assert model.output_shape == (5, 3)
+    x = rng.standard_normal((2, 5, 2))
+    y = rng.integers(0, 3, size=(2, 5))
+    assert_gradients_ok(check_model(model, loss, x, y))
+    # time-distributed: step t of the output depends only on h_t
+    out = model.forward(x)
+    h = model.layers[0].forward(x)
+    dense = model.layers[1]
+    np.testing.assert_allclose(out[:, 2], h[:, 2] @ dense.params["weight"] + dense.params["bias"], rtol=1e-10)
+
+
+def test_time_grad_norms_off_by_default_and_decay(rng):
+    layer = make(RNN, np.float64, T=30, F=2, units=8, return_sequences=False, activation="tanh")
+    layer.params["w_recurrent"] *= 0.3  # small recurrent weights: the gradient vanishes through time
+    x = rng.standard_normal((4, 30, 2))
+    layer.forward(x, training=True)
+    layer.backward(np.ones((4, 8)))
+    assert layer.time_grad_norms is None
+    layer.record_time_grads = True
+    layer.forward(x, training=True)
+    layer.backward(np.ones((4, 8)))
+    n = layer.time_grad_norms
+    assert n.shape == (30,)
+    assert n[-1] == pytest.approx(np.sqrt(4 * 8))  # dL/dh_T is the output gradient itself
+    assert n[0] < 1e-6 * n[-1]
+    assert np.all(np.diff(np.log(n[10:])) > 0)  # grows toward the last step
+
+
+def test_initialisation():
+    lstm = make(LSTM, np.float64, units=5)
+    lstm = LSTM(dtype=np.float64, rng=np.random.default_rng(0), units=5)
+    lstm.build((4, 3))
+    b = lstm.params["bias"]
+    assert np.all(b[5:10] == 1) and np.all(b[:5] == 0) and np.all(b[10:] == 0)
+    w = lstm.params["w_recurrent"]
+    for k in range(4):
+        blk = w[:, 5 * k : 5 * (k + 1)]
+        np.testing.assert_allclose(blk.T @ blk, np.eye(5), atol=1e-10)
+    limit = np.sqrt(6 / (3 + 20))
+    assert np.abs(lstm.params["w_input"]).max() <= limit
+    gru = GRU(dtype=np.float64, rng=np.random.default_rng(0), units=5)
+    gru.build((4, 3))
+    assert set(gru.params) == {"w_input", "w_recurrent", "bias", "bias_hn"}
+    assert gru.params["w_recurrent"].shape == (5, 15)
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_shape_error_names_layer_and_shapes(cls):
+    layer = cls(units=4, name="layers[0] " + cls.kind)
+    with pytest.raises(ShapeError, match=r"layers\[0\] .*\(time, features\).*\(8,\)"):
+        layer.build((8,))
+
+
+def test_examples_registered():
+    for kind in ("rnn", "lstm", "gru"):
+        cls = LAYERS[kind]
+        assert len(cls.EXAMPLE["input"]) == 2
+        layer = cls(dtype=np.float64, **cls.EXAMPLE["options"])
+        layer.build(cls.EXAMPLE["input"])
+        assert layer.flops() > 0 and layer.describe()
+
+
+def test_tanh_approximation_accuracy():
+    from dlcli.kernels.recurrent import tanh_approx
+
+    x = np.linspace(-20, 20, 100001)
+    out = np.empty_like(x)
+    tanh_approx(x, out)
+    assert np.abs(out - np.tanh(x)).max() < 1e-6
+    x32 = x.astype(np.float32)
+    out32 = np.empty_like(x32)
+    tanh_approx(x32, out32)
+    assert np.abs(out32 - np.tanh(x)).max() < 1e-6
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def test_adding_problem():
+    from dlcli.datasets import BUILTIN
+
+    g = BUILTIN["adding"].generate({"length": 20, "samples": 4000}, np.random.default_rng(0))
+    assert g.x.shape == (4000, 20, 2) and g.y.shape == (4000, 1)
+    assert np.all(g.x[:, :, 1].sum(1) == 2)
+    marked = (g.x[:, :, 0] * g.x[:, :, 1]).sum(1)
+    np.testing.assert_allclose(marked, g.y[:, 0], rtol=1e-6)
+    assert np.mean((g.y - 1.0) ** 2) == pytest.approx(1 / 6, abs=0.01)
+
+
+def test_temporal_order_and_sine_next():
+    from dlcli.datasets import BUILTIN
+
+    g = BUILTIN["temporal_order"].generate({"length": 12, "samples": 400, "noise": 0.0}, np.random.default_rng(0))
+    assert g.x.shape == (400, 12, 6) and set(np.unique(g.y)) == {0, 1, 2, 3}
+    sym = g.x.argmax(2)
+    first, second = [], []
+    for row in sym:
+        pos = np.flatnonzero(row < 2)
+        first.append(row[pos[0]])
+        second.append(row[pos[1]])
+    np.testing.assert_array_equal(g.y, 2 * np.array(first) + np.array(second))
+    s = BUILTIN["sine_next"].generate({"length": 10, "samples": 50, "noise": 0.0, "seq2seq": False},
+                                      np.random.default_rng(0))
+    assert s.x.shape == (50, 10, 1) and s.y.shape == (50, 1)
+    s2 = BUILTIN["sine_next"].generate({"length": 10, "samples": 50, "noise": 0.0, "seq2seq": True},
+                                       np.random.default_rng(0))
+    assert s2.y.shape == (50, 10, 1)
+    np.testing.assert_allclose(s2.y[:, :-1, 0], s2.x[:, 1:, 0], atol=1e-6)
+    np.testing.assert_allclose(s2.y[:, -1], s.y, atol=1e-6)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_train_through_cli(write_spec, tmp_path):
+    from click.testing import CliRunner
+
+    from dlcli.cli import main
+
+    spec = write_spec(
+        """
+name: tiny_lstm
+seed: 0
+data:
+  source: builtin:adding
+  options: {length: 6, samples: 64}
+model:
+  input: [6, 2]
+  layers:
+    - gru: {units: 4, return_sequences: true}
+    - lstm: {units: 4}
+    - dense: 1
+loss: mse
+optimizer: {name: adam, lr: 0.01}
+train: {epochs: 1, batch_size: 16, clip_norm: 1.0}
+"""
+    )
+    out = tmp_path / "tiny.npz"
+    result = CliRunner().invoke(main, ["train", str(spec), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+    with np.load(out, allow_pickle=False) as f:
+        assert f["param.layers.1.w_recurrent"].shape == (4, 16)
