@@ -51,7 +51,7 @@ class Model:
         self.trained = layers[:-1] if fused and len(layers) > 1 and layers[-1].kind == fused else layers
         if fuse:
             for a, b in zip(self.trained, self.trained[1:]):
-                if a.kind == "dense" and b.kind == "relu":
+                if a.kind in ("dense", "conv2d", "conv1d") and b.kind == "relu":
                     a.fuse_relu, b.fused = True, True
         self._flatten()
 

@@ -197,6 +197,7 @@ def test_cnn_model_gradients(fuse, rng):
 
     s = spec.parse(_cnn_spec())
     model, loss = run.build(s, dtype=np.float64, fuse=fuse)
+    assert model.layers[0].fuse_relu == fuse and model.layers[3].fuse_relu == fuse
     x = rng.standard_normal((3, 1, 12, 12))
     y = np.array([0, 3, 1])
     assert_gradients_ok(check_model(model, loss, x, y))

@@ -34,67 +34,88 @@ def _valid_range(n_out, n_in, stride, offset):
 
 @njit(cache=True, parallel=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
-    """cols[(c*KH + i)*KW + j, b*OH*OW + p*OW + q] = x[b, c, p*sh - ph + i*dh, q*sw - pw + j*dw]."""
+    """cols[(c*KH + i)*KW + j, b*OH*OW + p*OW + q] = x[b, c, p*sh - ph + i*dh, q*sw - pw + j*dw].
+
+    Parallel over (row, block of the batch): each task writes one contiguous stretch of a
+    row, and reads from the (small, cache-resident) input."""
     nb, nc, h, w = x.shape
     ohw = oh * ow
-    for bc in prange(nb * nc):
-        b = bc // nc
-        c = bc % nc
-        base = b * ohw
-        for i in range(kh):
-            ih0 = i * dh - ph
-            p_lo, p_hi = _valid_range(oh, h, sh, ih0)
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                iw0 = j * dw - pw
-                q_lo, q_hi = _valid_range(ow, w, sw, iw0)
-                for p in range(oh):
-                    o = base + p * ow
-                    if p < p_lo or p >= p_hi:
-                        for q in range(ow):
-                            cols[row, o + q] = 0
-                        continue
-                    ih = p * sh + ih0
-                    for q in range(q_lo):
-                        cols[row, o + q] = 0
-                    if sw == 1:
-                        for q in range(q_lo, q_hi):
-                            cols[row, o + q] = x[b, c, ih, q + iw0]
-                    else:
-                        for q in range(q_lo, q_hi):
-                            cols[row, o + q] = x[b, c, ih, q * sw + iw0]
-                    for q in range(q_hi, ow):
-                        cols[row, o + q] = 0
+    ncols = cols.shape[1]
+    nrows = nc * kh * kw
+    nblk = min(nb, 4)
+    xf = x.reshape(-1)
+    cf = cols.reshape(-1)
+    for task in prange(nrows * nblk):
+        row = task // nblk
+        blk = task % nblk
+        c = row // (kh * kw)
+        i = (row // kw) % kh
+        j = row % kw
+        ih0 = i * dh - ph
+        iw0 = j * dw - pw
+        p_lo, p_hi = _valid_range(oh, h, sh, ih0)
+        q_lo, q_hi = _valid_range(ow, w, sw, iw0)
+        for b in range(blk * nb // nblk, (blk + 1) * nb // nblk):
+            xbase = (b * nc + c) * h * w
+            rbase = row * ncols + b * ohw
+            for p in range(oh):
+                o = rbase + p * ow
+                if p < p_lo or p >= p_hi:
+                    for q in range(ow):
+                        cf[o + q] = 0
+                    continue
+                src = xbase + (p * sh + ih0) * w + iw0
+                for q in range(q_lo):
+                    cf[o + q] = 0
+                if sw == 1:
+                    for q in range(q_lo, q_hi):
+                        cf[o + q] = xf[src + q]
+                else:
+                    for q in range(q_lo, q_hi):
+                        cf[o + q] = xf[src + q * sw]
+                for q in range(q_hi, ow):
+                    cf[o + q] = 0
 
 
 @njit(cache=True, parallel=True)
 def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
-    """The adjoint of im2col: dx = 0, then dx[b, c, ih, iw] += dcols[row, col] over all windows."""
+    """The adjoint of im2col: dx = 0, then dx[b, c, ih, iw] += dcols[row, col] over all windows.
+
+    Parallel over (channel, block of the batch): a task owns dx[block, c], so no two tasks
+    add into the same element."""
     nb, nc, h, w = dx.shape
     ohw = oh * ow
-    for bc in prange(nb * nc):
-        b = bc // nc
-        c = bc % nc
-        for y in range(h):
-            for z in range(w):
-                dx[b, c, y, z] = 0
-        base = b * ohw
+    ncols = dcols.shape[1]
+    nblk = min(nb, 8)
+    xf = dx.reshape(-1)
+    cf = dcols.reshape(-1)
+    for task in prange(nc * nblk):
+        c = task // nblk
+        blk = task % nblk
+        b0, b1 = blk * nb // nblk, (blk + 1) * nb // nblk
+        for b in range(b0, b1):
+            xbase = (b * nc + c) * h * w
+            for k in range(xbase, xbase + h * w):
+                xf[k] = 0
         for i in range(kh):
             ih0 = i * dh - ph
             p_lo, p_hi = _valid_range(oh, h, sh, ih0)
             for j in range(kw):
-                row = (c * kh + i) * kw + j
                 iw0 = j * dw - pw
                 q_lo, q_hi = _valid_range(ow, w, sw, iw0)
-                for p in range(p_lo, p_hi):
-                    ih = p * sh + ih0
-                    o = base + p * ow
-                    if sw == 1:
-                        for q in range(q_lo, q_hi):
-                            dx[b, c, ih, q + iw0] += dcols[row, o + q]
-                    else:
-                        for q in range(q_lo, q_hi):
-                            dx[b, c, ih, q * sw + iw0] += dcols[row, o + q]
+                row = (c * kh + i) * kw + j
+                for b in range(b0, b1):
+                    xbase = (b * nc + c) * h * w
+                    rbase = row * ncols + b * ohw
+                    for p in range(p_lo, p_hi):
+                        o = rbase + p * ow
+                        dst = xbase + (p * sh + ih0) * w + iw0
+                        if sw == 1:
+                            for q in range(q_lo, q_hi):
+                                xf[dst + q] += cf[o + q]
+                        else:
+                            for q in range(q_lo, q_hi):
+                                xf[dst + q * sw] += cf[o + q]
 
 
 @njit(cache=True, parallel=True)
