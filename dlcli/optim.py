@@ -24,10 +24,11 @@ class Optimizer:
         self.n_segments = len(offsets) - 1
 
     def step(self, params, grads, lr, scale=1.0):
-        """Update params from grads * scale; returns the sum of squares of the raw
+        """Update params from grads * scale (scalars go to the kernel in the buffer's dtype,
+        so float32 loops stay float32 and vectorise); returns the sum of squares of the raw
         gradient of each segment (offsets[k]:offsets[k+1]), computed in the same pass."""
         self.step_count += 1
-        self._update(params, grads, lr, scale)
+        self._update(params, grads, params.dtype.type, lr, scale)
         return np.bincount(self.chunk_owner, self.chunk_sumsq, minlength=self.n_segments)
 
     def state_dict(self):
@@ -46,11 +47,11 @@ class SGD(Optimizer):
 
     state_names = ("velocity",)
 
-    def _update(self, p, g, lr, scale):
+    def _update(self, p, g, t, lr, scale):
         from .kernels.elementwise import sgd_update
 
         s = self.spec
-        sgd_update(p, g, self.state["velocity"], lr, s.momentum, s.weight_decay, s.nesterov, scale,
+        sgd_update(p, g, self.state["velocity"], t(lr), t(s.momentum), t(s.weight_decay), s.nesterov, t(scale),
                    self.chunks, self.chunk_sumsq)
 
 
@@ -60,13 +61,14 @@ class Adam(Optimizer):
     state_names = ("m", "v")
     decoupled = False
 
-    def _update(self, p, g, lr, scale):
+    def _update(self, p, g, t, lr, scale):
         from .kernels.elementwise import adam_update
 
         s = self.spec
+        c1, c2 = 1 - s.beta1**self.step_count, 1 - s.beta2**self.step_count
         adam_update(
-            p, g, self.state["m"], self.state["v"], lr, s.beta1, s.beta2, s.eps, s.weight_decay,
-            self.decoupled, self.step_count, scale, self.chunks, self.chunk_sumsq,
+            p, g, self.state["m"], self.state["v"], t(lr), t(s.beta1), t(s.beta2), t(s.eps), t(s.weight_decay),
+            self.decoupled, t(c1), t(c2), t(scale), self.chunks, self.chunk_sumsq,
         )
 
 
@@ -79,13 +81,13 @@ class RMSprop(Optimizer):
 
     state_names = ("square_avg", "velocity")
 
-    def _update(self, p, g, lr, scale):
+    def _update(self, p, g, t, lr, scale):
         from .kernels.elementwise import rmsprop_update
 
         s = self.spec
         rmsprop_update(
-            p, g, self.state["square_avg"], self.state["velocity"], lr, s.beta2, s.eps, s.weight_decay, s.momentum,
-            scale, self.chunks, self.chunk_sumsq,
+            p, g, self.state["square_avg"], self.state["velocity"], t(lr), t(s.beta2), t(s.eps), t(s.weight_decay),
+            t(s.momentum), t(scale), self.chunks, self.chunk_sumsq,
         )
 
 

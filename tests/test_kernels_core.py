@@ -253,7 +253,7 @@ def test_sgd_update_kernel(rng, dtype, momentum, nesterov, wd, scale):
     rp, rv = p.astype(np.float64), np.zeros(n)
     for _ in range(4):
         g = rand(rng, n, dtype)
-        KE.sgd_update(p, g, v, 0.1, momentum, wd, nesterov, scale, chunks, sumsq)
+        KE.sgd_update(p, g, v, dtype(0.1), dtype(momentum), dtype(wd), nesterov, dtype(scale), chunks, sumsq)
         rp, rv = ref.sgd(rp, scale * g.astype(np.float64), rv, 0.1, momentum, wd, nesterov)
         check_sumsq(g, chunks, owner, sumsq, dtype)
     np.testing.assert_allclose(p, rp, **tol(dtype))
@@ -270,7 +270,8 @@ def test_adam_update_kernel(rng, dtype, decoupled, wd, scale):
     rp, rm, rv = p.astype(np.float64), np.zeros(n), np.zeros(n)
     for t in range(1, 6):
         g = rand(rng, n, dtype)
-        KE.adam_update(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, wd, decoupled, t, scale, chunks, sumsq)
+        KE.adam_update(p, g, m, v, *map(dtype, (0.01, 0.9, 0.999, 1e-8, wd)), decoupled,
+                       dtype(1 - 0.9**t), dtype(1 - 0.999**t), dtype(scale), chunks, sumsq)
         rp, rm, rv = ref.adam(rp, scale * g.astype(np.float64), rm, rv, 0.01, 0.9, 0.999, 1e-8, wd, decoupled, t)
         check_sumsq(g, chunks, owner, sumsq, dtype)
     np.testing.assert_allclose(p, rp, **tol(dtype))
@@ -288,7 +289,7 @@ def test_rmsprop_update_kernel(rng, dtype, momentum, wd, scale):
     rp, rsq, rbuf = p.astype(np.float64), np.zeros(n), np.zeros(n)
     for _ in range(4):
         g = rand(rng, n, dtype)
-        KE.rmsprop_update(p, g, sq, buf, 0.01, 0.99, 1e-8, wd, momentum, scale, chunks, sumsq)
+        KE.rmsprop_update(p, g, sq, buf, *map(dtype, (0.01, 0.99, 1e-8, wd, momentum, scale)), chunks, sumsq)
         rp, rsq, rbuf = rmsprop_reference(rp, scale * g.astype(np.float64), rsq, rbuf, 0.01, 0.99, 1e-8, wd, momentum)
         check_sumsq(g, chunks, owner, sumsq, dtype)
     np.testing.assert_allclose(p, rp, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5 if dtype == np.float32 else 1e-10)

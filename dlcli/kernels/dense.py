@@ -3,8 +3,10 @@
 import numpy as np
 from numba import njit, prange
 
+from . import FAST
 
-@njit(cache=True, parallel=True)
+
+@njit(parallel=True, **FAST)
 def column_sums(a, out):
     """out[j] = sum_i a[i, j], with rows split in contiguous blocks so each thread reads rows."""
     n, m = a.shape
@@ -21,7 +23,7 @@ def column_sums(a, out):
         out[j] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def dense_forward(x, w, b, out):
     """out = x @ w + b; x (n, fin), w (fin, fout), b (fout,)."""
     np.dot(x, w, out)
@@ -31,7 +33,7 @@ def dense_forward(x, w, b, out):
             out[i, j] += b[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def dense_forward_relu(x, w, b, out):
     """out = max(x @ w + b, 0): a dense layer followed by ReLU, in one pass over `out`."""
     np.dot(x, w, out)
@@ -42,26 +44,26 @@ def dense_forward_relu(x, w, b, out):
             out[i, j] = 0 if v <= 0 else v  # NaN passes through, so the loss sees it
 
 
-@njit(cache=True)
+@njit(**FAST)
 def matmul_tn(a, b, out):
     """out = a.T @ b: weight gradients. (Bias gradients: `column_sums`, called beside it;
     a parallel kernel called from another jitted function cannot be cached.)"""
     np.dot(a.T, b, out)
 
 
-@njit(cache=True)
+@njit(**FAST)
 def matmul_nt(a, b, out):
     """out = a @ b.T: gradients with respect to a layer's input."""
     np.dot(a, b.T, out)
 
 
-@njit(cache=True)
+@njit(**FAST)
 def matmul(a, b, out):
     """out = a @ b."""
     np.dot(a, b, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def relu_mask_column_sums(y, dy, out):
     """dy *= (y > 0), then out = column sums of dy: the backward of a fused dense+ReLU
     up to the products, in one pass over dy."""
@@ -82,7 +84,7 @@ def relu_mask_column_sums(y, dy, out):
         out[j] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def relu_mask_inplace(y, dy):
     """dy *= (y > 0): the ReLU backward step when only its output y was kept."""
     flat_y = y.reshape(-1)

@@ -6,6 +6,8 @@ They work on flat (1-D, contiguous) views; callers pass `a.reshape(-1)`.
 import numpy as np
 from numba import njit, prange
 
+from . import FAST
+
 
 @njit(cache=True, parallel=True)
 def relu_forward(x, out):
@@ -121,60 +123,110 @@ def all_finite(a):
 # see `optim.segment_chunks`), so a single parallel loop over chunks also yields, in
 # `chunk_sumsq`, the raw gradient's sum of squares per chunk; summed per segment these are
 # the per-layer gradient norms, for free. `scale` multiplies the gradient first (clipping).
+# Each chunk runs a serial loop that LLVM vectorises: the branches are hoisted out of the
+# loops, scalars come in the arrays' dtype, and the reduction may be reassociated
+# (measured 1.0 ms -> 0.09 ms for 536k float32 parameters on 2 cores).
 
 
-@njit(cache=True, parallel=True)
-def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq):
-    for c in prange(chunks.shape[0]):
-        s = 0.0
-        for i in range(chunks[c, 0], chunks[c, 1]):
+@njit(**FAST)
+def _sgd_chunk(p, g, velocity, lr, momentum, weight_decay, nesterov, scale):
+    s = g.dtype.type(0)
+    if momentum == 0:
+        for i in range(p.size):
+            gi = g[i]
+            s += gi * gi
+            p[i] -= lr * (scale * gi + weight_decay * p[i])
+    elif nesterov:
+        for i in range(p.size):
             gi = g[i]
             s += gi * gi
             d = scale * gi + weight_decay * p[i]
-            if momentum != 0:
-                v = momentum * velocity[i] + d
-                velocity[i] = v
-                d = d + momentum * v if nesterov else v
-            p[i] -= lr * d
-        chunk_sumsq[c] = s
+            v = momentum * velocity[i] + d
+            velocity[i] = v
+            p[i] -= lr * (d + momentum * v)
+    else:
+        for i in range(p.size):
+            gi = g[i]
+            s += gi * gi
+            v = momentum * velocity[i] + scale * gi + weight_decay * p[i]
+            velocity[i] = v
+            p[i] -= lr * v
+    return s
 
 
-@njit(cache=True, parallel=True)
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step, scale, chunks, chunk_sumsq):
-    c1 = 1 - beta1**step
-    c2 = 1 - beta2**step
+@njit(parallel=True, **FAST)
+def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq):
     for c in prange(chunks.shape[0]):
-        s = 0.0
-        for i in range(chunks[c, 0], chunks[c, 1]):
+        a, b = chunks[c, 0], chunks[c, 1]
+        chunk_sumsq[c] = _sgd_chunk(p[a:b], g[a:b], velocity[a:b], lr, momentum, weight_decay, nesterov, scale)
+
+
+@njit(**FAST)
+def _adam_chunk(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale):
+    s = g.dtype.type(0)
+    one = g.dtype.type(1)
+    if decoupled:
+        for i in range(p.size):
             gi = g[i]
             s += gi * gi
             d = scale * gi
-            if decoupled:
-                p[i] -= lr * weight_decay * p[i]
-            else:
-                d += weight_decay * p[i]
-            mi = beta1 * m[i] + (1 - beta1) * d
-            vi = beta2 * v[i] + (1 - beta2) * d * d
+            mi = beta1 * m[i] + (one - beta1) * d
+            vi = beta2 * v[i] + (one - beta2) * d * d
             m[i] = mi
             v[i] = vi
-            p[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
-        chunk_sumsq[c] = s
-
-
-@njit(cache=True, parallel=True)
-def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq):
-    for c in prange(chunks.shape[0]):
-        s = 0.0
-        for i in range(chunks[c, 0], chunks[c, 1]):
+            p[i] -= lr * (weight_decay * p[i] + (mi / c1) / (np.sqrt(vi / c2) + eps))
+    else:
+        for i in range(p.size):
             gi = g[i]
             s += gi * gi
             d = scale * gi + weight_decay * p[i]
-            a = alpha * square_avg[i] + (1 - alpha) * d * d
-            square_avg[i] = a
-            step = d / (np.sqrt(a) + eps)
-            if momentum != 0:
-                step = momentum * velocity[i] + step
-                velocity[i] = step
-            p[i] -= lr * step
-        chunk_sumsq[c] = s
+            mi = beta1 * m[i] + (one - beta1) * d
+            vi = beta2 * v[i] + (one - beta2) * d * d
+            m[i] = mi
+            v[i] = vi
+            p[i] -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)
+    return s
 
+
+@njit(parallel=True, **FAST)
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale, chunks, chunk_sumsq):
+    """c1, c2: the bias corrections 1 - beta1**t and 1 - beta2**t."""
+    for c in prange(chunks.shape[0]):
+        a, b = chunks[c, 0], chunks[c, 1]
+        chunk_sumsq[c] = _adam_chunk(
+            p[a:b], g[a:b], m[a:b], v[a:b], lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale
+        )
+
+
+@njit(**FAST)
+def _rmsprop_chunk(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale):
+    s = g.dtype.type(0)
+    one = g.dtype.type(1)
+    if momentum == 0:
+        for i in range(p.size):
+            gi = g[i]
+            s += gi * gi
+            d = scale * gi + weight_decay * p[i]
+            a = alpha * square_avg[i] + (one - alpha) * d * d
+            square_avg[i] = a
+            p[i] -= lr * d / (np.sqrt(a) + eps)
+    else:
+        for i in range(p.size):
+            gi = g[i]
+            s += gi * gi
+            d = scale * gi + weight_decay * p[i]
+            a = alpha * square_avg[i] + (one - alpha) * d * d
+            square_avg[i] = a
+            step = momentum * velocity[i] + d / (np.sqrt(a) + eps)
+            velocity[i] = step
+            p[i] -= lr * step
+    return s
+
+
+@njit(parallel=True, **FAST)
+def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq):
+    for c in prange(chunks.shape[0]):
+        a, b = chunks[c, 0], chunks[c, 1]
+        chunk_sumsq[c] = _rmsprop_chunk(
+            p[a:b], g[a:b], square_avg[a:b], velocity[a:b], lr, alpha, eps, weight_decay, momentum, scale
+        )
