@@ -24,25 +24,20 @@ def rand(rng, shape, dtype, scale=1.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_products_match_reference(rng, dtype):
+@pytest.mark.parametrize("relu", [False, True])
+def test_bias_act_matches_reference(rng, dtype, relu):
     for n, fin, fout in SHAPES:
         x, w, b = rand(rng, (n, fin), dtype), rand(rng, (fin, fout), dtype), rand(rng, (fout,), dtype)
-        out = np.empty((n, fout), dtype)
-        KD.dense_forward(x, w, b, out)
-        np.testing.assert_allclose(out, ref.dense(x, w, b), **tol(dtype))
-        out_relu = np.empty((n, fout), dtype)
-        KD.dense_forward_relu(x, w, b, out_relu)
-        np.testing.assert_allclose(out_relu, ref.relu(ref.dense(x, w, b)), **tol(dtype))
-        KD.matmul(x, w, out)
-        np.testing.assert_allclose(out, x @ w, **tol(dtype))
+        out = x @ w
+        KD.bias_act(out, b, relu)
+        expected = ref.dense(x, w, b)
+        np.testing.assert_allclose(out, ref.relu(expected) if relu else expected, **tol(dtype))
 
-        dy = rand(rng, (n, fout), dtype)
-        gw = np.empty((fin, fout), dtype)
-        KD.matmul_tn(x, dy, gw)
-        np.testing.assert_allclose(gw, x.T @ dy, **tol(dtype))
-        dx = np.empty((n, fin), dtype)
-        KD.matmul_nt(dy, w, dx)
-        np.testing.assert_allclose(dx, dy @ w.T, **tol(dtype))
+
+def test_fused_relu_passes_nan_through():
+    out = np.array([[np.nan, -1.0, 2.0]], np.float32)
+    KD.bias_act(out, np.zeros(3, np.float32), True)
+    assert np.isnan(out[0, 0]) and out[0, 1] == 0 and out[0, 2] == 2
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

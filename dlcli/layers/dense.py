@@ -45,14 +45,11 @@ class Dense(Layer):
         w = self.params["weight"]
         out = np.empty((x2.shape[0], w.shape[1]), self.dtype)
         b = self.params.get("bias")
-        if b is None:
-            self.K.matmul(x2, w, out)
-            if self.fuse_relu:
-                np.maximum(out, 0, out=out)
+        np.matmul(x2, w, out=out)
+        if b is not None:
+            self.K.bias_act(out, b, self.fuse_relu)
         elif self.fuse_relu:
-            self.K.dense_forward_relu(x2, w, b, out)
-        else:
-            self.K.dense_forward(x2, w, b, out)
+            np.maximum(out, 0, out=out)
         self.y = out
         return out.reshape(lead + (w.shape[1],))
 
@@ -66,11 +63,11 @@ class Dense(Layer):
             self.K.relu_mask_inplace(self.y, dy2)
         elif has_bias:
             self.K.column_sums(dy2, self.grads["bias"])
-        self.K.matmul_tn(self.x, dy2, self.grads["weight"])
+        np.matmul(self.x.T, dy2, out=self.grads["weight"])
         if not need_dx:
             return None
         dx = np.empty_like(self.x)
-        self.K.matmul_nt(dy2, w, dx)
+        np.matmul(dy2, w.T, out=dx)
         return dx.reshape(dy.shape[:-1] + (w.shape[0],))
 
     def flops(self):
