@@ -15,8 +15,10 @@ columns); positions outside the input read zero (padding after the input is impl
 import numpy as np
 from numba import njit, prange
 
+from . import FAST
 
-@njit(cache=True)
+
+@njit(**FAST)
 def _valid_range(n_out, n_in, stride, offset):
     """[lo, hi) of output indices o with 0 <= o * stride + offset < n_in."""
     lo = 0
@@ -32,7 +34,7 @@ def _valid_range(n_out, n_in, stride, offset):
     return lo, hi
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     """cols[(c*KH + i)*KW + j, b*OH*OW + p*OW + q] = x[b, c, p*sh - ph + i*dh, q*sw - pw + j*dw].
 
@@ -77,7 +79,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
                     cf[o + q] = 0
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
     """The adjoint of im2col: dx = 0, then dx[b, c, ih, iw] += dcols[row, col] over all windows.
 
@@ -118,7 +120,7 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
                                 xf[dst + q * sw] += cf[o + q]
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def conv_output(ycn, bias, relu, out):
     """out[b, co, p] = ycn[co, b*P + p] + bias[co], then max(., 0) when relu: CNHW -> NCHW.
     out is (B, Cout, P) (the output viewed with its spatial axes flattened)."""
@@ -137,7 +139,7 @@ def conv_output(ycn, bias, relu, out):
                 out[b, co, p] = ycn[co, o + p] + bv
 
 
-@njit(cache=True, parallel=True)
+@njit(parallel=True, **FAST)
 def conv_grad_output(dy, y, relu, dycn, dbias):
     """dycn[co, b*P + p] = dy[b, co, p] * (y[b, co, p] > 0 if relu else 1): NCHW -> CNHW,
     and dbias[co] = the sum of those over the batch and positions. dy, y are (B, Cout, P)."""
