@@ -263,12 +263,15 @@ class Dashboard(Callback):
 
 
 class PlainProgress(Callback):
-    """Progress as plain lines, a few per epoch, for pipes and CI logs."""
+    """Progress as plain lines for pipes and CI logs: one line per epoch, and up to
+    `lines_per_epoch` more within an epoch when it is long enough to leave the reader
+    waiting (at least `min_interval` seconds since the last line)."""
 
-    def __init__(self, echo, lines_per_epoch=4, show_summary=True):
+    def __init__(self, echo, lines_per_epoch=4, show_summary=True, min_interval=2.0):
         self.echo = echo
         self.lines_per_epoch = lines_per_epoch
         self.show_summary = show_summary
+        self.min_interval = min_interval
 
     def on_start(self, trainer):
         if self.show_summary:
@@ -278,20 +281,29 @@ class PlainProgress(Callback):
                 detail = f" ({row.detail})" if row.detail else ""
                 self.echo(f"  {row.index:>2} {row.kind}{detail:<24} -> {list(row.output_shape)}  params {row.params:,}")
         self.every = max(1, trainer.steps_per_epoch // self.lines_per_epoch)
-        self.t0 = time.perf_counter()
-        self.samples = 0
+        self.last_line = time.perf_counter()
+        self.epoch_t0, self.samples = self.last_line, 0
 
     def on_step(self, trainer, e):
+        if e.epoch_step == 1:
+            self.epoch_t0, self.samples = time.perf_counter(), 0
         self.samples += trainer.batch_size
-        if e.epoch_step % self.every == 0 and e.epoch_step != e.steps_per_epoch:
+        now = time.perf_counter()
+        if (
+            e.epoch_step % self.every == 0
+            and e.epoch_step != e.steps_per_epoch
+            and now - self.last_line >= self.min_interval
+        ):
+            self.last_line = now
             acc = f" acc {e.acc:.3f}" if e.acc is not None else ""
-            elapsed = time.perf_counter() - self.t0
+            rate = self.samples / max(now - self.epoch_t0, 1e-9)
             self.echo(
                 f"epoch {e.epoch + 1}/{trainer.epochs} step {e.epoch_step}/{e.steps_per_epoch} "
-                f"loss {fmt(e.loss)}{acc} {self.samples / max(elapsed, 1e-9):,.0f} samples/s"
+                f"loss {fmt(e.loss)}{acc} {rate:,.0f} samples/s"
             )
 
     def on_epoch(self, trainer, e):
+        self.last_line = time.perf_counter()
         parts = [f"epoch {e.epoch + 1}/{e.epochs}", f"train_loss {fmt(e.train_loss)}"]
         if e.train_acc is not None:
             parts.append(f"train_acc {e.train_acc:.4f}")
