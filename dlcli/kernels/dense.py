@@ -13,6 +13,14 @@ from numba import njit, prange
 from . import FAST
 
 
+@njit(**FAST)
+def _sum_rows(partial, out):
+    """out[j] = sum_b partial[b, j]: the final, serial step of a blocked column sum."""
+    out[:] = partial[0]
+    for b in range(1, partial.shape[0]):
+        out += partial[b]
+
+
 @njit(parallel=True, **FAST)
 def column_sums(a, out):
     """out[j] = sum_i a[i, j], with rows split in contiguous blocks so each thread reads rows."""
@@ -23,11 +31,7 @@ def column_sums(a, out):
         for i in range(b * n // blocks, (b + 1) * n // blocks):
             for j in range(m):
                 partial[b, j] += a[i, j]
-    for j in range(m):
-        s = partial[0, j]
-        for b in range(1, blocks):
-            s += partial[b, j]
-        out[j] = s
+    _sum_rows(partial, out)
 
 
 
@@ -49,11 +53,7 @@ def relu_mask_column_sums(y, dy, out):
                     dy[i, j] = 0
                 else:
                     partial[b, j] += dy[i, j]
-    for j in range(m):
-        s = partial[0, j]
-        for b in range(1, blocks):
-            s += partial[b, j]
-        out[j] = s
+    _sum_rows(partial, out)
 
 
 @njit(parallel=True, **FAST)
