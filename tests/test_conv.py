@@ -61,15 +61,22 @@ def test_im2col_col2im_match_reference(case, dtype, rng):
     shape, _, kernel, stride, padding, dilation, batch = case
     pad = _geometry(shape, kernel, stride, padding, dilation)
     x = rng.standard_normal((batch,) + shape).astype(dtype)
-    expected = ref.im2col(x, *kernel, stride, pad, dilation)
     oh, ow = ref._conv_geometry(x.shape, (1,) + shape[:1] + kernel, stride, pad, dilation)
+    # the kernels work batch-last: input (C, H, W, B), column (p*OW + q)*B + b
+    xt = np.full(shape + (batch,), np.nan, dtype)
+    K.to_batch_last(x.reshape(batch, shape[0], -1), xt.reshape(shape[0], -1, batch))
+    np.testing.assert_array_equal(xt, x.transpose(1, 2, 3, 0))
+    expected = ref.im2col(x, *kernel, stride, pad, dilation)
+    expected = expected.reshape(len(expected), batch, oh * ow).transpose(0, 2, 1).reshape(len(expected), -1)
     cols = np.full(expected.shape, np.nan, dtype)
-    K.im2col(x, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1], oh, ow, cols)
+    K.im2col(xt, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1], oh, ow, cols)
     np.testing.assert_array_equal(cols, expected)
     # col2im is im2col's adjoint: <im2col(x), c> == <x, col2im(c)>
     c = rng.standard_normal(cols.shape).astype(dtype)
     dx = np.full(x.shape, np.nan, dtype)
-    K.col2im(c, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1], oh, ow, dx)
+    scratch = np.full(xt.shape, np.nan, dtype)
+    K.col2im(c, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1], oh, ow,
+             scratch, dx.reshape(batch, shape[0], -1))
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(np.sum(dx.astype(np.float64) * x), np.sum(c.astype(np.float64) * expected), rtol=tol)
 

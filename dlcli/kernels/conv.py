@@ -1,12 +1,18 @@
 """Convolution arithmetic: parallel im2col/col2im in Numba around one BLAS GEMM per batch.
 
-Layout: activations are NCHW (conv1d is conv2d with H = 1). The column matrix is
-(C*KH*KW, B*OH*OW), so the forward product is W (Cout, C*KH*KW) @ cols, giving the output
-channel-major, "CNHW": (Cout, B*OH*OW). A parallel pass moves it to NCHW while adding the
-bias (and applying a fused ReLU); the backward pass does the reverse move, fused with the
-ReLU mask and the bias gradient. The products themselves are `matmul`, `matmul_tn`,
-`matmul_nt` from kernels.dense (non-parallel njit functions that reach BLAS); parallel
-kernels are never called from jitted code, the layer calls them one after the other.
+Layout: activations are NCHW (conv1d is conv2d with H = 1). Inside the layer the batch axis
+goes last: the input is first transposed to "CHWN" (C, H, W, B), and the column matrix is
+(C*KH*KW, OH*OW*B) with column (p*OW + q)*B + b. The forward product W (Cout, C*KH*KW) @ cols
+gives the output as (Cout, OH*OW*B); a parallel pass moves it to NCHW while adding the bias
+(and applying a fused ReLU); the backward pass does the reverse move, fused with the ReLU mask
+and the bias gradient. The products themselves are NumPy `matmul` calls made by the layer;
+parallel kernels are never called from jitted code, the layer calls them one after the other.
+
+Why batch-last: with stride 1, one (row, output row p) of the column matrix is a single
+contiguous run of OW*B elements of the CHWN input (512 floats for 16->32 5x5 on 12x12,
+batch 64), so im2col and col2im are long vectorised copies/adds instead of runs of OW = 8.
+Measured for that layer: im2col 2.3 -> 0.5 ms, col2im 3.8 -> 0.7 ms; the two transposes it
+costs are over the (small) input and output only.
 
 Index convention: input row ih = oh * stride_h - pad_top + kh * dilation_h (and the same for
 columns); positions outside the input read zero (padding after the input is implicit).
@@ -16,6 +22,15 @@ import numpy as np
 from numba import njit, prange
 
 from . import FAST
+
+# Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
+# compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
+# 5.5x slower than the same loop over views). Hot loops here therefore index small views
+# (one slice per task, not per element run) with plain loop counters starting at 0.
+
+# Positions per block in the NCHW <-> batch-last transposes: 16 float32 = one cache line
+# of each of the B output rows, while the block's (16*B)-element source stays in L1.
+_TBLK = 16
 
 
 @njit(**FAST)
@@ -35,127 +50,157 @@ def _valid_range(n_out, n_in, stride, offset):
 
 
 @njit(parallel=True, **FAST)
-def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
-    """cols[(c*KH + i)*KW + j, b*OH*OW + p*OW + q] = x[b, c, p*sh - ph + i*dh, q*sw - pw + j*dw].
+def to_batch_last(x, xt):
+    """xt[c, t, b] = x[b, c, t]: (B, C, P) -> (C, P, B), in blocks of positions."""
+    nb, nc, npos = x.shape
+    nblk = (npos + _TBLK - 1) // _TBLK
+    for task in prange(nc * nblk):
+        c = task // nblk
+        t0 = (task % nblk) * _TBLK
+        t1 = min(t0 + _TBLK, npos)
+        src = x[:, c, t0:t1]
+        dst = xt[c, t0:t1, :]
+        for t in range(t1 - t0):
+            for b in range(nb):
+                dst[t, b] = src[b, t]
 
-    Parallel over (row, block of the batch): each task writes one contiguous stretch of a
-    row, and reads from the (small, cache-resident) input."""
-    nb, nc, h, w = x.shape
-    ohw = oh * ow
-    ncols = cols.shape[1]
-    nrows = nc * kh * kw
-    nblk = min(nb, 4)
-    xf = x.reshape(-1)
-    cf = cols.reshape(-1)
-    for task in prange(nrows * nblk):
-        row = task // nblk
-        blk = task % nblk
-        c = row // (kh * kw)
-        i = (row // kw) % kh
-        j = row % kw
-        ih0 = i * dh - ph
-        iw0 = j * dw - pw
-        p_lo, p_hi = _valid_range(oh, h, sh, ih0)
-        q_lo, q_hi = _valid_range(ow, w, sw, iw0)
-        for b in range(blk * nb // nblk, (blk + 1) * nb // nblk):
-            xbase = (b * nc + c) * h * w
-            rbase = row * ncols + b * ohw
-            for p in range(oh):
-                o = rbase + p * ow
-                if p < p_lo or p >= p_hi:
-                    for q in range(ow):
-                        cf[o + q] = 0
-                    continue
-                src = xbase + (p * sh + ih0) * w + iw0
-                for q in range(q_lo):
-                    cf[o + q] = 0
-                if sw == 1:
-                    for q in range(q_lo, q_hi):
-                        cf[o + q] = xf[src + q]
-                else:
-                    for q in range(q_lo, q_hi):
-                        cf[o + q] = xf[src + q * sw]
-                for q in range(q_hi, ow):
-                    cf[o + q] = 0
+
+@njit(**FAST)
+def _copy(dst, src):
+    for k in range(dst.shape[0]):
+        dst[k] = src[k]
+
+
+@njit(**FAST)
+def _add(dst, src):
+    for k in range(dst.shape[0]):
+        dst[k] += src[k]
 
 
 @njit(parallel=True, **FAST)
-def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dx):
-    """The adjoint of im2col: dx = 0, then dx[b, c, ih, iw] += dcols[row, col] over all windows.
+def im2col(xt, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
+    """cols[(c*KH + i)*KW + j, (p*OW + q)*B + b] = xt[c, p*sh - ph + i*dh, q*sw - pw + j*dw, b].
 
-    Parallel over (channel, block of the batch): a task owns dx[block, c], so no two tasks
-    add into the same element."""
-    nb, nc, h, w = dx.shape
-    ohw = oh * ow
-    ncols = dcols.shape[1]
-    nblk = min(nb, 8)
-    xf = dx.reshape(-1)
-    cf = dcols.reshape(-1)
-    for task in prange(nc * nblk):
-        c = task // nblk
-        blk = task % nblk
-        b0, b1 = blk * nb // nblk, (blk + 1) * nb // nblk
-        for b in range(b0, b1):
-            xbase = (b * nc + c) * h * w
-            for k in range(xbase, xbase + h * w):
-                xf[k] = 0
+    xt is the batch-last input (C, H, W, B). Parallel over (row, output row p); with
+    sw == 1 each task is one contiguous copy of (valid q) * B elements, zeros around it."""
+    nc, h, w, nb = xt.shape
+    nrows = nc * kh * kw
+    run = ow * nb
+    xf = xt.reshape(-1)
+    for task in prange(nrows * oh):
+        row = task // oh
+        p = task % oh
+        c = row // (kh * kw)
+        i = (row // kw) % kh
+        j = row % kw
+        dst = cols[row, p * run : (p + 1) * run]
+        ih = p * sh - ph + i * dh
+        if ih < 0 or ih >= h:
+            dst[:] = 0
+            continue
+        iw0 = j * dw - pw
+        q_lo, q_hi = _valid_range(ow, w, sw, iw0)
+        dst[: q_lo * nb] = 0
+        dst[q_hi * nb :] = 0
+        src = (c * h + ih) * w * nb
+        if sw == 1:
+            s = src + (q_lo + iw0) * nb
+            _copy(dst[q_lo * nb : q_hi * nb], xf[s : s + (q_hi - q_lo) * nb])
+        else:
+            for q in range(q_lo, q_hi):
+                s = src + (q * sw + iw0) * nb
+                _copy(dst[q * nb : (q + 1) * nb], xf[s : s + nb])
+
+
+@njit(parallel=True, **FAST)
+def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dxt, dx):
+    """The adjoint of im2col, written out as NCHW: dxt (C, H, W, B) is scratch,
+    dxt = 0, then dxt[c, ih, iw, b] += dcols[row, col] over all windows, then dx[b, c] = dxt[c, ..., b].
+
+    Parallel over channels: a task owns dxt[c] (H*W*B elements, cache-resident) and dx[:, c];
+    with sw == 1 each (row, p) adds one contiguous run."""
+    nc, h, w, nb = dxt.shape
+    run = ow * nb
+    for c in prange(nc):
+        plane = dxt[c].reshape(-1)
+        plane[:] = 0
         for i in range(kh):
-            ih0 = i * dh - ph
-            p_lo, p_hi = _valid_range(oh, h, sh, ih0)
             for j in range(kw):
+                row = (c * kh + i) * kw + j
                 iw0 = j * dw - pw
                 q_lo, q_hi = _valid_range(ow, w, sw, iw0)
-                row = (c * kh + i) * kw + j
-                for b in range(b0, b1):
-                    xbase = (b * nc + c) * h * w
-                    rbase = row * ncols + b * ohw
-                    for p in range(p_lo, p_hi):
-                        o = rbase + p * ow
-                        dst = xbase + (p * sh + ih0) * w + iw0
-                        if sw == 1:
-                            for q in range(q_lo, q_hi):
-                                xf[dst + q] += cf[o + q]
-                        else:
-                            for q in range(q_lo, q_hi):
-                                xf[dst + q * sw] += cf[o + q]
+                for p in range(oh):
+                    ih = p * sh - ph + i * dh
+                    if ih < 0 or ih >= h:
+                        continue
+                    o = p * run
+                    dst = ih * w * nb
+                    if sw == 1:
+                        d = dst + (q_lo + iw0) * nb
+                        n = (q_hi - q_lo) * nb
+                        _add(plane[d : d + n], dcols[row, o + q_lo * nb : o + q_hi * nb])
+                    else:
+                        for q in range(q_lo, q_hi):
+                            d = dst + (q * sw + iw0) * nb
+                            _add(plane[d : d + nb], dcols[row, o + q * nb : o + (q + 1) * nb])
+        src = plane.reshape((h * w, nb))
+        out = dx[:, c, :]
+        for b in range(nb):
+            for t in range(h * w):
+                out[b, t] = src[t, b]
 
 
 @njit(parallel=True, **FAST)
 def conv_output(ycn, bias, relu, out):
-    """out[b, co, p] = ycn[co, b*P + p] + bias[co], then max(., 0) when relu: CNHW -> NCHW.
+    """out[b, co, p] = ycn[co, p*B + b] + bias[co], then max(., 0) when relu: batch-last -> NCHW.
     out is (B, Cout, P) (the output viewed with its spatial axes flattened)."""
     nb, nco, npos = out.shape
-    for bc in prange(nb * nco):
-        b = bc // nco
-        co = bc % nco
+    nblk = (npos + _TBLK - 1) // _TBLK
+    for task in prange(nco * nblk):
+        co = task // nblk
+        p0 = (task % nblk) * _TBLK
+        p1 = min(p0 + _TBLK, npos)
         bv = bias[co]
-        o = b * npos
-        if relu:
-            for p in range(npos):
-                v = ycn[co, o + p] + bv
-                out[b, co, p] = v if v > 0 else 0
-        else:
-            for p in range(npos):
-                out[b, co, p] = ycn[co, o + p] + bv
+        src = ycn[co, p0 * nb : p1 * nb].reshape((p1 - p0, nb))
+        dst = out[:, co, p0:p1]
+        for b in range(nb):
+            if relu:
+                for p in range(p1 - p0):
+                    v = src[p, b] + bv
+                    dst[b, p] = v if v > 0 else 0
+            else:
+                for p in range(p1 - p0):
+                    dst[b, p] = src[p, b] + bv
 
 
 @njit(parallel=True, **FAST)
 def conv_grad_output(dy, y, relu, dycn, dbias):
-    """dycn[co, b*P + p] = dy[b, co, p] * (y[b, co, p] > 0 if relu else 1): NCHW -> CNHW,
-    and dbias[co] = the sum of those over the batch and positions. dy, y are (B, Cout, P)."""
+    """dycn[co, p*B + b] = dy[b, co, p] * (y[b, co, p] > 0 if relu else 1): NCHW -> batch-last,
+    and dbias[co] = the sum of those over the batch and positions. dy, y are (B, Cout, P).
+
+    Overwrites dy with the masked gradient: the mask is applied in a contiguous pass (which
+    vectorises to selects; inside the transpose it compiled to mispredicted branches,
+    measured 6 ms instead of 0.3 ms on 64x16x24x24), then the transpose is a plain copy."""
     nb, nco, npos = dy.shape
+    zero = np.zeros(1, dy.dtype)[0]
     for co in prange(nco):
-        s = 0.0
+        s = zero
         for b in range(nb):
-            o = b * npos
+            gb = dy[b, co]  # contiguous views: the select vectorises
+            ab = y[b, co]
             if relu:
                 for p in range(npos):
-                    v = dy[b, co, p] if y[b, co, p] > 0 else 0
-                    dycn[co, o + p] = v
+                    v = gb[p] if ab[p] > 0 else zero
+                    gb[p] = v
                     s += v
             else:
                 for p in range(npos):
-                    v = dy[b, co, p]
-                    dycn[co, o + p] = v
-                    s += v
+                    s += gb[p]
+        for p0 in range(0, npos, _TBLK):
+            p1 = min(p0 + _TBLK, npos)
+            src = dy[:, co, p0:p1]
+            dst = dycn[co, p0 * nb : p1 * nb].reshape((p1 - p0, nb))
+            for b in range(nb):
+                for p in range(p1 - p0):
+                    dst[p, b] = src[b, p]
         dbias[co] = s

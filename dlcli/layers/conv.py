@@ -1,8 +1,9 @@
 """Convolution layers, NCHW / NCW: conv2d and conv1d (conv1d runs as conv2d with H = 1).
 
 Weights are (filters, in_channels, *kernel), as in PyTorch; the bias is (filters,).
-Forward: im2col over the whole batch, one GEMM, one pass to NCHW adding the bias (and a
-fused ReLU when the model fuses the next relu layer into this one).
+Forward: the input transposed batch-last (C, H, W, B), im2col over the whole batch, one GEMM,
+one pass back to NCHW adding the bias (and a fused ReLU when the model fuses the next relu
+layer into this one). kernels/conv.py says why batch-last.
 
 The three products per step go to BLAS through NumPy's `matmul(out=)`, called from here
 between the Numba passes: for these short-and-wide shapes (e.g. (400, 16) x (16, 4096)
@@ -104,7 +105,7 @@ class _Conv(Layer):
         self.zeros_like_params()
         self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
         self.bias_scratch = np.zeros(cout, self.dtype)
-        self.buffers = {}  # batch size -> (cols, ycn); internal only, reused across steps
+        self.buffers = {}  # batch size -> cols, ycn, xt (, dcols); internal only, reused across steps
         self.output_shape = (cout,) + tuple(outs)
         return self.output_shape
 
@@ -114,7 +115,11 @@ class _Conv(Layer):
             cout = self.options["filters"]
             rows = self.in2[0] * self.k2[0] * self.k2[1]
             npos = n * self.o2[0] * self.o2[1]
-            buf = {"cols": np.empty((rows, npos), self.dtype), "ycn": np.empty((cout, npos), self.dtype)}
+            buf = {
+                "cols": np.empty((rows, npos), self.dtype),
+                "ycn": np.empty((cout, npos), self.dtype),
+                "xt": np.empty(self.in2 + (n,), self.dtype),  # batch-last input; col2im's scratch backward
+            }
             if len(self.buffers) > 4:
                 self.buffers.clear()
             self.buffers[n] = buf
@@ -132,8 +137,10 @@ class _Conv(Layer):
         if not x4.flags.c_contiguous or x4.dtype != self.dtype:
             x4 = np.ascontiguousarray(x4, dtype=self.dtype)
         buf = self._buffers(n)
-        cols, ycn = buf["cols"], buf["ycn"]
-        self.K.im2col(x4, *self._args(), cols)
+        cols, ycn, xt = buf["cols"], buf["ycn"], buf["xt"]
+        cin = self.in2[0]
+        self.K.to_batch_last(x4.reshape(n, cin, -1), xt.reshape(cin, -1, n))
+        self.K.im2col(xt, *self._args(), cols)
         w2 = self.params["weight"].reshape(self.options["filters"], -1)
         np.matmul(w2, cols, out=ycn)
         cout = self.options["filters"]
@@ -161,7 +168,7 @@ class _Conv(Layer):
             dcols = buf["dcols"] = np.empty_like(self.cols)
         np.matmul(w2.T, dycn, out=dcols)
         dx = np.empty((n,) + self.in2, self.dtype)
-        self.K.col2im(dcols, *self._args(), dx)
+        self.K.col2im(dcols, *self._args(), buf["xt"], dx.reshape(n, self.in2[0], -1))
         return dx.reshape((n,) + self.input_shape)
 
     def flops(self):
