@@ -2,15 +2,13 @@
 
 No pickle anywhere: strings are stored as NumPy unicode arrays, metadata as JSON text,
 and loading uses `allow_pickle=False`, so a checkpoint from someone else cannot run code.
-Writes go to a temporary file in the same folder, then `os.replace`: a crash never
-leaves a half-written checkpoint where a good one was.
+Writes go through `files.atomic_path`: a crash never leaves a half-written checkpoint
+where a good one was.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CheckpointError, SpecError
+from .files import atomic_path
 
 FORMAT = 1
 
@@ -43,7 +42,6 @@ class Checkpoint:
 
 def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"spec": np.array(spec_text)}
     for k, v in model.state().items():
         arrays["param." + k] = v
@@ -58,16 +56,9 @@ def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):
             arrays["pre.mean"] = dataset.mean
             arrays["pre.std"] = dataset.std
     arrays["meta"] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, CheckpointError) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -82,7 +82,7 @@ def _offset(model, view):
 
 
 def inspect(source, batches=4, batch_size=None, seed=None):
-    from . import checkpoint, data, optim, run
+    from . import data, optim, run
 
     s, ckpt = run.spec_or_checkpoint(source)
     if seed is not None:

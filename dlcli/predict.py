@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, DlcliError
+from .errors import DataError
+from .files import atomic_path
 
 OUTPUT_FORMATS = (".csv", ".json", ".npy")
 
@@ -258,7 +257,7 @@ def predict(model_path, input_path, output=None, stream=None, proba=False, top_k
         writer.close()
         return Prediction(n, per.names, None, mode, not isinstance(x, np.memmap))
     ext = Path(output).suffix.lower()
-    with _atomic(output) as tmp:
+    with atomic_path(output) as tmp:
         if ext == ".npy":
             writer = _NpyWriter(tmp, per, n)
         else:
@@ -430,33 +429,6 @@ class _NpyWriter:
     def close(self):
         self.a.flush()
         del self.a
-
-
-class _atomic:
-    """A temporary file beside `path`, renamed onto it when the block succeeds."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-
-    def __enter__(self):
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-            os.close(fd)
-        except OSError as e:
-            raise DlcliError(f"cannot write {self.path}: {e.strerror or e}") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            try:
-                os.replace(self.tmp, self.path)
-                return False
-            except OSError as e:
-                Path(self.tmp).unlink(missing_ok=True)
-                raise DlcliError(f"cannot write {self.path}: {e.strerror or e}") from None
-        Path(self.tmp).unlink(missing_ok=True)
-        return False
 
 
 # --------------------------------------------------------------------------- evaluate

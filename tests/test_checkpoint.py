@@ -65,7 +65,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", broken_savez)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="cannot write .*ck.npz: disk full"):
         checkpoint.save(saved, TEXT, trainer.model, trainer.optimizer, {"epochs_done": 9})
     assert saved.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["ck.npz"]  # no temporary left
@@ -124,3 +124,14 @@ def test_optimizer_state_survives_resume(tmp_path):
     assert opt.step_count == trainer.optimizer.step_count
     np.testing.assert_array_equal(opt.state["v"], trainer.optimizer.state["v"])
     assert zipfile.is_zipfile(saved)
+
+
+def test_checkpoint_gets_ordinary_file_permissions(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _, saved, _ = trained(tmp_path)
+    finally:
+        os.umask(old)
+    assert saved.stat().st_mode & 0o777 == 0o644
