@@ -62,7 +62,7 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, log_
             raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
         s, _ = run.spec_or_checkpoint(resume)
     else:
-        s = run.spec_mod.load(spec_file)
+        s = run.load_spec(spec_file)
     s = run.apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     if quiet:
         display = None
@@ -161,7 +161,7 @@ def gradcheck(spec_file, kinds, all_kinds, eps, rtol, atol, samples, batch_size,
     if spec_file is not None:
         from . import run
 
-        report = gc.check_spec(run.spec_mod.load(spec_file), **opts)
+        report = gc.check_spec(run.load_spec(spec_file), **opts)
     else:
         from .layers import LAYERS
 

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from . import spec as spec_mod
-from .errors import CheckpointError, DlcliError
+from .errors import CheckpointError
 
 
-def load_spec(path, epochs=None, batch_size=None, lr=None, seed=None, threads=None):
-    """The spec with command-line overrides applied (each None leaves the spec's value)."""
-    s = spec_mod.load(path)
-    return apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
+def load_spec(path):
+    """A spec from its file (errors name the file, line and field)."""
+    return spec_mod.load(path)
 
 
 def apply_overrides(s, epochs=None, batch_size=None, lr=None, seed=None, threads=None):
+    """The spec with command-line overrides applied (each None leaves the spec's value)."""
     train = replace(
         s.train,
         epochs=epochs if epochs is not None else s.train.epochs,
@@ -90,5 +90,3 @@ def spec_or_checkpoint(path):
         return ckpt.spec(), ckpt
     return spec_mod.load(path), None
 
-
-__all__ = ["load_spec", "apply_overrides", "build", "train", "spec_or_checkpoint", "DlcliError"]
