@@ -259,32 +259,10 @@ def evaluate(model, data_file, as_json, batch_size, label, threads):
         click.echo(json.dumps(r.as_dict(), indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    line = f"{r.samples} samples   {r.loss_name} loss {r.loss:.4f}"
-    if r.accuracy is not None:
-        line += f"   accuracy {r.accuracy:.4f}"
-    console.print(line)
-    if not r.classes:
-        return
-
-    def pct(v):
-        return "–" if v is None else f"{v:.3f}"
-
-    per = Table(title="per class")
-    for name in ("class", "precision", "recall", "support"):
-        per.add_column(name, justify="left" if name == "class" else "right")
-    for c, p, rc, s in zip(r.classes, r.precision, r.recall, r.support):
-        per.add_row(str(c), pct(p), pct(rc), str(s))
-    console.print(per)
-    cm = Table(title="confusion matrix")
-    cm.add_column("true \\ predicted")
-    for c in r.classes:
-        cm.add_column(str(c), justify="right")
-    for i, (c, row) in enumerate(zip(r.classes, r.confusion)):
-        cm.add_row(str(c), *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
-    console.print(cm)
+    for renderable in predict_mod.evaluation_report(r):
+        console.print(renderable)
 
 
 @main.command("inspect-gradients")

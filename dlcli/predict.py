@@ -496,3 +496,32 @@ def evaluate(model_path, data_path, batch_size=1024, label=None, progress=None) 
         result.support = actual.tolist()
         result.confusion = confusion.tolist()
     return result
+
+
+def evaluation_report(r):
+    """What `dlcli evaluate` prints: a summary line, the per-class table and the
+    confusion matrix (rows: true class), as Rich renderables."""
+    from rich.table import Table
+
+    line = f"{r.samples} samples   {r.loss_name} loss {r.loss:.4f}"
+    if r.accuracy is not None:
+        line += f"   accuracy {r.accuracy:.4f}"
+    out = [line]
+    if not r.classes:
+        return out
+
+    def pct(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    per = Table(title="per class")
+    for name in ("class", "precision", "recall", "support"):
+        per.add_column(name, justify="left" if name == "class" else "right")
+    for c, p, rc, s in zip(r.classes, r.precision, r.recall, r.support):
+        per.add_row(str(c), pct(p), pct(rc), str(s))
+    cm = Table(title="confusion matrix")
+    cm.add_column("true \\ predicted")
+    for c in r.classes:
+        cm.add_column(str(c), justify="right")
+    for i, (c, row) in enumerate(zip(r.classes, r.confusion)):
+        cm.add_row(str(c), *[f"[bold]{v}[/bold]" if i == j else str(v) for j, v in enumerate(row)])
+    return out + [per, cm]
