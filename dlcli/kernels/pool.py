@@ -31,20 +31,54 @@ def _maxpool_plane(x, kh, kw, sh, sw, y, idx):
             idx[p, q] = arg
 
 
+@njit(**FAST)
+def _maxpool2x2_plane(x, y, idx):
+    """The common 2x2, stride 2 case with the window unrolled: the same selects in the same
+    order (first maximum wins), but no inner loops with data-dependent bounds, so the q loop
+    vectorises."""
+    w = x.shape[1]
+    oh, ow = y.shape
+    for p in range(oh):
+        for q in range(ow):
+            a = x[2 * p, 2 * q]
+            b = x[2 * p, 2 * q + 1]
+            c = x[2 * p + 1, 2 * q]
+            d = x[2 * p + 1, 2 * q + 1]
+            best = a
+            arg = 0
+            gt = b > best
+            arg = 1 if gt else arg
+            best = b if gt else best
+            gt = c > best
+            arg = w if gt else arg
+            best = c if gt else best
+            gt = d > best
+            arg = w + 1 if gt else arg
+            best = d if gt else best
+            y[p, q] = best
+            idx[p, q] = 2 * p * w + 2 * q + arg
+
+
 @njit(parallel=True, **FAST)
 def maxpool_forward(x, kh, kw, sh, sw, y, idx):
     """y[b, c, p, q] = max of the window; idx keeps the argmax as a flat index into the
     (H, W) plane (the first maximum on ties) for the backward pass."""
     nb, nc = x.shape[0], x.shape[1]
+    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2
     for bc in prange(nb * nc):
         b = bc // nc
         c = bc % nc
-        _maxpool_plane(x[b, c], kh, kw, sh, sw, y[b, c], idx[b, c])
+        if fast:
+            _maxpool2x2_plane(x[b, c], y[b, c], idx[b, c])
+        else:
+            _maxpool_plane(x[b, c], kh, kw, sh, sw, y[b, c], idx[b, c])
 
 
 @njit(parallel=True, **FAST)
 def maxpool_backward(dy, idx, dx):
-    """dx = 0, then each output's gradient goes to its window's argmax."""
+    """dx = 0, then each output's gradient goes to its window's argmax. (A 2x2 variant
+    writing each input once without the zeroing pass measured 2.5x slower: stores at
+    stride 2 do not vectorise.)"""
     nb, nc, h, w = dx.shape
     _, _, oh, ow = dy.shape
     for bc in prange(nb * nc):
