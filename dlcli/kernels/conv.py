@@ -60,8 +60,8 @@ def to_batch_last(x, xt):
         t1 = min(t0 + _TBLK, npos)
         src = x[:, c, t0:t1]
         dst = xt[c, t0:t1, :]
-        for t in range(t1 - t0):
-            for b in range(nb):
+        for b in range(nb):  # contiguous reads; the strided writes stay in one L1-sized block
+            for t in range(t1 - t0):
                 dst[t, b] = src[b, t]
 
 
