@@ -50,6 +50,7 @@ train: {epochs: 1, batch_size: 64}
 
 
 def _model(threads):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     import numpy as np
 
     from dlcli import optim, run, runtime, spec

@@ -41,6 +41,7 @@ train: {epochs: 1, batch_size: 128}
 
 
 def dlcli_rate(threads, seconds):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     import numpy as np
 
     from dlcli import optim, run, runtime, spec

@@ -49,6 +49,7 @@ train: {{epochs: 1, batch_size: {BATCH}}}
 
 
 def dlcli_rate(cell, threads, seconds):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     import numpy as np
 
     from dlcli import optim, run, runtime, spec
