@@ -58,6 +58,14 @@ class Layer:
     def shape_error(self, expected, got):
         return ShapeError(f"{self.name}: expects input of shape {expected}, got {tuple(got)}")
 
+    def check_spatial_input(self, input_shape, ndim):
+        """One sample as (channels, length) or (channels, height, width), or a ShapeError."""
+        input_shape = tuple(input_shape)
+        if len(input_shape) != ndim + 1:
+            layout = "(channels, height, width)" if ndim == 2 else "(channels, length)"
+            raise ShapeError(f"{self.name}: expects one sample of shape {layout}, got {input_shape}")
+        return input_shape
+
     def zeros_like_params(self):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 

@@ -18,12 +18,8 @@ class _Pool(Layer):
         from ..kernels import pool as K
 
         self.K = K
-        input_shape = tuple(input_shape)
-        self.input_shape = input_shape
+        input_shape = self.input_shape = self.check_spatial_input(input_shape, self.ndim)
         nd = self.ndim
-        if len(input_shape) != nd + 1:
-            layout = "(channels, height, width)" if nd == 2 else "(channels, length)"
-            raise ShapeError(f"{self.name}: expects one sample of shape {layout}, got {input_shape}")
         size = self.options["size"]
         stride = self.options["stride"] or size
         outs = []
