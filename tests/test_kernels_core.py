@@ -120,7 +120,7 @@ def test_softmax_rows(rng, dtype, n, c):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_reductions_and_scaling(rng, dtype):
+def test_reductions_and_finiteness(rng, dtype):
     a = rand(rng, 1001, dtype)
     np.testing.assert_allclose(KE.sum_of_squares(a), np.sum(a.astype(np.float64) ** 2), rtol=1e-5)
     offsets = np.array([0, 1, 8, 8, 500, 1001], np.int64)  # an empty segment too
@@ -128,9 +128,6 @@ def test_reductions_and_scaling(rng, dtype):
     KE.segment_sums_of_squares(a, offsets, out)
     expected = [np.sum(a[offsets[k] : offsets[k + 1]].astype(np.float64) ** 2) for k in range(5)]
     np.testing.assert_allclose(out, expected, rtol=1e-5)
-    b = a.copy()
-    KE.scale_inplace(b, dtype(0.25))
-    np.testing.assert_allclose(b, a * dtype(0.25), **tol(dtype))
     assert KE.all_finite(a)
     for bad in (np.nan, np.inf, -np.inf):
         c = a.copy()

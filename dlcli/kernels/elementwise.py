@@ -103,12 +103,6 @@ def segment_sums_of_squares(a, offsets, out):
         out[k] = sum_of_squares(a[offsets[k] : offsets[k + 1]])
 
 
-@njit(cache=True, parallel=True)
-def scale_inplace(a, factor):
-    for i in prange(a.size):
-        a[i] *= factor
-
-
 @njit(cache=True)
 def all_finite(a):
     for i in range(a.size):
