@@ -30,6 +30,19 @@ def positive_int(v):
     return v
 
 
+def int_at_least(minimum):
+    """An integer >= minimum (sizes a generator cannot go below)."""
+
+    def parse(v):
+        v = positive_int(v)
+        if v < minimum:
+            raise ValueError(f"must be an integer >= {minimum}")
+        return v
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def non_negative_int(v):
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ValueError("must be a non-negative integer")

@@ -12,22 +12,11 @@ the same arrays.
 
 import numpy as np
 
-from ..spec import Opt, boolean, non_negative_float, positive_int
+from ..spec import Opt, int_at_least, boolean, non_negative_float, positive_int
 from .tabular import Generated
 
 SHAPE_CLASSES = ["square", "circle", "triangle", "cross"]
 SIGNAL_CLASSES = ["sine", "square", "sawtooth", "burst"]
-
-
-def _at_least(minimum):
-    def parse(v):
-        v = positive_int(v)
-        if v < minimum:
-            raise ValueError(f"must be an integer >= {minimum}")
-        return v
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 class Shapes:
@@ -35,7 +24,7 @@ class Shapes:
 
     OPTIONS = {
         "samples": Opt(positive_int, 6000, "total over the four classes"),
-        "size": Opt(_at_least(12), 28, "image height and width in pixels"),
+        "size": Opt(int_at_least(12), 28, "image height and width in pixels"),
         "noise": Opt(non_negative_float, 0.3, "standard deviation of the pixel noise"),
         "rotate": Opt(boolean, True, "rotate each shape by a random angle"),
     }
@@ -94,7 +83,7 @@ class Signals:
 
     OPTIONS = {
         "samples": Opt(positive_int, 4000, "total over the four classes"),
-        "length": Opt(_at_least(16), 128, "samples per signal"),
+        "length": Opt(int_at_least(16), 128, "samples per signal"),
         "noise": Opt(non_negative_float, 0.3, "standard deviation of the added noise"),
     }
     shape = (1, 128)  # with the default length; (1, length) in general

@@ -2,18 +2,8 @@
 
 import numpy as np
 
-from ..spec import Opt, boolean, non_negative_float, positive_int
+from ..spec import Opt, int_at_least, boolean, non_negative_float, positive_int
 from .tabular import Generated
-
-
-def _at_least(n):
-    def parse(v):
-        v = positive_int(v)
-        if v < n:
-            raise ValueError(f"must be an integer >= {n}")
-        return v
-
-    return parse
 
 
 class Adding:
@@ -23,7 +13,7 @@ class Adding:
     Predicting the constant 1.0 gives MSE = 1/6 ~ 0.167: the baseline to beat."""
 
     OPTIONS = {
-        "length": Opt(_at_least(2), 50, "time steps T"),
+        "length": Opt(int_at_least(2), 50, "time steps T"),
         "samples": Opt(positive_int, 10000),
     }
     shape = (50, 2)
@@ -52,7 +42,7 @@ class TemporalOrder:
     over 6 symbols (X, Y and 4 distractors) plus Gaussian noise of std `noise`."""
 
     OPTIONS = {
-        "length": Opt(_at_least(4), 30, "time steps T"),
+        "length": Opt(int_at_least(4), 30, "time steps T"),
         "samples": Opt(positive_int, 4000),
         "noise": Opt(non_negative_float, 0.1),
     }
@@ -83,7 +73,7 @@ class SineNext:
     every step, shape (T, 1), for a `return_sequences` layer followed by `dense: 1`."""
 
     OPTIONS = {
-        "length": Opt(_at_least(2), 40, "time steps T"),
+        "length": Opt(int_at_least(2), 40, "time steps T"),
         "samples": Opt(positive_int, 4000),
         "noise": Opt(non_negative_float, 0.05),
         "seq2seq": Opt(boolean, False, "target at every step"),
