@@ -130,6 +130,14 @@ class _Recurrent(Layer):
         self.K.matmul_nt(da2, self.params["w_input"], dx)
         return np.ascontiguousarray(dx.reshape(T, B, F).transpose(1, 0, 2))
 
+    def _add_output_grad(self, dh, dh_out, t, T, seq):
+        """dh += the loss gradient that reaches h_t from the layer's output: every step's
+        when returning sequences, else only the last step's."""
+        if seq:
+            self.K.add_into(dh, dh_out[t])
+        elif t == T - 1:
+            self.K.add_into(dh, dh_out[0])
+
     def _record_step(self, norms, t, sq, record):
         if record:
             norms[t] = np.sqrt(sq.sum())
@@ -177,10 +185,7 @@ class RNN(_Recurrent):
             sq = np.empty(B)
             dh[:] = 0
             for t in range(T - 1, -1, -1):
-                if seq:
-                    K.add_into(dh, dh_out[t])
-                elif t == T - 1:
-                    K.add_into(dh, dh_out[0])
+                self._add_output_grad(dh, dh_out, t, T, seq)
                 K.rnn_step_backward(dh, self.h[t + 1], da[t], relu, sq, record)
                 self._record_step(norms, t, sq, record)
                 K.matmul_nt(da[t], w, dh)
@@ -226,10 +231,7 @@ class LSTM(_Recurrent):
             dh[:] = 0
             dc[:] = 0
             for t in range(T - 1, -1, -1):
-                if seq:
-                    K.add_into(dh, dh_out[t])
-                elif t == T - 1:
-                    K.add_into(dh, dh_out[0])
+                self._add_output_grad(dh, dh_out, t, T, seq)
                 K.lstm_step_backward(dh, dc, gates[t], self.c[t], self.tc[t], sq, record)
                 self._record_step(norms, t, sq, record)
                 K.matmul_nt(gates[t], w, dh)
@@ -277,10 +279,7 @@ class GRU(_Recurrent):
             sq = np.empty(B)
             dh[:] = 0
             for t in range(T - 1, -1, -1):
-                if seq:
-                    K.add_into(dh, dh_out[t])
-                elif t == T - 1:
-                    K.add_into(dh, dh_out[0])
+                self._add_output_grad(dh, dh_out, t, T, seq)
                 K.gru_step_backward(dh, gates[t], self.hn[t], self.h[t], dah[t], direct, sq, record)
                 self._record_step(norms, t, sq, record)
                 K.matmul_nt(dah[t], w, dh)
