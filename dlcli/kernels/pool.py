@@ -3,7 +3,6 @@ batch x channels. Windows start at p*stride with no padding; the output size is
 floor((n - size) / stride) + 1, so trailing positions a window never reaches are dropped.
 """
 
-import numpy as np
 from numba import njit, prange
 
 from . import FAST
