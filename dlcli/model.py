@@ -54,6 +54,8 @@ class Model:
                 if a.kind in ("dense", "conv2d", "conv1d") and b.kind == "relu":
                     a.fuse_relu, b.fused = True, True
         self._flatten()
+        # _params_upstream[i]: does any layer before trained[i] have parameters (so needs dx)?
+        self._params_upstream = [any(layer.params for layer in self.trained[:i]) for i in range(len(self.trained))]
 
     @classmethod
     def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True):
@@ -94,11 +96,8 @@ class Model:
 
     def backward(self, dy, need_input_grad=False):
         """Backpropagate dL/d(output); returns dL/d(input) when asked, else None."""
-        upstream_params = [False]
-        for layer in self.trained:
-            upstream_params.append(upstream_params[-1] or bool(layer.params))
         for i in range(len(self.trained) - 1, -1, -1):
-            need = need_input_grad or upstream_params[i]
+            need = need_input_grad or self._params_upstream[i]
             dy = self.trained[i].backward(dy, need_dx=need)
             if dy is None:
                 return None
