@@ -10,13 +10,13 @@ from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
 from dlcli.layers import LAYERS
 from dlcli.layers.recurrent import GRU, LSTM, RNN
 
-MODES = ("serial", "parallel")
+MODES = (1, 2, 3)  # shards: the whole batch, uneven halves, one row each
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=2e-6)}
 
 
-def make(cls, dtype=np.float64, T=5, F=3, seed=0, mode="serial", **options):
+def make(cls, dtype=np.float64, T=5, F=3, seed=0, mode=1, **options):
     layer = cls(dtype=dtype, rng=np.random.default_rng(seed), **{"units": 7, **options})
-    layer.mode = mode
+    layer.shards = mode
     layer.build((T, F))
     # Non-zero biases so that every term of the equations is exercised.
     for name, p in layer.params.items():
@@ -217,6 +217,28 @@ def test_tanh_approximation_accuracy():
     out32 = np.empty_like(x32)
     tanh_approx(x32, out32)
     assert np.abs(out32 - np.tanh(x)).max() < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n,lo,hi", [(9, 13, 7, 0, 9), (9, 13, 7, 2, 9), (12, 40, 10, 3, 11), (5, 1, 1, 4, 5)])
+def test_recurrent_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
+    """gemm_rows_nt: full 4x2 tiles and every kind of leftover row and column."""
+    from dlcli.kernels.recurrent import gemm_rows_nt
+
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype)
+    out = np.full((m, n), -7.0, dtype)
+    gemm_rows_nt(a, b, out, lo, hi)
+    np.testing.assert_allclose(out[lo:hi], a[lo:hi].astype(np.float64) @ b.T.astype(np.float64), **TOL[dtype])
+    assert np.all(out[:lo] == -7.0) and np.all(out[hi:] == -7.0)  # rows outside the shard untouched
+
+
+def test_shards_split_rows_evenly():
+    from dlcli.runtime import shard_bounds
+
+    assert shard_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert shard_bounds(2, 4) == [(0, 1), (1, 2)]
+    assert shard_bounds(32, 1) == [(0, 32)]
 
 
 # ---------------------------------------------------------------- datasets

@@ -1,8 +1,8 @@
 """Recurrent cells (rnn, lstm, gru): forward and backward through time.
 
 Layout: everything is time-major inside the kernels, (T, B, ...), so the state at one
-step is a contiguous (B, H) matrix that BLAS takes directly. The layer does the big
-products around the time loop:
+step is a contiguous (B, H) matrix. The layer does the big products around the time
+loop with BLAS on all cores:
 
 - forward: `xp = x @ W_ih` for all T*B rows at once (one GEMM), then per step only
   `hh = h_{t-1} @ W_hh` and one fused gate pass (bias, all nonlinearities, cell update);
@@ -10,19 +10,19 @@ products around the time loop:
   gradients `da_t` (stored for all steps), then `dh_{t-1} = da_t @ W_hh^T`; after the sweep
   the weight gradients are two GEMMs over all T*B rows and dx is one more.
 
-Each cell comes in two shapes: a per-step gate kernel, `parallel=True` with `prange` over
-the batch, driven from Python (`*_step_*`), and a whole-sequence kernel (`*_seq_*`) that
-runs the time loop itself with `np.dot` (BLAS, multi-threaded) and the gate math serially,
-which avoids a Python call and a thread hand-off per step. The layer picks one by batch
-size (see dlcli/layers/recurrent.py). A parallel kernel is never called from another
-jitted function (that would make it uncacheable).
+The time loop is the sequential part. Batch rows are independent through time, so the
+layer cuts the batch into one shard per core and runs each shard's whole time loop in
+its own thread (`*_seq_*`, nogil), with the recurrent product in `gemm_rows_nt`: no
+thread hand-off per step, no BLAS call per step.
 
-Tried and dropped (2026-11): a batch-split whole-sequence kernel, `prange` over 2 batch
-halves, each running the whole time loop with single-threaded BLAS (threadpoolctl around
-the call) and its own gate math. It passed the reference tests but was slower on this
-2-core machine, full training step at batch 32, in alternation with the serial kernels:
-lstm 1131 vs 1914 samples/s, gru 1210 vs 2076 (quiet machine); two half-batch sequences
-in parallel took 10.2 ms forward against 7.3 ms for one full-batch sequence on one thread.
+History (measured on this 2-core machine, 2026-11, batch 32, LSTM 128 units, T=64):
+- per-step parallel gate kernels driven from Python paid a call and a thread hand-off
+  per step; a serial whole-sequence kernel with np.dot beat them below batch 64;
+- sharding that serial kernel over `prange` with single-threaded BLAS was slower: two
+  OpenBLAS calls at once from two threads ran at 0.83x of one call alone (they contend),
+  and OpenBLAS repacks W_hh on every small product (38-58 GFLOP/s on one core);
+- shards with our own product scale 1.92x on 2 cores; the LSTM layer's time loop went
+  from 5.3 ms (forward) to about 3 ms.
 
 tanh and the logistic function use `_tanh`, a rational approximation (our own fit,
 |error| < 4e-7) that LLVM can vectorise, unlike libm's tanh/exp; the logistic
@@ -34,7 +34,12 @@ Gate orders (columns of W_ih, W_hh and bias, in blocks of H):
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from . import FAST
+
+# Whole-sequence kernels run in threads, one per shard of the batch: they release the GIL.
+SHARD = dict(FAST, nogil=True)
 
 
 # ---------------------------------------------------------------- nonlinearities
@@ -96,9 +101,9 @@ def matmul_nt(a, b, out):
     np.dot(a, b.T, out)
 
 
-# ---------------------------------------------------------------- row helpers (serial)
-# One batch row of one time step. Called by the parallel step kernels (inside prange) and
-# by the serial whole-sequence kernels; plain njit functions, inlined by LLVM.
+# ---------------------------------------------------------------- row helpers
+# One batch row of one time step, called by the whole-sequence kernels; plain njit
+# functions, inlined by LLVM.
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -194,151 +199,156 @@ def _gru_row_bwd(dh, gates, hn, h_prev, dah, dh_prev):
 
 
 @njit(cache=True, error_model="numpy")
-def _row_sq(v):
+def _rows_sq(v, lo, hi):
+    """Sum of squares of rows lo..hi of a 2-D array."""
     s = 0.0
-    for j in range(v.size):
-        s += v[j] * v[j]
+    for i in range(lo, hi):
+        for j in range(v.shape[1]):
+            s += v[i, j] * v[i, j]
     return s
 
 
 @njit(cache=True, error_model="numpy")
-def _add_output_grad(dh, dh_out, t, T, seq):
+def _add_output_grad(dh, dh_out, t, T, seq, lo, hi):
     """dh += dL/dh_t coming from the layer's output (every step, or the last one only)."""
-    if seq:
-        dh += dh_out[t]
-    elif t == T - 1:
-        dh += dh_out[0]
+    src = 0 if not seq else t
+    if seq or t == T - 1:
+        for i in range(lo, hi):
+            for j in range(dh.shape[1]):
+                dh[i, j] += dh_out[src, i, j]
 
 
-# ---------------------------------------------------------------- parallel step kernels
-# Per step, from Python: prange over the batch; the recurrent product is a separate BLAS call.
+# ---------------------------------------------------------------- recurrent product
+# The per-step product is small (batch x 128 by 128 x 512 in the benchmark) and runs 64
+# times per pass with the same weights. OpenBLAS packs the whole weight matrix on every
+# call, which caps it at 38-58 GFLOP/s on one core here; this kernel reads the weights
+# as they are (pre-transposed once per pass) and reaches 60-83 (measured, 2026-11).
 
 
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def rnn_step_forward(xp, hh, b, h, relu):
-    for i in prange(h.shape[0]):
-        _rnn_row_fwd(xp[i], hh[i], b, h[i], relu)
+@njit(**SHARD)
+def _dot(u, v):
+    s = u.dtype.type(0)
+    for k in range(u.size):
+        s += u[k] * v[k]
+    return s
 
 
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def rnn_step_backward(dh, h, da, relu, sq, record):
-    """dh: total dL/dh_t (B, H); writes da (B, H); sq[i] = |dh[i]|^2 when record."""
-    for i in prange(h.shape[0]):
-        if record:
-            sq[i] = _row_sq(dh[i])
-        _rnn_row_bwd(dh[i], h[i], da[i], relu)
+@njit(**SHARD)
+def gemm_rows_nt(a, b, out, lo, hi):
+    """out[lo:hi] = a[lo:hi] @ b.T, all C-contiguous.
+
+    Each output is a dot product over contiguous rows of a and b, which LLVM vectorises
+    along k. A 4x2 tile of outputs shares its loads: 8 vector accumulators, 6 loads per 8
+    FMAs. Rows and columns that do not fill a tile take the plain dot product."""
+    K = a.shape[1]
+    N = b.shape[0]
+    n2 = N - N % 2
+    z = a.dtype.type(0)
+    i = lo
+    while i + 4 <= hi:
+        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        for j in range(0, n2, 2):
+            b0, b1 = b[j], b[j + 1]
+            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+            for k in range(K):
+                x0, x1 = b0[k], b1[k]
+                c00 += a0[k] * x0
+                c01 += a0[k] * x1
+                c10 += a1[k] * x0
+                c11 += a1[k] * x1
+                c20 += a2[k] * x0
+                c21 += a2[k] * x1
+                c30 += a3[k] * x0
+                c31 += a3[k] * x1
+            out[i, j], out[i, j + 1] = c00, c01
+            out[i + 1, j], out[i + 1, j + 1] = c10, c11
+            out[i + 2, j], out[i + 2, j + 1] = c20, c21
+            out[i + 3, j], out[i + 3, j + 1] = c30, c31
+        for r in range(i, i + 4):
+            for j in range(n2, N):
+                out[r, j] = _dot(a[r], b[j])
+        i += 4
+    for r in range(i, hi):
+        for j in range(N):
+            out[r, j] = _dot(a[r], b[j])
 
 
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def lstm_step_forward(xp, hh, b, c_prev, gates, c, h, tc):
-    for i in prange(h.shape[0]):
-        _lstm_row_fwd(xp[i], hh[i], b, c_prev[i], gates[i], c[i], h[i], tc[i])
+# ---------------------------------------------------------------- whole-sequence kernels
+# The time loop of one shard of the batch (rows lo..hi) in one jitted call that releases
+# the GIL: the layer runs one shard per core in threads, with no hand-off between them
+# until the sequence is done (dlcli/runtime.py: run_shards). Buffers come from the
+# caller; nothing is allocated per step. h (and c) have T+1 entries: index 0 is the
+# initial (zero) state, index t+1 is step t. w_hh_t is W_hh transposed (G*H, H),
+# contiguous; backward uses W_hh itself, whose rows are what dh_{t-1} = da_t @ W_hh^T dots.
+# sq[t] receives this shard's share of |dL/dh_t|^2 when record.
 
 
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def lstm_step_backward(dh, dc, gates, c_prev, tc, sq, record):
-    for i in prange(dh.shape[0]):
-        if record:
-            sq[i] = _row_sq(dh[i])
-        _lstm_row_bwd(dh[i], dc[i], gates[i], c_prev[i], tc[i])
-
-
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def gru_step_forward(xp, hh, b, bhn, h_prev, gates, hn, h):
-    for i in prange(h.shape[0]):
-        _gru_row_fwd(xp[i], hh[i], b, bhn, h_prev[i], gates[i], hn[i], h[i])
-
-
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def gru_step_backward(dh, gates, hn, h_prev, dah, dh_prev, sq, record):
-    for i in prange(dh.shape[0]):
-        if record:
-            sq[i] = _row_sq(dh[i])
-        _gru_row_bwd(dh[i], gates[i], hn[i], h_prev[i], dah[i], dh_prev[i])
-
-
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def add_into(a, b):
-    """a += b over a 2-D array, parallel over rows."""
-    for i in prange(a.shape[0]):
-        for j in range(a.shape[1]):
-            a[i, j] += b[i, j]
-
-
-# ---------------------------------------------------------------- whole-sequence kernels (serial gates)
-# The time loop inside one jitted function: np.dot (BLAS) for the recurrent product, the
-# gate math serially. Buffers come from the caller; nothing is allocated per step.
-# h (and c) have T+1 entries: index 0 is the initial (zero) state, index t+1 is step t.
-
-
-@njit(cache=True, error_model="numpy")
-def rnn_seq_forward(xp, w_hh, b, h, hh, relu):
-    T, B = xp.shape[0], xp.shape[1]
-    for t in range(T):
-        np.dot(h[t], w_hh, hh)
-        for i in range(B):
+@njit(**SHARD)
+def rnn_seq_forward(xp, w_hh_t, b, h, hh, relu, lo, hi):
+    for t in range(xp.shape[0]):
+        gemm_rows_nt(h[t], w_hh_t, hh, lo, hi)
+        for i in range(lo, hi):
             _rnn_row_fwd(xp[t, i], hh[i], b, h[t + 1, i], relu)
 
 
-@njit(cache=True, error_model="numpy")
-def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, norms, record):
-    """da (T, B, H) receives the pre-activation gradients; dh (B, H) is scratch and ends
-    as dL/dh_{-1} (unused); norms[t] = |dL/dh_t| when record."""
-    T, B = da.shape[0], da.shape[1]
-    dh[:] = 0.0
+@njit(**SHARD)
+def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, sq, record, lo, hi):
+    """da (T, B, H) receives the pre-activation gradients; dh (B, H) is scratch."""
+    T = da.shape[0]
+    dh[lo:hi] = 0.0
     for t in range(T - 1, -1, -1):
-        _add_output_grad(dh, dh_out, t, T, seq)
+        _add_output_grad(dh, dh_out, t, T, seq, lo, hi)
         if record:
-            norms[t] = np.sqrt(_row_sq(dh.reshape(-1)))
-        for i in range(B):
+            sq[t] = _rows_sq(dh, lo, hi)
+        for i in range(lo, hi):
             _rnn_row_bwd(dh[i], h[t + 1, i], da[t, i], relu)
-        np.dot(da[t], w_hh.T, dh)
+        gemm_rows_nt(da[t], w_hh, dh, lo, hi)
 
 
-@njit(cache=True, error_model="numpy")
-def lstm_seq_forward(xp, w_hh, b, h, c, gates, tc, hh):
-    T, B = xp.shape[0], xp.shape[1]
-    for t in range(T):
-        np.dot(h[t], w_hh, hh)
-        for i in range(B):
+@njit(**SHARD)
+def lstm_seq_forward(xp, w_hh_t, b, h, c, gates, tc, hh, lo, hi):
+    for t in range(xp.shape[0]):
+        gemm_rows_nt(h[t], w_hh_t, hh, lo, hi)
+        for i in range(lo, hi):
             _lstm_row_fwd(xp[t, i], hh[i], b, c[t, i], gates[t, i], c[t + 1, i], h[t + 1, i], tc[t, i])
 
 
-@njit(cache=True, error_model="numpy")
-def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, norms, record):
+@njit(**SHARD)
+def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, sq, record, lo, hi):
     """gates (T, B, 4H) is overwritten with the pre-activation gradients."""
-    T, B = gates.shape[0], gates.shape[1]
-    dh[:] = 0.0
-    dc[:] = 0.0
+    T = gates.shape[0]
+    dh[lo:hi] = 0.0
+    dc[lo:hi] = 0.0
     for t in range(T - 1, -1, -1):
-        _add_output_grad(dh, dh_out, t, T, seq)
+        _add_output_grad(dh, dh_out, t, T, seq, lo, hi)
         if record:
-            norms[t] = np.sqrt(_row_sq(dh.reshape(-1)))
-        for i in range(B):
+            sq[t] = _rows_sq(dh, lo, hi)
+        for i in range(lo, hi):
             _lstm_row_bwd(dh[i], dc[i], gates[t, i], c[t, i], tc[t, i])
-        np.dot(gates[t], w_hh.T, dh)
+        gemm_rows_nt(gates[t], w_hh, dh, lo, hi)
 
 
-@njit(cache=True, error_model="numpy")
-def gru_seq_forward(xp, w_hh, b, bhn, h, gates, hn, hh):
-    T, B = xp.shape[0], xp.shape[1]
-    for t in range(T):
-        np.dot(h[t], w_hh, hh)
-        for i in range(B):
+@njit(**SHARD)
+def gru_seq_forward(xp, w_hh_t, b, bhn, h, gates, hn, hh, lo, hi):
+    for t in range(xp.shape[0]):
+        gemm_rows_nt(h[t], w_hh_t, hh, lo, hi)
+        for i in range(lo, hi):
             _gru_row_fwd(xp[t, i], hh[i], b, bhn, h[t, i], gates[t, i], hn[t, i], h[t + 1, i])
 
 
-@njit(cache=True, error_model="numpy")
-def gru_seq_backward(dh_out, seq, w_hh, h, gates, hn, dah, dh, direct, norms, record):
+@njit(**SHARD)
+def gru_seq_backward(dh_out, seq, w_hh, h, gates, hn, dah, dh, direct, sq, record, lo, hi):
     """gates (T, B, 3H) is overwritten with the input-side gradients, dah (T, B, 3H)
     receives the recurrent-side ones."""
-    T, B = gates.shape[0], gates.shape[1]
-    dh[:] = 0.0
+    T = gates.shape[0]
+    dh[lo:hi] = 0.0
     for t in range(T - 1, -1, -1):
-        _add_output_grad(dh, dh_out, t, T, seq)
+        _add_output_grad(dh, dh_out, t, T, seq, lo, hi)
         if record:
-            norms[t] = np.sqrt(_row_sq(dh.reshape(-1)))
-        for i in range(B):
+            sq[t] = _rows_sq(dh, lo, hi)
+        for i in range(lo, hi):
             _gru_row_bwd(dh[i], gates[t, i], hn[t, i], h[t, i], dah[t, i], direct[i])
-        np.dot(dah[t], w_hh.T, dh)
-        dh += direct
+        gemm_rows_nt(dah[t], w_hh, dh, lo, hi)
+        for i in range(lo, hi):
+            for j in range(dh.shape[1]):
+                dh[i, j] += direct[i, j]

@@ -15,13 +15,9 @@ at t plus from step t+1). When False nothing extra is computed.
 
 import numpy as np
 
+from .. import runtime
 from ..spec import REQUIRED, Opt, boolean, choice, positive_int
 from .base import Layer, glorot_uniform
-
-# Below this batch size the whole-sequence kernels (time loop in one jitted function,
-# serial gate math) beat per-step parallel gate kernels driven from Python: the per-step
-# call and thread hand-off costs more than the gate math saves. Measured; see README.
-SERIAL_BELOW = 64
 
 
 def orthogonal(rng, n, dtype):
@@ -41,7 +37,7 @@ class _Recurrent(Layer):
     }
     record_time_grads = False
     time_grad_norms = None
-    mode = "auto"  # auto | serial | parallel: which kernel family runs the time loop
+    shards = None  # batch shards run at once through the time loop; None: one per core
 
     def __init__(self, dtype=np.float32, rng=None, name=None, **options):
         # Defaults for options not given (the spec fills them; direct construction may not).
@@ -83,8 +79,14 @@ class _Recurrent(Layer):
             b = np.zeros(self.GATES * self.units, self.dtype)
         return b
 
-    def _serial(self, B):
-        return self.mode == "serial" or (self.mode == "auto" and B < SERIAL_BELOW)
+    def _run_shards(self, B, fn):
+        """fn(k, lo, hi) for shard k of the batch, rows lo..hi, all shards at once."""
+        bounds = runtime.shard_bounds(B, self.shards)
+        return runtime.run_shards(lambda k: fn(k, *bounds[k]), len(bounds))
+
+    def _w_hh_t(self):
+        """W_hh transposed, contiguous: the forward product dots rows of h with its rows."""
+        return np.ascontiguousarray(self.params["w_recurrent"].T)
 
     # -------------------------------------------------------------- forward
     def forward(self, x, training=False):
@@ -113,10 +115,11 @@ class _Recurrent(Layer):
         else:
             dh_out = np.ascontiguousarray(dy, dtype=self.dtype).reshape(1, B, H)
         record = bool(self.record_time_grads)
-        norms = np.zeros(T if record else 1)
-        da, dah = self.cell_backward(dh_out, seq, B, T, norms, record)
+        bounds = runtime.shard_bounds(B, self.shards)
+        sq = np.zeros((len(bounds), T if record else 1))  # each shard's share of |dL/dh_t|^2
+        da, dah = self.cell_backward(dh_out, seq, B, T, sq, record)
         if record:
-            self.time_grad_norms = norms
+            self.time_grad_norms = np.sqrt(sq.sum(axis=0))
         da2 = da.reshape(T * B, G * H)
         self.K.matmul_tn(self.xt.reshape(T * B, F), da2, self.grads["w_input"])
         self.K.matmul_tn(self.h[:T].reshape(T * B, H), dah.reshape(T * B, G * H), self.grads["w_recurrent"])
@@ -129,18 +132,6 @@ class _Recurrent(Layer):
         dx = np.empty((T * B, F), self.dtype)
         self.K.matmul_nt(da2, self.params["w_input"], dx)
         return np.ascontiguousarray(dx.reshape(T, B, F).transpose(1, 0, 2))
-
-    def _add_output_grad(self, dh, dh_out, t, T, seq):
-        """dh += the loss gradient that reaches h_t from the layer's output: every step's
-        when returning sequences, else only the last step's."""
-        if seq:
-            self.K.add_into(dh, dh_out[t])
-        elif t == T - 1:
-            self.K.add_into(dh, dh_out[0])
-
-    def _record_step(self, norms, t, sq, record):
-        if record:
-            norms[t] = np.sqrt(sq.sum())
 
     # -------------------------------------------------------------- description
     def flops(self):
@@ -164,31 +155,18 @@ class RNN(_Recurrent):
     ELEMENTWISE = 8
 
     def cell_forward(self, xp, h, B, T):
-        K, w, b = self.K, self.params["w_recurrent"], self._bias()
+        K, b = self.K, self._bias()
         relu = self.options["activation"] == "relu"
         hh = np.empty((B, self.units), self.dtype)
-        if self._serial(B):
-            K.rnn_seq_forward(xp, w, b, h, hh, relu)
-        else:
-            for t in range(T):
-                K.matmul(h[t], w, hh)
-                K.rnn_step_forward(xp[t], hh, b, h[t + 1], relu)
+        w_t = self._w_hh_t()
+        self._run_shards(B, lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, b, h, hh, relu, lo, hi))
 
-    def cell_backward(self, dh_out, seq, B, T, norms, record):
-        K, w = self.K, self.params["w_recurrent"]
+    def cell_backward(self, dh_out, seq, B, T, sq, record):
+        K, w, h = self.K, self.params["w_recurrent"], self.h
         relu = self.options["activation"] == "relu"
         da = np.empty((T, B, self.units), self.dtype)
         dh = np.empty((B, self.units), self.dtype)
-        if self._serial(B):
-            K.rnn_seq_backward(dh_out, seq, w, self.h, da, dh, relu, norms, record)
-        else:
-            sq = np.empty(B)
-            dh[:] = 0
-            for t in range(T - 1, -1, -1):
-                self._add_output_grad(dh, dh_out, t, T, seq)
-                K.rnn_step_backward(dh, self.h[t + 1], da[t], relu, sq, record)
-                self._record_step(norms, t, sq, record)
-                K.matmul_nt(da[t], w, dh)
+        self._run_shards(B, lambda k, lo, hi: K.rnn_seq_backward(dh_out, seq, w, h, da, dh, relu, sq[k], record, lo, hi))
         return da, da
 
     def describe(self):
@@ -205,36 +183,23 @@ class LSTM(_Recurrent):
         b[H : 2 * H] = 1.0  # forget gate
 
     def cell_forward(self, xp, h, B, T):
-        K, w, b, H = self.K, self.params["w_recurrent"], self._bias(), self.units
+        K, b, H = self.K, self._bias(), self.units
         c = np.empty((T + 1, B, H), self.dtype)
         c[0] = 0
         gates = np.empty((T, B, 4 * H), self.dtype)
         tc = np.empty((T, B, H), self.dtype)
         hh = np.empty((B, 4 * H), self.dtype)
-        if self._serial(B):
-            K.lstm_seq_forward(xp, w, b, h, c, gates, tc, hh)
-        else:
-            for t in range(T):
-                K.matmul(h[t], w, hh)
-                K.lstm_step_forward(xp[t], hh, b, c[t], gates[t], c[t + 1], h[t + 1], tc[t])
+        w_t = self._w_hh_t()
+        self._run_shards(B, lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, b, h, c, gates, tc, hh, lo, hi))
         self.c, self.gates, self.tc = c, gates, tc
 
-    def cell_backward(self, dh_out, seq, B, T, norms, record):
-        K, w, H = self.K, self.params["w_recurrent"], self.units
+    def cell_backward(self, dh_out, seq, B, T, sq, record):
+        K, w, H, c, tc = self.K, self.params["w_recurrent"], self.units, self.c, self.tc
         gates = self.gates  # overwritten with the gate gradients
         dh = np.empty((B, H), self.dtype)
         dc = np.empty((B, H), self.dtype)
-        if self._serial(B):
-            K.lstm_seq_backward(dh_out, seq, w, self.c, gates, self.tc, dh, dc, norms, record)
-        else:
-            sq = np.empty(B)
-            dh[:] = 0
-            dc[:] = 0
-            for t in range(T - 1, -1, -1):
-                self._add_output_grad(dh, dh_out, t, T, seq)
-                K.lstm_step_backward(dh, dc, gates[t], self.c[t], self.tc[t], sq, record)
-                self._record_step(norms, t, sq, record)
-                K.matmul_nt(gates[t], w, dh)
+        self._run_shards(
+            B, lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi))
         self.gates = None  # no longer the activations
         return gates, gates
 
@@ -252,37 +217,24 @@ class GRU(_Recurrent):
             self.params["bias_hn"] = np.zeros(H, self.dtype)
 
     def cell_forward(self, xp, h, B, T):
-        K, w, b, H = self.K, self.params["w_recurrent"], self._bias(), self.units
+        K, b, H = self.K, self._bias(), self.units
         bhn = self.params.get("bias_hn")
         if bhn is None:
             bhn = np.zeros(H, self.dtype)
         gates = np.empty((T, B, 3 * H), self.dtype)
         hn = np.empty((T, B, H), self.dtype)
         hh = np.empty((B, 3 * H), self.dtype)
-        if self._serial(B):
-            K.gru_seq_forward(xp, w, b, bhn, h, gates, hn, hh)
-        else:
-            for t in range(T):
-                K.matmul(h[t], w, hh)
-                K.gru_step_forward(xp[t], hh, b, bhn, h[t], gates[t], hn[t], h[t + 1])
+        w_t = self._w_hh_t()
+        self._run_shards(B, lambda k, lo, hi: K.gru_seq_forward(xp, w_t, b, bhn, h, gates, hn, hh, lo, hi))
         self.gates, self.hn = gates, hn
 
-    def cell_backward(self, dh_out, seq, B, T, norms, record):
-        K, w, H = self.K, self.params["w_recurrent"], self.units
+    def cell_backward(self, dh_out, seq, B, T, sq, record):
+        K, w, H, h, hn = self.K, self.params["w_recurrent"], self.units, self.h, self.hn
         gates = self.gates
         dah = np.empty((T, B, 3 * H), self.dtype)
         dh = np.empty((B, H), self.dtype)
         direct = np.empty((B, H), self.dtype)
-        if self._serial(B):
-            K.gru_seq_backward(dh_out, seq, w, self.h, gates, self.hn, dah, dh, direct, norms, record)
-        else:
-            sq = np.empty(B)
-            dh[:] = 0
-            for t in range(T - 1, -1, -1):
-                self._add_output_grad(dh, dh_out, t, T, seq)
-                K.gru_step_backward(dh, gates[t], self.hn[t], self.h[t], dah[t], direct, sq, record)
-                self._record_step(norms, t, sq, record)
-                K.matmul_nt(dah[t], w, dh)
-                K.add_into(dh, direct)
+        self._run_shards(B, lambda k, lo, hi: K.gru_seq_backward(
+            dh_out, seq, w, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi))
         self.gates = None
         return gates, dah
