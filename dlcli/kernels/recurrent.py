@@ -83,24 +83,6 @@ def tanh_approx(x, out):
         out[i] = _tanh(x[i])
 
 
-@njit(cache=True, error_model="numpy")
-def matmul(a, b, out):
-    """out = a @ b (BLAS)."""
-    np.dot(a, b, out)
-
-
-@njit(cache=True, error_model="numpy")
-def matmul_tn(a, b, out):
-    """out = a.T @ b (BLAS): weight gradients over all time steps."""
-    np.dot(a.T, b, out)
-
-
-@njit(cache=True, error_model="numpy")
-def matmul_nt(a, b, out):
-    """out = a @ b.T (BLAS): input gradients and dh_{t-1} = da_t @ W_hh^T."""
-    np.dot(a, b.T, out)
-
-
 # ---------------------------------------------------------------- row helpers
 # One batch row of one time step, called by the whole-sequence kernels; plain njit
 # functions, inlined by LLVM.

@@ -49,6 +49,7 @@ class _Recurrent(Layer):
         from ..kernels import recurrent as K
 
         self.K, self.KD = K, KD
+        self._buffers = {}
         input_shape = tuple(input_shape)
         if len(input_shape) != 2:
             raise self.shape_error("(time, features)", input_shape)
@@ -84,6 +85,15 @@ class _Recurrent(Layer):
         bounds = runtime.shard_bounds(B, self.shards)
         return runtime.run_shards(lambda k: fn(k, *bounds[k]), len(bounds))
 
+    def _work(self, name, shape):
+        """A scratch or activation buffer kept from one call to the next: a fresh multi-MB
+        array every step costs its page faults again (about 0.5 ms per LSTM forward in
+        the benchmark). Valid until the next call asks for the same name."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = np.empty(shape, self.dtype)
+        return buf
+
     def _w_hh_t(self):
         """W_hh transposed, contiguous: the forward product dots rows of h with its rows."""
         return np.ascontiguousarray(self.params["w_recurrent"].T)
@@ -95,9 +105,9 @@ class _Recurrent(Layer):
         B, T, F = x.shape
         H, G = self.units, self.GATES
         xt = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.dtype)  # (T, B, F)
-        xp = np.empty((T, B, G * H), self.dtype)
-        self.K.matmul(xt.reshape(T * B, F), self.params["w_input"], xp.reshape(T * B, G * H))
-        h = np.empty((T + 1, B, H), self.dtype)
+        xp = self._work("xp", (T, B, G * H))
+        np.matmul(xt.reshape(T * B, F), self.params["w_input"], out=xp.reshape(T * B, G * H))
+        h = self._work("h", (T + 1, B, H))
         h[0] = 0
         self.xt, self.h = xt, h
         self.cell_forward(xp, h, B, T)
@@ -121,16 +131,16 @@ class _Recurrent(Layer):
         if record:
             self.time_grad_norms = np.sqrt(sq.sum(axis=0))
         da2 = da.reshape(T * B, G * H)
-        self.K.matmul_tn(self.xt.reshape(T * B, F), da2, self.grads["w_input"])
-        self.K.matmul_tn(self.h[:T].reshape(T * B, H), dah.reshape(T * B, G * H), self.grads["w_recurrent"])
+        np.matmul(self.xt.reshape(T * B, F).T, da2, out=self.grads["w_input"])
+        np.matmul(self.h[:T].reshape(T * B, H).T, dah.reshape(T * B, G * H), out=self.grads["w_recurrent"])
         if "bias" in self.grads:
             self.KD.column_sums(da2, self.grads["bias"])
         if "bias_hn" in self.grads:
             np.sum(dah.reshape(T * B, G * H)[:, 2 * H :], axis=0, out=self.grads["bias_hn"])
         if not need_dx:
             return None
-        dx = np.empty((T * B, F), self.dtype)
-        self.K.matmul_nt(da2, self.params["w_input"], dx)
+        dx = self._work("dx", (T * B, F))
+        np.matmul(da2, self.params["w_input"].T, out=dx)
         return np.ascontiguousarray(dx.reshape(T, B, F).transpose(1, 0, 2))
 
     # -------------------------------------------------------------- description
@@ -157,15 +167,15 @@ class RNN(_Recurrent):
     def cell_forward(self, xp, h, B, T):
         K, b = self.K, self._bias()
         relu = self.options["activation"] == "relu"
-        hh = np.empty((B, self.units), self.dtype)
+        hh = self._work("hh", (B, self.units))
         w_t = self._w_hh_t()
         self._run_shards(B, lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, b, h, hh, relu, lo, hi))
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
         K, w, h = self.K, self.params["w_recurrent"], self.h
         relu = self.options["activation"] == "relu"
-        da = np.empty((T, B, self.units), self.dtype)
-        dh = np.empty((B, self.units), self.dtype)
+        da = self._work("da", (T, B, self.units))
+        dh = self._work("dh", (B, self.units))
         self._run_shards(B, lambda k, lo, hi: K.rnn_seq_backward(dh_out, seq, w, h, da, dh, relu, sq[k], record, lo, hi))
         return da, da
 
@@ -184,11 +194,11 @@ class LSTM(_Recurrent):
 
     def cell_forward(self, xp, h, B, T):
         K, b, H = self.K, self._bias(), self.units
-        c = np.empty((T + 1, B, H), self.dtype)
+        c = self._work("c", (T + 1, B, H))
         c[0] = 0
-        gates = np.empty((T, B, 4 * H), self.dtype)
-        tc = np.empty((T, B, H), self.dtype)
-        hh = np.empty((B, 4 * H), self.dtype)
+        gates = self._work("gates", (T, B, 4 * H))
+        tc = self._work("tc", (T, B, H))
+        hh = self._work("hh", (B, 4 * H))
         w_t = self._w_hh_t()
         self._run_shards(B, lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, b, h, c, gates, tc, hh, lo, hi))
         self.c, self.gates, self.tc = c, gates, tc
@@ -196,8 +206,8 @@ class LSTM(_Recurrent):
     def cell_backward(self, dh_out, seq, B, T, sq, record):
         K, w, H, c, tc = self.K, self.params["w_recurrent"], self.units, self.c, self.tc
         gates = self.gates  # overwritten with the gate gradients
-        dh = np.empty((B, H), self.dtype)
-        dc = np.empty((B, H), self.dtype)
+        dh = self._work("dh", (B, H))
+        dc = self._work("dc", (B, H))
         self._run_shards(
             B, lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi))
         self.gates = None  # no longer the activations
@@ -221,9 +231,9 @@ class GRU(_Recurrent):
         bhn = self.params.get("bias_hn")
         if bhn is None:
             bhn = np.zeros(H, self.dtype)
-        gates = np.empty((T, B, 3 * H), self.dtype)
-        hn = np.empty((T, B, H), self.dtype)
-        hh = np.empty((B, 3 * H), self.dtype)
+        gates = self._work("gates", (T, B, 3 * H))
+        hn = self._work("hn", (T, B, H))
+        hh = self._work("hh", (B, 3 * H))
         w_t = self._w_hh_t()
         self._run_shards(B, lambda k, lo, hi: K.gru_seq_forward(xp, w_t, b, bhn, h, gates, hn, hh, lo, hi))
         self.gates, self.hn = gates, hn
@@ -231,9 +241,9 @@ class GRU(_Recurrent):
     def cell_backward(self, dh_out, seq, B, T, sq, record):
         K, w, H, h, hn = self.K, self.params["w_recurrent"], self.units, self.h, self.hn
         gates = self.gates
-        dah = np.empty((T, B, 3 * H), self.dtype)
-        dh = np.empty((B, H), self.dtype)
-        direct = np.empty((B, H), self.dtype)
+        dah = self._work("dah", (T, B, 3 * H))
+        dh = self._work("dh", (B, H))
+        direct = self._work("direct", (B, H))
         self._run_shards(B, lambda k, lo, hi: K.gru_seq_backward(
             dh_out, seq, w, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi))
         self.gates = None
