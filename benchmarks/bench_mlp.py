@@ -61,23 +61,15 @@ def dlcli_rate(threads, seconds):
     return best_rate(step, BATCH, seconds)
 
 
-def gemm_ceiling(threads, seconds, inside_numba=False):
-    """Samples/s if a step were nothing but its BLAS matrix products: NumPy's matmul, or
-    np.dot inside a Numba function (which calls SciPy's own OpenBLAS build). This is how
-    the dense layer's choice of BLAS entry point was made."""
+def gemm_ceiling(threads, seconds):
+    """Samples/s if a step were nothing but its BLAS matrix products (NumPy's matmul)."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads, "blas")
-    if inside_numba:
-        from numba import njit
 
-        @njit
-        def matmul(a, b, out):
-            np.dot(a, b, out)
-    else:
-        def matmul(a, b, out):
-            np.matmul(a, b, out=out)
+    def matmul(a, b, out):
+        np.matmul(a, b, out=out)
 
     rng = np.random.default_rng(0)
     ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
@@ -123,13 +115,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--child", choices=["dlcli", "torch", "gemm", "gemm-numba"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["dlcli", "torch", "gemm"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child == "dlcli":
         print(json.dumps(dlcli_rate(a.threads, a.seconds)))
         return
-    if a.child in ("gemm", "gemm-numba"):
-        print(json.dumps(gemm_ceiling(a.threads, a.seconds, inside_numba=a.child == "gemm-numba")))
+    if a.child == "gemm":
+        print(json.dumps(gemm_ceiling(a.threads, a.seconds)))
         return
     if a.child == "torch":
         from torch_peers import torch_mlp_rate
@@ -140,22 +132,19 @@ def main():
     have_torch = torch_available()
     print(f"reference MLP {'-'.join(map(str, SIZES))} ReLU, batch {BATCH}, SGD momentum, "
           f"{a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample")
-    best = {"dlcli": 0.0, "torch": 0.0, "gemm": 0.0, "gemm-numba": 0.0}
+    best = {"dlcli": 0.0, "torch": 0.0, "gemm": 0.0}
     common = ["--threads", a.threads, "--seconds", a.seconds]
     for r in range(a.rounds):
         best["dlcli"] = max(best["dlcli"], run_child("bench_mlp.py", ["--child", "dlcli", *common]))
         if have_torch:
             best["torch"] = max(best["torch"], run_child("bench_mlp.py", ["--child", "torch", *common]))
-        for g in ("gemm", "gemm-numba"):
-            best[g] = max(best[g], run_child("bench_mlp.py", ["--child", g, *common]))
+        best["gemm"] = max(best["gemm"], run_child("bench_mlp.py", ["--child", "gemm", *common]))
         print(f"  round {r + 1}: best so far dlcli {best['dlcli']:,.0f}, PyTorch {best['torch']:,.0f}, "
               f"GEMM-only {best['gemm']:,.0f} samples/s")
     print(ratio_line("mlp", best["dlcli"], best["torch"], TRAIN_FLOPS))
     print(f"{'':<10} GEMM-only ceiling {best['gemm']:,.0f} samples/s "
           f"({best['gemm'] * TRAIN_FLOPS / 1e9:.1f} GFLOP/s); dlcli reaches "
           f"{best['dlcli'] / best['gemm']:.0%} of it")
-    print(f"{'':<10} the same products through np.dot inside Numba (SciPy's OpenBLAS): "
-          f"{best['gemm-numba']:,.0f} samples/s, {best['gemm-numba'] / best['gemm']:.0%} of NumPy's matmul")
 
     cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
     try:
