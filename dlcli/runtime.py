@@ -33,15 +33,24 @@ def shard_bounds(n_rows, n_shards=None):
     return list(zip(edges[:-1], edges[1:]))
 
 
-def run_shards(fn, n):
-    """fn(k) for k in 0..n-1, each in its own thread, and their results; fn must release
-    the GIL (call a nogil Numba kernel) for the shards to run at once. One runs inline."""
+def _forget_pool():
     global _pool
-    if n == 1:
-        return [fn(0)]
-    if _pool is None or _pool._max_workers < n:
+    _pool = None  # a forked child has none of the parent's threads: make a new pool there
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def run_shards(fn, n):
+    """fn(k) for k in 0..n-1 at once and their results: shard 0 in the calling thread, the
+    others in pool threads. fn must release the GIL (call a nogil Numba kernel) for the
+    shards to overlap."""
+    global _pool
+    if n > 1 and (_pool is None or _pool._max_workers < n - 1):
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max_workers=max(n, os.cpu_count() or 1), thread_name_prefix="dlcli-shard")
-    futures = [_pool.submit(fn, k) for k in range(n)]
-    return [f.result() for f in futures]
+        _pool = ThreadPoolExecutor(max_workers=max(n - 1, (os.cpu_count() or 1) - 1), thread_name_prefix="dlcli-shard")
+    futures = [_pool.submit(fn, k) for k in range(1, n)]
+    first = fn(0)
+    return [first] + [f.result() for f in futures]
