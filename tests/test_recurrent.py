@@ -217,6 +217,11 @@ def test_tanh_approximation_accuracy():
     out32 = np.empty_like(x32)
     tanh_approx(x32, out32)
     assert np.abs(out32 - np.tanh(x)).max() < 1e-6
+    assert np.abs(out32).max() <= 1.0  # so a sigmoid gate stays within [0, 1]
+    special = np.array([np.nan, np.inf, -np.inf], np.float32)
+    out = np.empty_like(special)
+    tanh_approx(special, out)
+    assert np.isnan(out[0]) and out[1] == pytest.approx(1.0) and out[2] == pytest.approx(-1.0)  # NaN is not hidden
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
