@@ -220,14 +220,18 @@ def gemm_rows_nt(a, b, out, lo, hi):
 
     Each output is a dot product over contiguous rows of a and b, which LLVM vectorises
     along k. A 4x2 tile of outputs shares its loads: 8 vector accumulators, 6 loads per 8
-    FMAs. Rows and columns that do not fill a tile take the plain dot product."""
+    FMAs. A last tile with fewer than 4 rows repeats its last row and stores only the real
+    ones, so every row goes through the same tile arithmetic wherever the shard boundaries
+    fall: results do not depend on the thread count, bit for bit. An odd last column takes
+    the plain dot product."""
     K = a.shape[1]
     N = b.shape[0]
     n2 = N - N % 2
     z = a.dtype.type(0)
-    i = lo
-    while i + 4 <= hi:
-        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+    last = hi - 1
+    for i in range(lo, hi, 4):
+        a0, a1, a2, a3 = a[i], a[min(i + 1, last)], a[min(i + 2, last)], a[min(i + 3, last)]
+        rows = min(4, hi - i)
         for j in range(0, n2, 2):
             b0, b1 = b[j], b[j + 1]
             c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
@@ -242,16 +246,15 @@ def gemm_rows_nt(a, b, out, lo, hi):
                 c30 += a3[k] * x0
                 c31 += a3[k] * x1
             out[i, j], out[i, j + 1] = c00, c01
-            out[i + 1, j], out[i + 1, j + 1] = c10, c11
-            out[i + 2, j], out[i + 2, j + 1] = c20, c21
-            out[i + 3, j], out[i + 3, j + 1] = c30, c31
-        for r in range(i, i + 4):
+            if rows > 1:
+                out[i + 1, j], out[i + 1, j + 1] = c10, c11
+            if rows > 2:
+                out[i + 2, j], out[i + 2, j + 1] = c20, c21
+            if rows > 3:
+                out[i + 3, j], out[i + 3, j + 1] = c30, c31
+        for r in range(i, i + rows):
             for j in range(n2, N):
                 out[r, j] = _dot(a[r], b[j])
-        i += 4
-    for r in range(i, hi):
-        for j in range(N):
-            out[r, j] = _dot(a[r], b[j])
 
 
 # ---------------------------------------------------------------- whole-sequence kernels
