@@ -329,5 +329,9 @@ train: {epochs: 1, batch_size: 16, clip_norm: 1.0}
     result = CliRunner().invoke(main, ["train", str(spec), "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert out.exists()
-    with np.load(out, allow_pickle=False) as f:
+    again = tmp_path / "again.npz"
+    assert CliRunner().invoke(main, ["train", str(spec), "-o", str(again), "-q"]).exit_code == 0
+    with np.load(out, allow_pickle=False) as f, np.load(again, allow_pickle=False) as g:
         assert f["param.layers.1.w_recurrent"].shape == (4, 16)
+        params = [k for k in f.files if k.startswith("param.")]
+        assert params and all(np.array_equal(f[k], g[k]) for k in params)  # the seed makes it repeatable
