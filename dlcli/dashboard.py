@@ -99,20 +99,28 @@ def _segment(a, b):
     return [(x0 + (x1 - x0) * i // n, y0 + (y1 - y0) * i // n) for i in range(1, n + 1)]
 
 
-def log_bars(names, values, width=30):
-    """Horizontal bars on a log10 scale, one per layer, with the value printed."""
+def log_scale(values):
+    """(lo, hi) decades that hold every positive finite value, or None if there is none."""
+    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not finite:
+        return None
+    lo = math.floor(math.log10(min(finite))) - 1
+    return lo, max(math.ceil(math.log10(max(finite))), lo + 1)
+
+
+def log_bars(names, values, width=30, scale=None):
+    """Horizontal bars on a log10 scale, one per layer, with the value printed. `scale`
+    (from `log_scale`) fixes the decades, so that bars in two tables compare."""
     table = Table.grid(padding=(0, 1))
     table.add_column(justify="left", no_wrap=True)
     table.add_column(no_wrap=True)
     table.add_column(justify="right", no_wrap=True)
-    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
-    if not finite:
+    scale = scale or log_scale(values)
+    if scale is None:
         for n in names:
             table.add_row(n, "", "-")
         return table
-    lo = math.floor(math.log10(min(finite))) - 1
-    hi = math.ceil(math.log10(max(finite)))
-    hi = max(hi, lo + 1)
+    lo, hi = scale
     for n, v in zip(names, values):
         if v is None or not math.isfinite(v) or v <= 0:
             table.add_row(n, Text("", style="red"), Text(fmt(v), style="red"))

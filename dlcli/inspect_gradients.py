@@ -423,7 +423,7 @@ def render_compare(a: Inspection, b: Inspection):
     from rich.panel import Panel
     from rich.table import Table
 
-    from .dashboard import fmt, log_bars
+    from .dashboard import fmt, log_bars, log_scale
 
     t = Table(title="side by side", title_justify="left", header_style="bold")
     t.add_column("")
@@ -442,13 +442,13 @@ def render_compare(a: Inspection, b: Inspection):
         da, db = (x.time_steps[0]["decades_per_step"] if x.time_steps else None for x in (a, b))
         t.add_row("decades lost per step back", fmt(da), fmt(db))
     t.add_row("verdict", ", ".join(v.kind for v in a.verdicts), ", ".join(v.kind for v in b.verdicts))
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column()
-    grid.add_column()
-    bars = [Panel(log_bars([l["name"] for l in x.param_layers], [l["grad_norm"]["mean"] for l in x.param_layers],
-                           width=16), title=x.name, border_style="blue") for x in (a, b)]
-    grid.add_row(*bars)
-    parts = [t, grid]
+    from rich.columns import Columns
+
+    norms = [[l["grad_norm"]["mean"] for l in x.param_layers] for x in (a, b)]
+    scale = log_scale(norms[0] + norms[1])  # one scale, so the two models' bars compare
+    bars = [Panel(log_bars([l["name"] for l in x.param_layers], n, width=16, scale=scale), title=x.name,
+                  border_style="blue", expand=False) for x, n in zip((a, b), norms)]
+    parts = [t, Columns(bars)]  # side by side when they fit, one above the other when not
     if ta or tb:
         from .dashboard import line_chart
 

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from dlcli import run, spec
 from dlcli.cli import main
-from dlcli.dashboard import Dashboard, PlainProgress, line_chart, log_bars
+from dlcli.dashboard import Dashboard, PlainProgress, line_chart, log_bars, log_scale
 
 TEXT = """\
 name: dash
@@ -70,6 +70,20 @@ def test_log_bars_grow_with_the_norm():
     assert lines["big"].count("█") > lines["small"].count("█") >= 1
     assert "█" not in lines["dead"]
     assert "1.00e-04" in lines["small"] and "10.0000" in lines["big"]
+
+
+def test_log_bars_on_a_shared_scale_compare():
+    """Two tables drawn on one scale: the same value gets the same bar, a bigger one a
+    longer bar, whatever else each table holds (inspect-gradients --compare)."""
+    def bar(values, scale):
+        con = recorded_console()
+        con.print(log_bars(["a", "b"], values, width=20, scale=scale))
+        return [ln.count("█") for ln in con.export_text().splitlines() if ln.strip()]
+
+    scale = log_scale([11.9, 5.3, 7.0, 2.5])
+    left, right = bar([11.9, 5.3], scale), bar([7.0, 5.3], scale)
+    assert left[1] == right[1] and left[0] > right[0]
+    assert log_scale([0.0, None, float("nan")]) is None
 
 
 def test_plain_progress_lines():
