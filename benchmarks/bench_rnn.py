@@ -4,7 +4,8 @@ hidden state) -> dense 10; batch 32, SGD with momentum, random data.
 For each cell prints dlcli's training samples/s beside PyTorch's CPU figure with the same
 thread count (nn.RNN/LSTM/GRU with batch_first + Linear, in its own child process; skipped
 when PyTorch is not installed), the ratio, and GFLOP/s (matrix-product FLOPs of forward +
-backward). dlcli and PyTorch alternate in rounds and each keeps its best round.
+backward). dlcli and PyTorch alternate in rounds and each keeps its best round. Last, the
+machine's practical peak (one large GEMM on the same threads) and each cell's share of it.
 
     python benchmarks/bench_rnn.py [--threads N] [--rounds 2] [--seconds 2] [--cells rnn,lstm,gru]
 """
@@ -18,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_rate, ratio_line, run_child, torch_available  # noqa: E402
+from common import best_rate, gemm_gflops, ratio_line, run_child, torch_available  # noqa: E402
 
 BATCH, T, F, H, CLASSES = 32, 64, 32, 128, 10
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -100,9 +101,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--cells", default="rnn,lstm,gru")
-    ap.add_argument("--child", choices=["dlcli", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["dlcli", "torch", "peak"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     cells = [c for c in a.cells.split(",") if c]
+    if a.child == "peak":
+        print(json.dumps(gemm_gflops(a.threads, a.seconds)))
+        return
     if a.child:
         fn = {"dlcli": dlcli_rate, "torch": torch_rate}[a.child]
         print(json.dumps(fn(cells[0], a.threads, a.seconds)))
@@ -113,7 +117,7 @@ def main():
     print(f"recurrent classifier: {T} steps x {F} features -> {{rnn, lstm, gru}} {H} units (last state) "
           f"-> dense {CLASSES}, batch {BATCH}, SGD momentum, {a.threads} threads")
     common = ["--threads", a.threads, "--seconds", a.seconds]
-    lines = []
+    lines, gflops = [], {}
     for cell in cells:
         best = {"dlcli": 0.0, "torch": 0.0}
         for _ in range(a.rounds):
@@ -122,7 +126,11 @@ def main():
                 best["torch"] = max(best["torch"],
                                     run_child("bench_rnn.py", ["--child", "torch", "--cells", cell, *common]))
         lines.append(ratio_line(cell, best["dlcli"], best["torch"], train_flops(cell)))
+        gflops[cell] = best["dlcli"] * train_flops(cell) / 1e9
         print(lines[-1], flush=True)
+    peak = max(run_child("bench_rnn.py", ["--child", "peak", *common]) for _ in range(a.rounds))
+    shares = ", ".join(f"{c} {g / peak:.0%}" for c, g in gflops.items())
+    print(f"machine peak (one 1024^3 float32 GEMM, {a.threads} threads): {peak:.1f} GFLOP/s; dlcli reaches {shares}")
     print(f"({time.perf_counter() - t0:.0f} s; the machine is shared: compare ratios, not absolute figures)")
 
 

@@ -41,6 +41,20 @@ def best_rate(step, samples_per_step, seconds=2.0, warmup=3):
     return best
 
 
+def gemm_gflops(threads, seconds=1.0, n=1024):
+    """GFLOP/s of one large float32 n x n x n product through NumPy's BLAS on `threads`
+    cores: the machine's practical peak, to set a kernel's GFLOP/s against."""
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads, "blas")
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    return best_rate(lambda: np.matmul(a, b, out=out), 1, seconds) * 2 * n**3 / 1e9
+
+
 def run_child(script, args, timeout=300, env=None):
     """Run `python script args...` and return the JSON it prints on its last line."""
     out = subprocess.run(

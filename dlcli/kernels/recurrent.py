@@ -22,7 +22,10 @@ History (measured on this 2-core machine, 2026-11, batch 32, LSTM 128 units, T=6
   OpenBLAS calls at once from two threads ran at 0.83x of one call alone (they contend),
   and OpenBLAS repacks W_hh on every small product (38-58 GFLOP/s on one core);
 - shards with our own product scale 1.92x on 2 cores; the LSTM layer's time loop went
-  from 5.3 ms (forward) to about 3 ms.
+  from 5.3 ms (forward) to about 3 ms;
+- more shards than cores, taken from a queue (so a core slowed by another process does
+  less): no gain with a CPU hog beside the benchmark (1,844 vs 1,868 samples/s, both
+  shards slow alike under the scheduler) and 1-3% slower on a quiet machine; not kept.
 
 tanh and the logistic function use `_tanh`, a rational approximation (our own fit,
 |error| < 4e-7) that LLVM can vectorise, unlike libm's tanh/exp; the logistic
