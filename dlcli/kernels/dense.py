@@ -2,7 +2,7 @@
 
 The products themselves are NumPy's `np.matmul(..., out=)`, called from the layer. On
 their own, NumPy's matmul and `np.dot` inside Numba (SciPy's separate OpenBLAS build)
-reach about the same speed (benchmarks/bench_mlp.py prints both); inside a training step,
+reached about the same speed (measured when SciPy was still a dependency); inside a training step,
 alternating with Numba's parallel loops, NumPy's measured faster (30.8k vs 25.0k
 samples/s on the reference MLP, paired runs on 2 cores).
 """
