@@ -255,6 +255,21 @@ def test_results_do_not_depend_on_shards(cls, opts, rng):
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("cls,opts", CELLS)
+def test_outputs_survive_the_next_call(cls, opts, rng):
+    """Layers keep their buffers between calls; what they return must not be one of them
+    (with batch 1 a transposed buffer is already contiguous, so a lazy copy would alias)."""
+    layer = make(cls, np.float32, T=4, return_sequences=True, **opts)
+    x1, x2 = (rng.standard_normal((1, 4, 3)).astype(np.float32) for _ in range(2))
+    y1 = layer.forward(x1, training=True)
+    dx1 = layer.backward(np.ones_like(y1))
+    kept = y1.copy(), dx1.copy()
+    y2 = layer.forward(x2, training=True)
+    layer.backward(2 * np.ones_like(y2))
+    assert np.array_equal(y1, kept[0]) and np.array_equal(dx1, kept[1])
+    assert not np.array_equal(y1, y2)
+
+
 def test_shards_split_rows_evenly():
     from dlcli.runtime import shard_bounds
 

@@ -111,8 +111,9 @@ class _Recurrent(Layer):
         h[0] = 0
         self.xt, self.h = xt, h
         self.cell_forward(xp, h, B, T)
+        # Copies, never views: h is a buffer that the next call overwrites.
         if self.options["return_sequences"]:
-            return np.ascontiguousarray(h[1:].transpose(1, 0, 2))
+            return h[1:].transpose(1, 0, 2).copy()
         return h[T].copy()
 
     # -------------------------------------------------------------- backward
@@ -141,7 +142,7 @@ class _Recurrent(Layer):
             return None
         dx = self._work("dx", (T * B, F))
         np.matmul(da2, self.params["w_input"].T, out=dx)
-        return np.ascontiguousarray(dx.reshape(T, B, F).transpose(1, 0, 2))
+        return dx.reshape(T, B, F).transpose(1, 0, 2).copy()  # a copy: dx is a reused buffer
 
     # -------------------------------------------------------------- description
     def flops(self):
