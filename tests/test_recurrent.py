@@ -10,13 +10,13 @@ from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
 from dlcli.layers import LAYERS
 from dlcli.layers.recurrent import GRU, LSTM, RNN
 
-MODES = (1, 2, 3)  # shards: the whole batch, uneven halves, one row each
+SHARDS = (1, 2, 3)  # the whole batch, uneven halves, one row each
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-6, atol=2e-6)}
 
 
-def make(cls, dtype=np.float64, T=5, F=3, seed=0, mode=1, **options):
+def make(cls, dtype=np.float64, T=5, F=3, seed=0, shards=1, **options):
     layer = cls(dtype=dtype, rng=np.random.default_rng(seed), **{"units": 7, **options})
-    layer.shards = mode
+    layer.shards = shards
     layer.build((T, F))
     # Non-zero biases so that every term of the equations is exercised.
     for name, p in layer.params.items():
@@ -59,26 +59,26 @@ CELLS = [
 
 
 @pytest.mark.parametrize("cls,opts", CELLS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shards", SHARDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_forward_matches_reference(cls, opts, mode, dtype, rng):
-    layer = make(cls, dtype, mode=mode, return_sequences=True, **opts)
+def test_forward_matches_reference(cls, opts, shards, dtype, rng):
+    layer = make(cls, dtype, shards=shards, return_sequences=True, **opts)
     x = rng.standard_normal((3, 5, 3)).astype(dtype)
     y = layer.forward(x, training=True)
     assert y.shape == (3, 5, 7) and y.dtype == dtype
     np.testing.assert_allclose(y, reference_forward(layer, x), **TOL[dtype])
-    last = make(cls, dtype, mode=mode, return_sequences=False, **opts)
+    last = make(cls, dtype, shards=shards, return_sequences=False, **opts)
     y_last = last.forward(x, training=True)
     assert y_last.shape == (3, 7)
     np.testing.assert_allclose(y_last, y[:, -1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls,opts", CELLS)
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shards", SHARDS)
 @pytest.mark.parametrize("seq", [True, False])
-def test_backward_matches_reference(cls, opts, mode, seq, rng):
+def test_backward_matches_reference(cls, opts, shards, seq, rng):
     dtype = np.float32
-    layer = make(cls, dtype, mode=mode, return_sequences=seq, **opts)
+    layer = make(cls, dtype, shards=shards, return_sequences=seq, **opts)
     layer.record_time_grads = True
     x = rng.standard_normal((3, 5, 3)).astype(dtype)
     y = layer.forward(x, training=True)
@@ -106,8 +106,8 @@ def test_gradcheck_layer(cls, opts, seq, rng):
 @pytest.mark.parametrize("cls,opts", CELLS)
 @pytest.mark.parametrize("B,T", [(1, 4), (2, 1)])
 def test_gradcheck_batch_one_and_length_one(cls, opts, B, T, rng):
-    for mode in MODES:
-        layer = make(cls, np.float64, T=T, F=2, units=3, return_sequences=True, mode=mode, **opts)
+    for shards in SHARDS:
+        layer = make(cls, np.float64, T=T, F=2, units=3, return_sequences=True, shards=shards, **opts)
         assert_gradients_ok(check_layer(layer, rng.standard_normal((B, T, 2))))
 
 
@@ -246,7 +246,7 @@ def test_results_do_not_depend_on_shards(cls, opts, rng):
     dy = rng.standard_normal((10, 4, 7)).astype(np.float32)
     results = []
     for shards in (1, 2, 3):
-        layer = make(cls, np.float32, T=4, mode=shards, return_sequences=True, **opts)
+        layer = make(cls, np.float32, T=4, shards=shards, return_sequences=True, **opts)
         y = layer.forward(x, training=True)
         dx = layer.backward(dy)
         results.append((y, dx, *[g.copy() for g in layer.grads.values()]))

@@ -193,13 +193,17 @@ def _rows_sq(v, lo, hi):
 
 
 @njit(cache=True, error_model="numpy")
-def _add_output_grad(dh, dh_out, t, T, seq, lo, hi):
-    """dh += dL/dh_t coming from the layer's output (every step, or the last one only)."""
+def _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi):
+    """dh (holding what came back from step t+1) += dL/dh_t from the layer's output (every
+    step's, or the last one's only), so dh is the total dL/dh_t; sq[t] = its squared norm
+    over rows lo..hi when record."""
     src = 0 if not seq else t
     if seq or t == T - 1:
         for i in range(lo, hi):
             for j in range(dh.shape[1]):
                 dh[i, j] += dh_out[src, i, j]
+    if record:
+        sq[t] = _rows_sq(dh, lo, hi)
 
 
 # ---------------------------------------------------------------- recurrent product
@@ -284,9 +288,7 @@ def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, sq, record, lo, hi):
     T = da.shape[0]
     dh[lo:hi] = 0.0
     for t in range(T - 1, -1, -1):
-        _add_output_grad(dh, dh_out, t, T, seq, lo, hi)
-        if record:
-            sq[t] = _rows_sq(dh, lo, hi)
+        _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi)
         for i in range(lo, hi):
             _rnn_row_bwd(dh[i], h[t + 1, i], da[t, i], relu)
         gemm_rows_nt(da[t], w_hh, dh, lo, hi)
@@ -307,9 +309,7 @@ def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, sq, record, lo, h
     dh[lo:hi] = 0.0
     dc[lo:hi] = 0.0
     for t in range(T - 1, -1, -1):
-        _add_output_grad(dh, dh_out, t, T, seq, lo, hi)
-        if record:
-            sq[t] = _rows_sq(dh, lo, hi)
+        _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi)
         for i in range(lo, hi):
             _lstm_row_bwd(dh[i], dc[i], gates[t, i], c[t, i], tc[t, i])
         gemm_rows_nt(gates[t], w_hh, dh, lo, hi)
@@ -330,9 +330,7 @@ def gru_seq_backward(dh_out, seq, w_hh, h, gates, hn, dah, dh, direct, sq, recor
     T = gates.shape[0]
     dh[lo:hi] = 0.0
     for t in range(T - 1, -1, -1):
-        _add_output_grad(dh, dh_out, t, T, seq, lo, hi)
-        if record:
-            sq[t] = _rows_sq(dh, lo, hi)
+        _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi)
         for i in range(lo, hi):
             _gru_row_bwd(dh[i], gates[t, i], hn[t, i], h[t, i], dah[t, i], direct[i])
         gemm_rows_nt(dah[t], w_hh, dh, lo, hi)

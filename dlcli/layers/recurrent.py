@@ -80,9 +80,10 @@ class _Recurrent(Layer):
             b = np.zeros(self.GATES * self.units, self.dtype)
         return b
 
-    def _run_shards(self, B, fn):
-        """fn(k, lo, hi) for shard k of the batch, rows lo..hi, all shards at once."""
-        bounds = runtime.shard_bounds(B, self.shards)
+    def _run_shards(self, fn):
+        """fn(k, lo, hi) for shard k of the batch (rows lo..hi, as the forward cut them),
+        all shards at once."""
+        bounds = self.bounds
         return runtime.run_shards(lambda k: fn(k, *bounds[k]), len(bounds))
 
     def _work(self, name, shape):
@@ -110,6 +111,7 @@ class _Recurrent(Layer):
         h = self._work("h", (T + 1, B, H))
         h[0] = 0
         self.xt, self.h = xt, h
+        self.bounds = runtime.shard_bounds(B, self.shards)  # backward cuts the batch alike
         self.cell_forward(xp, h, B, T)
         # Copies, never views: h is a buffer that the next call overwrites.
         if self.options["return_sequences"]:
@@ -126,8 +128,7 @@ class _Recurrent(Layer):
         else:
             dh_out = np.ascontiguousarray(dy, dtype=self.dtype).reshape(1, B, H)
         record = bool(self.record_time_grads)
-        bounds = runtime.shard_bounds(B, self.shards)
-        sq = np.zeros((len(bounds), T if record else 1))  # each shard's share of |dL/dh_t|^2
+        sq = np.zeros((len(self.bounds), T if record else 1))  # each shard's share of |dL/dh_t|^2
         da, dah = self.cell_backward(dh_out, seq, B, T, sq, record)
         if record:
             self.time_grad_norms = np.sqrt(sq.sum(axis=0))
@@ -170,14 +171,14 @@ class RNN(_Recurrent):
         relu = self.options["activation"] == "relu"
         hh = self._work("hh", (B, self.units))
         w_t = self._w_hh_t()
-        self._run_shards(B, lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, b, h, hh, relu, lo, hi))
+        self._run_shards(lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, b, h, hh, relu, lo, hi))
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
         K, w, h = self.K, self.params["w_recurrent"], self.h
         relu = self.options["activation"] == "relu"
         da = self._work("da", (T, B, self.units))
         dh = self._work("dh", (B, self.units))
-        self._run_shards(B, lambda k, lo, hi: K.rnn_seq_backward(dh_out, seq, w, h, da, dh, relu, sq[k], record, lo, hi))
+        self._run_shards(lambda k, lo, hi: K.rnn_seq_backward(dh_out, seq, w, h, da, dh, relu, sq[k], record, lo, hi))
         return da, da
 
     def describe(self):
@@ -201,7 +202,7 @@ class LSTM(_Recurrent):
         tc = self._work("tc", (T, B, H))
         hh = self._work("hh", (B, 4 * H))
         w_t = self._w_hh_t()
-        self._run_shards(B, lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, b, h, c, gates, tc, hh, lo, hi))
+        self._run_shards(lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, b, h, c, gates, tc, hh, lo, hi))
         self.c, self.gates, self.tc = c, gates, tc
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
@@ -210,7 +211,7 @@ class LSTM(_Recurrent):
         dh = self._work("dh", (B, H))
         dc = self._work("dc", (B, H))
         self._run_shards(
-            B, lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi))
+            lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi))
         self.gates = None  # no longer the activations
         return gates, gates
 
@@ -236,7 +237,7 @@ class GRU(_Recurrent):
         hn = self._work("hn", (T, B, H))
         hh = self._work("hh", (B, 3 * H))
         w_t = self._w_hh_t()
-        self._run_shards(B, lambda k, lo, hi: K.gru_seq_forward(xp, w_t, b, bhn, h, gates, hn, hh, lo, hi))
+        self._run_shards(lambda k, lo, hi: K.gru_seq_forward(xp, w_t, b, bhn, h, gates, hn, hh, lo, hi))
         self.gates, self.hn = gates, hn
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
@@ -245,7 +246,7 @@ class GRU(_Recurrent):
         dah = self._work("dah", (T, B, 3 * H))
         dh = self._work("dh", (B, H))
         direct = self._work("direct", (B, H))
-        self._run_shards(B, lambda k, lo, hi: K.gru_seq_backward(
+        self._run_shards(lambda k, lo, hi: K.gru_seq_backward(
             dh_out, seq, w, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi))
         self.gates = None
         return gates, dah
