@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint format bench clean
 
 $(BIN)/dlcli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,16 @@ $(BIN)/dlcli: pyproject.toml
 demo: $(BIN)/dlcli
 	$(BIN)/dlcli train sample_configs/spirals_mlp.yaml -o runs/spirals_mlp.npz
 
-test: $(BIN)/dlcli
-	$(BIN)/python -m pytest -q
+test: lint
+	$(BIN)/python -m pytest -q --durations=15
+
+lint: $(BIN)/dlcli
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/dlcli
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(BIN)/dlcli
 	$(BIN)/python benchmarks/bench_mlp.py

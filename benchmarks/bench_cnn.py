@@ -50,9 +50,9 @@ train: {epochs: 1, batch_size: 64}
 
 
 def _model(threads):
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     import numpy as np
 
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
 
     runtime.set_threads(threads)
@@ -93,9 +93,11 @@ def conv_kernel_rates(threads, seconds):
         xin = acts[i]
         dy = np.random.default_rng(1).standard_normal(acts[i + 1].shape).astype(np.float32)
         need_dx = i > 0
-        fwd_rate = best_rate(lambda: layer.forward(xin, training=True), BATCH, seconds / 4)
+        fwd_rate = best_rate(lambda layer=layer, xin=xin: layer.forward(xin, training=True), BATCH, seconds / 4)
         layer.forward(xin, training=True)
-        bwd_rate = best_rate(lambda: layer.backward(dy, need_dx=need_dx), BATCH, seconds / 4)
+        bwd_rate = best_rate(
+            lambda layer=layer, dy=dy, need_dx=need_dx: layer.backward(dy, need_dx=need_dx), BATCH, seconds / 4
+        )
         out[f"conv{k + 1} forward"] = fwd_rate * CONV_FWD[k] / 1e9
         out[f"conv{k + 1} backward"] = bwd_rate * CONV_FWD[k] * (2 if need_dx else 1) / 1e9
     return out
@@ -108,9 +110,14 @@ def torch_rate(threads, seconds):
     torch.manual_seed(0)
     nn = torch.nn
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(512, 10),
+        nn.Conv2d(1, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(512, 10),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
@@ -139,8 +146,10 @@ def main():
 
     t0 = time.perf_counter()
     have_torch = torch_available()
-    print(f"reference CNN 1x28x28 conv16-5 relu pool2 conv32-5 relu pool2 dense10, batch {BATCH}, "
-          f"SGD momentum, {a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample")
+    print(
+        f"reference CNN 1x28x28 conv16-5 relu pool2 conv32-5 relu pool2 dense10, batch {BATCH}, "
+        f"SGD momentum, {a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample"
+    )
     best = {"dlcli": 0.0, "torch": 0.0}
     common = ["--threads", a.threads, "--seconds", a.seconds]
     for r in range(a.rounds):

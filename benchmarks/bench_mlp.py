@@ -41,9 +41,9 @@ train: {epochs: 1, batch_size: 128}
 
 
 def dlcli_rate(threads, seconds):
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     import numpy as np
 
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
     from dlcli.train import train_step
 
@@ -130,8 +130,10 @@ def main():
         return
 
     have_torch = torch_available()
-    print(f"reference MLP {'-'.join(map(str, SIZES))} ReLU, batch {BATCH}, SGD momentum, "
-          f"{a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample")
+    print(
+        f"reference MLP {'-'.join(map(str, SIZES))} ReLU, batch {BATCH}, SGD momentum, "
+        f"{a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample"
+    )
     best = {"dlcli": 0.0, "torch": 0.0, "gemm": 0.0}
     common = ["--threads", a.threads, "--seconds", a.seconds]
     for r in range(a.rounds):
@@ -139,12 +141,16 @@ def main():
         if have_torch:
             best["torch"] = max(best["torch"], run_child("bench_mlp.py", ["--child", "torch", *common]))
         best["gemm"] = max(best["gemm"], run_child("bench_mlp.py", ["--child", "gemm", *common]))
-        print(f"  round {r + 1}: best so far dlcli {best['dlcli']:,.0f}, PyTorch {best['torch']:,.0f}, "
-              f"GEMM-only {best['gemm']:,.0f} samples/s")
+        print(
+            f"  round {r + 1}: best so far dlcli {best['dlcli']:,.0f}, PyTorch {best['torch']:,.0f}, "
+            f"GEMM-only {best['gemm']:,.0f} samples/s"
+        )
     print(ratio_line("mlp", best["dlcli"], best["torch"], TRAIN_FLOPS))
-    print(f"{'':<10} GEMM-only ceiling {best['gemm']:,.0f} samples/s "
-          f"({best['gemm'] * TRAIN_FLOPS / 1e9:.1f} GFLOP/s); dlcli reaches "
-          f"{best['dlcli'] / best['gemm']:.0%} of it")
+    print(
+        f"{'':<10} GEMM-only ceiling {best['gemm']:,.0f} samples/s "
+        f"({best['gemm'] * TRAIN_FLOPS / 1e9:.1f} GFLOP/s); dlcli reaches "
+        f"{best['dlcli'] / best['gemm']:.0%} of it"
+    )
 
     cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
     try:

@@ -50,9 +50,9 @@ train: {{epochs: 1, batch_size: {BATCH}}}
 
 
 def dlcli_rate(cell, threads, seconds):
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     import numpy as np
 
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
 
     runtime.set_threads(threads)
@@ -114,17 +114,22 @@ def main():
 
     t0 = time.perf_counter()
     have_torch = torch_available()
-    print(f"recurrent classifier: {T} steps x {F} features -> {{rnn, lstm, gru}} {H} units (last state) "
-          f"-> dense {CLASSES}, batch {BATCH}, SGD momentum, {a.threads} threads")
+    print(
+        f"recurrent classifier: {T} steps x {F} features -> {{rnn, lstm, gru}} {H} units (last state) "
+        f"-> dense {CLASSES}, batch {BATCH}, SGD momentum, {a.threads} threads"
+    )
     common = ["--threads", a.threads, "--seconds", a.seconds]
     lines, gflops = [], {}
     for cell in cells:
         best = {"dlcli": 0.0, "torch": 0.0}
         for _ in range(a.rounds):
-            best["dlcli"] = max(best["dlcli"], run_child("bench_rnn.py", ["--child", "dlcli", "--cells", cell, *common]))
+            best["dlcli"] = max(
+                best["dlcli"], run_child("bench_rnn.py", ["--child", "dlcli", "--cells", cell, *common])
+            )
             if have_torch:
-                best["torch"] = max(best["torch"],
-                                    run_child("bench_rnn.py", ["--child", "torch", "--cells", cell, *common]))
+                best["torch"] = max(
+                    best["torch"], run_child("bench_rnn.py", ["--child", "torch", "--cells", cell, *common])
+                )
         lines.append(ratio_line(cell, best["dlcli"], best["torch"], train_flops(cell)))
         gflops[cell] = best["dlcli"] * train_flops(cell) / 1e9
         print(lines[-1], flush=True)

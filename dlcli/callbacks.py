@@ -37,8 +37,14 @@ class MetricsLog(Callback):
 
     def on_step(self, trainer, e):
         row = {
-            "event": "step", "epoch": e.epoch + 1, "step": e.step, "loss": _clean(e.loss), "acc": _clean(e.acc),
-            "lr": e.lr, "grad_norm": _clean(e.grad_norm), "samples_per_s": round(e.samples_per_s, 1),
+            "event": "step",
+            "epoch": e.epoch + 1,
+            "step": e.step,
+            "loss": _clean(e.loss),
+            "acc": _clean(e.acc),
+            "lr": e.lr,
+            "grad_norm": _clean(e.grad_norm),
+            "samples_per_s": round(e.samples_per_s, 1),
         }
         if self.grad_norms:
             row["layer_grad_norms"] = {n: _clean(v) for n, v in zip(self.names, e.layer_grad_norms)}
@@ -47,9 +53,16 @@ class MetricsLog(Callback):
     def on_epoch(self, trainer, e):
         self._write(
             {
-                "event": "epoch", "epoch": e.epoch + 1, "step": e.step, "train_loss": _clean(e.train_loss),
-                "train_acc": _clean(e.train_acc), "val_loss": _clean(e.val_loss), "val_acc": _clean(e.val_acc),
-                "lr": e.lr, "samples_per_s": round(e.samples_per_s, 1), "elapsed_s": round(e.elapsed, 3),
+                "event": "epoch",
+                "epoch": e.epoch + 1,
+                "step": e.step,
+                "train_loss": _clean(e.train_loss),
+                "train_acc": _clean(e.train_acc),
+                "val_loss": _clean(e.val_loss),
+                "val_acc": _clean(e.val_acc),
+                "lr": e.lr,
+                "samples_per_s": round(e.samples_per_s, 1),
+                "elapsed_s": round(e.elapsed, 3),
             }
         )
         self.f.flush()

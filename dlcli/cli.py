@@ -70,8 +70,9 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, log_
         display = Dashboard()
     else:
         display = PlainProgress(click.echo)
-    result, saved, trainer = run.train(s, output=output, resume=resume, log=log_path,
-                                       log_grad_norms=log_grad_norms, display=display)
+    result, saved, trainer = run.train(
+        s, output=output, resume=resume, log=log_path, log_grad_norms=log_grad_norms, display=display
+    )
     last = result.history[-1] if result.history else None
     if last is not None:
         parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {last.train_loss:.4f}"]
@@ -83,11 +84,16 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, log_
     if saved:
         click.echo(f"checkpoint: {saved}")
     if result.stopped == "interrupted":
-        click.echo(f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {saved}" if saved else ""), err=True)
+        click.echo(
+            f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {saved}" if saved else ""), err=True
+        )
         sys.exit(130)
     if result.stopped == "diverged":
         if not saved:
-            click.echo("Error: " + result.message.replace("the last good checkpoint is kept", "no checkpoint was written yet"), err=True)
+            click.echo(
+                "Error: " + result.message.replace("the last good checkpoint is kept", "no checkpoint was written yet"),
+                err=True,
+            )
         else:
             click.echo(f"Error: {result.message}", err=True)
         sys.exit(1)
@@ -109,12 +115,16 @@ def summary(source, no_data):
     model, loss = run.build(s)
     console = Console()
     console.print(summary_table(model, title=f"model: {s.name}  (input {list(s.model.input)})"))
-    console.print(f"loss: {s.loss}   optimizer: {s.optimizer.name} (lr {s.optimizer.lr})   "
-                  f"epochs: {s.train.epochs}   batch size: {s.train.batch_size}   seed: {s.seed}")
+    console.print(
+        f"loss: {s.loss}   optimizer: {s.optimizer.name} (lr {s.optimizer.lr})   "
+        f"epochs: {s.train.epochs}   batch size: {s.train.batch_size}   seed: {s.seed}"
+    )
     if ckpt is not None:
         meta = ckpt.meta
-        console.print(f"checkpoint: {meta.get('epochs_done', 0)} epochs, step {meta.get('step', 0)}, "
-                      f"dlcli {meta.get('dlcli_version')}")
+        console.print(
+            f"checkpoint: {meta.get('epochs_done', 0)} epochs, step {meta.get('step', 0)}, "
+            f"dlcli {meta.get('dlcli_version')}"
+        )
     if not no_data:
         d = data.load(s, loss, model.output_shape)
         console.print(
@@ -127,21 +137,48 @@ def summary(source, no_data):
 
 @main.command()
 @click.argument("spec_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--layer", "kinds", multiple=True, metavar="KIND",
-              help="Check one built-in layer type on its own (repeatable), e.g. --layer lstm.")
+@click.option(
+    "--layer",
+    "kinds",
+    multiple=True,
+    metavar="KIND",
+    help="Check one built-in layer type on its own (repeatable), e.g. --layer lstm.",
+)
 @click.option("--all", "all_kinds", is_flag=True, help="Check every layer type the engine knows.")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
-              help="Finite-difference step.")
-@click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-              help="Relative tolerance: an entry passes if |a-n| <= atol or |a-n|/max(|a|,|n|) <= rtol.")
-@click.option("--atol", type=click.FloatRange(min=0), default=1e-6, show_default=True,
-              help="Absolute tolerance (see --rtol).")
-@click.option("--samples", type=click.IntRange(min=0), default=30, show_default=True,
-              help="Check N random entries (seeded) of each larger tensor; 0 checks every entry.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Samples in the random input batch.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed for inputs, targets, sampled entries (the spec's seed still initialises the model).")
+@click.option(
+    "--eps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-6,
+    show_default=True,
+    help="Finite-difference step.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=1e-4,
+    show_default=True,
+    help="Relative tolerance: an entry passes if |a-n| <= atol or |a-n|/max(|a|,|n|) <= rtol.",
+)
+@click.option(
+    "--atol", type=click.FloatRange(min=0), default=1e-6, show_default=True, help="Absolute tolerance (see --rtol)."
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="Check N random entries (seeded) of each larger tensor; 0 checks every entry.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Samples in the random input batch."
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed for inputs, targets, sampled entries (the spec's seed still initialises the model).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of tables.")
 @friendly_errors
 def gradcheck(spec_file, kinds, all_kinds, eps, rtol, atol, samples, batch_size, seed, as_json):
@@ -187,8 +224,14 @@ def _progress(enabled, description):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
+    bar = Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     task = bar.add_task(description, total=None)
 
     def update(done, total):
@@ -200,12 +243,23 @@ def _progress(enabled, description):
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write to this file; .csv, .json or .npy by its extension (default: CSV on stdout).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write to this file; .csv, .json or .npy by its extension (default: CSV on stdout).",
+)
 @click.option("--proba", is_flag=True, help="Class probabilities instead of labels.")
-@click.option("--top-k", type=click.IntRange(min=1), metavar="K", help="The K likeliest classes with their probabilities.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Samples per forward pass (bounds memory).")
+@click.option(
+    "--top-k", type=click.IntRange(min=1), metavar="K", help="The K likeliest classes with their probabilities."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Samples per forward pass (bounds memory).",
+)
 @click.option("--label", help="CSV label column to drop, if present (default: the spec's data.label).")
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
@@ -217,29 +271,46 @@ def predict(model, input_file, output, proba, top_k, batch_size, label, threads,
     probability of each class, --top-k the K likeliest; regression models their outputs.
     .npy inputs are memory-mapped and processed batch by batch.
     """
-    from . import predict as predict_mod, runtime
+    from . import predict as predict_mod
+    from . import runtime
 
     if threads:
         runtime.set_threads(threads)
     bar, update = _progress(not quiet, "predicting")
     try:
         with bar:
-            result = predict_mod.predict(model, input_file, output=output, stream=sys.stdout, proba=proba,
-                                         top_k=top_k, batch_size=batch_size, label=label, progress=update)
+            result = predict_mod.predict(
+                model,
+                input_file,
+                output=output,
+                stream=sys.stdout,
+                proba=proba,
+                top_k=top_k,
+                batch_size=batch_size,
+                label=label,
+                progress=update,
+            )
     except BrokenPipeError:  # e.g. `dlcli predict ... | head`
         sys.stderr.close()
         sys.exit(0)
     if output and not quiet:
-        click.echo(f"wrote {result.rows} predictions ({', '.join(result.columns[:6])}"
-                   f"{', ...' if len(result.columns) > 6 else ''}) to {output}")
+        click.echo(
+            f"wrote {result.rows} predictions ({', '.join(result.columns[:6])}"
+            f"{', ...' if len(result.columns) > 6 else ''}) to {output}"
+        )
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("data_file", metavar="DATA", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Samples per forward pass (bounds memory).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Samples per forward pass (bounds memory).",
+)
 @click.option("--label", help="CSV label column (default: the spec's data.label, else 'label').")
 @threads_option
 @friendly_errors
@@ -248,7 +319,8 @@ def evaluate(model, data_file, as_json, batch_size, label, threads):
     MODEL on labelled DATA (.npz with keys x and y, or .csv with the label column)."""
     import json
 
-    from . import predict as predict_mod, runtime
+    from . import predict as predict_mod
+    from . import runtime
 
     if threads:
         runtime.set_threads(threads)
@@ -267,13 +339,22 @@ def evaluate(model, data_file, as_json, batch_size, label, threads):
 
 @main.command("inspect-gradients")
 @click.argument("source", required=False, type=click.Path(dir_okay=False))
-@click.option("--batches", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Batches of the training data to average over.")
+@click.option(
+    "--batches",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Batches of the training data to average over.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
 @click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed (initialisation, batch order).")
 @click.option("--compare", "other", type=click.Path(dir_okay=False), help="A second spec or checkpoint, side by side.")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False),
-              help="A metrics log from `train --log FILE --log-grad-norms`: norms over training as a heat map.")
+@click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False),
+    help="A metrics log from `train --log FILE --log-grad-norms`: norms over training as a heat map.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead of tables and charts.")
 @friendly_errors
 def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_json):
@@ -310,8 +391,14 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
     elif runs:
         console.print(ig.render(runs[0]))
     if log is not None:
-        console.print(Panel(ig.heat_map(log), title=f"gradient norm per layer over training: {Path(log_path).name}",
-                            title_align="left", border_style="blue"))
+        console.print(
+            Panel(
+                ig.heat_map(log),
+                title=f"gradient norm per layer over training: {Path(log_path).name}",
+                title_align="left",
+                border_style="blue",
+            )
+        )
 
 
 if __name__ == "__main__":

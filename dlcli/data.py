@@ -153,9 +153,7 @@ def fit_input(x, input_shape, where):
         return x
     if x.ndim >= 1 and int(np.prod(x.shape[1:])) == int(np.prod(input_shape)):
         return x.reshape((len(x),) + input_shape)
-    raise DataError(
-        f"{where}: samples have shape {tuple(x.shape[1:])}, but model.input is {list(input_shape)}"
-    )
+    raise DataError(f"{where}: samples have shape {tuple(x.shape[1:])}, but model.input is {list(input_shape)}")
 
 
 def load(spec, loss, output_shape) -> Dataset:

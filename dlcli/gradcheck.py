@@ -63,8 +63,9 @@ def compare(analytic, numeric, slopes_disagree, rtol, atol):
     return abs_err, rel_err, bad & ~kink, kink
 
 
-def check_tensor(f, array, analytic, layer, tensor, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL,
-                 samples=None, rng=None):
+def check_tensor(
+    f, array, analytic, layer, tensor, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, rng=None
+):
     """Compare `analytic` (dL/d array) with central differences of f() on `array`,
     perturbed in place (and restored) entry by entry."""
     rng = rng or np.random.default_rng(0)
@@ -107,8 +108,7 @@ def _reseed(layers, seed):
         layer.rng = np.random.default_rng([seed, i])
 
 
-def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0,
-                training=True):
+def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0, training=True):
     """Check one built float64 layer on input x: every parameter and the input."""
     rng = np.random.default_rng([seed, 99])
 
@@ -123,16 +123,21 @@ def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL,
     name = layer.name
     results = []
     for pname, p in layer.params.items():
-        results.append(check_tensor(lambda: float(np.sum(run(x) * r)), p, analytic[pname], name, pname,
-                                    eps, rtol, atol, samples, rng))
+        results.append(
+            check_tensor(
+                lambda: float(np.sum(run(x) * r)), p, analytic[pname], name, pname, eps, rtol, atol, samples, rng
+            )
+        )
     xc = np.array(x, dtype=np.float64, copy=True)
-    results.append(check_tensor(lambda: float(np.sum(run(xc) * r)), xc, dx, name, "input",
-                                eps, rtol, atol, samples, rng))
+    results.append(
+        check_tensor(lambda: float(np.sum(run(xc) * r)), xc, dx, name, "input", eps, rtol, atol, samples, rng)
+    )
     return results
 
 
-def check_model(model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0,
-                training=True):
+def check_model(
+    model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0, training=True
+):
     """Check a float64 model end to end with its real loss: every layer's parameters,
     every layer's input (the backpropagated signal), and the loss's own gradient."""
     rng = np.random.default_rng([seed, 98])
@@ -166,16 +171,41 @@ def check_model(model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFA
     param_grads = [{n: g.copy() for n, g in layer.grads.items()} for layer in layers]
 
     outc = np.array(out, dtype=np.float64, copy=True)
-    results.append(check_tensor(lambda: loss_of(outc), outc, dout, "loss", f"{loss.name} input",
-                                eps, rtol, atol, samples, rng))
+    results.append(
+        check_tensor(lambda: loss_of(outc), outc, dout, "loss", f"{loss.name} input", eps, rtol, atol, samples, rng)
+    )
     for k, layer in enumerate(layers):
         for pname, p in layer.params.items():
             # Layers before k do not depend on p: start from their (copied) output.
-            results.append(check_tensor(lambda k=k: loss_of(forward_from(k, inputs[k])), p, param_grads[k][pname],
-                                        layer.name, pname, eps, rtol, atol, samples, rng))
+            results.append(
+                check_tensor(
+                    lambda k=k: loss_of(forward_from(k, inputs[k])),
+                    p,
+                    param_grads[k][pname],
+                    layer.name,
+                    pname,
+                    eps,
+                    rtol,
+                    atol,
+                    samples,
+                    rng,
+                )
+            )
         xin = np.array(inputs[k], dtype=np.float64, copy=True)
-        results.append(check_tensor(lambda k=k, xin=xin: loss_of(forward_from(k, xin)), xin, input_grads[k],
-                                    layer.name, "input", eps, rtol, atol, samples, rng))
+        results.append(
+            check_tensor(
+                lambda k=k, xin=xin: loss_of(forward_from(k, xin)),
+                xin,
+                input_grads[k],
+                layer.name,
+                "input",
+                eps,
+                rtol,
+                atol,
+                samples,
+                rng,
+            )
+        )
     return results
 
 
@@ -189,6 +219,7 @@ def assert_gradients_ok(results):
 
 
 # ---------------------------------------------------------------- the command's side
+
 
 class UsageError(DlcliError):
     """A layer type that does not exist or cannot be checked on its own."""
@@ -244,8 +275,10 @@ class Report:
         entries = sum(r.checked for r in self.results)
         verdict = "all gradients match" if self.passed else "gradient check FAILED"
         what = "layer type" if self.per_kind else "graph"
-        return (f"{verdict}: {n} tensors ({entries} entries) in {len(self.sections)} "
-                f"{what}{'s' if len(self.sections) != 1 else ''}: {c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL")
+        return (
+            f"{verdict}: {n} tensors ({entries} entries) in {len(self.sections)} "
+            f"{what}{'s' if len(self.sections) != 1 else ''}: {c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL"
+        )
 
     def to_dict(self):
         rows = []
@@ -256,8 +289,12 @@ class Report:
         return {
             "passed": self.passed,
             "exit_code": 0 if self.passed else 1,
-            "eps": self.eps, "rtol": self.rtol, "atol": self.atol,
-            "samples": self.samples, "batch_size": self.batch_size, "seed": self.seed,
+            "eps": self.eps,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
             "summary": {**self.counts(), "tensors": len(self.results), "line": self.summary_line()},
             "checks": rows,
         }
@@ -268,7 +305,7 @@ def split_layer_name(name):
     if name.startswith("layers[") and "]" in name:
         head, _, kind = name.partition("] ")
         try:
-            return int(head[len("layers["):]), kind
+            return int(head[len("layers[") :]), kind
         except ValueError:
             pass
     return None, name
@@ -289,8 +326,16 @@ def spec_inputs(s, model, loss, batch_size, seed):
     return x, y
 
 
-def check_spec(s, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=DEFAULT_SAMPLES,
-               batch_size=DEFAULT_BATCH, seed=0, fused=True):
+def check_spec(
+    s,
+    eps=DEFAULT_EPS,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    samples=DEFAULT_SAMPLES,
+    batch_size=DEFAULT_BATCH,
+    seed=0,
+    fused=True,
+):
     """Check a spec's model end to end with its loss, in float64: first as written, then
     (when the model has any) with the Dense+ReLU fusion training uses."""
     from . import run
@@ -334,12 +379,20 @@ def example_layer(kind, dtype=np.float64, seed=0):
     return layer, tuple(example["input"])
 
 
-def check_kind(kind, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=DEFAULT_SAMPLES,
-               batch_size=DEFAULT_BATCH, seed=0):
+def check_kind(
+    kind,
+    eps=DEFAULT_EPS,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    samples=DEFAULT_SAMPLES,
+    batch_size=DEFAULT_BATCH,
+    seed=0,
+):
     """One built-in layer type on its own, on its EXAMPLE: Section of TensorChecks."""
     layer, shape = example_layer(kind, seed=seed)
     x = np.random.default_rng([seed, 5]).standard_normal((batch_size,) + shape)
     results = check_layer(layer, x, eps, rtol, atol, samples, seed)
+
     def compact(v):
         return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -347,8 +400,15 @@ def check_kind(kind, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samp
     return Section(f"{kind} on {compact((batch_size,) + shape)}" + (f" ({opts})" if opts else ""), results, kind)
 
 
-def check_kinds(kinds, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=DEFAULT_SAMPLES,
-                batch_size=DEFAULT_BATCH, seed=0):
+def check_kinds(
+    kinds,
+    eps=DEFAULT_EPS,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    samples=DEFAULT_SAMPLES,
+    batch_size=DEFAULT_BATCH,
+    seed=0,
+):
     sections = [check_kind(k, eps, rtol, atol, samples, batch_size, seed) for k in kinds]
     return Report(sections, eps, rtol, atol, samples, batch_size, seed, per_kind=True)
 
@@ -377,19 +437,27 @@ def report_tables(report):
     def add(t, first, r, second=None):
         index, kind = split_layer_name(r.layer)
         status = r.status + (f" ({r.kinks})" if r.kinks else "")
-        cells = [first, kind if second is None else second, r.tensor, str(r.checked), f"{r.max_abs_error:.1e}",
-                 f"{r.max_rel_error:.1e}", Text(status, style=style[r.status])]
+        cells = [
+            first,
+            kind if second is None else second,
+            r.tensor,
+            str(r.checked),
+            f"{r.max_abs_error:.1e}",
+            f"{r.max_rel_error:.1e}",
+            Text(status, style=style[r.status]),
+        ]
         if report.per_kind:
             cells.append(second or "")
             del cells[1]
         t.add_row(*cells)
 
     if report.per_kind:
-        t = new_table(f"layer types on their own (eps {report.eps:g}, rtol {report.rtol:g}, "
-                      f"atol {report.atol:g})", "layer")
+        t = new_table(
+            f"layer types on their own (eps {report.eps:g}, rtol {report.rtol:g}, atol {report.atol:g})", "layer"
+        )
         for sec in report.sections:
             for j, r in enumerate(sec.results):
-                example = sec.title[len(sec.kind) + 1:] if sec.title.startswith(sec.kind + " ") else sec.title
+                example = sec.title[len(sec.kind) + 1 :] if sec.title.startswith(sec.kind + " ") else sec.title
                 add(t, sec.kind if j == 0 else "", r, example if j == 0 else "")
             t.add_section()
         return [t]

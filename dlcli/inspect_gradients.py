@@ -63,9 +63,16 @@ class Inspection:
 
     def to_dict(self):
         return {
-            "source": self.source, "name": self.name, "batches": self.batches, "batch_size": self.batch_size,
-            "optimizer": self.optimizer, "lr": self.lr, "loss": self.loss, "layers": self.layers,
-            "time_steps": self.time_steps, "first_last_ratio": self.first_last_ratio,
+            "source": self.source,
+            "name": self.name,
+            "batches": self.batches,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "loss": self.loss,
+            "layers": self.layers,
+            "time_steps": self.time_steps,
+            "first_last_ratio": self.first_last_ratio,
             "verdicts": [v.to_dict() for v in self.verdicts],
         }
 
@@ -168,7 +175,9 @@ def inspect(source, batches=4, batch_size=None, seed=None):
     rows = []
     for k, layer in enumerate(layers):
         row = {
-            "index": k, "name": layer.name, "kind": layer.kind,
+            "index": k,
+            "name": layer.name,
+            "kind": layer.kind,
             "input_grad_norm": _stats(input_norms[k]),
             "grad_norm": _stats(layer_norms[k]) if layer.params else None,
             "update_ratio": float(np.mean(layer_update[k])) if layer.params else None,
@@ -187,16 +196,20 @@ def inspect(source, batches=4, batch_size=None, seed=None):
             g = np.mean(got, axis=0)
             ok = g > 0
             # Fitted slope of log10 ||dL/dh_t|| over t: decades lost per step back in time.
-            decay = (float(np.polyfit(np.flatnonzero(ok), np.log10(g[ok]), 1)[0])
-                     if ok.sum() >= 2 else None)
-            time_steps.append({
-                "index": layers.index(layer), "name": layer.name, "kind": layer.kind,
-                "grad_norms": [float(v) for v in g],
-                "first_last_ratio": float(g[0] / g[-1]) if g[-1] > 0 else None,
-                "decades_per_step": decay,
-            })
-    result = Inspection(str(source), s.name, done, bs, s.optimizer.name, float(s.optimizer.lr),
-                        float(np.mean(losses)), rows, time_steps)
+            decay = float(np.polyfit(np.flatnonzero(ok), np.log10(g[ok]), 1)[0]) if ok.sum() >= 2 else None
+            time_steps.append(
+                {
+                    "index": layers.index(layer),
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "grad_norms": [float(v) for v in g],
+                    "first_last_ratio": float(g[0] / g[-1]) if g[-1] > 0 else None,
+                    "decades_per_step": decay,
+                }
+            )
+    result = Inspection(
+        str(source), s.name, done, bs, s.optimizer.name, float(s.optimizer.lr), float(np.mean(losses)), rows, time_steps
+    )
     plist = result.param_layers
     if len(plist) >= 2:
         first, last = plist[0]["grad_norm"]["mean"], plist[-1]["grad_norm"]["mean"]
@@ -214,23 +227,42 @@ def verdicts(r: Inspection):
     norms = [l["grad_norm"]["mean"] for l in plist]
     ratio = r.first_last_ratio
     if any(not math.isfinite(n) for n in norms):
-        out.append(Verdict("exploding", None, "some gradient norms are not finite (overflow)",
-                           "lower the learning rate and set train.clip_norm: clipping tames explosions"))
+        out.append(
+            Verdict(
+                "exploding",
+                None,
+                "some gradient norms are not finite (overflow)",
+                "lower the learning rate and set train.clip_norm: clipping tames explosions",
+            )
+        )
     elif ratio is not None and ratio < VANISHING:
-        why = (f"each {'/'.join(squashing)} multiplies the backpropagated signal by its derivative "
-               f"(at most {'0.25' if 'sigmoid' in squashing else '1'}), so it shrinks layer by layer"
-               if squashing else "the backpropagated signal shrinks layer by layer")
-        out.append(Verdict(
-            "vanishing", plist[0]["name"],
-            f"vanishing gradients: the first layer's gradient is {ratio:.1e} x the last layer's; {why}",
-            "use relu with He initialisation (ReLU passes the gradient unchanged where it is active), "
-            "or fewer layers" if squashing else "check the initialisation scale, or use fewer layers"))
+        why = (
+            f"each {'/'.join(squashing)} multiplies the backpropagated signal by its derivative "
+            f"(at most {'0.25' if 'sigmoid' in squashing else '1'}), so it shrinks layer by layer"
+            if squashing
+            else "the backpropagated signal shrinks layer by layer"
+        )
+        out.append(
+            Verdict(
+                "vanishing",
+                plist[0]["name"],
+                f"vanishing gradients: the first layer's gradient is {ratio:.1e} x the last layer's; {why}",
+                "use relu with He initialisation (ReLU passes the gradient unchanged where it is active), "
+                "or fewer layers"
+                if squashing
+                else "check the initialisation scale, or use fewer layers",
+            )
+        )
     elif ratio is not None and ratio > EXPLODING:
-        out.append(Verdict(
-            "exploding", plist[0]["name"],
-            f"exploding gradients: the first layer's gradient is {ratio:.1e} x the last layer's; "
-            "the signal grows as it is multiplied back through the layers",
-            "set train.clip_norm (clipping tames explosions), lower the learning rate or the initial weights"))
+        out.append(
+            Verdict(
+                "exploding",
+                plist[0]["name"],
+                f"exploding gradients: the first layer's gradient is {ratio:.1e} x the last layer's; "
+                "the signal grows as it is multiplied back through the layers",
+                "set train.clip_norm (clipping tames explosions), lower the learning rate or the initial weights",
+            )
+        )
     for t in r.time_steps:
         g = t["grad_norms"]
         if len(g) < 2 or not g[-1] > 0:
@@ -238,31 +270,51 @@ def verdicts(r: Inspection):
         tr = g[0] / g[-1]
         gated = t["kind"] in ("lstm", "gru")
         if tr < VANISHING:
-            out.append(Verdict(
-                "vanishing_through_time", t["name"],
-                f"vanishing through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}; "
-                + ("even the gates lose the signal over these many steps" if gated else
-                   "each step back multiplies it by W_hh and tanh', so early inputs barely learn"),
-                "use lstm or gru: their gates keep gradients through time" if not gated
-                else "shorten the sequences or add skip connections"))
+            out.append(
+                Verdict(
+                    "vanishing_through_time",
+                    t["name"],
+                    f"vanishing through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}; "
+                    + (
+                        "even the gates lose the signal over these many steps"
+                        if gated
+                        else "each step back multiplies it by W_hh and tanh', so early inputs barely learn"
+                    ),
+                    "use lstm or gru: their gates keep gradients through time"
+                    if not gated
+                    else "shorten the sequences or add skip connections",
+                )
+            )
         elif tr > EXPLODING:
-            out.append(Verdict(
-                "exploding_through_time", t["name"],
-                f"exploding through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}",
-                "set train.clip_norm: clipping tames explosions"))
+            out.append(
+                Verdict(
+                    "exploding_through_time",
+                    t["name"],
+                    f"exploding through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}",
+                    "set train.clip_norm: clipping tames explosions",
+                )
+            )
     for l in r.layers:
         if l["dead_fraction"] is not None and l["dead_fraction"] > DEAD:
-            out.append(Verdict(
-                "dead_relu", l["name"],
-                f"dead ReLUs: {l['dead_fraction']:.0%} of {l['name']}'s units are never active on these batches, "
-                "so their gradient is zero and they stop learning",
-                "lower the learning rate, use He initialisation, or standardize the inputs"))
+            out.append(
+                Verdict(
+                    "dead_relu",
+                    l["name"],
+                    f"dead ReLUs: {l['dead_fraction']:.0%} of {l['name']}'s units are never active on these batches, "
+                    "so their gradient is zero and they stop learning",
+                    "lower the learning rate, use He initialisation, or standardize the inputs",
+                )
+            )
         if l["saturated_fraction"] is not None and l["saturated_fraction"] > SATURATED:
-            out.append(Verdict(
-                "saturation", l["name"],
-                f"saturation: {l['saturated_fraction']:.0%} of {l['name']}'s outputs sit where its derivative "
-                "is almost 0, so they pass almost no gradient back",
-                "standardize the inputs (data.standardize), use Glorot initialisation, or relu"))
+            out.append(
+                Verdict(
+                    "saturation",
+                    l["name"],
+                    f"saturation: {l['saturated_fraction']:.0%} of {l['name']}'s outputs sit where its derivative "
+                    "is almost 0, so they pass almost no gradient back",
+                    "standardize the inputs (data.standardize), use Glorot initialisation, or relu",
+                )
+            )
     if not out:
         msg = "healthy: gradients reach the first layer at a scale comparable to the last"
         if ratio is not None:
@@ -369,10 +421,20 @@ def render(r: Inspection):
 
     from .dashboard import fmt, line_chart, log_bars
 
-    t = Table(title=f"{r.name}: {r.batches} batches of {r.batch_size}, loss {fmt(r.loss)}, "
-                    f"{r.optimizer} lr {fmt(r.lr)}", title_justify="left", header_style="bold")
-    for col, just in (("#", "right"), ("layer", "left"), ("tensor", "left"), ("grad norm", "right"),
-                      ("± sd", "right"), ("update/weight", "right"), ("dead/sat.", "right")):
+    t = Table(
+        title=f"{r.name}: {r.batches} batches of {r.batch_size}, loss {fmt(r.loss)}, {r.optimizer} lr {fmt(r.lr)}",
+        title_justify="left",
+        header_style="bold",
+    )
+    for col, just in (
+        ("#", "right"),
+        ("layer", "left"),
+        ("tensor", "left"),
+        ("grad norm", "right"),
+        ("± sd", "right"),
+        ("update/weight", "right"),
+        ("dead/sat.", "right"),
+    ):
         t.add_column(col, justify=just)
     for l in r.layers:
         idx, kind = str(l["index"]), l["kind"]
@@ -384,13 +446,25 @@ def render(r: Inspection):
             extra = f"{l['dead_fraction']:.0%} dead"
         elif l["saturated_fraction"] is not None:
             extra = f"{l['saturated_fraction']:.0%} sat."
-        t.add_row(idx, kind, Text("input", style="dim"), fmt(l["input_grad_norm"]["mean"]),
-                  fmt(l["input_grad_norm"]["std"]), "", extra)
+        t.add_row(
+            idx,
+            kind,
+            Text("input", style="dim"),
+            fmt(l["input_grad_norm"]["mean"]),
+            fmt(l["input_grad_norm"]["std"]),
+            "",
+            extra,
+        )
     parts = [t]
     plist = r.param_layers
-    parts.append(Panel(log_bars([l["name"] for l in plist], [l["grad_norm"]["mean"] for l in plist], width=30),
-                       title="gradient norm per layer (log scale, first layer at the top)", title_align="left",
-                       border_style="blue"))
+    parts.append(
+        Panel(
+            log_bars([l["name"] for l in plist], [l["grad_norm"]["mean"] for l in plist], width=30),
+            title="gradient norm per layer (log scale, first layer at the top)",
+            title_align="left",
+            border_style="blue",
+        )
+    )
     if r.time_steps:
         colors = ["cyan", "magenta", "yellow", "green"]
         series = []
@@ -399,9 +473,15 @@ def render(r: Inspection):
             xs = [j / max(len(g) - 1, 1) for j in range(len(g))]
             series.append((f"{ts['name']} ||dL/dh_t||", xs, g, colors[i % len(colors)]))
         T = len(r.time_steps[0]["grad_norms"])
-        parts.append(Panel(line_chart(series, width=50, height=8, log=True),
-                           title=f"gradient through time (log scale): step 1 left .. step {T} right; "
-                                 "backpropagation runs right to left", title_align="left", border_style="blue"))
+        parts.append(
+            Panel(
+                line_chart(series, width=50, height=8, log=True),
+                title=f"gradient through time (log scale): step 1 left .. step {T} right; "
+                "backpropagation runs right to left",
+                title_align="left",
+                border_style="blue",
+            )
+        )
     parts.append(verdict_text(r))
     return Group(*parts)
 
@@ -430,10 +510,16 @@ def render_compare(a: Inspection, b: Inspection):
     t.add_column(a.name, justify="right")
     t.add_column(b.name, justify="right")
     pa, pb = a.param_layers, b.param_layers
-    t.add_row("first layer grad norm", fmt(pa[0]["grad_norm"]["mean"]) if pa else "-",
-              fmt(pb[0]["grad_norm"]["mean"]) if pb else "-")
-    t.add_row("last layer grad norm", fmt(pa[-1]["grad_norm"]["mean"]) if pa else "-",
-              fmt(pb[-1]["grad_norm"]["mean"]) if pb else "-")
+    t.add_row(
+        "first layer grad norm",
+        fmt(pa[0]["grad_norm"]["mean"]) if pa else "-",
+        fmt(pb[0]["grad_norm"]["mean"]) if pb else "-",
+    )
+    t.add_row(
+        "last layer grad norm",
+        fmt(pa[-1]["grad_norm"]["mean"]) if pa else "-",
+        fmt(pb[-1]["grad_norm"]["mean"]) if pb else "-",
+    )
     t.add_row("first / last", fmt(a.first_last_ratio), fmt(b.first_last_ratio))
     ta = a.time_steps[0]["grad_norms"] if a.time_steps else None
     tb = b.time_steps[0]["grad_norms"] if b.time_steps else None
@@ -446,8 +532,15 @@ def render_compare(a: Inspection, b: Inspection):
 
     norms = [[l["grad_norm"]["mean"] for l in x.param_layers] for x in (a, b)]
     scale = log_scale(norms[0] + norms[1])  # one scale, so the two models' bars compare
-    bars = [Panel(log_bars([l["name"] for l in x.param_layers], n, width=16, scale=scale), title=x.name,
-                  border_style="blue", expand=False) for x, n in zip((a, b), norms)]
+    bars = [
+        Panel(
+            log_bars([l["name"] for l in x.param_layers], n, width=16, scale=scale),
+            title=x.name,
+            border_style="blue",
+            expand=False,
+        )
+        for x, n in zip((a, b), norms)
+    ]
     parts = [t, Columns(bars)]  # side by side when they fit, one above the other when not
     if ta or tb:
         from .dashboard import line_chart
@@ -456,8 +549,13 @@ def render_compare(a: Inspection, b: Inspection):
         for x, g, c in ((a, ta, "cyan"), (b, tb, "magenta")):
             if g:
                 series.append((f"{x.name}", [j / max(len(g) - 1, 1) for j in range(len(g))], g, c))
-        parts.append(Panel(line_chart(series, width=50, height=8, log=True),
-                           title="||dL/dh_t|| (log scale): step 1 left .. step T right", title_align="left",
-                           border_style="blue"))
+        parts.append(
+            Panel(
+                line_chart(series, width=50, height=8, log=True),
+                title="||dL/dh_t|| (log scale): step 1 left .. step T right",
+                title_align="left",
+                border_style="blue",
+            )
+        )
     parts += [verdict_text(a, named=True), verdict_text(b, named=True)]
     return Group(*parts)

@@ -139,7 +139,9 @@ class Model:
         for k, view in expected.items():
             a = arrays[k]
             if a.shape != view.shape:
-                raise CheckpointError(f"{source}: parameter {k} has shape {a.shape}, the spec's model needs {view.shape}")
+                raise CheckpointError(
+                    f"{source}: parameter {k} has shape {a.shape}, the spec's model needs {view.shape}"
+                )
             view[...] = a
 
     def summary(self):

@@ -51,8 +51,18 @@ class SGD(Optimizer):
         from .kernels.elementwise import sgd_update
 
         s = self.spec
-        sgd_update(p, g, self.state["velocity"], t(lr), t(s.momentum), t(s.weight_decay), s.nesterov, t(scale),
-                   self.chunks, self.chunk_sumsq)
+        sgd_update(
+            p,
+            g,
+            self.state["velocity"],
+            t(lr),
+            t(s.momentum),
+            t(s.weight_decay),
+            s.nesterov,
+            t(scale),
+            self.chunks,
+            self.chunk_sumsq,
+        )
 
 
 class Adam(Optimizer):
@@ -67,8 +77,21 @@ class Adam(Optimizer):
         s = self.spec
         c1, c2 = 1 - s.beta1**self.step_count, 1 - s.beta2**self.step_count
         adam_update(
-            p, g, self.state["m"], self.state["v"], t(lr), t(s.beta1), t(s.beta2), t(s.eps), t(s.weight_decay),
-            self.decoupled, t(c1), t(c2), t(scale), self.chunks, self.chunk_sumsq,
+            p,
+            g,
+            self.state["m"],
+            self.state["v"],
+            t(lr),
+            t(s.beta1),
+            t(s.beta2),
+            t(s.eps),
+            t(s.weight_decay),
+            self.decoupled,
+            t(c1),
+            t(c2),
+            t(scale),
+            self.chunks,
+            self.chunk_sumsq,
         )
 
 
@@ -86,8 +109,18 @@ class RMSprop(Optimizer):
 
         s = self.spec
         rmsprop_update(
-            p, g, self.state["square_avg"], self.state["velocity"], t(lr), t(s.beta2), t(s.eps), t(s.weight_decay),
-            t(s.momentum), t(scale), self.chunks, self.chunk_sumsq,
+            p,
+            g,
+            self.state["square_avg"],
+            self.state["velocity"],
+            t(lr),
+            t(s.beta2),
+            t(s.eps),
+            t(s.weight_decay),
+            t(s.momentum),
+            t(scale),
+            self.chunks,
+            self.chunk_sumsq,
         )
 
 

@@ -230,8 +230,17 @@ class Prediction:
     input_loaded_whole: bool = False
 
 
-def predict(model_path, input_path, output=None, stream=None, proba=False, top_k=None,
-            batch_size=1024, label=None, progress=None) -> Prediction:
+def predict(
+    model_path,
+    input_path,
+    output=None,
+    stream=None,
+    proba=False,
+    top_k=None,
+    batch_size=1024,
+    label=None,
+    progress=None,
+) -> Prediction:
     """Predict INPUT with the checkpoint at MODEL and write the result.
 
     `output` is a path ending in .csv, .json or .npy; without it, CSV goes to `stream`.
@@ -273,8 +282,10 @@ def predict(model_path, input_path, output=None, stream=None, proba=False, top_k
 def _mode(pred, proba, top_k):
     if top_k is not None:
         if pred.kind not in ("multiclass", "binary") or len(pred.output_shape) > 1:
-            raise DataError(f"--top-k needs a classifier with one prediction per sample; this model is {pred.kind}"
-                            + (f" with outputs {list(pred.output_shape)}" if pred.kind == "multiclass" else ""))
+            raise DataError(
+                f"--top-k needs a classifier with one prediction per sample; this model is {pred.kind}"
+                + (f" with outputs {list(pred.output_shape)}" if pred.kind == "multiclass" else "")
+            )
         if top_k < 1 or top_k > pred.n_classes:
             raise DataError(f"--top-k {top_k}: the model has {pred.n_classes} classes")
         return "top-k"
@@ -307,7 +318,9 @@ class _Columns:
             if pred.kind == "multiclass":
                 per_class = [str(c) for c in self.names_of_classes]
                 pos = _flat_names("", out[:-1])
-                self.names = [f"{p}{c}" if not p else f"{p}:{c}" for p in pos for c in per_class] if out[:-1] else per_class
+                self.names = (
+                    [f"{p}{c}" if not p else f"{p}:{c}" for p in pos for c in per_class] if out[:-1] else per_class
+                )
             elif pred.kind == "binary":
                 self.names = [str(c) for c in self.names_of_classes]
             else:

@@ -89,4 +89,3 @@ def spec_or_checkpoint(path):
         ckpt = checkpoint.load(path)
         return ckpt.spec(), ckpt
     return spec_mod.load(path), None
-

@@ -9,9 +9,10 @@ positive integer, got -4`. Loading a spec imports neither Numba nor any kernel (
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -123,9 +124,7 @@ def int_tuple(n, minimum=1):
 def shape(v):
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
-    if not isinstance(v, list) or not v or any(
-        isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v
-    ):
+    if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v):
         raise ValueError("must be a list of positive integers, e.g. [1, 28, 28]")
     return tuple(v)
 
@@ -318,8 +317,7 @@ class SpecReader:
         did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
         return self.error(
             path + (key,),
-            f"unknown field '{path_name(path + (key,))}'{did_you_mean}; "
-            f"allowed: {', '.join(allowed)}",
+            f"unknown field '{path_name(path + (key,))}'{did_you_mean}; allowed: {', '.join(allowed)}",
             key=True,
         )
 

@@ -212,18 +212,33 @@ class Trainer:
                 self._emit(
                     "on_step",
                     StepEvent(
-                        epoch, self.step, j + 1, self.steps_per_epoch, loss,
-                        hits / yb.size if hits is not None else None, lr, gnorm, layer_norms,
-                        n / max(now - ts, 1e-9), now - t0,
+                        epoch,
+                        self.step,
+                        j + 1,
+                        self.steps_per_epoch,
+                        loss,
+                        hits / yb.size if hits is not None else None,
+                        lr,
+                        gnorm,
+                        layer_norms,
+                        n / max(now - ts, 1e-9),
+                        now - t0,
                     ),
                 )
             train_time = time.perf_counter() - epoch_t0
             val_loss, val_acc = self.evaluate(d.x_val, d.y_val)
             self._check_finite(epoch, val_loss)  # before on_epoch: a spoilt model is never saved
             event = EpochEvent(
-                epoch, self.epochs, self.step, sum_loss / max(seen, 1),
-                sum_hits / items if items else None, val_loss, val_acc, lr,
-                time.perf_counter() - t0, seen / max(train_time, 1e-9),
+                epoch,
+                self.epochs,
+                self.step,
+                sum_loss / max(seen, 1),
+                sum_hits / items if items else None,
+                val_loss,
+                val_acc,
+                lr,
+                time.perf_counter() - t0,
+                seen / max(train_time, 1e-9),
             )
             self.history.append(event)
             result.epochs_done = epoch + 1

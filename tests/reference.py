@@ -161,15 +161,17 @@ def avgpool2d(x, size, stride):
     y = np.empty((n, c, oh, ow))
     for p in range(oh):
         for q in range(ow):
-            y[:, :, p, q] = x[:, :, p * stride[0] : p * stride[0] + size[0], q * stride[1] : q * stride[1] + size[1]].mean(axis=(2, 3))
+            y[:, :, p, q] = x[
+                :, :, p * stride[0] : p * stride[0] + size[0], q * stride[1] : q * stride[1] + size[1]
+            ].mean(axis=(2, 3))
 
     def backward(dy):
         dx = np.zeros(x.shape)
         for p in range(oh):
             for q in range(ow):
-                dx[:, :, p * stride[0] : p * stride[0] + size[0], q * stride[1] : q * stride[1] + size[1]] += (
-                    dy[:, :, p, q][:, :, None, None] / (size[0] * size[1])
-                )
+                dx[:, :, p * stride[0] : p * stride[0] + size[0], q * stride[1] : q * stride[1] + size[1]] += dy[
+                    :, :, p, q
+                ][:, :, None, None] / (size[0] * size[1])
         return dx
 
     return y, backward

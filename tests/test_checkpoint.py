@@ -29,7 +29,9 @@ def test_round_trip(tmp_path):
     ck = checkpoint.load(saved)
     assert ck.spec_text == TEXT and ck.spec().name == "ck"
     model = trainer.model
-    assert set(ck.params) == set(model.state()) == {"layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"}
+    assert (
+        set(ck.params) == set(model.state()) == {"layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"}
+    )
     for k, v in model.state().items():
         np.testing.assert_array_equal(ck.params[k], v)
         assert ck.params[k].dtype == np.float32
@@ -77,9 +79,16 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         (lambda p: None, "checkpoint not found"),
         (lambda p: p.write_text("garbage"), "not a dlcli checkpoint"),
         (lambda p: np.savez(p, x=np.zeros(3)), "no 'spec' entry"),
-        (lambda p: np.savez(p, spec=np.array("x"), meta=np.array(["a", "b"], dtype=object)), "not a readable dlcli checkpoint"),
-        (lambda p: np.savez(p, spec=np.array("x"), meta=np.array(json.dumps({"format": 99, "dlcli_version": "9.0"}))),
-         "written by a newer dlcli"),
+        (
+            lambda p: np.savez(p, spec=np.array("x"), meta=np.array(["a", "b"], dtype=object)),
+            "not a readable dlcli checkpoint",
+        ),
+        (
+            lambda p: np.savez(
+                p, spec=np.array("x"), meta=np.array(json.dumps({"format": 99, "dlcli_version": "9.0"}))
+            ),
+            "written by a newer dlcli",
+        ),
         (lambda p: np.savez(p, spec=np.array("x"), meta=np.array("{not json")), "metadata is corrupt"),
     ],
 )

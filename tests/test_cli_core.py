@@ -66,15 +66,33 @@ def test_train_end_to_end(write_spec):
     assert ck.meta["epochs_done"] == 2
     final = [ln for ln in out.output.splitlines() if ln.startswith("final:")][0]
     assert float(final.split("val_acc ")[1]) == pytest.approx(ck.meta["metrics"]["val_acc"], abs=1e-4)
-    losses = [float(ln.split("train_loss ")[1].split()[0]) for ln in out.output.splitlines() if " train_loss " in ln
-              and ln.startswith("epoch")]
+    losses = [
+        float(ln.split("train_loss ")[1].split()[0])
+        for ln in out.output.splitlines()
+        if " train_loss " in ln and ln.startswith("epoch")
+    ]
     assert len(losses) == 2 and losses[1] < losses[0]
 
 
 def test_overrides_and_quiet(write_spec):
     p = write_spec(TEXT)
-    out = invoke("train", p, "--epochs", 3, "--batch-size", 50, "--lr", 0.005, "--seed", 4, "-o", "o.npz", "-q",
-                 "--log", "m.jsonl")
+    out = invoke(
+        "train",
+        p,
+        "--epochs",
+        3,
+        "--batch-size",
+        50,
+        "--lr",
+        0.005,
+        "--seed",
+        4,
+        "-o",
+        "o.npz",
+        "-q",
+        "--log",
+        "m.jsonl",
+    )
     assert out.exit_code == 0, out.output
     assert "epoch 1/3" not in out.output and "final: epoch 3/3" in out.output  # quiet: only the result
     rows = [json.loads(ln) for ln in open("m.jsonl")]
@@ -92,19 +110,41 @@ def test_metrics_log_has_the_documented_fields(write_spec):
     steps = [r for r in rows if r["event"] == "step"]
     epochs = [r for r in rows if r["event"] == "epoch"]
     assert len(steps) == 2 * 5 and len(epochs) == 2
-    assert set(steps[0]) == {"event", "epoch", "step", "loss", "acc", "lr", "grad_norm", "samples_per_s",
-                             "layer_grad_norms"}
+    assert set(steps[0]) == {
+        "event",
+        "epoch",
+        "step",
+        "loss",
+        "acc",
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "layer_grad_norms",
+    }
     assert set(steps[0]["layer_grad_norms"]) == {"layers[0] dense", "layers[2] dense"}
-    assert set(epochs[0]) == {"event", "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                              "samples_per_s", "elapsed_s"}
+    assert set(epochs[0]) == {
+        "event",
+        "epoch",
+        "step",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "samples_per_s",
+        "elapsed_s",
+    }
     assert [e["epoch"] for e in epochs] == [1, 2] and [e["step"] for e in epochs] == [5, 10]
     assert [s["step"] for s in steps] == list(range(1, 11)) and steps[0]["epoch"] == 1
     norms = steps[-1]["layer_grad_norms"]
     assert steps[-1]["grad_norm"] == pytest.approx(np.hypot(*norms.values()), rel=1e-4)
     assert 0 <= epochs[-1]["val_acc"] <= 1
     # without --log-grad-norms: no per-layer norms; regression: acc is null
-    reg = write_spec("data: {source: builtin:sine, options: {samples: 100}}\nmodel: {input: [1], layers: [dense: 1]}\n"
-                     "loss: mse\ntrain: {epochs: 1}\n", name="reg.yaml")
+    reg = write_spec(
+        "data: {source: builtin:sine, options: {samples: 100}}\nmodel: {input: [1], layers: [dense: 1]}\n"
+        "loss: mse\ntrain: {epochs: 1}\n",
+        name="reg.yaml",
+    )
     assert invoke("train", reg, "--log", "r.jsonl").exit_code == 0
     rows = [json.loads(ln) for ln in open("r.jsonl")]
     assert "layer_grad_norms" not in rows[0] and rows[0]["acc"] is None and rows[-1]["val_acc"] is None
@@ -124,8 +164,11 @@ def one_line_error(out, code=2):
     [
         (None, "missing.npz", "data file not found: missing.npz"),
         ({"inputs": np.zeros((8, 2), np.float32), "y": np.zeros(8, np.int64)}, "d.npz", "no array named 'x'"),
-        ({"x": np.zeros((8, 3), np.float32), "y": np.zeros(8, np.int64)}, "d.npz",
-         "samples have shape (3,), but model.input is [2]"),
+        (
+            {"x": np.zeros((8, 3), np.float32), "y": np.zeros(8, np.int64)},
+            "d.npz",
+            "samples have shape (3,), but model.input is [2]",
+        ),
     ],
 )
 def test_bad_data_is_one_line_exit_2(tmp_path, write_spec, data, source, fragment):
@@ -145,9 +188,11 @@ def test_bad_spec_and_missing_files_are_one_line_exit_2(write_spec):
 
 
 def test_huge_learning_rate_stops_with_a_clear_message(write_spec):
-    p = write_spec("data: {source: builtin:sine, options: {samples: 200}}\n"
-                   "model: {input: [1], layers: [{dense: 8}, tanh, {dense: 1}]}\nloss: mse\n"
-                   "optimizer: {name: sgd, lr: 10}\ntrain: {epochs: 5, batch_size: 32}\n")
+    p = write_spec(
+        "data: {source: builtin:sine, options: {samples: 200}}\n"
+        "model: {input: [1], layers: [{dense: 8}, tanh, {dense: 1}]}\nloss: mse\n"
+        "optimizer: {name: sgd, lr: 10}\ntrain: {epochs: 5, batch_size: 32}\n"
+    )
     out = invoke("train", p, "-o", "h.npz")
     line = one_line_error(out, code=1)
     assert "became" in line and ("NaN" in line or "infinite" in line) and "last good checkpoint is kept" in line

@@ -5,8 +5,8 @@ import itertools
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from dlcli.errors import ShapeError
 from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
 from dlcli.layers import LAYERS
@@ -75,8 +75,21 @@ def test_im2col_col2im_match_reference(case, dtype, rng):
     c = rng.standard_normal(cols.shape).astype(dtype)
     dx = np.full(x.shape, np.nan, dtype)
     scratch = np.full(xt.shape, np.nan, dtype)
-    K.col2im(c, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[2], dilation[0], dilation[1], oh, ow,
-             scratch, dx.reshape(batch, shape[0], -1))
+    K.col2im(
+        c,
+        kernel[0],
+        kernel[1],
+        stride[0],
+        stride[1],
+        pad[0],
+        pad[2],
+        dilation[0],
+        dilation[1],
+        oh,
+        ow,
+        scratch,
+        dx.reshape(batch, shape[0], -1),
+    )
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(np.sum(dx.astype(np.float64) * x), np.sum(c.astype(np.float64) * expected), rtol=tol)
 
@@ -86,8 +99,17 @@ def test_im2col_col2im_match_reference(case, dtype, rng):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}-b{c[6]}")
 def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, rng):
     shape, filters, kernel, stride, padding, dilation, batch = case
-    layer = make_layer("conv2d", shape, dtype, filters=filters, kernel=list(kernel), stride=list(stride),
-                       padding=padding, dilation=list(dilation), fuse_relu=fuse_relu)
+    layer = make_layer(
+        "conv2d",
+        shape,
+        dtype,
+        filters=filters,
+        kernel=list(kernel),
+        stride=list(stride),
+        padding=padding,
+        dilation=list(dilation),
+        fuse_relu=fuse_relu,
+    )
     layer.params["bias"][...] = rng.standard_normal(filters)
     pad = _geometry(shape, kernel, stride, padding, dilation)
     x = rng.standard_normal((batch,) + shape).astype(dtype)
@@ -126,8 +148,9 @@ def test_conv1d_matches_reference(dtype, rng):
     np.testing.assert_allclose(y, expected, **tol)
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(dy.astype(dtype))
-    edx, edw, edb = ref.conv2d_backward(x.astype(np.float64)[:, :, None, :], w4, dy[:, :, None, :], (1, 2),
-                                        (0, 0, lo, hi), (1, 2))
+    edx, edw, edb = ref.conv2d_backward(
+        x.astype(np.float64)[:, :, None, :], w4, dy[:, :, None, :], (1, 2), (0, 0, lo, hi), (1, 2)
+    )
     np.testing.assert_allclose(dx, edx[:, :, 0], **tol)
     np.testing.assert_allclose(layer.grads["weight"], edw[:, :, 0], **tol)
     np.testing.assert_allclose(layer.grads["bias"], edb, **tol)
@@ -138,17 +161,29 @@ CONV2D_GRID = list(itertools.product(["valid", "same", 1], [1, 2], [1, 2], [True
 
 @pytest.mark.parametrize("padding,stride,dilation,bias", CONV2D_GRID)
 def test_conv2d_gradients(padding, stride, dilation, bias, rng):
-    layer = make_layer("conv2d", (2, 7, 6), filters=3, kernel=[3, 2], stride=stride, padding=padding,
-                       dilation=dilation, bias=bias, seed=1)
+    layer = make_layer(
+        "conv2d",
+        (2, 7, 6),
+        filters=3,
+        kernel=[3, 2],
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        bias=bias,
+        seed=1,
+    )
     assert ("bias" in layer.params) == bias
     x = rng.standard_normal((2, 2, 7, 6))
     assert_gradients_ok(check_layer(layer, x))
 
 
-@pytest.mark.parametrize("padding,stride,dilation,bias", list(itertools.product(["valid", "same", 2], [1, 3], [1, 2], [True, False])))
+@pytest.mark.parametrize(
+    "padding,stride,dilation,bias", list(itertools.product(["valid", "same", 2], [1, 3], [1, 2], [True, False]))
+)
 def test_conv1d_gradients(padding, stride, dilation, bias, rng):
-    layer = make_layer("conv1d", (2, 11), filters=3, kernel=4, stride=stride, padding=padding,
-                       dilation=dilation, bias=bias, seed=2)
+    layer = make_layer(
+        "conv1d", (2, 11), filters=3, kernel=4, stride=stride, padding=padding, dilation=dilation, bias=bias, seed=2
+    )
     assert_gradients_ok(check_layer(layer, rng.standard_normal((2, 2, 11))))
 
 
@@ -260,8 +295,10 @@ def test_he_init_before_relu_and_glorot_otherwise():
     limit = np.sqrt(6 / (4 * 9 + 64 * 9))
     assert np.abs(a.params["weight"]).max() <= limit
     cls = LAYERS["conv2d"]
-    opts = {k: (opt.parse(v) if (v := {"filters": 64, "kernel": 3}.get(k)) is not None else opt.default)
-            for k, opt in cls.OPTIONS.items()}
+    opts = {
+        k: (opt.parse(v) if (v := {"filters": 64, "kernel": 3}.get(k)) is not None else opt.default)
+        for k, opt in cls.OPTIONS.items()
+    }
     he = cls(dtype=np.float64, rng=np.random.default_rng(0), **opts)
     Model([he, LAYERS["relu"](dtype=np.float64)], (4, 9, 9), dtype=np.float64)
     assert abs(he.params["weight"].std() - np.sqrt(2 / 36)) < 0.02

@@ -75,6 +75,7 @@ def test_log_bars_grow_with_the_norm():
 def test_log_bars_on_a_shared_scale_compare():
     """Two tables drawn on one scale: the same value gets the same bar, a bigger one a
     longer bar, whatever else each table holds (inspect-gradients --compare)."""
+
     def bar(values, scale):
         con = recorded_console()
         con.print(log_bars(["a", "b"], values, width=20, scale=scale))
@@ -88,7 +89,11 @@ def test_log_bars_on_a_shared_scale_compare():
 
 def test_plain_progress_lines():
     lines = []
-    run.train(spec.parse(TEXT, "dash.yaml"), output="p.npz", display=PlainProgress(lines.append, lines_per_epoch=2, min_interval=0))
+    run.train(
+        spec.parse(TEXT, "dash.yaml"),
+        output="p.npz",
+        display=PlainProgress(lines.append, lines_per_epoch=2, min_interval=0),
+    )
     assert lines[0] == "model dash: 56 parameters"
     epochs = [ln for ln in lines if "train_loss" in ln]
     assert [ln.split()[1] for ln in epochs] == ["1/3", "2/3", "3/3"]

@@ -57,8 +57,10 @@ def test_builtin_geometry():
 
 
 def test_split_sizes_are_disjoint_and_seeded():
-    text = "seed: {seed}\ndata: {{source: builtin:xor, options: {{samples: 200}}, validation_split: 0.25}}\n" \
-           "model: {{input: [2], layers: [dense: 2]}}"
+    text = (
+        "seed: {seed}\ndata: {{source: builtin:xor, options: {{samples: 200}}, validation_split: 0.25}}\n"
+        "model: {{input: [2], layers: [dense: 2]}}"
+    )
     d = load(text.format(seed=1))
     assert len(d.x_train) == 150 and len(d.x_val) == 50
     rows = {tuple(r) for r in np.concatenate([d.x_train, d.x_val])}
@@ -74,15 +76,19 @@ def test_no_shuffle_keeps_file_order(tmp_path):
     x = np.arange(20, dtype=np.float32).reshape(10, 2)
     y = np.arange(10) % 2
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    d = load("data: {source: d.npz, validation_split: 0.2, shuffle: false}\nmodel: {input: [2], layers: [dense: 2]}",
-             spec_path=tmp_path / "spec.yaml")
+    d = load(
+        "data: {source: d.npz, validation_split: 0.2, shuffle: false}\nmodel: {input: [2], layers: [dense: 2]}",
+        spec_path=tmp_path / "spec.yaml",
+    )
     np.testing.assert_array_equal(d.x_val, x[:2])
     np.testing.assert_array_equal(d.x_train, x[2:])
 
 
 def test_standardize_uses_training_statistics():
-    d = load("data: {source: builtin:moons, options: {samples: 400}, standardize: true}\n"
-             "model: {input: [2], layers: [dense: 2]}")
+    d = load(
+        "data: {source: builtin:moons, options: {samples: 400}, standardize: true}\n"
+        "model: {input: [2], layers: [dense: 2]}"
+    )
     np.testing.assert_allclose(d.x_train.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(d.x_train.std(axis=0), 1, atol=1e-4)
     raw = load("data: {source: builtin:moons, options: {samples: 400}}\nmodel: {input: [2], layers: [dense: 2]}")
@@ -102,8 +108,7 @@ def test_npz_npy_and_csv_loaders(tmp_path, write_spec):
     (tmp_path / "sub" / "d.csv").write_text("\n".join(lines) + "\n")
     model = "model: {input: [3], layers: [dense: 2]}\n"
     for source in ("source: d.npz", "source: x.npy, targets: y.npy", "source: sub/d.csv, label: kind"):
-        d = load("data: {" + source + ", validation_split: 0.0, shuffle: false}\n" + model,
-                 spec_path=write_spec("x"))
+        d = load("data: {" + source + ", validation_split: 0.0, shuffle: false}\n" + model, spec_path=write_spec("x"))
         np.testing.assert_allclose(d.x_train, x, rtol=1e-6)
         np.testing.assert_array_equal(d.y_train, y)
         assert d.y_train.dtype == np.int64
@@ -112,8 +117,11 @@ def test_npz_npy_and_csv_loaders(tmp_path, write_spec):
 
 def test_csv_regression_labels(tmp_path):
     (tmp_path / "r.csv").write_text("a,b,c,d,t\n1,2,3,4,0.5\n5,6,7,8,-1.5\n")
-    d = load("data: {source: r.csv, label: t, validation_split: 0.0, shuffle: false}\n"
-             "model: {input: [4], layers: [dense: 1]}\nloss: mse", spec_path=tmp_path / "s.yaml")
+    d = load(
+        "data: {source: r.csv, label: t, validation_split: 0.0, shuffle: false}\n"
+        "model: {input: [4], layers: [dense: 1]}\nloss: mse",
+        spec_path=tmp_path / "s.yaml",
+    )
     np.testing.assert_array_equal(d.x_train, [[1, 2, 3, 4], [5, 6, 7, 8]])
     np.testing.assert_allclose(d.y_train, [[0.5], [-1.5]])
     assert d.y_train.dtype == np.float32 and d.classes == []
@@ -134,8 +142,16 @@ def test_flat_rows_are_reshaped_to_the_model_input():
     [
         ({}, "missing.npz", "data file not found: missing.npz"),
         ({}, "missing.csv, label: y", "data file not found: missing.csv"),
-        ({"d.npz": {"inputs": np.zeros((4, 2)), "y": np.zeros(4, int)}}, "d.npz", "no array named 'x'.*found: inputs, y"),
-        ({"d.npz": {"x": np.zeros((4, 5)), "y": np.zeros(4, int)}}, "d.npz", r"samples have shape \(5,\), but model.input is \[2\]"),
+        (
+            {"d.npz": {"inputs": np.zeros((4, 2)), "y": np.zeros(4, int)}},
+            "d.npz",
+            "no array named 'x'.*found: inputs, y",
+        ),
+        (
+            {"d.npz": {"x": np.zeros((4, 5)), "y": np.zeros(4, int)}},
+            "d.npz",
+            r"samples have shape \(5,\), but model.input is \[2\]",
+        ),
         ({"d.npz": {"x": np.zeros((4, 2)), "y": np.zeros(3, int)}}, "d.npz", "x has 4 samples but y has 3"),
         ({"d.npz": {"x": np.zeros((4, 2)), "y": np.array([0, 1, 2, 3])}}, "d.npz", r"labels run from 0 to 3.*0\.\.2"),
         ({"d.npz": {"x": np.zeros((4, 2)), "y": np.array([0, 1, 0.5, 1])}}, "d.npz", "needs integer class labels"),

@@ -120,8 +120,18 @@ def test_all_checks_every_layer_type_and_each_has_an_example():
     assert {r["layer_type"] for r in data["checks"]} == set(LAYERS)
     assert all(r["status"] != "FAIL" for r in data["checks"])
     for r in data["checks"]:
-        assert set(r) >= {"graph", "layer_index", "layer_type", "tensor", "checked", "max_abs_error",
-                          "max_rel_error", "kinks", "status", "worst_index"}
+        assert set(r) >= {
+            "graph",
+            "layer_index",
+            "layer_type",
+            "tensor",
+            "checked",
+            "max_abs_error",
+            "max_rel_error",
+            "kinks",
+            "status",
+            "worst_index",
+        }
 
 
 def test_bad_usage_is_one_line():

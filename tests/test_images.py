@@ -49,7 +49,7 @@ def test_user_images_from_npz(tmp_path, write_spec):
     np.savez(tmp_path / "imgs.npz", x=rng.standard_normal((20, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 2, 20))
     text = f"""
 name: own
-data: {{source: {tmp_path / 'imgs.npz'}}}
+data: {{source: {tmp_path / "imgs.npz"}}}
 model:
   input: [1, 8, 8]
   layers: [{{conv2d: {{filters: 2, kernel: 3}}}}, flatten, {{dense: 2}}]

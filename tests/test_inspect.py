@@ -46,8 +46,9 @@ def as_json(*args):
 
 
 def test_deep_sigmoid_vanishes_and_deep_relu_does_not():
-    data = as_json(SAMPLES / "deep_sigmoid.yaml", "--compare", SAMPLES / "deep_relu.yaml",
-                   "--batches", 1, "--batch-size", 32)
+    data = as_json(
+        SAMPLES / "deep_sigmoid.yaml", "--compare", SAMPLES / "deep_relu.yaml", "--batches", 1, "--batch-size", 32
+    )
     sig, relu = data["compare"]
     first, last = sig["layers"][0]["grad_norm"]["mean"], sig["layers"][-1]["grad_norm"]["mean"]
     assert first < 1e-4 * last
@@ -61,13 +62,33 @@ def test_deep_sigmoid_vanishes_and_deep_relu_does_not():
 
 def test_json_has_the_documented_fields(write_spec):
     data = as_json(write_spec(TINY), "--batches", 3)
-    assert set(data) >= {"source", "name", "batches", "batch_size", "optimizer", "lr", "loss", "layers",
-                         "time_steps", "first_last_ratio", "verdicts"}
+    assert set(data) >= {
+        "source",
+        "name",
+        "batches",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "loss",
+        "layers",
+        "time_steps",
+        "first_last_ratio",
+        "verdicts",
+    }
     assert data["batches"] == 3 and data["batch_size"] == 16 and data["time_steps"] == []
     assert [l["kind"] for l in data["layers"]] == ["dense", "relu", "dense", "sigmoid", "dense"]
     dense = data["layers"][0]
-    assert set(dense) >= {"index", "name", "kind", "input_grad_norm", "grad_norm", "update_ratio", "params",
-                          "dead_fraction", "saturated_fraction"}
+    assert set(dense) >= {
+        "index",
+        "name",
+        "kind",
+        "input_grad_norm",
+        "grad_norm",
+        "update_ratio",
+        "params",
+        "dead_fraction",
+        "saturated_fraction",
+    }
     assert set(dense["params"]) == {"weight", "bias"}
     w = dense["params"]["weight"]
     assert w["mean"] > 0 and w["std"] >= 0 and 0 < w["update_ratio"] < 1
@@ -100,8 +121,9 @@ def test_rnn_vs_lstm_chart_and_verdicts(write_spec):
 def test_from_a_checkpoint_and_a_training_log(write_spec, tmp_path):
     spec = write_spec(TINY)
     log = tmp_path / "m.jsonl"
-    r = CliRunner().invoke(main, ["train", str(spec), "-q", "-o", str(tmp_path / "t.npz"), "--log", str(log),
-                                  "--log-grad-norms"])
+    r = CliRunner().invoke(
+        main, ["train", str(spec), "-q", "-o", str(tmp_path / "t.npz"), "--log", str(log), "--log-grad-norms"]
+    )
     assert r.exit_code == 0, r.output
     fresh = as_json(spec, "--batches", 2)
     trained = as_json(tmp_path / "t.npz", "--batches", 2, "--log", log)

@@ -5,8 +5,8 @@ Random shapes with odd sizes (1, 7, 33, ...) and both dtypes the kernels promise
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from dlcli import losses
 from dlcli.kernels import dense as KD
 from dlcli.kernels import elementwise as KE
@@ -235,8 +235,10 @@ def test_segment_chunks_never_straddle_segments():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("momentum,nesterov,wd,scale", [(0.0, False, 0.0, 1.0), (0.9, False, 0.0, 0.5),
-                                                        (0.9, True, 1e-2, 1.0), (0.5, False, 0.1, 0.25)])
+@pytest.mark.parametrize(
+    "momentum,nesterov,wd,scale",
+    [(0.0, False, 0.0, 1.0), (0.9, False, 0.0, 0.5), (0.9, True, 1e-2, 1.0), (0.5, False, 0.1, 0.25)],
+)
 def test_sgd_update_kernel(rng, dtype, momentum, nesterov, wd, scale):
     n = 37
     chunks, owner = chunks_for(n)
@@ -262,8 +264,19 @@ def test_adam_update_kernel(rng, dtype, decoupled, wd, scale):
     rp, rm, rv = p.astype(np.float64), np.zeros(n), np.zeros(n)
     for t in range(1, 6):
         g = rand(rng, n, dtype)
-        KE.adam_update(p, g, m, v, *map(dtype, (0.01, 0.9, 0.999, 1e-8, wd)), decoupled,
-                       dtype(1 - 0.9**t), dtype(1 - 0.999**t), dtype(scale), chunks, sumsq)
+        KE.adam_update(
+            p,
+            g,
+            m,
+            v,
+            *map(dtype, (0.01, 0.9, 0.999, 1e-8, wd)),
+            decoupled,
+            dtype(1 - 0.9**t),
+            dtype(1 - 0.999**t),
+            dtype(scale),
+            chunks,
+            sumsq,
+        )
         rp, rm, rv = ref.adam(rp, scale * g.astype(np.float64), rm, rv, 0.01, 0.9, 0.999, 1e-8, wd, decoupled, t)
         check_sumsq(g, chunks, owner, sumsq, dtype)
     np.testing.assert_allclose(p, rp, **tol(dtype))
@@ -284,4 +297,6 @@ def test_rmsprop_update_kernel(rng, dtype, momentum, wd, scale):
         KE.rmsprop_update(p, g, sq, buf, *map(dtype, (0.01, 0.99, 1e-8, wd, momentum, scale)), chunks, sumsq)
         rp, rsq, rbuf = rmsprop_reference(rp, scale * g.astype(np.float64), rsq, rbuf, 0.01, 0.99, 1e-8, wd, momentum)
         check_sumsq(g, chunks, owner, sumsq, dtype)
-    np.testing.assert_allclose(p, rp, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(
+        p, rp, rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-5 if dtype == np.float32 else 1e-10
+    )

@@ -3,8 +3,8 @@ check (float64) of every core layer and loss."""
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from dlcli import losses, spec
 from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
 from dlcli.layers import LAYERS
@@ -179,7 +179,9 @@ def test_final_softmax_is_left_out_of_the_trained_graph(rng):
     assert [layer.kind for layer in m.trained] == ["dense"]
     m2, _ = model_from("data: builtin:spirals\nmodel: {input: [2], layers: [{dense: 3}, softmax]}\nloss: mse")
     assert [layer.kind for layer in m2.trained] == ["dense", "softmax"]
-    m3, _ = model_from("data: builtin:xor\nmodel: {input: [2], layers: [{dense: 1}, sigmoid]}\nloss: binary_cross_entropy")
+    m3, _ = model_from(
+        "data: builtin:xor\nmodel: {input: [2], layers: [{dense: 1}, sigmoid]}\nloss: binary_cross_entropy"
+    )
     assert [layer.kind for layer in m3.trained] == ["dense"]
 
 
@@ -194,9 +196,7 @@ def test_params_and_grads_are_views_of_the_flat_buffers(rng):
     m.backward(dout)
     assert np.all(m.grads_flat != 0)
     # per-layer gradient norms are the norms of the views
-    expected = [
-        np.sqrt(sum(np.sum(g**2) for g in m.layers[i].grads.values())) for i in m.param_layers
-    ]
+    expected = [np.sqrt(sum(np.sum(g**2) for g in m.layers[i].grads.values())) for i in m.param_layers]
     np.testing.assert_allclose(m.layer_grad_norms(), expected, rtol=1e-12)
 
 

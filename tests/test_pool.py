@@ -5,11 +5,11 @@ import itertools
 
 import numpy as np
 import pytest
-
 import reference as ref
+from test_conv import make_layer
+
 from dlcli.errors import ShapeError
 from dlcli.gradcheck import assert_gradients_ok, check_layer
-from test_conv import make_layer
 
 # (input C,H,W, size, stride, batch)
 CASES = [
@@ -56,7 +56,9 @@ def test_maxpool_ties_send_the_gradient_to_one_input():
     assert dx.sum() == 1 and dx[0, 0, 0, 0] == 1
 
 
-@pytest.mark.parametrize("kind,size,stride", list(itertools.product(["maxpool2d", "avgpool2d"], [2, [3, 2]], [None, 1, [2, 1]])))
+@pytest.mark.parametrize(
+    "kind,size,stride", list(itertools.product(["maxpool2d", "avgpool2d"], [2, [3, 2]], [None, 1, [2, 1]]))
+)
 def test_pool2d_gradients(kind, size, stride, rng):
     given = {"size": size} if stride is None else {"size": size, "stride": stride}
     layer = make_layer(kind, (2, 7, 6), **given)

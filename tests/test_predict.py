@@ -192,7 +192,9 @@ def test_top_k(models):
     order = np.argsort(-p, axis=1, kind="stable")
     assert [r[0] for r in rows] == [f"arm{i}" for i in order[:, 0]]
     assert [r[2] for r in rows] == [f"arm{i}" for i in order[:, 1]]
-    np.testing.assert_array_equal(np.array([r[1] for r in rows], float).astype(np.float32), p[np.arange(60), order[:, 0]])
+    np.testing.assert_array_equal(
+        np.array([r[1] for r in rows], float).astype(np.float32), p[np.arange(60), order[:, 0]]
+    )
     ok(invoke("predict", models["spirals"], "x.npy", "--top-k", 3, "-o", "top.npy"))
     a = np.load("top.npy", allow_pickle=False)
     assert a["label"].shape == (60, 3) and a["label"][:, 0].tolist() == [r[0] for r in rows]
@@ -213,7 +215,10 @@ def test_csv_model_names_and_preprocessing_round_trip(models):
     assert np.mean([r[0] == FRUIT[t] for r, t in zip(rows, y)]) > 0.9  # separable data: preprocessing works
     # without the label column, the same predictions
     write_fruit_csv("nolabel.csv", 120, seed=5, label=False)
-    assert ok(invoke("predict", models["fruit"], "nolabel.csv")).stdout == ok(invoke("predict", models["fruit"], "test.csv")).stdout
+    assert (
+        ok(invoke("predict", models["fruit"], "nolabel.csv")).stdout
+        == ok(invoke("predict", models["fruit"], "test.csv")).stdout
+    )
 
 
 def test_regression_gives_raw_outputs(models):
@@ -359,7 +364,10 @@ def _write(name, text):
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: np.save("a.npy", np.zeros((4, 3), np.float32)) or "a.npy", "samples have shape (3,), but model.input is [2]"),
+        (
+            lambda: np.save("a.npy", np.zeros((4, 3), np.float32)) or "a.npy",
+            "samples have shape (3,), but model.input is [2]",
+        ),
         (lambda: np.save("a.npy", np.zeros((4, 2, 2), np.float32)) or "a.npy", "samples have shape (2, 2)"),
         (lambda: np.save("a.npy", np.array(["a", "b"])) or "a.npy", "must be numbers"),
         (lambda: np.savez("a.npz", inputs=np.zeros((4, 2))) or "a.npz", "no array named 'x'"),
@@ -396,11 +404,17 @@ def test_bad_prediction_options(models, args, message):
     [
         (lambda: np.save("a.npy", np.zeros((4, 3), np.float32)) or "a.npy", "evaluate needs labels"),
         (lambda: np.savez("a.npz", x=np.zeros((4, 3), np.float32)) or "a.npz", "no array named 'y'"),
-        (lambda: np.savez("a.npz", x=np.zeros((4, 2)), y=np.zeros(4, int)) or "a.npz", "samples have shape (2,), but model.input is [3]"),
+        (
+            lambda: np.savez("a.npz", x=np.zeros((4, 2)), y=np.zeros(4, int)) or "a.npz",
+            "samples have shape (2,), but model.input is [3]",
+        ),
         (lambda: np.savez("a.npz", x=np.zeros((4, 3)), y=np.zeros(5, int)) or "a.npz", "x has 4 samples but y has 5"),
         (lambda: np.savez("a.npz", x=np.zeros((4, 3)), y=np.full(4, 7)) or "a.npz", "labels run from 7 to 7"),
         (lambda: _write("a.csv", "w,h,d\n1,2,3\n"), "no column named 'kind'"),
-        (lambda: _write("a.csv", "w,h,d,kind\n1,2,3,apple\n1,2,3,kiwi\n"), "label 'kiwi' in column 'kind' is not a class"),
+        (
+            lambda: _write("a.csv", "w,h,d,kind\n1,2,3,apple\n1,2,3,kiwi\n"),
+            "label 'kiwi' in column 'kind' is not a class",
+        ),
         (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "2 feature columns (w, h), but the model takes 3 inputs"),
     ],
 )

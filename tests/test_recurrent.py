@@ -40,8 +40,9 @@ def reference_backward(layer, x, dhs):
     p = {k: v.astype(np.float64) for k, v in layer.params.items()}
     x = x.astype(np.float64)
     if layer.kind == "rnn":
-        gi, gh, gb, dx, n = ref.rnn_backward(x, p["w_input"], p["w_recurrent"], p["bias"], dhs,
-                                             layer.options["activation"])
+        gi, gh, gb, dx, n = ref.rnn_backward(
+            x, p["w_input"], p["w_recurrent"], p["bias"], dhs, layer.options["activation"]
+        )
         return {"w_input": gi, "w_recurrent": gh, "bias": gb}, dx, n
     if layer.kind == "lstm":
         gi, gh, gb, dx, n = ref.lstm_backward(x, p["w_input"], p["w_recurrent"], p["bias"], dhs)
@@ -134,7 +135,9 @@ def test_gradcheck_stacked_model(rng):
     model, loss = _model(
         "    - rnn: {units: 3, return_sequences: true}\n    - lstm: {units: 4, return_sequences: true}\n"
         "    - gru: {units: 3}\n    - dense: 2\n",
-        (4, 2), "mse")
+        (4, 2),
+        "mse",
+    )
     assert model.output_shape == (2,)
     x = rng.standard_normal((2, 4, 2))
     y = rng.standard_normal((2, 2))
@@ -304,11 +307,13 @@ def test_temporal_order_and_sine_next():
         first.append(row[pos[0]])
         second.append(row[pos[1]])
     np.testing.assert_array_equal(g.y, 2 * np.array(first) + np.array(second))
-    s = BUILTIN["sine_next"].generate({"length": 10, "samples": 50, "noise": 0.0, "seq2seq": False},
-                                      np.random.default_rng(0))
+    s = BUILTIN["sine_next"].generate(
+        {"length": 10, "samples": 50, "noise": 0.0, "seq2seq": False}, np.random.default_rng(0)
+    )
     assert s.x.shape == (50, 10, 1) and s.y.shape == (50, 1)
-    s2 = BUILTIN["sine_next"].generate({"length": 10, "samples": 50, "noise": 0.0, "seq2seq": True},
-                                       np.random.default_rng(0))
+    s2 = BUILTIN["sine_next"].generate(
+        {"length": 10, "samples": 50, "noise": 0.0, "seq2seq": True}, np.random.default_rng(0)
+    )
     assert s2.y.shape == (50, 10, 1)
     np.testing.assert_allclose(s2.y[:, :-1, 0], s2.x[:, 1:, 0], atol=1e-6)
     np.testing.assert_allclose(s2.y[:, -1], s.y, atol=1e-6)

@@ -56,14 +56,17 @@ def test_good_spec_parses_with_defaults(write_spec):
 
 
 def test_minimal_spec_and_shorthands(write_spec):
-    s = spec.load(write_spec("data: builtin:moons\nmodel: {input: 2, layers: [dense: 2]}\noptimizer: sgd\n",
-                             name="tiny.yaml"))
+    s = spec.load(
+        write_spec("data: builtin:moons\nmodel: {input: 2, layers: [dense: 2]}\noptimizer: sgd\n", name="tiny.yaml")
+    )
     assert s.name == "tiny" and s.seed == 0
     assert s.data.source == "builtin:moons" and s.data.options == {"samples": 2000, "noise": 0.1}
     assert s.model.input == (2,)
     assert s.optimizer.name == "sgd" and s.optimizer.lr == 0.01 and s.optimizer.schedule.name == "constant"
     assert (s.train.epochs, s.train.batch_size) == (10, 32)
-    s2 = spec.parse("data: builtin:xor\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {name: adam, schedule: cosine}")
+    s2 = spec.parse(
+        "data: builtin:xor\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {name: adam, schedule: cosine}"
+    )
     assert s2.optimizer.schedule.name == "cosine"
 
 
@@ -78,51 +81,109 @@ def error_of(write_spec, text):
     "text,where,fragments",
     [
         # wrong value, the README's own example: line and column of the value
-        ("data: builtin:spirals\nmodel:\n  input: [2]\n  layers:\n    - dense: {units: 4}\n    - relu\n"
-         "    - dense: {units: -4}\n", "7:22", ["model.layers[2].dense.units must be a positive integer, got -4"]),
+        (
+            "data: builtin:spirals\nmodel:\n  input: [2]\n  layers:\n    - dense: {units: 4}\n    - relu\n"
+            "    - dense: {units: -4}\n",
+            "7:22",
+            ["model.layers[2].dense.units must be a positive integer, got -4"],
+        ),
         # wrong type
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\ntrain:\n  epochs: ten\n",
-         "4:11", ["train.epochs must be a positive integer, got 'ten'"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\ntrain:\n  batch_size: 2.5\n",
-         "4:15", ["train.batch_size must be a positive integer, got 2.5"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  nesterov: 1\n",
-         "4:13", ["optimizer.nesterov must be true or false"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {lr: -0.1}\n",
-         "3:17", ["optimizer.lr must be a positive number, got -0.1"]),
-        ("data: {source: builtin:spirals, validation_split: 1.0}\nmodel: {input: [2], layers: [dense: 2]}\n",
-         "1:51", ["data.validation_split must be a number in [0, 1)"]),
-        ("data: builtin:spirals\nmodel: {input: [2, -1], layers: [dense: 2]}\n",
-         "2:16", ["model.input must be a list of positive integers"]),
-        ("seed: -1\ndata: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\n",
-         "1:7", ["seed must be a non-negative integer"]),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\ntrain:\n  epochs: ten\n",
+            "4:11",
+            ["train.epochs must be a positive integer, got 'ten'"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\ntrain:\n  batch_size: 2.5\n",
+            "4:15",
+            ["train.batch_size must be a positive integer, got 2.5"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  nesterov: 1\n",
+            "4:13",
+            ["optimizer.nesterov must be true or false"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {lr: -0.1}\n",
+            "3:17",
+            ["optimizer.lr must be a positive number, got -0.1"],
+        ),
+        (
+            "data: {source: builtin:spirals, validation_split: 1.0}\nmodel: {input: [2], layers: [dense: 2]}\n",
+            "1:51",
+            ["data.validation_split must be a number in [0, 1)"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2, -1], layers: [dense: 2]}\n",
+            "2:16",
+            ["model.input must be a list of positive integers"],
+        ),
+        (
+            "seed: -1\ndata: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\n",
+            "1:7",
+            ["seed must be a non-negative integer"],
+        ),
         # unknown keys, with a hint: the position of the key
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\ntrain:\n  epochs: 3\n  bach_size: 4\n",
-         "5:3", ["unknown field 'train.bach_size'", "did you mean 'batch_size'?"]),
-        ("data: builtin:spirals\nmodel:\n  input: [2]\n  layers:\n    - dense: {unit: 4}\n",
-         "5:15", ["unknown field 'model.layers[0].dense.unit'", "did you mean 'units'?"]),
-        ("data: builtin:spirals\nmodle: {input: [2], layers: [dense: 2]}\n",
-         "2:1", ["unknown field 'modle'", "did you mean 'model'?"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  name: adam\n  beta_1: 0.8\n",
-         "5:3", ["unknown field 'optimizer.beta_1'", "did you mean 'beta1'?"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  schedule: {name: cosine, min_rl: 0}\n",
-         "4:28", ["unknown field 'optimizer.schedule.min_rl'", "did you mean 'min_lr'?"]),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\ntrain:\n  epochs: 3\n  bach_size: 4\n",
+            "5:3",
+            ["unknown field 'train.bach_size'", "did you mean 'batch_size'?"],
+        ),
+        (
+            "data: builtin:spirals\nmodel:\n  input: [2]\n  layers:\n    - dense: {unit: 4}\n",
+            "5:15",
+            ["unknown field 'model.layers[0].dense.unit'", "did you mean 'units'?"],
+        ),
+        (
+            "data: builtin:spirals\nmodle: {input: [2], layers: [dense: 2]}\n",
+            "2:1",
+            ["unknown field 'modle'", "did you mean 'model'?"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  name: adam\n  beta_1: 0.8\n",
+            "5:3",
+            ["unknown field 'optimizer.beta_1'", "did you mean 'beta1'?"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  schedule: {name: cosine, min_rl: 0}\n",
+            "4:28",
+            ["unknown field 'optimizer.schedule.min_rl'", "did you mean 'min_lr'?"],
+        ),
         # unknown names
-        ("data: builtin:spirals\nmodel:\n  input: [2]\n  layers:\n    - dense: 4\n    - rleu\n",
-         "6:7", ["unknown layer type 'rleu'", "did you mean 'relu'?"]),
-        ("data: builtin:sprials\nmodel: {input: [2], layers: [dense: 2]}\n",
-         "1:7", ["names no built-in dataset", "did you mean 'builtin:spirals'?"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\nloss: cross_entropyy\n",
-         "3:7", ["loss must be one of", "did you mean 'cross_entropy'?"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {name: adma}\n",
-         "3:19", ["optimizer.name must be one of sgd, adam, adamw, rmsprop"]),
-        ("data:\n  source: builtin:spirals\n  options: {classes: 3, nosie: 0.1}\nmodel: {input: [2], layers: [dense: 2]}\n",
-         "3:25", ["unknown field 'data.options.nosie'", "did you mean 'noise'?"]),
+        (
+            "data: builtin:spirals\nmodel:\n  input: [2]\n  layers:\n    - dense: 4\n    - rleu\n",
+            "6:7",
+            ["unknown layer type 'rleu'", "did you mean 'relu'?"],
+        ),
+        (
+            "data: builtin:sprials\nmodel: {input: [2], layers: [dense: 2]}\n",
+            "1:7",
+            ["names no built-in dataset", "did you mean 'builtin:spirals'?"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\nloss: cross_entropyy\n",
+            "3:7",
+            ["loss must be one of", "did you mean 'cross_entropy'?"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {name: adma}\n",
+            "3:19",
+            ["optimizer.name must be one of sgd, adam, adamw, rmsprop"],
+        ),
+        (
+            "data:\n  source: builtin:spirals\n  options: {classes: 3, nosie: 0.1}\nmodel: {input: [2], layers: [dense: 2]}\n",
+            "3:25",
+            ["unknown field 'data.options.nosie'", "did you mean 'noise'?"],
+        ),
         # missing pieces
         ("model: {input: [2], layers: [dense: 2]}\n", None, ["needs a 'data' section"]),
         ("data: builtin:spirals\nmodel: {layers: [dense: 2]}\n", "2:8", ["model.input is required"]),
         ("data: builtin:spirals\nmodel: {input: [2], layers: []}\n", "2:29", ["model.layers must be a non-empty list"]),
-        ("data: builtin:spirals\nmodel: {input: [2], layers: [dense: {bias: false}]}\n", "2:37",
-         ["model.layers[0].dense.units is required"]),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: {bias: false}]}\n",
+            "2:37",
+            ["model.layers[0].dense.units is required"],
+        ),
         ("data: data.csv\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["data.label must name the label column"]),
         ("data: x.npy\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["data.targets must name the .npy file"]),
         ("data: data.txt\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["must be builtin:<name> or a .npz"]),

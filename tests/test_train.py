@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from dlcli import checkpoint, optim, run, spec
 from dlcli.errors import CheckpointError
 from dlcli.train import Callback, stop_on_interrupt
@@ -66,8 +66,9 @@ def test_optimizers_match_the_references(rng, dtype, text):
         if s.name == "sgd":
             rp, state[0] = ref.sgd(rp, g64, state[0], s.lr, s.momentum, s.weight_decay, s.nesterov)
         else:
-            rp, state[0], state[1] = ref.adam(rp, g64, state[0], state[1], s.lr, s.beta1, s.beta2, s.eps,
-                                              s.weight_decay, s.name == "adamw", t)
+            rp, state[0], state[1] = ref.adam(
+                rp, g64, state[0], state[1], s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.name == "adamw", t
+            )
     assert opt.step_count == 5
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(p, rp, rtol=tol, atol=tol)
@@ -133,8 +134,11 @@ def test_clip_factor():
 
 
 def test_trainer_clips_before_the_update():
-    s = spec.parse(TINY.format(seed=0, epochs=1, optimizer="{name: sgd, lr: 1.0}").replace(
-        "batch_size: 32}", "batch_size: 32, clip_norm: 0.001}"))
+    s = spec.parse(
+        TINY.format(seed=0, epochs=1, optimizer="{name: sgd, lr: 1.0}").replace(
+            "batch_size: 32}", "batch_size: 32, clip_norm: 0.001}"
+        )
+    )
     model, loss = run.build(s)
     from dlcli import data
     from dlcli.train import Trainer
@@ -186,7 +190,8 @@ def test_training_reduces_the_loss_and_emits_events(tmp_path):
     val_loss, val_acc = trainer.evaluate(trainer.dataset.x_val, trainer.dataset.y_val)
     assert val_loss == pytest.approx(last.val_loss) and val_acc == pytest.approx(last.val_acc)
     assert 0 <= last.val_acc <= 1 and last.val_acc == pytest.approx(
-        np.mean(trainer.model.predict_raw(trainer.dataset.x_val).argmax(1) == trainer.dataset.y_val))
+        np.mean(trainer.model.predict_raw(trainer.dataset.x_val).argmax(1) == trainer.dataset.y_val)
+    )
 
 
 def test_a_seed_gives_the_same_result_twice(tmp_path):
@@ -198,7 +203,9 @@ def test_a_seed_gives_the_same_result_twice(tmp_path):
 
 
 def test_dropout_runs_repeat_with_a_seed(tmp_path):
-    text = TINY.format(seed=1, epochs=2, optimizer="adam").replace("relu, {dense: 8}", "relu, {dropout: 0.3}, {dense: 8}")
+    text = TINY.format(seed=1, epochs=2, optimizer="adam").replace(
+        "relu, {dense: 8}", "relu, {dropout: 0.3}, {dense: 8}"
+    )
     runs = [run.train(spec.parse(text), output=tmp_path / f"{i}.npz")[2] for i in range(2)]
     np.testing.assert_array_equal(runs[0].model.params_flat, runs[1].model.params_flat)
 

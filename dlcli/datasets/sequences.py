@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..spec import Opt, int_at_least, boolean, non_negative_float, positive_int
+from ..spec import Opt, boolean, int_at_least, non_negative_float, positive_int
 from .tabular import Generated
 
 
@@ -31,8 +31,12 @@ class Adding:
         markers[rows, second] = 1
         x = np.stack([values, markers], axis=2)
         y = (values[rows, first] + values[rows, second]).reshape(n, 1)
-        return Generated(x.astype(np.float32), y.astype(np.float32), [],
-                         f"adding problem, T={T}, {n} sequences (constant-1 baseline MSE 0.167)")
+        return Generated(
+            x.astype(np.float32),
+            y.astype(np.float32),
+            [],
+            f"adding problem, T={T}, {n} sequences (constant-1 baseline MSE 0.167)",
+        )
 
 
 class TemporalOrder:
@@ -62,8 +66,12 @@ class TemporalOrder:
         sym[rows, p2] = b
         x = np.eye(6)[sym] + rng.standard_normal((n, T, 6)) * o["noise"]
         y = 2 * a + b
-        return Generated(x.astype(np.float32), y.astype(np.int64), list(TemporalOrder.CLASSES),
-                         f"temporal order, T={T}, {n} sequences, 4 classes")
+        return Generated(
+            x.astype(np.float32),
+            y.astype(np.int64),
+            list(TemporalOrder.CLASSES),
+            f"temporal order, T={T}, {n} sequences, 4 classes",
+        )
 
 
 class SineNext:
@@ -89,5 +97,4 @@ class SineNext:
         clean = np.sin(w * t + phase)
         x = (clean[:, :T] + rng.standard_normal((n, T)) * o["noise"])[:, :, None]
         y = clean[:, 1:, None] if o["seq2seq"] else clean[:, T:]
-        return Generated(x.astype(np.float32), y.astype(np.float32), [],
-                         f"noisy sine next value, T={T}, {n} sequences")
+        return Generated(x.astype(np.float32), y.astype(np.float32), [], f"noisy sine next value, T={T}, {n} sequences")

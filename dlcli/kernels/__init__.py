@@ -5,7 +5,6 @@ use, so `dlcli --help` compiles nothing. Every kernel works for float32 and floa
 and has a plain-NumPy twin in `tests/reference.py`.
 """
 
-
 # Options for kernels whose loops should vectorise: Numba's default error model checks
 # every division for zero, which blocks LLVM's vectoriser, and strict IEEE order forbids
 # vectorising a reduction. We keep NaN/Inf semantics (no 'nnan'/'ninf'), so non-finite

@@ -34,11 +34,6 @@ def column_sums(a, out):
     _sum_rows(partial, out)
 
 
-
-
-
-
-
 @njit(parallel=True, **FAST)
 def relu_mask_column_sums(y, dy, out):
     """dy *= (y > 0), then out = column sums of dy: the backward of a fused dense+ReLU

@@ -55,8 +55,17 @@ SHARD = dict(FAST, nogil=True)
 # lanes per vector instruction. float64 inputs still compute in float64. Every kernel here
 # uses error_model="numpy": with Numba's default ("python") a float division carries a
 # ZeroDivisionError check that stops LLVM from vectorising the loop (measured: 10x slower).
-_P0, _P1, _P2, _P3 = np.float32(0.9999999973184098), np.float32(0.1309073509190021), np.float32(0.0031114640765683623), np.float32(1.123282316882116e-05)
-_P4, _P5, _P6 = np.float32(-2.0544165387458564e-08), np.float32(5.431962247112973e-11), np.float32(-8.885725876705905e-14)
+_P0, _P1, _P2, _P3 = (
+    np.float32(0.9999999973184098),
+    np.float32(0.1309073509190021),
+    np.float32(0.0031114640765683623),
+    np.float32(1.123282316882116e-05),
+)
+_P4, _P5, _P6 = (
+    np.float32(-2.0544165387458564e-08),
+    np.float32(5.431962247112973e-11),
+    np.float32(-8.885725876705905e-14),
+)
 _Q1, _Q2, _Q3 = np.float32(0.464240640838599), np.float32(0.02452508616598348), np.float32(0.00025570758472700746)
 _ZERO, _ONE, _HALF, _CLAMP = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(9.0)
 

@@ -3,8 +3,8 @@
 from .activations import Dropout, ReLU, Sigmoid, Softmax, Tanh
 from .conv import Conv1D, Conv2D
 from .dense import Dense
-from .recurrent import GRU, LSTM, RNN
 from .pool import AvgPool1D, AvgPool2D, GlobalAvgPool, MaxPool1D, MaxPool2D
+from .recurrent import GRU, LSTM, RNN
 from .shape import Flatten
 
 LAYERS = {

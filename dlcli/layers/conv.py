@@ -85,7 +85,13 @@ class _Conv(Layer):
         cin, cout = input_shape[0], o["filters"]
         # Internally every sample is (C, H, W); conv1d has H = 1.
         if nd == 1:
-            self.k2, self.s2, self.d2, self.p2, self.o2 = (1,) + kernel, (1,) + stride, (1,) + dilation, (0,) + tuple(pads), (1,) + tuple(outs)
+            self.k2, self.s2, self.d2, self.p2, self.o2 = (
+                (1,) + kernel,
+                (1,) + stride,
+                (1,) + dilation,
+                (0,) + tuple(pads),
+                (1,) + tuple(outs),
+            )
             self.in2 = (cin, 1, input_shape[1])
         else:
             self.k2, self.s2, self.d2, self.p2, self.o2 = kernel, stride, dilation, tuple(pads), tuple(outs)

@@ -211,7 +211,8 @@ class LSTM(_Recurrent):
         dh = self._work("dh", (B, H))
         dc = self._work("dc", (B, H))
         self._run_shards(
-            lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi))
+            lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi)
+        )
         self.gates = None  # no longer the activations
         return gates, gates
 
@@ -246,7 +247,8 @@ class GRU(_Recurrent):
         dah = self._work("dah", (T, B, 3 * H))
         dh = self._work("dh", (B, H))
         direct = self._work("direct", (B, H))
-        self._run_shards(lambda k, lo, hi: K.gru_seq_backward(
-            dh_out, seq, w, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi))
+        self._run_shards(
+            lambda k, lo, hi: K.gru_seq_backward(dh_out, seq, w, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi)
+        )
         self.gates = None
         return gates, dah
