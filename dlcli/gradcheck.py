@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import DlcliError
+from .options import REQUIRED
 
 DEFAULT_EPS = 1e-6
 # An entry passes when its absolute error |a - n| <= atol or its relative error
@@ -355,7 +356,6 @@ def example_layer(kind, dtype=np.float64, seed=0):
     """A built layer of this kind from its EXAMPLE, and the example's one-sample input shape."""
     from .layers import LAYERS
     from .model import Model
-    from .spec import REQUIRED
 
     if kind not in LAYERS:
         raise UsageError(f"unknown layer type '{kind}'; known: {', '.join(LAYERS)}")

@@ -9,134 +9,28 @@ positive integer, got -4`. Loading a spec imports neither Numba nor any kernel (
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from .datasets import BUILTIN
 from .errors import SpecError
-
-REQUIRED = object()
-
-
-# ---------------------------------------------------------------- option parsers
-# Each parser returns the normalised value or raises ValueError with what is allowed.
-
-
-def positive_int(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError("must be a positive integer")
-    return v
-
-
-def int_at_least(minimum):
-    """An integer >= minimum (sizes a generator cannot go below)."""
-
-    def parse(v):
-        v = positive_int(v)
-        if v < minimum:
-            raise ValueError(f"must be an integer >= {minimum}")
-        return v
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-def non_negative_int(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError("must be a non-negative integer")
-    return v
-
-
-def number(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError("must be a number")
-    return float(v)
-
-
-def positive_float(v):
-    if number(v) <= 0:
-        raise ValueError("must be a positive number")
-    return float(v)
-
-
-def non_negative_float(v):
-    if number(v) < 0:
-        raise ValueError("must be a non-negative number")
-    return float(v)
-
-
-def fraction(v):
-    """A probability-like number in [0, 1)."""
-    if not 0.0 <= number(v) < 1.0:
-        raise ValueError("must be a number in [0, 1)")
-    return float(v)
-
-
-def boolean(v):
-    if not isinstance(v, bool):
-        raise ValueError("must be true or false")
-    return v
-
-
-def text(v):
-    if not isinstance(v, str) or not v:
-        raise ValueError("must be a non-empty string")
-    return v
-
-
-def optional(parser):
-    def parse(v):
-        return None if v is None else parser(v)
-
-    parse.__name__ = parser.__name__
-    return parse
-
-
-def choice(*allowed):
-    def parse(v):
-        if v not in allowed:
-            raise ValueError("must be one of " + ", ".join(map(str, allowed)))
-        return v
-
-    return parse
-
-
-def int_tuple(n, minimum=1):
-    """An int (repeated n times) or a list of n ints, each >= minimum: kernel sizes, strides."""
-
-    def parse(v):
-        values = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
-        if (
-            not isinstance(values, list)
-            or len(values) != n
-            or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in values)
-        ):
-            what = "an integer" if n == 1 else f"an integer or a list of {n} integers"
-            raise ValueError(f"must be {what} >= {minimum}")
-        return tuple(values)
-
-    return parse
-
-
-def shape(v):
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v):
-        raise ValueError("must be a list of positive integers, e.g. [1, 28, 28]")
-    return tuple(v)
-
-
-@dataclass(frozen=True)
-class Opt:
-    """One option of a layer, dataset or section: how to parse it and its default."""
-
-    parse: Callable[[Any], Any]
-    default: Any = REQUIRED
-    help: str = ""
-
+from .layers import LAYERS
+from .options import (
+    REQUIRED,
+    Opt,
+    boolean,
+    choice,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    optional,
+    positive_float,
+    positive_int,
+    shape,
+    text,
+)
 
 # ---------------------------------------------------------------- dataclasses
 
@@ -426,8 +320,6 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
 
 
 def _check_data(reader, data: DataSpec):
-    from .datasets import BUILTIN  # pure Python registry: names and option tables
-
     if data.builtin is not None:
         if data.builtin not in BUILTIN:
             hint = difflib.get_close_matches(data.builtin, list(BUILTIN), n=1)
@@ -456,8 +348,6 @@ def _check_data(reader, data: DataSpec):
 
 
 def _parse_model(reader, model_map):
-    from .layers import LAYERS  # layer classes import kernels lazily, so this stays cheap
-
     if not isinstance(model_map, dict):
         raise reader.field_error(("model",), "must be a mapping with 'input' and 'layers'", model_map)
     for key in model_map:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..spec import Opt, boolean, int_at_least, non_negative_float, positive_int
+from ..options import Opt, boolean, int_at_least, non_negative_float, positive_int
 from .tabular import Generated
 
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..spec import Opt, fraction, non_negative_float, positive_int
+from ..options import Opt, fraction, non_negative_float, positive_int
 
 
 @dataclass

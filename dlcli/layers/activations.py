@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..spec import Opt, fraction
+from ..options import Opt, fraction
 from .base import Layer
 
 

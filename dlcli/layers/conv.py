@@ -14,7 +14,7 @@ goes through SciPy's separately bundled OpenBLAS.
 import numpy as np
 
 from ..errors import ShapeError
-from ..spec import Opt, boolean, choice, int_tuple, positive_int
+from ..options import Opt, boolean, choice, int_tuple, positive_int
 from .base import INITS, Layer, initialise
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..spec import Opt, boolean, choice, positive_int
+from ..options import Opt, boolean, choice, positive_int
 from .base import INITS, Layer, initialise
 
 

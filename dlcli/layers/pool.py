@@ -5,7 +5,7 @@ floor output size) and global_avgpool ((C, H, W) or (C, L) -> (C,)). 1-D pooling
 import numpy as np
 
 from ..errors import ShapeError
-from ..spec import Opt, int_tuple
+from ..options import Opt, int_tuple
 from .base import Layer
 
 

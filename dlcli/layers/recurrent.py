@@ -16,7 +16,7 @@ at t plus from step t+1). When False nothing extra is computed.
 import numpy as np
 
 from .. import runtime
-from ..spec import REQUIRED, Opt, boolean, choice, positive_int
+from ..options import REQUIRED, Opt, boolean, choice, positive_int
 from .base import Layer, glorot_uniform
 
 
