@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import DlcliError
-from .options import REQUIRED
+from .options import MISSING, UNKNOWN, OptionError, parse_options
 
 DEFAULT_EPS = 1e-6
 # An entry passes when its absolute error |a - n| <= atol or its relative error
@@ -363,17 +363,17 @@ def example_layer(kind, dtype=np.float64, seed=0):
     example = getattr(cls, "EXAMPLE", None)
     if not example or "input" not in example:
         raise UsageError(f"layer type '{kind}' has no EXAMPLE (options and input shape) to check")
-    given = dict(example.get("options", {}))
-    options = {}
-    for key, opt in cls.OPTIONS.items():
-        if key in given:
-            options[key] = given.pop(key) if opt.parse is dict else opt.parse(given.pop(key))
-        elif opt.default is REQUIRED:
-            raise UsageError(f"layer type '{kind}': its EXAMPLE lacks the required option '{key}'")
-        else:
-            options[key] = opt.default
-    if given:
-        raise UsageError(f"layer type '{kind}': its EXAMPLE has unknown options {sorted(given)}")
+    given = example.get("options", {})
+    try:
+        options = parse_options(cls.OPTIONS, given)
+    except OptionError as e:
+        if e.problem is UNKNOWN:
+            raise UsageError(
+                f"layer type '{kind}': its EXAMPLE has unknown options {sorted(set(given) - set(cls.OPTIONS))}"
+            ) from None
+        if e.problem is MISSING:
+            raise UsageError(f"layer type '{kind}': its EXAMPLE lacks the required option '{e.key}'") from None
+        raise UsageError(f"layer type '{kind}': its EXAMPLE's {e.key} {e.problem}, got {e.value!r}") from None
     layer = cls(dtype=dtype, rng=np.random.default_rng([seed, 0]), name=kind, **options)
     Model([layer], example["input"], dtype=dtype, loss=None, fuse=False)  # builds; flat buffers
     return layer, tuple(example["input"])

@@ -10,12 +10,19 @@ import math
 
 import numpy as np
 
+from .options import Opt, boolean, fraction, non_negative_float, non_negative_int, positive_float, positive_int
+
 
 class Optimizer:
+    """Every optimizer has `name` and `lr` (the spec's own fields); OPTIONS are the rest,
+    validated like a layer's: an option the chosen optimizer does not use is an error."""
+
+    OPTIONS: dict = {"weight_decay": Opt(non_negative_float, 0.0, "L2 (adamw: decoupled)")}
     state_names: tuple = ()
 
     def __init__(self, spec, n, dtype, offsets=None):
         self.spec = spec
+        self.options = spec.options
         self.step_count = 0
         self.state = {name: np.zeros(n, dtype) for name in self.state_names}
         offsets = np.asarray(offsets if offsets is not None else [0, n], dtype=np.int64)
@@ -45,20 +52,21 @@ class Optimizer:
 class SGD(Optimizer):
     """SGD with momentum, Nesterov momentum and L2 weight decay (PyTorch's semantics)."""
 
+    OPTIONS = {**Optimizer.OPTIONS, "momentum": Opt(fraction, 0.0), "nesterov": Opt(boolean, False)}
     state_names = ("velocity",)
 
     def _update(self, p, g, t, lr, scale):
         from .kernels.elementwise import sgd_update
 
-        s = self.spec
+        o = self.options
         sgd_update(
             p,
             g,
             self.state["velocity"],
             t(lr),
-            t(s.momentum),
-            t(s.weight_decay),
-            s.nesterov,
+            t(o["momentum"]),
+            t(o["weight_decay"]),
+            o["nesterov"],
             t(scale),
             self.chunks,
             self.chunk_sumsq,
@@ -68,24 +76,30 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam with bias correction; `adamw` decouples the weight decay (Loshchilov & Hutter)."""
 
+    OPTIONS = {
+        **Optimizer.OPTIONS,
+        "beta1": Opt(fraction, 0.9),
+        "beta2": Opt(fraction, 0.999),
+        "eps": Opt(positive_float, 1e-8),
+    }
     state_names = ("m", "v")
     decoupled = False
 
     def _update(self, p, g, t, lr, scale):
         from .kernels.elementwise import adam_update
 
-        s = self.spec
-        c1, c2 = 1 - s.beta1**self.step_count, 1 - s.beta2**self.step_count
+        o = self.options
+        c1, c2 = 1 - o["beta1"] ** self.step_count, 1 - o["beta2"] ** self.step_count
         adam_update(
             p,
             g,
             self.state["m"],
             self.state["v"],
             t(lr),
-            t(s.beta1),
-            t(s.beta2),
-            t(s.eps),
-            t(s.weight_decay),
+            t(o["beta1"]),
+            t(o["beta2"]),
+            t(o["eps"]),
+            t(o["weight_decay"]),
             self.decoupled,
             t(c1),
             t(c2),
@@ -102,22 +116,28 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     """RMSprop; `beta2` is the smoothing constant of the squared-gradient average."""
 
+    OPTIONS = {
+        **Optimizer.OPTIONS,
+        "momentum": Opt(fraction, 0.0),
+        "beta2": Opt(fraction, 0.999, "smoothing of the squared-gradient average"),
+        "eps": Opt(positive_float, 1e-8),
+    }
     state_names = ("square_avg", "velocity")
 
     def _update(self, p, g, t, lr, scale):
         from .kernels.elementwise import rmsprop_update
 
-        s = self.spec
+        o = self.options
         rmsprop_update(
             p,
             g,
             self.state["square_avg"],
             self.state["velocity"],
             t(lr),
-            t(s.beta2),
-            t(s.eps),
-            t(s.weight_decay),
-            t(s.momentum),
+            t(o["beta2"]),
+            t(o["eps"]),
+            t(o["weight_decay"]),
+            t(o["momentum"]),
             t(scale),
             self.chunks,
             self.chunk_sumsq,
@@ -148,20 +168,57 @@ def for_model(spec, model) -> Optimizer:
     return make(spec, model.n_params(), model.dtype, model.layer_offsets)
 
 
+class Schedule:
+    """The learning rate by (fractional) epoch. Every schedule has an optional linear
+    warm-up from 0; OPTIONS are its own, validated like a layer's."""
+
+    OPTIONS: dict = {"warmup_epochs": Opt(non_negative_int, 0, "linear warm-up from 0")}
+
+    def __init__(self, options):
+        self.options = options
+
+    def __call__(self, base, epoch_progress, total_epochs):
+        warmup = self.options["warmup_epochs"]
+        if warmup and epoch_progress < warmup:
+            return base * (epoch_progress + 1e-9) / warmup
+        return self.after_warmup(base, epoch_progress, total_epochs)
+
+    def after_warmup(self, base, epoch_progress, total_epochs):
+        return base
+
+
+class Step(Schedule):
+    """Multiply by `gamma` every `step_size` epochs."""
+
+    OPTIONS = {
+        **Schedule.OPTIONS,
+        "step_size": Opt(positive_int, 10, "epochs between decays"),
+        "gamma": Opt(positive_float, 0.1, "decay factor"),
+    }
+
+    def after_warmup(self, base, epoch_progress, total_epochs):
+        o = self.options
+        return base * o["gamma"] ** int(epoch_progress // o["step_size"])
+
+
+class Cosine(Schedule):
+    """Half a cosine from `lr` down to `min_lr` over the epochs after the warm-up."""
+
+    OPTIONS = {**Schedule.OPTIONS, "min_lr": Opt(non_negative_float, 0.0, "final learning rate")}
+
+    def after_warmup(self, base, epoch_progress, total_epochs):
+        warmup, min_lr = self.options["warmup_epochs"], self.options["min_lr"]
+        span = max(total_epochs - warmup, 1e-9)
+        t = min(max(epoch_progress - warmup, 0.0) / span, 1.0)
+        return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t))
+
+
+SCHEDULES = {"constant": Schedule, "step": Step, "cosine": Cosine}
+
+
 def learning_rate(spec, epoch_progress: float, total_epochs: int) -> float:
-    """The scheduled learning rate at a (fractional) epoch: constant, step or cosine,
-    after an optional linear warm-up."""
-    sched = spec.schedule
-    base = spec.lr
-    if sched.warmup_epochs and epoch_progress < sched.warmup_epochs:
-        return base * (epoch_progress + 1e-9) / sched.warmup_epochs
-    if sched.name == "step":
-        return base * sched.gamma ** int(epoch_progress // sched.step_size)
-    if sched.name == "cosine":
-        span = max(total_epochs - sched.warmup_epochs, 1e-9)
-        t = min(max(epoch_progress - sched.warmup_epochs, 0.0) / span, 1.0)
-        return sched.min_lr + 0.5 * (base - sched.min_lr) * (1 + math.cos(math.pi * t))
-    return base
+    """The scheduled learning rate at a (fractional) epoch of the optimizer `spec`."""
+    return SCHEDULES[spec.schedule.name](spec.schedule.options)(spec.lr, epoch_progress, total_epochs)
 
 
 def clip_factor(norm, max_norm):

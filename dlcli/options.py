@@ -7,6 +7,7 @@ imports nothing of dlcli, so every option table can import it without a cycle.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,12 @@ def text(v):
     return v
 
 
+def mapping(v):
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping")
+    return v
+
+
 def optional(parser):
     def parse(v):
         return None if v is None else parser(v)
@@ -125,3 +132,46 @@ class Opt:
     parse: Callable[[Any], Any]
     default: Any = REQUIRED
     help: str = ""
+
+
+UNKNOWN, MISSING = "unknown", "missing"
+
+
+class OptionError(ValueError):
+    """One option that does not fit its table: `problem` is UNKNOWN (a key the table lacks),
+    MISSING (a required option not given) or the parser's message about `value`."""
+
+    def __init__(self, key, problem, value=None):
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem, self.value = key, problem, value
+
+
+def parse_options(table, given):
+    """Every option of `table`, parsed from `given` or else its default. The one place
+    defaults are applied; raises OptionError for the first key that does not fit."""
+    for key in given:
+        if key not in table:
+            raise OptionError(key, UNKNOWN)
+    out = {}
+    for key, opt in table.items():
+        if key in given:
+            try:
+                out[key] = opt.parse(given[key])
+            except ValueError as e:
+                raise OptionError(key, str(e), given[key]) from None
+        elif opt.default is REQUIRED:
+            raise OptionError(key, MISSING)
+        else:
+            out[key] = opt.default
+    return out
+
+
+def defaults(table):
+    """The options of `table` that have a default, set to it."""
+    return {key: opt.default for key, opt in table.items() if opt.default is not REQUIRED}
+
+
+def did_you_mean(word, choices, prefix=""):
+    """The hint " (did you mean 'x'?)" for the closest of `choices`; empty when none is close."""
+    hint = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""

@@ -8,7 +8,6 @@ positive integer, got -4`. Loading a spec imports neither Numba nor any kernel (
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,15 +16,21 @@ import yaml
 from .datasets import BUILTIN
 from .errors import SpecError
 from .layers import LAYERS
+from .losses import LOSSES
+from .optim import OPTIMIZERS, SCHEDULES
 from .options import (
+    MISSING,
     REQUIRED,
+    UNKNOWN,
     Opt,
+    OptionError,
     boolean,
     choice,
+    did_you_mean,
     fraction,
-    non_negative_float,
-    non_negative_int,
+    mapping,
     optional,
+    parse_options,
     positive_float,
     positive_int,
     shape,
@@ -69,24 +74,20 @@ class ModelSpec:
 
 @dataclass
 class ScheduleSpec:
-    name: str = "constant"
-    step_size: int = 10
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    warmup_epochs: int = 0
+    """`options` come from the table of the schedule class `name` (optim.SCHEDULES)."""
+
+    name: str
+    options: dict
 
 
 @dataclass
 class OptimizerSpec:
-    name: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    """`options` come from the table of the optimizer class `name` (optim.OPTIMIZERS)."""
+
+    name: str
+    lr: float
+    options: dict
+    schedule: ScheduleSpec
 
 
 @dataclass
@@ -111,27 +112,9 @@ class Spec:
     text: str = ""
 
 
-LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "step", "cosine")
-
-OPTIMIZER_OPTIONS = {
-    "name": Opt(choice(*OPTIMIZERS), "sgd"),
-    "lr": Opt(positive_float, 0.01),
-    "momentum": Opt(fraction, 0.0),
-    "nesterov": Opt(boolean, False),
-    "weight_decay": Opt(non_negative_float, 0.0),
-    "beta1": Opt(fraction, 0.9),
-    "beta2": Opt(fraction, 0.999),
-    "eps": Opt(positive_float, 1e-8),
-}
-SCHEDULE_OPTIONS = {
-    "name": Opt(choice(*SCHEDULES), "constant"),
-    "step_size": Opt(positive_int, 10, "epochs between decays (step)"),
-    "gamma": Opt(positive_float, 0.1, "decay factor (step)"),
-    "min_lr": Opt(non_negative_float, 0.0, "final learning rate (cosine)"),
-    "warmup_epochs": Opt(non_negative_int, 0, "linear warm-up from 0"),
-}
+# Every optimizer has a name and a learning rate; the rest is in its class's OPTIONS.
+OPTIMIZER_OPTIONS = {"name": Opt(choice(*OPTIMIZERS), "sgd"), "lr": Opt(positive_float, 0.01)}
+SCHEDULE_OPTIONS = {"name": Opt(choice(*SCHEDULES), "constant")}
 TRAIN_OPTIONS = {
     "epochs": Opt(positive_int, 10),
     "batch_size": Opt(positive_int, 32),
@@ -141,7 +124,7 @@ TRAIN_OPTIONS = {
 }
 DATA_OPTIONS = {
     "source": Opt(text, REQUIRED),
-    "options": Opt(dict, {}),
+    "options": Opt(mapping, {}),
     "validation_split": Opt(fraction, 0.2),
     "shuffle": Opt(boolean, True),
     "standardize": Opt(boolean, False),
@@ -207,11 +190,9 @@ class SpecReader:
         return self.error(path, f"{path_name(path)} {problem}, got {value!r}")
 
     def unknown_key(self, path, key, allowed):
-        hint = difflib.get_close_matches(str(key), list(allowed), n=1)
-        did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
         return self.error(
             path + (key,),
-            f"unknown field '{path_name(path + (key,))}'{did_you_mean}; allowed: {', '.join(allowed)}",
+            f"unknown field '{path_name(path + (key,))}'{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}",
             key=True,
         )
 
@@ -221,27 +202,25 @@ class SpecReader:
             mapping = {}
         if not isinstance(mapping, dict):
             raise self.field_error(path, "must be a mapping of options", mapping)
-        for key in mapping:
-            if key not in table:
-                raise self.unknown_key(path, key, table)
-        out = {}
-        for key, opt in table.items():
-            if key in mapping:
-                value = mapping[key]
-                if opt.parse is dict:
-                    if not isinstance(value, dict):
-                        raise self.field_error(path + (key,), "must be a mapping", value)
-                    out[key] = value
-                    continue
-                try:
-                    out[key] = opt.parse(value)
-                except ValueError as e:
-                    raise self.field_error(path + (key,), str(e), value) from None
-            elif opt.default is REQUIRED:
-                raise self.error(path, f"{path_name(path + (key,))} is required")
-            else:
-                out[key] = opt.default
-        return out
+        try:
+            return parse_options(table, mapping)
+        except OptionError as e:
+            if e.problem is UNKNOWN:
+                raise self.unknown_key(path, e.key, table) from None
+            if e.problem is MISSING:
+                raise self.error(path, f"{path_name(path + (e.key,))} is required") from None
+            raise self.field_error(path + (e.key,), e.problem, e.value) from None
+
+    def named_options(self, path, mapping, common, registry):
+        """A section whose `name` picks a class of `registry` (an optimizer, a schedule):
+        `common` plus that class's OPTIONS; returns (name, options without the common ones)."""
+        if mapping is None:
+            mapping = {}
+        if not isinstance(mapping, dict):
+            raise self.field_error(path, "must be a mapping of options", mapping)
+        name = self.options(path, {"name": mapping["name"]} if "name" in mapping else {}, {"name": common["name"]})
+        values = self.options(path, mapping, {**common, **registry[name["name"]].OPTIONS})
+        return values.pop("name"), values
 
 
 # ---------------------------------------------------------------- the spec
@@ -294,40 +273,36 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
 
     loss = doc.get("loss", "cross_entropy")
     if loss not in LOSSES:
-        hint = difflib.get_close_matches(str(loss), LOSSES, n=1)
-        raise reader.field_error(
-            ("loss",),
-            "must be one of " + ", ".join(LOSSES) + (f" (did you mean '{hint[0]}'?)" if hint else ""),
-            loss,
-        )
+        raise reader.field_error(("loss",), "must be one of " + ", ".join(LOSSES) + did_you_mean(loss, LOSSES), loss)
 
-    opt_map = doc.get("optimizer") or {}
+    optimizer = _parse_optimizer(reader, doc.get("optimizer") or {})
+    train = TrainSpec(**reader.options(("train",), doc.get("train") or {}, TRAIN_OPTIONS))
+    return Spec(name, seed, data, model, loss, optimizer, train, file, text_)
+
+
+def _parse_optimizer(reader, opt_map):
     if isinstance(opt_map, str):
         opt_map = {"name": opt_map}
     if not isinstance(opt_map, dict):
         raise reader.field_error(("optimizer",), "must be a mapping or an optimizer name", opt_map)
-    schedule_map = opt_map.get("schedule", {}) if isinstance(opt_map, dict) else {}
+    schedule_map = opt_map.get("schedule", {})
     if isinstance(schedule_map, str):
         schedule_map = {"name": schedule_map}
-    opt_values = reader.options(
-        ("optimizer",), {k: v for k, v in opt_map.items() if k != "schedule"}, OPTIMIZER_OPTIONS
-    )
-    schedule = ScheduleSpec(**reader.options(("optimizer", "schedule"), schedule_map, SCHEDULE_OPTIONS))
-    optimizer = OptimizerSpec(**opt_values, schedule=schedule)
-
-    train = TrainSpec(**reader.options(("train",), doc.get("train") or {}, TRAIN_OPTIONS))
-    return Spec(name, seed, data, model, loss, optimizer, train, file, text_)
+    opt_map = {k: v for k, v in opt_map.items() if k != "schedule"}
+    name, options = reader.named_options(("optimizer",), opt_map, OPTIMIZER_OPTIONS, OPTIMIZERS)
+    lr = options.pop("lr")
+    schedule = ScheduleSpec(*reader.named_options(("optimizer", "schedule"), schedule_map, SCHEDULE_OPTIONS, SCHEDULES))
+    return OptimizerSpec(name, lr, options, schedule)
 
 
 def _check_data(reader, data: DataSpec):
     if data.builtin is not None:
         if data.builtin not in BUILTIN:
-            hint = difflib.get_close_matches(data.builtin, list(BUILTIN), n=1)
             raise reader.field_error(
                 ("data", "source"),
                 "names no built-in dataset; built-in: "
                 + ", ".join("builtin:" + n for n in BUILTIN)
-                + (f" (did you mean 'builtin:{hint[0]}'?)" if hint else ""),
+                + did_you_mean(data.builtin, BUILTIN, prefix="builtin:"),
                 data.source,
             )
         data.options = reader.options(("data", "options"), data.options, BUILTIN[data.builtin].OPTIONS)
@@ -374,13 +349,9 @@ def _parse_model(reader, model_map):
                 path, "must be a layer name (e.g. relu) or a one-key mapping (e.g. dense: {units: 64})", item
             )
         if kind not in LAYERS:
-            hint = difflib.get_close_matches(str(kind), list(LAYERS), n=1)
             raise reader.error(
                 path,
-                f"{path_name(path)}: unknown layer type '{kind}'"
-                + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                + "; known: "
-                + ", ".join(LAYERS),
+                f"{path_name(path)}: unknown layer type '{kind}'{did_you_mean(kind, LAYERS)}; known: {', '.join(LAYERS)}",
             )
         cls = LAYERS[kind]
         if options is not None and not isinstance(options, dict):

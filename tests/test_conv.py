@@ -11,12 +11,13 @@ from dlcli.errors import ShapeError
 from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
 from dlcli.layers import LAYERS
 from dlcli.model import Model
+from dlcli.options import parse_options
 
 
 def make_layer(kind, input_shape, dtype=np.float64, seed=0, fuse_relu=False, **given):
     """A built layer (options parsed as the spec loader parses them), in a one-layer model."""
     cls = LAYERS[kind]
-    options = {k: (opt.parse(given[k]) if k in given else opt.default) for k, opt in cls.OPTIONS.items()}
+    options = parse_options(cls.OPTIONS, given)
     layer = cls(dtype=dtype, rng=np.random.default_rng(seed), name=f"test {kind}", **options)
     Model([layer], input_shape, dtype=dtype, fuse=False)
     layer.fuse_relu = fuse_relu
@@ -295,10 +296,7 @@ def test_he_init_before_relu_and_glorot_otherwise():
     limit = np.sqrt(6 / (4 * 9 + 64 * 9))
     assert np.abs(a.params["weight"]).max() <= limit
     cls = LAYERS["conv2d"]
-    opts = {
-        k: (opt.parse(v) if (v := {"filters": 64, "kernel": 3}.get(k)) is not None else opt.default)
-        for k, opt in cls.OPTIONS.items()
-    }
+    opts = parse_options(cls.OPTIONS, {"filters": 64, "kernel": 3})
     he = cls(dtype=np.float64, rng=np.random.default_rng(0), **opts)
     Model([he, LAYERS["relu"](dtype=np.float64)], (4, 9, 9), dtype=np.float64)
     assert abs(he.params["weight"].std() - np.sqrt(2 / 36)) < 0.02

@@ -3,11 +3,12 @@
 import numpy as np
 
 from dlcli.datasets import BUILTIN
+from dlcli.options import parse_options
 
 
 def _gen(name, seed=0, **options):
     cls = BUILTIN[name]
-    o = {k: options.get(k, opt.default) for k, opt in cls.OPTIONS.items()}
+    o = parse_options(cls.OPTIONS, options)
     return cls.generate(o, np.random.default_rng(seed))
 
 

@@ -9,13 +9,14 @@ from dlcli import losses, spec
 from dlcli.gradcheck import assert_gradients_ok, check_layer, check_model
 from dlcli.layers import LAYERS
 from dlcli.model import Model
+from dlcli.options import parse_options
 
 CORE = ["dense", "relu", "sigmoid", "tanh", "softmax", "dropout"]
 
 
 def make_layer(kind, input_shape, dtype=np.float64, seed=0, **options):
     cls = LAYERS[kind]
-    parsed = {k: (options[k] if k in options else o.default) for k, o in cls.OPTIONS.items()}
+    parsed = parse_options(cls.OPTIONS, options)
     layer = cls(dtype=dtype, rng=np.random.default_rng(seed), **parsed)
     layer.build(input_shape)
     return layer

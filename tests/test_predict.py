@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from dlcli import checkpoint, data, run
 from dlcli.cli import main
 from dlcli.datasets import BUILTIN
+from dlcli.options import parse_options
 from dlcli.spec import parse
 
 SPIRALS = """\
@@ -91,8 +92,7 @@ def ok(result):
 def held_out(name, samples, seed=99, **options):
     """Fresh samples of a built-in dataset, from a seed training never used."""
     gen = BUILTIN[name]
-    opts = {k: o.default for k, o in gen.OPTIONS.items()}
-    opts.update(samples=samples, **options)
+    opts = parse_options(gen.OPTIONS, {"samples": samples, **options})
     g = gen.generate(opts, np.random.default_rng(seed))
     return g.x, g.y
 

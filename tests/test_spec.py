@@ -50,8 +50,10 @@ def test_good_spec_parses_with_defaults(write_spec):
     assert [ls.line for ls in s.model.layers] == [10, 11, 12, 13, 14]
     assert s.loss == "cross_entropy"
     o = s.optimizer
-    assert (o.name, o.lr, o.beta1, o.beta2, o.eps, o.momentum) == ("adam", 0.003, 0.9, 0.999, 1e-8, 0.0)
-    assert (o.schedule.name, o.schedule.step_size, o.schedule.gamma, o.schedule.warmup_epochs) == ("step", 3, 0.5, 1)
+    assert (o.name, o.lr) == ("adam", 0.003)
+    assert o.options == {"weight_decay": 0.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    assert o.schedule.name == "step"
+    assert o.schedule.options == {"warmup_epochs": 1, "step_size": 3, "gamma": 0.5}
     assert (s.train.epochs, s.train.batch_size, s.train.clip_norm, s.train.threads) == (7, 16, 1.5, None)
 
 
@@ -148,6 +150,18 @@ def error_of(write_spec, text):
             "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer:\n  schedule: {name: cosine, min_rl: 0}\n",
             "4:28",
             ["unknown field 'optimizer.schedule.min_rl'", "did you mean 'min_lr'?"],
+        ),
+        # an option the chosen optimizer or schedule does not use: each has its own table
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: {name: adam, momentum: 0.9}\n",
+            "3:25",
+            ["unknown field 'optimizer.momentum'; allowed: name, lr, weight_decay, beta1, beta2, eps"],
+        ),
+        (
+            "data: builtin:spirals\nmodel: {input: [2], layers: [dense: 2]}\n"
+            "optimizer: {schedule: {name: cosine, step_size: 3}}\n",
+            "3:38",
+            ["unknown field 'optimizer.schedule.step_size'; allowed: name, warmup_epochs, min_lr"],
         ),
         # unknown names
         (

@@ -63,11 +63,22 @@ def test_optimizers_match_the_references(rng, dtype, text):
         g = rng.standard_normal(n).astype(dtype)
         opt.step(p, g, s.lr)
         g64 = g.astype(np.float64)
+        o = s.options
         if s.name == "sgd":
-            rp, state[0] = ref.sgd(rp, g64, state[0], s.lr, s.momentum, s.weight_decay, s.nesterov)
+            rp, state[0] = ref.sgd(rp, g64, state[0], s.lr, o["momentum"], o["weight_decay"], o["nesterov"])
         else:
             rp, state[0], state[1] = ref.adam(
-                rp, g64, state[0], state[1], s.lr, s.beta1, s.beta2, s.eps, s.weight_decay, s.name == "adamw", t
+                rp,
+                g64,
+                state[0],
+                state[1],
+                s.lr,
+                o["beta1"],
+                o["beta2"],
+                o["eps"],
+                o["weight_decay"],
+                s.name == "adamw",
+                t,
             )
     assert opt.step_count == 5
     tol = 1e-5 if dtype == np.float32 else 1e-12

@@ -11,6 +11,7 @@ Shapes exclude the batch dimension. Layers hold the bookkeeping; kernels do arit
 import numpy as np
 
 from ..errors import ShapeError
+from ..options import defaults
 
 
 class Layer:
@@ -25,7 +26,7 @@ class Layer:
         self.dtype = np.dtype(dtype)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.name = name or self.kind
-        self.options = options
+        self.options = {**defaults(self.OPTIONS), **options}  # the spec gives all; direct construction may not
         self.params: dict = {}
         self.grads: dict = {}
         self.input_shape = None

@@ -16,7 +16,7 @@ at t plus from step t+1). When False nothing extra is computed.
 import numpy as np
 
 from .. import runtime
-from ..options import REQUIRED, Opt, boolean, choice, positive_int
+from ..options import Opt, boolean, choice, positive_int
 from .base import Layer, glorot_uniform
 
 
@@ -38,11 +38,6 @@ class _Recurrent(Layer):
     record_time_grads = False
     time_grad_norms = None
     shards = None  # batch shards run at once through the time loop; None: one per core
-
-    def __init__(self, dtype=np.float32, rng=None, name=None, **options):
-        # Defaults for options not given (the spec fills them; direct construction may not).
-        defaults = {k: o.default for k, o in self.OPTIONS.items() if o.default is not REQUIRED}
-        super().__init__(dtype=dtype, rng=rng, name=name, **{**defaults, **options})
 
     def build(self, input_shape):
         from ..kernels import dense as KD
