@@ -344,7 +344,7 @@ def check_spec(
     sections = []
     for fuse in (False, True) if fused else (False,):
         model, loss = run.build(s, dtype=np.float64, fuse=fuse)
-        if fuse and not any(getattr(layer, "fuse_relu", False) for layer in model.trained):
+        if fuse and not any(layer.fuse_relu for layer in model.trained):
             continue
         x, y = spec_inputs(s, model, loss, batch_size, seed)
         results = check_model(model, loss, x, y, eps, rtol, atol, samples, seed)

@@ -100,7 +100,7 @@ def inspect(source, batches=4, batch_size=None, seed=None):
     ds = data.load(s, loss, model.output_shape)
     bs = batch_size or s.train.batch_size
     layers = model.trained
-    recurrent = [l for l in layers if hasattr(l, "record_time_grads")]
+    recurrent = [l for l in layers if l.RECORDS_TIME_GRADS]
     for layer in recurrent:
         layer.record_time_grads = True
 

@@ -51,7 +51,7 @@ class Model:
         self.trained = layers[:-1] if fused and len(layers) > 1 and layers[-1].kind == fused else layers
         if fuse:
             for a, b in zip(self.trained, self.trained[1:]):
-                if a.kind in ("dense", "conv2d", "conv1d") and b.kind == "relu":
+                if a.FUSES_RELU and b.kind == "relu":
                     a.fuse_relu, b.fused = True, True
         self._flatten()
         # _params_upstream[i]: does any layer before trained[i] have parameters (so needs dx)?
@@ -126,8 +126,20 @@ class Model:
         return int(self.params_flat.size)
 
     def state(self):
-        """Parameters by checkpoint name: `layers.<i>.<name>`."""
-        return {f"layers.{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+        """Everything a checkpoint keeps of the model, by name `layers.<i>.<name>`: each
+        layer's parameters, then its state buffers (running statistics). Values are the
+        live arrays (views), so `load_state` writes through them."""
+        out = {}
+        for i, layer in enumerate(self.layers):
+            for k, v in layer.params.items():
+                out[f"layers.{i}.{k}"] = v
+            for k, v in layer.buffers.items():
+                out[f"layers.{i}.{k}"] = v
+        return out
+
+    def buffers(self):
+        """The state buffers alone (non-trainable), by the same names as in `state`."""
+        return {f"layers.{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.buffers.items()}
 
     def load_state(self, arrays, source="checkpoint"):
         from .errors import CheckpointError

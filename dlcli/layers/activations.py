@@ -28,7 +28,6 @@ class _Elementwise(Layer):
 class ReLU(_Elementwise):
     kind = "relu"
     keeps = "input"
-    fused = False  # set by the model when the dense layer before applies it
 
     def build(self, input_shape):
         from ..kernels import elementwise as K

@@ -1,11 +1,24 @@
-"""The layer contract (see DESIGN.md).
+"""The layer contract (see DESIGN.md): everything the model and the tools may rely on.
 
-- `build(input_shape) -> output_shape` creates `params` (seeded initialisation).
+Methods:
+- `build(input_shape) -> output_shape` creates `params` (seeded initialisation) and `buffers`.
 - `forward(x, training) -> y` keeps what backward needs.
 - `backward(dy, need_dx=True) -> dx` may overwrite `dy`, and writes each `grads[name]` *in place*: after
   `Model.build` the params and grads are views into the model's two flat buffers, which
   is what lets the optimizer (and, later, an allreduce) treat them as one array.
-Shapes exclude the batch dimension. Layers hold the bookkeeping; kernels do arithmetic.
+
+Two kinds of arrays:
+- `params` / `grads` (same keys): trainable. The optimizer, weight decay, clipping, gradient
+  norms and gradient checks see these and only these.
+- `buffers`: non-trainable state a layer updates itself (batchnorm's running statistics),
+  in `forward(training=True)` only, and uses when `training` is False. Checkpoints save them
+  with the parameters and resume restores them, but they live outside the flat buffers, so
+  nothing that updates or measures parameters ever touches them.
+
+Capabilities are class attributes the model reads (a new layer type sets them in its own
+file; the model keeps no lists of layer kinds). Attributes the model sets while building
+are declared here with their defaults. Shapes exclude the batch dimension. Layers hold the
+bookkeeping; kernels do the arithmetic.
 """
 
 import numpy as np
@@ -22,6 +35,19 @@ class Layer:
     # the input shape of one sample (every layer type must have one; a test checks).
     EXAMPLE = {"options": {}, "input": (5,)}
 
+    # -- capabilities (read by the model and the tools) ----------------------------
+    FUSES_RELU = False  # can apply a following relu in its own output pass, and its mask in backward
+    RECORDS_TIME_GRADS = False  # recurrent: honours `record_time_grads` (see below)
+
+    # -- set by the model while building -------------------------------------------
+    next_kind = None  # kind of the layer that consumes this one's output (`init: auto` looks ahead)
+    fuse_relu = False  # FUSES_RELU layers: the relu after this layer is applied here
+    fused = False  # a relu applied by the layer before it: forward and backward pass through
+    # RECORDS_TIME_GRADS layers: when set, `backward` stores `time_grad_norms`, one norm of
+    # dL/dh_t per time step (for inspect-gradients); otherwise it costs nothing.
+    record_time_grads = False
+    time_grad_norms = None
+
     def __init__(self, dtype=np.float32, rng=None, name=None, **options):
         self.dtype = np.dtype(dtype)
         self.rng = rng if rng is not None else np.random.default_rng(0)
@@ -29,6 +55,7 @@ class Layer:
         self.options = {**defaults(self.OPTIONS), **options}  # the spec gives all; direct construction may not
         self.params: dict = {}
         self.grads: dict = {}
+        self.buffers: dict = {}  # non-trainable state: saved and restored, never optimised
         self.input_shape = None
         self.output_shape = None
 
@@ -50,6 +77,9 @@ class Layer:
 
     def n_params(self):
         return sum(p.size for p in self.params.values())
+
+    def n_buffer_entries(self):
+        return sum(b.size for b in self.buffers.values())
 
     def describe(self):
         """A short description of the options for the summary, e.g. '64 units'."""

@@ -59,8 +59,7 @@ def resolve_padding(padding_opt, size, kernel, stride, dilation):
 class _Conv(Layer):
     ndim = 2
     SHORTHAND = "filters"
-    next_kind = None  # set by the model
-    fuse_relu = False  # set by the model when a relu layer follows
+    FUSES_RELU = True
 
     def build(self, input_shape):
         from ..kernels import conv as K
@@ -107,12 +106,12 @@ class _Conv(Layer):
         self.zeros_like_params()
         self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
         self.bias_scratch = np.zeros(cout, self.dtype)
-        self.buffers = {}  # batch size -> cols, ycn, xt (, dcols); internal only, reused across steps
+        self.scratch = {}  # batch size -> cols, ycn, xt (, dcols); internal only, reused across steps
         self.output_shape = (cout,) + tuple(outs)
         return self.output_shape
 
     def _buffers(self, n):
-        buf = self.buffers.get(n)
+        buf = self.scratch.get(n)
         if buf is None:
             cout = self.options["filters"]
             rows = self.in2[0] * self.k2[0] * self.k2[1]
@@ -122,9 +121,9 @@ class _Conv(Layer):
                 "ycn": np.empty((cout, npos), self.dtype),
                 "xt": np.empty(self.in2 + (n,), self.dtype),  # batch-last input; col2im's scratch backward
             }
-            if len(self.buffers) > 4:
-                self.buffers.clear()
-            self.buffers[n] = buf
+            if len(self.scratch) > 4:
+                self.scratch.clear()
+            self.scratch[n] = buf
         return buf
 
     def _args(self):

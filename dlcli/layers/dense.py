@@ -16,6 +16,7 @@ class Dense(Layer):
     }
 
     EXAMPLE = {"options": {"units": 4}, "input": (5,)}
+    FUSES_RELU = True
 
     def build(self, input_shape):
         from ..kernels import dense as K
@@ -32,9 +33,6 @@ class Dense(Layer):
         self.zeros_like_params()
         self.output_shape = self.input_shape[:-1] + (units,)
         return self.output_shape
-
-    next_kind = None  # set by the model: lets `init: auto` and the ReLU fusion see ahead
-    fuse_relu = False  # set by the model when a relu layer follows and can be fused in
 
     def forward(self, x, training=False):
         lead = x.shape[:-1]

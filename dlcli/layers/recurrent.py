@@ -35,8 +35,7 @@ class _Recurrent(Layer):
         "return_sequences": Opt(boolean, False, "every h_t (time, units), or only the last (units)"),
         "bias": Opt(boolean, True),
     }
-    record_time_grads = False
-    time_grad_norms = None
+    RECORDS_TIME_GRADS = True
     shards = None  # batch shards run at once through the time loop; None: one per core
 
     def build(self, input_shape):
