@@ -4,10 +4,10 @@ of kinds, and state buffers that checkpoints keep and the optimizer never sees."
 import numpy as np
 
 from dlcli import checkpoint, optim
+from dlcli import spec as spec_mod
 from dlcli.layers import LAYERS
 from dlcli.layers.base import Layer
 from dlcli.model import Model
-from dlcli.spec import OptimizerSpec
 
 
 class Gain(Layer):
@@ -56,8 +56,8 @@ def test_buffers_are_saved_restored_and_never_optimised(tmp_path):
     # One optimizer step with weight decay and clipping: the buffer does not move, and the
     # per-layer gradient norms cover the parameter only.
     model.backward(np.ones((2, 3)))
-    spec = OptimizerSpec(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.5)
-    opt = optim.for_model(spec, model)
+    text = "data: builtin:spirals\nmodel: {input: [3], layers: [relu]}\noptimizer: {name: sgd, momentum: 0.9, weight_decay: 0.5}"
+    opt = optim.for_model(spec_mod.parse(text).optimizer, model)
     sums = opt.step(model.params_flat, model.grads_flat, 0.1, scale=0.5)
     np.testing.assert_allclose(model.layers[0].buffers["running_mean"], [1.0, 1.5, 2.0])
     np.testing.assert_allclose(np.sqrt(sums), [np.linalg.norm(x.sum(axis=0))])
