@@ -68,8 +68,12 @@ class MetricsLog(Callback):
         self.f.flush()
 
     def on_end(self, trainer, result):
-        if self.f:
-            self.f.close()
+        self.close()
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()  # flushes: the steps before a crash are in the log
+            self.f = None
 
 
 class Checkpointer(Callback):

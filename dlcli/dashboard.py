@@ -39,16 +39,17 @@ def fmt_duration(seconds):
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def line_chart(series, width=60, height=10, log=False):
+def line_chart(series, width=60, height=10, log=False, fit_width=None):
     """Braille line chart of several series sharing one y axis.
 
     series: list of (label, xs, ys, style) with xs in [0, 1] (fraction of the run).
-    Returns a Rich Text with a y-axis label column and a legend line.
+    Returns a Rich Text with a y-axis label column and a legend line. With `fit_width`,
+    the plot is as wide as fits in that many cells, labels included, so no row ever wraps.
     """
     points = [(x, y) for _, xs, ys, _ in series for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
     if log:
         points = [(x, y) for x, y in points if y > 0]
-    out = Text()
+    out = Text(no_wrap=True, overflow="crop")
     if not points:
         out.append("(waiting for the first steps)\n", style="dim")
         return out
@@ -57,6 +58,11 @@ def line_chart(series, width=60, height=10, log=False):
     hi = max(tf(y) for _, y in points)
     if hi - lo < 1e-12:
         hi, lo = hi + 0.5, lo - 0.5
+    axis = lambda v: fmt(10**v if log else v, 3)  # noqa: E731
+    labels = {0: axis(hi), height - 1: axis(lo), (height - 1) // 2: axis((hi + lo) / 2)}
+    pad = max(len(s) for s in labels.values())
+    if fit_width is not None:
+        width = max(fit_width - pad - 2, 1)
     cols, rows = width * 2, height * 4
     cells = [[0] * width for _ in range(height)]
     styles = [[None] * width for _ in range(height)]
@@ -75,9 +81,6 @@ def line_chart(series, width=60, height=10, log=False):
                 cells[r][c] |= BRAILLE_BITS[px % 2][py % 4]
                 styles[r][c] = style
             prev = (cx, cy)
-    axis = lambda v: fmt(10**v if log else v, 3)  # noqa: E731
-    labels = {0: axis(hi), height - 1: axis(lo), (height - 1) // 2: axis((hi + lo) / 2)}
-    pad = max(len(s) for s in labels.values())
     for r in range(height):
         out.append(labels.get(r, "").rjust(pad) + " ┤", style="dim")
         for c in range(width):
@@ -85,9 +88,9 @@ def line_chart(series, width=60, height=10, log=False):
             out.append(ch, style=styles[r][c])
         out.append("\n")
     legend = Text(" " * (pad + 2))
-    for label, _, _, style in series:
-        legend.append("━━ ", style=style)
-        legend.append(label + "   ")
+    for i, (label, _, _, style) in enumerate(series):
+        legend.append(("   " if i else "") + "━━ ", style=style)
+        legend.append(label)
     out.append_text(legend)
     return out
 
@@ -110,26 +113,28 @@ def log_scale(values):
 
 def log_bars(names, values, width=30, scale=None):
     """Horizontal bars on a log10 scale, one per layer, with the value printed. `scale`
-    (from `log_scale`) fixes the decades, so that bars in two tables compare."""
+    (from `log_scale`) fixes the decades, so that bars in two tables compare. The name and
+    value columns never shrink: a narrow terminal gets shorter bars, not "0.…"."""
+    texts = [fmt(v) for v in values]
     table = Table.grid(padding=(0, 1))
-    table.add_column(justify="left", no_wrap=True)
-    table.add_column(no_wrap=True)
-    table.add_column(justify="right", no_wrap=True)
+    table.add_column(justify="left", no_wrap=True, min_width=max(map(len, names), default=0))
+    table.add_column(no_wrap=True, width=width)
+    table.add_column(justify="right", no_wrap=True, min_width=max(map(len, texts), default=1))
     scale = scale or log_scale(values)
     if scale is None:
         for n in names:
             table.add_row(n, "", "-")
         return table
     lo, hi = scale
-    for n, v in zip(names, values):
+    for n, v, t in zip(names, values, texts):
         if v is None or not math.isfinite(v) or v <= 0:
-            table.add_row(n, Text("", style="red"), Text(fmt(v), style="red"))
+            table.add_row(n, Text("", style="red"), Text(t, style="red"))
             continue
         frac = (math.log10(v) - lo) / (hi - lo)
         eighths = int(round(frac * width * 8))
         bar = "█" * (eighths // 8) + ("▏▎▍▌▋▊▉"[eighths % 8 - 1] if eighths % 8 else "")
         style = "green" if 1e-4 <= v <= 1e2 else "yellow"
-        table.add_row(n, Text(bar.ljust(width), style=style), fmt(v))
+        table.add_row(n, Text(bar.ljust(width), style=style), t)
     return table
 
 
@@ -152,13 +157,37 @@ def summary_table(model, title=None):
     return table
 
 
-class Dashboard(Callback):
-    """Rich Live view: loss chart, per-layer gradient norms, progress with ETA."""
+def pack(pieces, width, sep="  "):
+    """Lines of at most `width` cells made of whole pieces: a status line re-flows
+    between pieces on a narrow terminal instead of wrapping in the middle of one."""
+    lines = []
+    for piece in pieces:
+        if lines and lines[-1].cell_len + len(sep) + piece.cell_len <= width:
+            lines[-1].append(sep)
+            lines[-1].append_text(piece)
+        else:
+            lines.append(piece.copy())
+    for line in lines:
+        line.truncate(width)  # a single piece wider than the terminal: crop it, never wrap
+        line.no_wrap = True
+    return lines
 
-    def __init__(self, console: Console | None = None, refresh_per_second=4, chart_width=56):
+
+class Dashboard(Callback):
+    """Rich Live view: loss chart, per-layer gradient norms, progress with ETA.
+
+    Each frame is laid out when Rich draws it, for the terminal's size at that moment: the
+    chart and the gradient norms sit side by side from `SIDE_BY_SIDE` columns, one above
+    the other below that; on a short terminal the chart gets fewer rows and the bars list
+    the first layers and "+N more"; the status lines re-flow. No line is ever wider than
+    the terminal, and the frame is never taller."""
+
+    SIDE_BY_SIDE = 100  # columns from which the two panels share a row
+    CHART_ROWS = 10  # plot rows when the terminal is tall enough
+
+    def __init__(self, console: Console | None = None, refresh_per_second=4):
         self.console = console or Console()
         self.refresh = 1.0 / refresh_per_second
-        self.chart_width = chart_width
         self.live = None
 
     def on_start(self, trainer):
@@ -196,9 +225,19 @@ class Dashboard(Callback):
     def on_end(self, trainer, result):
         if self.live:
             self.live.update(self.render())
-            self.live.stop()
+        self.close()
+
+    def close(self):
+        """Leave Live mode (idempotent): the terminal gets its cursor back whatever happened."""
+        if self.live is not None:
+            live, self.live = self.live, None
+            live.stop()
 
     # ------------------------------------------------------------------ rendering
+    def render(self):
+        """A frame of what is known now; Rich lays it out for the terminal's size."""
+        return _Frame(self, len(self.steps), len(self.val_steps), self.last, self.last_epoch)
+
     def _downsample(self, xs, ys, n):
         if len(xs) <= n:
             return xs, ys
@@ -211,63 +250,119 @@ class Dashboard(Callback):
             out_y.append(sum(chunk) / len(chunk) if chunk else float("nan"))
         return out_x, out_y
 
-    def render(self):
-        total = max(self.total_steps, 1)
-        xs, ys = self._downsample(self.steps, self.losses, self.chart_width * 2)
-        series = [("train loss", [x / total for x in xs], ys, "cyan")]
-        if self.val_steps:
-            series.append(("val loss", [x / total for x in self.val_steps], self.val_losses, "magenta"))
-        chart = line_chart(series, width=self.chart_width, height=10, log=True)
-        norms = list(self.last.layer_grad_norms) if self.last is not None else [None] * len(self.layer_names)
-        bars = log_bars(self.layer_names, norms, width=24)
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column()
-        grid.add_column()
-        grid.add_row(
-            Panel(chart, title="loss (log scale)", border_style="blue"),
-            Panel(bars, title="gradient norm per layer (log scale)", border_style="blue"),
-        )
-        return Group(grid, self._progress())
+    def layout(self, frame, width, height):
+        """The renderables of `frame` for a terminal of width x height cells."""
+        status = self._status(frame, width)
+        room = height - len(status) - 1  # Live keeps one row for the cursor
+        names = self.layer_names
+        norms = list(frame.last.layer_grad_norms) if frame.last is not None else [None] * len(names)
+        name_w = max(map(len, names), default=0)
+        value_w = max((len(fmt(v)) for v in norms), default=1)
+        bars_fixed = name_w + value_w + 2 + 4  # grid gaps, panel border and padding
+        if room < 5 or width < 30:  # no room for a chart: the status lines alone
+            return Group(*status)
+        panels = []
+        if width >= self.SIDE_BY_SIDE and names:
+            bar_w = max(6, min(24, width // 8))
+            bars_w = bars_fixed + bar_w
+            chart_rows = max(min(room - 3, self.CHART_ROWS), 2)
+            chart = self._chart_panel(frame, width - bars_w - 2, chart_rows)
+            bars = self._bars_panel(names, norms, bar_w, bars_w, room - 2)
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(no_wrap=True)
+            grid.add_column(no_wrap=True)
+            grid.add_row(chart, bars)
+            panels.append(grid)
+        else:
+            wanted_bar_rows = min(len(names), 6) + 2 if names else 0
+            chart_rows = max(min(room - 3 - wanted_bar_rows, self.CHART_ROWS), min(4, room - 3))
+            panels.append(self._chart_panel(frame, width, chart_rows))
+            rows_left = room - chart_rows - 3
+            bar_w = min(24, width - bars_fixed)
+            if names and rows_left >= 3 and bar_w >= 4:
+                panels.append(self._bars_panel(names, norms, bar_w, width, rows_left - 2))
+        return Group(*panels, *status)
 
-    def _progress(self):
+    def _chart_panel(self, frame, width, rows):
+        total = max(self.total_steps, 1)
+        steps, losses = self.steps[: frame.n_steps], self.losses[: frame.n_steps]
+        xs, ys = self._downsample(steps, losses, width * 2)
+        series = [("train loss", [x / total for x in xs], ys, "cyan")]
+        if frame.n_val:
+            val_xs = [x / total for x in self.val_steps[: frame.n_val]]
+            series.append(("val loss", val_xs, self.val_losses[: frame.n_val], "magenta"))
+        chart = line_chart(series, height=rows, log=True, fit_width=width - 4)
+        return Panel(chart, title="loss (log scale)", border_style="blue", width=width)
+
+    def _bars_panel(self, names, norms, bar_w, width, rows):
+        """One row per layer while they fit; then the first ones and "+N more"."""
+        shown = len(names) if len(names) <= rows else max(rows - 1, 0)
+        bars = log_bars(names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms))
+        if shown < len(names):
+            bars.add_row(Text(f"+{len(names) - shown} more", style="dim"), "", "")
+        inner = width - 4
+        title = next(
+            (
+                t
+                for t in ("gradient norm per layer (log scale)", "grad norm per layer (log)", "grad norms")
+                if len(t) + 4 <= inner
+            ),
+            None,
+        )
+        return Panel(bars, title=title, border_style="blue", width=width)
+
+    def _status(self, frame, width):
+        """Progress, the last step and the last epoch, as whole pieces packed into lines."""
         tr = self.trainer
-        e = self.last
-        done = (e.step if e else tr.step) - self.first_step
-        remaining = self.total_steps - (e.step if e else tr.step)
-        elapsed = time.perf_counter() - self.t_start
+        e = frame.last
+        step = e.step if e else tr.step
+        done = step - self.first_step
+        elapsed = frame.elapsed
         rate = done / elapsed if done and elapsed > 0 else None
-        eta = remaining / rate if rate else None
-        frac = (e.step if e else tr.step) / max(self.total_steps, 1)
-        width = 30
-        filled = int(frac * width)
-        line = Text()
-        line.append("━" * filled, style="green")
-        line.append("━" * (width - filled), style="grey35")
-        line.append(f" {frac * 100:5.1f}%  ")
-        epoch = (e.epoch + 1) if e else tr.start_epoch + 1
-        line.append(f"epoch {epoch}/{tr.epochs}  ")
+        eta = (self.total_steps - step) / rate if rate else None
+        frac = step / max(self.total_steps, 1)
+        bar_w = max(10, min(30, width - 8))
+        filled = int(frac * bar_w)
+        bar = Text()
+        bar.append("━" * filled, style="green")
+        bar.append("━" * (bar_w - filled), style="grey35")
+        bar.append(f" {frac * 100:5.1f}%")
+        progress = [bar, Text(f"epoch {(e.epoch + 1) if e else tr.start_epoch + 1}/{tr.epochs}")]
         if e:
-            line.append(f"step {e.epoch_step}/{e.steps_per_epoch}  ")
+            progress.append(Text(f"step {e.epoch_step}/{e.steps_per_epoch}"))
             sps = done * tr.batch_size / elapsed if elapsed > 0 and done else e.samples_per_s
-            line.append(f"{sps:,.0f} samples/s  ")
-        line.append(f"elapsed {fmt_duration(elapsed)}  ETA {fmt_duration(eta)}")
-        stats = Text()
+            progress.append(Text(f"{sps:,.0f} samples/s"))
+        progress += [Text(f"elapsed {fmt_duration(elapsed)}"), Text(f"ETA {fmt_duration(eta)}")]
+        lines = pack(progress, width)
         if e:
-            stats.append(f"loss {fmt(e.loss)}  ")
+            stats = [Text(f"loss {fmt(e.loss)}")]
             if e.acc is not None:
-                stats.append(f"acc {e.acc:.3f}  ")
-            stats.append(f"lr {fmt(e.lr)}  grad norm {fmt(e.grad_norm)}")
-        ep = self.last_epoch
+                stats.append(Text(f"acc {e.acc:.3f}"))
+            stats += [Text(f"lr {fmt(e.lr)}"), Text(f"grad norm {fmt(e.grad_norm)}")]
+            lines += pack(stats, width)
+        ep = frame.last_epoch
         if ep:
-            stats.append("\n")
-            stats.append(f"epoch {ep.epoch + 1}: train loss {fmt(ep.train_loss)}", style="bold")
+            summary = [Text(f"epoch {ep.epoch + 1}: train loss {fmt(ep.train_loss)}", style="bold")]
             if ep.train_acc is not None:
-                stats.append(f"  train acc {ep.train_acc:.3f}", style="bold")
+                summary.append(Text(f"train acc {ep.train_acc:.3f}", style="bold"))
             if ep.val_loss is not None:
-                stats.append(f"  val loss {fmt(ep.val_loss)}", style="bold")
+                summary.append(Text(f"val loss {fmt(ep.val_loss)}", style="bold"))
             if ep.val_acc is not None:
-                stats.append(f"  val acc {ep.val_acc:.3f}", style="bold")
-        return Group(line, stats)
+                summary.append(Text(f"val acc {ep.val_acc:.3f}", style="bold"))
+            lines += pack(summary, width)
+        return lines
+
+
+class _Frame:
+    """What the dashboard knew at one moment (counts into its append-only lists, the last
+    events), laid out by Rich at draw time: a resized terminal re-flows the same frame."""
+
+    def __init__(self, dash, n_steps, n_val, last, last_epoch):
+        self.dash, self.n_steps, self.n_val, self.last, self.last_epoch = dash, n_steps, n_val, last, last_epoch
+        self.elapsed = time.perf_counter() - dash.t_start
+
+    def __rich_console__(self, console, options):
+        yield self.dash.layout(self, options.max_width, options.max_height)
 
 
 class PlainProgress(Callback):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +81,8 @@ class Callback:
     def on_step(self, trainer, event: StepEvent): ...
     def on_epoch(self, trainer, event: EpochEvent): ...
     def on_end(self, trainer, result: TrainResult): ...
+    def close(self):
+        """Give back what on_start took (the terminal, a file); runs however the run ended."""
 
 
 def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None):
@@ -144,25 +146,30 @@ class Trainer:
         return total / len(x), acc
 
     def fit(self) -> TrainResult:
-        self._emit("on_start")
-        t0 = time.perf_counter()
-        result = TrainResult(self.start_epoch, self.step)
-        try:
-            with stop_on_interrupt(self.interrupt):
-                self._loop(result, t0)
-        except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the parameters may be torn
-            self.interrupt["stop"] = True
-            result.clean = False
-        except TrainingDiverged as e:
-            result.stopped = "diverged"
-            result.message = str(e)
-        if self.interrupt.get("stop") and result.stopped == "finished" and result.epochs_done < self.epochs:
-            result.stopped = "interrupted"
-            result.message = f"interrupted at epoch {result.epochs_done + 1}, step {self.step}"
-        result.history = self.history
-        result.step = self.step
-        self._emit("on_end", result)
-        return result
+        """Run the loop. Every callback's `close` runs on the way out, also when an
+        exception escapes: the terminal leaves Live mode and the metrics log is flushed."""
+        with ExitStack() as closing:
+            for cb in self.callbacks:
+                closing.callback(cb.close)
+            self._emit("on_start")
+            t0 = time.perf_counter()
+            result = TrainResult(self.start_epoch, self.step)
+            try:
+                with stop_on_interrupt(self.interrupt):
+                    self._loop(result, t0)
+            except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the parameters may be torn
+                self.interrupt["stop"] = True
+                result.clean = False
+            except TrainingDiverged as e:
+                result.stopped = "diverged"
+                result.message = str(e)
+            if self.interrupt.get("stop") and result.stopped == "finished" and result.epochs_done < self.epochs:
+                result.stopped = "interrupted"
+                result.message = f"interrupted at epoch {result.epochs_done + 1}, step {self.step}"
+            result.history = self.history
+            result.step = self.step
+            self._emit("on_end", result)
+            return result
 
     def _check_finite(self, epoch, val_loss):
         """The last step's update may overflow, or leave a NaN that a ReLU hides from the

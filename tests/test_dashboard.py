@@ -1,14 +1,21 @@
 """The dashboard rendered into a recorded Rich console, its pieces, and plain progress."""
 
 import io
+import json
 import re
+from dataclasses import replace
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
+from rich.cells import cell_len
 from rich.console import Console
+from rich.live import Live
 
 from dlcli import run, spec
 from dlcli.cli import main
-from dlcli.dashboard import Dashboard, PlainProgress, line_chart, log_bars, log_scale
+from dlcli.dashboard import Dashboard, PlainProgress, fmt, line_chart, log_bars, log_scale
+from dlcli.train import Callback
 
 TEXT = """\
 name: dash
@@ -109,3 +116,104 @@ def test_cli_prints_plain_lines_when_stdout_is_not_a_terminal(write_spec):
     assert "\x1b[" not in out.output and not BRAILLE.search(out.output)
     assert "epoch 3/3 train_loss" in out.output
     assert "final: epoch 3/3" in out.output and "checkpoint: c.npz" in out.output
+
+
+# ---------------------------------------------------------------- layout at every terminal size
+
+DEEP = """\
+name: deep
+data: {source: builtin:xor, options: {samples: 120}, validation_split: 0.2}
+model: {input: [2], layers: [%s{dense: 2}]}
+optimizer: {name: adam, lr: 0.02}
+train: {epochs: 2, batch_size: 16}
+"""
+SIZES = [(60, 24), (80, 24), (100, 24), (120, 24), (200, 24), (80, 50)]
+
+
+@pytest.fixture(scope="module", params=[2, 11], ids=["3-layers", "12-layers"])
+def trained_dashboard(request, tmp_path_factory):
+    """A dashboard after a real (tiny) run; its frames are then laid out at each size."""
+    hidden = "{dense: 6}, relu, " * request.param
+    console = Console(file=io.StringIO(), record=True, width=120, force_terminal=True, color_system=None)
+    dash = Dashboard(console=console)
+    out = tmp_path_factory.mktemp("dash") / "d.npz"
+    run.train(spec.parse(DEEP % hidden, "deep.yaml"), output=out, display=dash)
+    return dash
+
+
+def frame_text(dash, width, height):
+    con = Console(file=io.StringIO(), record=True, width=width, height=height, force_terminal=True, color_system=None)
+    con.print(dash.render())
+    return con.export_text()
+
+
+@pytest.mark.parametrize("width,height", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def test_dashboard_fits_the_terminal(trained_dashboard, width, height):
+    dash = trained_dashboard
+    lines = frame_text(dash, width, height).rstrip("\n").split("\n")
+    assert max(cell_len(ln) for ln in lines) <= width, "\n".join(lines)
+    assert len(lines) <= height - 1  # the frame never scrolls; Live keeps the cursor row
+    # the chart: every plot row starts with the y axis, the top and bottom rows labelled
+    rows = [ln for ln in lines if "┤" in ln]
+    assert len(rows) >= 4
+    label = re.compile(r"^│ +(\d+\.\d+|\d\.\d\de[+-]\d\d) ┤")
+    assert label.match(rows[0]) and label.match(rows[-1]), rows
+    assert len({ln.index("┤") for ln in rows}) == 1  # no row wrapped onto the next one
+    assert any("━━ train loss" in ln and "━━ val loss" in ln for ln in lines)
+    # every layer named with its whole value, or counted in "+N more"
+    norms = dash.last.layer_grad_norms
+    shown = 0
+    for name, v in zip(dash.layer_names, norms):
+        row = [ln for ln in lines if re.search(re.escape(name) + r" ", ln)]
+        if row:
+            shown += 1
+            assert re.search(r" " + re.escape(fmt(v)) + r" +│", row[0]), row[0]
+    more = re.search(r"\+(\d+) more", "\n".join(lines))
+    assert shown + (int(more.group(1)) if more else 0) == len(dash.layer_names)
+    assert shown >= 3
+    text = "\n".join(lines)
+    assert "…" not in text
+    for piece in ("100.0%", "epoch 2/2", "step 6/6", "samples/s", "ETA 0:00", f"grad norm {fmt(dash.last.grad_norm)}"):
+        assert piece in text, piece
+
+
+def test_dashboard_shows_extreme_values_whole(trained_dashboard):
+    """NaN, infinity, tiny and huge norms keep every character even at 60 columns."""
+    dash = trained_dashboard
+    values = [float("nan"), float("inf"), 1.234e-12, 12345.6789] + [0.5] * (len(dash.layer_names) - 4)
+    values = values[: len(dash.layer_names)]
+    dash.last = replace(dash.last, layer_grad_norms=np.array(values))
+    for width in (60, 100):
+        text = frame_text(dash, width, 40)
+        for name, v in zip(dash.layer_names, values):
+            assert re.search(re.escape(name) + r" .* " + re.escape(fmt(v)) + r" +│", text), (name, fmt(v), text)
+
+
+def test_dashboard_on_a_tiny_terminal_keeps_the_status_lines(trained_dashboard):
+    text = frame_text(trained_dashboard, 40, 8)
+    assert max(cell_len(ln) for ln in text.splitlines()) <= 40
+    assert "epoch 2/2" in text and "┤" not in text  # no room for the chart: not a broken one
+
+
+class Boom(Callback):
+    def on_step(self, trainer, e):
+        if e.step == 3:
+            raise RuntimeError("boom")
+
+
+def test_an_exception_mid_run_closes_the_dashboard_and_the_log(tmp_path):
+    raw = io.StringIO()
+    console = Console(file=raw, record=True, width=100, force_terminal=True, color_system=None)
+    dash = Dashboard(console=console)
+    log = tmp_path / "m.jsonl"
+    with pytest.raises(RuntimeError, match="boom"):
+        run.train(spec.parse(TEXT, "dash.yaml"), output=tmp_path / "b.npz", display=dash, log=log, callbacks=[Boom()])
+    # Live mode is over: the cursor is shown again and the console takes a new Live display
+    out = raw.getvalue()
+    assert "\x1b[?25l" in out and out.rfind("\x1b[?25h") > out.rfind("\x1b[?25l")
+    live = Live(console=console)
+    live.start()  # raises LiveError while another Live display is active
+    live.stop()
+    # the log has every step before the failure, flushed and closed
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
