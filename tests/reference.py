@@ -305,3 +305,47 @@ def gru_backward(x, w_ih, w_hh, b, bhn, dhs):
         dx[:, t] = dax @ w_ih.T
         dnext = dah @ w_hh.T + dh * z
     return dw_ih, dw_hh, db, dbhn, dx, norms
+
+
+def batchnorm_train(x, gamma, beta, eps, axes):
+    """Batch normalisation with the batch's statistics over `axes` (float64); returns
+    (y, batch mean, biased batch variance), the statistics with the reduced axes kept."""
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta, mean, var
+
+
+def batchnorm_train_backward(x, gamma, eps, axes, dy):
+    """(dx, dgamma, dbeta) of batchnorm_train, written out from the chain rule."""
+    m = np.prod([x.shape[a] for a in axes])
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(var + eps)
+    xhat = (x - mean) * inv
+    dxhat = dy * gamma
+    dvar = np.sum(dxhat * (x - mean) * -0.5 * inv**3, axis=axes, keepdims=True)
+    dmean = np.sum(-dxhat * inv, axis=axes, keepdims=True) + dvar * np.mean(-2 * (x - mean), axis=axes, keepdims=True)
+    dx = dxhat * inv + dvar * 2 * (x - mean) / m + dmean / m
+    return dx, np.sum(dy * xhat, axis=axes), np.sum(dy, axis=axes)
+
+
+def layernorm(x, gamma, beta, eps, axes):
+    """Layer normalisation of each sample over `axes` (float64)."""
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def layernorm_backward(x, gamma, eps, axes, dy, param_axes):
+    """(dx, dgamma, dbeta) of layernorm; dgamma/dbeta summed over `param_axes`."""
+    n = np.prod([x.shape[a] for a in axes])
+    mean = x.mean(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    xhat = (x - mean) * inv
+    dxhat = dy * gamma
+    dx = (
+        inv
+        / n
+        * (n * dxhat - dxhat.sum(axis=axes, keepdims=True) - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))
+    )
+    return dx, np.sum(dy * xhat, axis=param_axes), np.sum(dy, axis=param_axes)
