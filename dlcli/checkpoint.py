@@ -78,13 +78,21 @@ def load(path) -> Checkpoint:
             raise CheckpointError(f"{path}: not a dlcli checkpoint (no '{key}' entry)")
     try:
         meta = json.loads(str(arrays["meta"]))
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: its metadata is corrupt") from None
-    if not isinstance(meta, dict) or meta.get("format", 0) > FORMAT:
+    except (json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path}: its metadata is corrupt (not JSON)") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its metadata is corrupt (a JSON {type(meta).__name__}, not an object)")
+    if not isinstance(meta.get("format", 0), int) or meta.get("format", 0) > FORMAT:
         raise CheckpointError(
             f"{path}: written by a newer dlcli (checkpoint format {meta.get('format')}, "
             f"version {meta.get('dlcli_version')}); this is dlcli {__version__}, which reads format {FORMAT}"
         )
+    for key in ("epochs_done", "epoch_step", "step"):
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"{path}: its metadata is corrupt ({key} is {value!r}, not a count)")
+    if not isinstance(meta.get("classes", []), list):
+        raise CheckpointError(f"{path}: its metadata is corrupt (classes is not a list)")
     return Checkpoint(
         spec_text=str(arrays["spec"]),
         params={k[6:]: v for k, v in arrays.items() if k.startswith("param.")},

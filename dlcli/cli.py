@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 
 import click
 
 from . import __version__
 from .errors import DlcliError
+
+
+def one_line(message):
+    """A message as one line: an error from a library may span several."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
 def friendly_errors(fn):
@@ -19,13 +25,45 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DlcliError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(e.exit_code)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrorsGroup(click.Group):
+    """Click prints a usage error as three lines (usage, hint, error); here it is one, like
+    every other bad input: `Error: <what is wrong> (see 'dlcli train -h')`, exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
+            click.echo(f"Error: {one_line(e.format_message())}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"Error: {one_line(e.format_message())}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which compare as inside any range)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dlcli")
 def main():
     """Train and inspect neural networks on the CPU from a YAML spec."""
@@ -40,7 +78,7 @@ threads_option = click.option(
 @click.argument("spec_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--epochs", type=click.IntRange(min=1), help="Override train.epochs (the total, when resuming).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override train.batch_size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override optimizer.lr.")
+@click.option("--lr", type=FiniteFloat(min=0, min_open=True), help="Override optimizer.lr.")
 @click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed.")
 @threads_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Checkpoint path (default: runs/<name>.npz).")
@@ -112,7 +150,7 @@ def summary(source, no_data):
     from .dashboard import summary_table
 
     s, ckpt = run.spec_or_checkpoint(source)
-    model, loss = run.build(s)
+    model, loss = run.build(s, checkpoint=ckpt)
     console = Console()
     console.print(summary_table(model, title=f"model: {s.name}  (input {list(s.model.input)})"))
     console.print(
@@ -147,20 +185,20 @@ def summary(source, no_data):
 @click.option("--all", "all_kinds", is_flag=True, help="Check every layer type the engine knows.")
 @click.option(
     "--eps",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=1e-6,
     show_default=True,
     help="Finite-difference step.",
 )
 @click.option(
     "--rtol",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=1e-4,
     show_default=True,
     help="Relative tolerance: an entry passes if |a-n| <= atol or |a-n|/max(|a|,|n|) <= rtol.",
 )
 @click.option(
-    "--atol", type=click.FloatRange(min=0), default=1e-6, show_default=True, help="Absolute tolerance (see --rtol)."
+    "--atol", type=FiniteFloat(min=0), default=1e-6, show_default=True, help="Absolute tolerance (see --rtol)."
 )
 @click.option(
     "--samples",

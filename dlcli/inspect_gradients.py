@@ -94,9 +94,8 @@ def inspect(source, batches=4, batch_size=None, seed=None):
     s, ckpt = run.spec_or_checkpoint(source)
     if seed is not None:
         s = run.apply_overrides(s, seed=seed)
-    model, loss = run.build(s, fuse=False)  # unfused: each ReLU's own input gradient and dead units
-    if ckpt is not None:
-        model.load_state(ckpt.params, source=str(source))
+    # unfused: each ReLU's own input gradient and dead units
+    model, loss = run.build(s, fuse=False, checkpoint=ckpt)
     ds = data.load(s, loss, model.output_shape)
     bs = batch_size or s.train.batch_size
     layers = model.trained

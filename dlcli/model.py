@@ -148,11 +148,21 @@ class Model:
         missing = [k for k in expected if k not in arrays]
         if missing:
             raise CheckpointError(f"{source}: missing parameter {missing[0]}")
+        unknown = [k for k in arrays if k not in expected]
+        if unknown:
+            raise CheckpointError(f"{source}: parameter {unknown[0]} is not in the spec's model")
         for k, view in expected.items():
             a = arrays[k]
             if a.shape != view.shape:
                 raise CheckpointError(
                     f"{source}: parameter {k} has shape {a.shape}, the spec's model needs {view.shape}"
+                )
+            if a.dtype.kind not in "fiu":
+                raise CheckpointError(f"{source}: parameter {k} holds {a.dtype} values, not numbers")
+            if not np.isfinite(a).all():  # training never saves a NaN: this file was damaged
+                bad = int(np.flatnonzero(~np.isfinite(a.ravel()))[0])
+                raise CheckpointError(
+                    f"{source}: parameter {k} has a non-finite value ({a.ravel()[bad]}) at flat index {bad}"
                 )
             view[...] = a
 

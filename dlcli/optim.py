@@ -41,12 +41,26 @@ class Optimizer:
     def state_dict(self):
         return {**self.state, "step": np.array(self.step_count, np.int64)}
 
-    def load_state_dict(self, arrays):
+    def load_state_dict(self, arrays, source="checkpoint"):
+        """Restore the state a checkpoint stored; a state the checkpoint lacks (another
+        optimizer wrote it) starts fresh, but a damaged one is refused."""
+        from .errors import CheckpointError
+
         for name, a in self.state.items():
-            if name in arrays and arrays[name].shape == a.shape:
-                a[...] = arrays[name]
+            if name not in arrays:
+                continue
+            stored = arrays[name]
+            if stored.shape != a.shape or stored.dtype.kind not in "fiu" or not np.isfinite(stored).all():
+                raise CheckpointError(
+                    f"{source}: optimizer state {name} ({stored.dtype}, shape {stored.shape}) does not fit "
+                    f"the model's {a.size} parameters or is not finite"
+                )
+            a[...] = stored
         if "step" in arrays:
-            self.step_count = int(arrays["step"])
+            step = arrays["step"]
+            if step.shape != () or step.dtype.kind not in "iu" or step < 0:
+                raise CheckpointError(f"{source}: optimizer step ({step.dtype}, shape {step.shape}) is not a count")
+            self.step_count = int(step)
 
 
 class SGD(Optimizer):

@@ -8,6 +8,7 @@ imports nothing of dlcli, so every option table can import it without a cycle.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,18 @@ from typing import Any
 REQUIRED = object()
 
 
+def integer(v, problem):
+    """v as an int: an int, or a float with an integral value (`samples: 1e4`), else ValueError(problem)."""
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(problem)
+    return v
+
+
 def positive_int(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+    v = integer(v, "must be a positive integer")
+    if v <= 0:
         raise ValueError("must be a positive integer")
     return v
 
@@ -35,15 +46,23 @@ def int_at_least(minimum):
 
 
 def non_negative_int(v):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    v = integer(v, "must be a non-negative integer")
+    if v < 0:
         raise ValueError("must be a non-negative integer")
     return v
 
 
 def number(v):
+    """A finite number: .nan and .inf are never a learning rate or a fraction."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ValueError("must be a number")
-    return float(v)
+    try:
+        v = float(v)
+    except OverflowError:
+        raise ValueError("must be a finite number") from None
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+    return v
 
 
 def positive_float(v):

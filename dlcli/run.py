@@ -28,13 +28,16 @@ def apply_overrides(s, epochs=None, batch_size=None, lr=None, seed=None, threads
     return replace(s, train=train, optimizer=optimizer, seed=seed if seed is not None else s.seed)
 
 
-def build(s, dtype=np.float32, fuse=True):
-    """(model, loss) for a spec; shape errors name the layer and both shapes."""
+def build(s, dtype=np.float32, fuse=True, checkpoint=None):
+    """(model, loss) for a spec; shape errors name the layer and both shapes. With a
+    checkpoint, its parameters are loaded and each one checked against the model."""
     from . import losses
     from .model import Model
 
     loss = losses.make(s.loss)
     model = Model.from_spec(s.model, dtype=dtype, seed=s.seed, loss=s.loss, fuse=fuse)
+    if checkpoint is not None:
+        model.load_state(checkpoint.params, source=checkpoint.path)
     return model, loss
 
 
@@ -57,7 +60,7 @@ def train(s, output=None, resume=None, log=None, log_grad_norms=False, display=N
         ckpt = checkpoint.load(resume)
         model.load_state(ckpt.params, source=str(resume))
         if ckpt.optimizer:
-            optimizer.load_state_dict(ckpt.optimizer)
+            optimizer.load_state_dict(ckpt.optimizer, source=str(resume))
         start_epoch = int(ckpt.meta.get("epochs_done", 0))
         skip = int(ckpt.meta.get("epoch_step", 0))
         if start_epoch >= s.train.epochs:

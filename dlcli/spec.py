@@ -8,6 +8,7 @@ positive integer, got -4`. Loading a spec imports neither Numba nor any kernel (
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .options import (
     did_you_mean,
     fraction,
     mapping,
+    non_negative_int,
     optional,
     parse_options,
     positive_float,
@@ -137,15 +139,105 @@ TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "train")
 # ---------------------------------------------------------------- reading with positions
 
 
+# A spec is a few hundred nodes; these bounds stop a "billion laughs" document (aliases
+# nesting aliases) long before it can take the machine's memory or time.
+MAX_SPEC_BYTES = 1_000_000
+MAX_ALIASES = 1_000
+MAX_NODES = 100_000
+
+# YAML 1.1 (PyYAML's) reads 1e-3, 1E-3 and 1.5e3 as text: a float needs a dot and a signed
+# exponent there. A spec means a number by them, so they resolve as floats, as in YAML 1.2.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class SpecLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that counts aliases as it composes (the first guard against expansion)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases = getattr(self, "aliases", 0) + 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise SpecError(
+                    f"more than {MAX_ALIASES} YAML aliases (*name); a spec may use at most {MAX_ALIASES}",
+                    line=mark.line + 1,
+                    column=mark.column + 1,
+                )
+        return super().compose_node(parent, index)
+
+
+for _first in "-+0123456789.":
+    SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, [_first])
+    # checked before YAML 1.1's own resolvers, which would call it a string
+    _resolvers = SpecLoader.yaml_implicit_resolvers[_first]
+    _resolvers.insert(0, _resolvers.pop())
+
+
+def expanded_size(node, sizes=None, open_=None):
+    """Nodes in the document with every alias expanded (memoised: linear in the distinct
+    nodes, however deep aliases nest); raises ValueError on an alias inside itself."""
+    sizes = {} if sizes is None else sizes
+    open_ = set() if open_ is None else open_
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_:
+        raise ValueError("a YAML alias refers to the node that contains it")
+    open_.add(id(node))
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        total += sum(expanded_size(k, sizes, open_) + expanded_size(v, sizes, open_) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total += sum(expanded_size(v, sizes, open_) for v in node.value)
+    open_.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def read_yaml(text_, file):
+    """(document, its node tree) of a spec's text, safely and within the bounds above."""
+    if len(text_) > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec is {len(text_):,} characters; a spec may have at most {MAX_SPEC_BYTES:,}", file)
+    try:
+        loader = SpecLoader(text_)
+    except yaml.reader.ReaderError as e:
+        line = text_.count("\n", 0, e.position) + 1
+        column = e.position - (text_.rfind("\n", 0, e.position) + 1) + 1
+        raise SpecError(
+            f"not a text file: character {e.character:#06x} is not allowed in YAML; is it a spec?", file, line, column
+        ) from None
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        try:
+            size = expanded_size(node)
+        except ValueError as e:
+            raise SpecError(str(e), file) from None
+        if size > MAX_NODES:
+            raise SpecError(
+                f"the spec expands to {size:,} YAML nodes (through its aliases); a spec may have at most {MAX_NODES:,}",
+                file,
+            )
+        return loader.construct_document(node), node
+    except SpecError as e:
+        e.file = e.file or file
+        raise
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise SpecError(f"not valid YAML: {problem}", file, line, col) from None
+    except RecursionError:
+        raise SpecError("the spec nests too deeply", file) from None
+    finally:
+        loader.dispose()
+
+
 class _Positions:
     """Line/column of every path in a YAML document (1-based, as editors show them)."""
 
-    def __init__(self, text):
+    def __init__(self, root):
         self.marks = {}
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            root = None
         if root is not None:
             self._walk(root, ())
 
@@ -154,6 +246,8 @@ class _Positions:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 k = key.value
+                if not isinstance(k, str):  # a list or mapping as a key: no field of ours
+                    continue
                 self.marks[path + (k, "<key>")] = (key.start_mark.line + 1, key.start_mark.column + 1)
                 self._walk(value, path + (k,))
         elif isinstance(node, yaml.SequenceNode):
@@ -190,9 +284,10 @@ class SpecReader:
         return self.error(path, f"{path_name(path)} {problem}, got {value!r}")
 
     def unknown_key(self, path, key, allowed):
+        name = f"{path_name(path)}.{key}" if path else str(key)
         return self.error(
             path + (key,),
-            f"unknown field '{path_name(path + (key,))}'{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}",
+            f"unknown field '{name}'{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}",
             key=True,
         )
 
@@ -229,23 +324,26 @@ class SpecReader:
 def load(path) -> Spec:
     path = Path(path)
     try:
-        text_ = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError("spec file not found", str(path)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise SpecError(f"cannot read spec file: {e.strerror or e}", str(path)) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"the spec file is larger than {MAX_SPEC_BYTES:,} bytes; is it a spec?", str(path))
+    try:
+        text_ = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            f"not a text file: byte {raw[e.start]:#04x} at offset {e.start} is not UTF-8; is it a spec?", str(path)
+        ) from None
     return parse(text_, str(path))
 
 
 def parse(text_: str, file: str = "<spec>") -> Spec:
-    try:
-        doc = yaml.safe_load(text_)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        raise SpecError(f"not valid YAML: {problem}", file, line, col) from None
-    reader = SpecReader(file, _Positions(text_))
+    doc, root = read_yaml(text_, file)
+    reader = SpecReader(file, _Positions(root))
     if not isinstance(doc, dict):
         raise reader.error((), "a spec must be a YAML mapping with at least 'model' and 'data'")
     for key in doc:
@@ -256,8 +354,10 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
     if not isinstance(name, str):
         raise reader.field_error(("name",), "must be a string", name)
     seed = doc.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise reader.field_error(("seed",), "must be a non-negative integer", seed)
+    try:
+        seed = non_negative_int(seed)
+    except ValueError as e:
+        raise reader.field_error(("seed",), str(e), seed) from None
 
     if "data" not in doc:
         raise reader.error((), "the spec needs a 'data' section, e.g. data: {source: builtin:spirals}")
