@@ -299,8 +299,8 @@ def test_numbers_in_exponent_form_are_numbers(write_spec):
             "seed: 1e1\n"
         )
     )
-    assert s.optimizer.lr == 1e-3 and s.optimizer.eps == 1e-7 and s.train.clip_norm == 15.0
-    assert s.optimizer.beta2 == 0.5 and s.data.options == {"samples": 200, "noise": 0.5}
+    assert s.optimizer.lr == 1e-3 and s.optimizer.options["eps"] == 1e-7 and s.train.clip_norm == 15.0
+    assert s.optimizer.options["beta2"] == 0.5 and s.data.options == {"samples": 200, "noise": 0.5}
     assert s.model.layers[0].options["units"] == 10 and s.train.epochs == 3 and s.seed == 10
     assert isinstance(s.train.epochs, int) and isinstance(s.model.layers[0].options["units"], int)
     # strings stay strings: versions, names, and exponent-looking words
