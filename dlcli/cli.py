@@ -375,6 +375,47 @@ def evaluate(model, data_file, as_json, batch_size, label, threads):
         console.print(renderable)
 
 
+@main.command()
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="The .onnx file to write (default: CHECKPOINT with .onnx)."
+)
+@click.option(
+    "--opset", type=click.IntRange(min=1), default=17, show_default=True, help="ONNX operator set (17 or later)."
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Run onnx.checker (full check) and, when onnxruntime is installed, compare its outputs with dlcli's.",
+)
+@friendly_errors
+def export(checkpoint_path, output, opset, check):
+    """Export the checkpoint CHECKPOINT as an ONNX model (needs: pip install 'dlcli[onnx]').
+
+    The model takes the raw input `dlcli predict` takes, (batch, *model.input) float32,
+    standardisation included, and gives what `predict --proba` gives (probabilities), or
+    the raw outputs of a regression. Class names, the spec and the dlcli version are in
+    its metadata.
+    """
+    from . import export as export_mod
+
+    r = export_mod.to_onnx(checkpoint_path, output, opset=opset, run_check=check)
+    click.echo(
+        f"wrote {r.path}: opset {r.opset}, {r.nodes} nodes; output '{r.output_name}' "
+        f"(batch, {', '.join(map(str, r.output_shape))}): {r.meaning}"
+    )
+    if r.check is not None:
+        line = "onnx.checker: ok (full check)"
+        if r.check.max_diff is None:
+            line += "; onnxruntime not installed, outputs not compared (pip install onnxruntime)"
+        else:
+            line += (
+                f"; ONNX Runtime {r.check.runtime_version} vs dlcli on {r.check.samples} random inputs: "
+                f"largest difference {r.check.max_diff:.3g} (outputs up to {r.check.scale:.3g})"
+            )
+        click.echo(line)
+
+
 @main.command("inspect-gradients")
 @click.argument("source", required=False, type=click.Path(dir_okay=False))
 @click.option(

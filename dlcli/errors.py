@@ -47,3 +47,10 @@ class TrainingDiverged(DlcliError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class ExportError(DlcliError):
+    """A checkpoint that cannot become an ONNX model: a layer without a mapping, a bad
+    opset, or the onnx package missing."""
+
+    exit_code = 2

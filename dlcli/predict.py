@@ -84,6 +84,13 @@ class Predictor:
         """The trained graph's outputs (logits for fused losses) for one batch; a copy."""
         return self.model.forward(self.prepare(xb, where), training=False).copy()
 
+    def outputs(self, xb, where="input"):
+        """What `predict --proba` writes for one batch: class probabilities for
+        classifiers (two columns for one sigmoid output), raw outputs for regression.
+        `dlcli export` gives the ONNX model this same output."""
+        raw = self.raw(xb, where)
+        return raw if self.kind == "regression" else _probabilities(self, raw)
+
 
 def open_model(path) -> Predictor:
     """Load a checkpoint and build its model; every problem is a CheckpointError."""
