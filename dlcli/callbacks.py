@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from . import checkpoint
+from .errors import OutputError
+from .files import check_writable
 from .train import Callback
 
 
@@ -24,11 +26,15 @@ class MetricsLog(Callback):
 
     def __init__(self, path, grad_norms=False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # before training starts: a bad --log path must not cost a run
+            check_writable(self.path, OutputError)
+        except OutputError as e:
+            raise OutputError(f"the metrics log: {e}") from None
         self.grad_norms = grad_norms
         self.f = None
 
     def on_start(self, trainer):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a")
         self.names = [trainer.model.layers[i].name for i in trainer.model.param_layers]
 

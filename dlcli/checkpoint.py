@@ -17,7 +17,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CheckpointError, SpecError
-from .files import atomic_path
+from .files import LOAD_ERRORS, atomic_path
 
 FORMAT = 1
 
@@ -71,7 +71,7 @@ def load(path) -> Checkpoint:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError) as e:
+    except LOAD_ERRORS as e:
         raise CheckpointError(f"{path}: not a readable dlcli checkpoint ({type(e).__name__}: {e})") from None
     for key in ("spec", "meta"):
         if key not in arrays or arrays[key].dtype.kind != "U":

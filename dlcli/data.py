@@ -4,13 +4,13 @@ standardise, batch. Everything is seeded; nothing is downloaded."""
 from __future__ import annotations
 
 import csv
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .files import LOAD_ERRORS
 
 
 @dataclass
@@ -46,10 +46,15 @@ def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
     suffix = path.suffix.lower()
     if suffix == ".npz":
         x, y = _load_npz(path)
+        check_values(x, "x", path)
+        check_values(y, "y", path)
         classes = []
     elif suffix == ".npy":
         x = _load_npy(path)
-        y = _load_npy(resolve(data_spec.targets, spec_path))
+        check_values(x, "the array", path)
+        targets = resolve(data_spec.targets, spec_path)
+        y = _load_npy(targets)
+        check_values(y, "the array", targets)
         classes = []
     else:
         x, y, classes = load_csv(path, data_spec.label, classification)
@@ -58,12 +63,32 @@ def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
     return x, y, classes, f"{path.name}, {len(x)} samples"
 
 
+def check_values(a, name, where, rows=1 << 16):
+    """Refuse an array a model cannot take: not numbers, a single number, or a NaN or an
+    infinity, named by its file, array and first bad row (training would otherwise stop
+    much later with "diverged"). Checked `rows` at a time, so a memory-mapped file is
+    never read whole."""
+    if a.dtype.kind not in "fiub":
+        raise DataError(f"{where}: {name} holds {a.dtype} values, not numbers")
+    if a.ndim == 0:
+        raise DataError(f"{where}: {name} is a single number, not an array of samples")
+    if a.dtype.kind != "f":
+        return
+    for start in range(0, len(a), rows):
+        block = np.asarray(a[start : start + rows])
+        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            value = block[row][~np.isfinite(block[row])].flat[0]
+            raise DataError(f"{where}: {name} has {value} in row {start + row} (counting from 0); data must be finite")
+
+
 def _load_npy(path, mmap=False):
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise DataError(f"data file not found: {path}") from None
-    except (ValueError, OSError) as e:
+    except LOAD_ERRORS as e:
         raise DataError(f"{path}: not a readable .npy array ({e})") from None
 
 
@@ -79,7 +104,7 @@ def _load_npz(path, keys=("x", "y")):
             return tuple(f[k] for k in keys)
     except FileNotFoundError:
         raise DataError(f"data file not found: {path}") from None
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except LOAD_ERRORS as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
 
 
@@ -100,12 +125,13 @@ def load_csv(path, label, classification=True, need_label=True):
     if need_label and not has_label:
         raise DataError(f"{path}: no column named '{label}' (columns: {', '.join(header)})")
     li = header.index(label) if has_label else None
-    feats, labels = [], []
+    feats, labels, lines = [], [], []
     for n, row in enumerate(rows[1:], start=2):
         if not row:
             continue
         if len(row) != len(header):
             raise DataError(f"{path}:{n}: {len(row)} values, the header has {len(header)} columns")
+        lines.append(n)
         try:
             feats.append([float(v) for i, v in enumerate(row) if i != li])
         except ValueError:
@@ -114,14 +140,24 @@ def load_csv(path, label, classification=True, need_label=True):
             raise DataError(f"{path}:{n}: column '{header[bad]}' {what}") from None
         if li is not None:
             labels.append(row[li].strip())
-    x = np.asarray(feats, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf: refused below
+        x = np.asarray(feats, dtype=np.float32)
+        finite = np.isfinite(x).all(axis=1) if x.size else np.ones(len(x), bool)
+        if not finite.all():
+            n = lines[int(np.argmin(finite))]
+            row = rows[n - 1]
+            bad = next(i for i, v in enumerate(row) if i != li and not np.isfinite(np.float32(float(v))))
+            raise DataError(f"{path}:{n}: column '{header[bad]}' is {row[bad].strip()!r}; data must be finite")
     if li is None:
         return x, None, []
     if not classification:
         try:
-            return x, np.asarray([float(v) for v in labels], np.float32).reshape(-1, 1), []
+            with np.errstate(over="ignore"):
+                y = np.asarray([float(v) for v in labels], np.float32).reshape(-1, 1)
         except ValueError:
             raise DataError(f"{path}: label column '{label}' must be numeric for a regression loss") from None
+        check_values(y, f"label column '{label}'", path)
+        return x, y, []
     if all(_is_int(v) for v in labels):
         return x, np.asarray([int(v) for v in labels], np.int64), []
     classes = sorted(set(labels))

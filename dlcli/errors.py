@@ -43,6 +43,12 @@ class CheckpointError(DlcliError):
     exit_code = 2
 
 
+class OutputError(DlcliError):
+    """A file the user asked for (--log, -o) that cannot be written, found before the run starts."""
+
+    exit_code = 2
+
+
 class TrainingDiverged(DlcliError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

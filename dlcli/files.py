@@ -5,10 +5,26 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DlcliError
+
+# What np.load can raise on a damaged, truncated or hostile .npy/.npz (with allow_pickle=False):
+# a bad header or zip directory, a corrupt deflate stream, or a header claiming an array
+# larger than memory.
+LOAD_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+    MemoryError,
+)
 
 
 def _umask():
@@ -40,3 +56,34 @@ def atomic_path(path, error=DlcliError):
         raise error(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def check_writable(path, error=DlcliError):
+    """Raise `error` now if `path` could not be written later: a run must not train for an
+    hour and then fail to save. Probes with a temporary file and leaves nothing behind
+    (folders it had to make for the probe are removed again)."""
+    path = Path(path)
+    made = []
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a directory")
+        folder = path.parent
+        while not folder.exists():
+            made.append(folder)
+            folder = folder.parent
+        for d in reversed(made):
+            d.mkdir()
+        if path.exists():
+            open(path, "a").close()  # appending nothing changes nothing
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise error(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                pass

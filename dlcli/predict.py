@@ -150,10 +150,12 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None):
         raise DataError(f"{path}: inputs must be numbers, got {x.dtype} values")
     if x.ndim < 1:
         raise DataError(f"{path}: inputs must be an array of samples, got a scalar")
+    data.check_values(x, "x", where)  # block by block: a memory-mapped file is not read whole
     data.fit_input(x[:0], pred.input_shape, where)  # shape check only: a view of no rows
     if y is not None and suffix == ".npz":
         if len(y) != len(x):
             raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}")
+        data.check_values(y, "y", where)
         y = _check_labels(pred, np.asarray(y), where)
     return x, y
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from . import spec as spec_mod
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
+from .files import check_writable
 
 
 def load_spec(path):
@@ -72,6 +73,7 @@ def train(s, output=None, resume=None, log=None, log_grad_norms=False, display=N
         output = Path(output)
     else:  # a resumed run goes on writing the checkpoint it continues
         output = Path(resume) if resume is not None else default_checkpoint_path(s)
+    check_writable(output, OutputError)
     cbs = list(callbacks)
     if display is not None:
         cbs.insert(0, display)

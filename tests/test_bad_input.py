@@ -24,6 +24,7 @@ from badinput import (
     npy_bytes,
     npz_bytes,
     snapshot,
+    spec_for,
 )
 
 MODEL = "model: {input: [2], layers: [{dense: 4}, relu, {dense: 2}]}\n"
@@ -257,6 +258,147 @@ def test_bad_command_line(args, fragments):
     check_refused(invoke(args), 2, fragments, before, snapshot("."))
 
 
+def x_with(value, row=5, column=1):
+    x = X.copy()
+    x[row, column] = value
+    return x
+
+
+# (id, data files, command line with S = a spec reading d.npz / x.npy / d.csv, fragments)
+NPZ, CSV, NPY = spec_for("d.npz"), spec_for("d.csv", ", label: label"), spec_for("x.npy", ", targets: y.npy")
+DATA_FILES = [
+    ("npz-x-nan", {"d.npz": npz_bytes(x=x_with(np.nan), y=Y)}, NPZ, ["d.npz", "x has nan in row 5"]),
+    ("npz-x-inf", {"d.npz": npz_bytes(x=x_with(np.inf, 9), y=Y)}, NPZ, ["d.npz", "x has inf in row 9"]),
+    ("npz-x-minus-inf", {"d.npz": npz_bytes(x=x_with(-np.inf, 0, 0), y=Y)}, NPZ, ["row 0"]),
+    ("npz-x-float64-nan", {"d.npz": npz_bytes(x=x_with(np.nan, 15).astype(np.float64), y=Y)}, NPZ, ["row 15"]),
+    ("npz-y-nan", {"d.npz": npz_bytes(x=X, y=np.where(np.arange(16) == 3, np.nan, 1.0))}, NPZ, ["y has nan in row 3"]),
+    ("npz-x-text", {"d.npz": npz_bytes(x=X.astype(str), y=Y)}, NPZ, ["x holds", "not numbers"]),
+    ("npz-x-complex", {"d.npz": npz_bytes(x=X.astype(np.complex64), y=Y)}, NPZ, ["complex64", "not numbers"]),
+    ("npz-x-scalar", {"d.npz": npz_bytes(x=np.float32(1), y=Y)}, NPZ, ["single number"]),
+    ("npz-x-object", {"d.npz": npz_bytes(x=np.array([1, "a"], dtype=object), y=Y)}, NPZ, ["d.npz", "not a readable"]),
+    ("npz-no-y", {"d.npz": npz_bytes(x=X)}, NPZ, ["no array named 'y'"]),
+    ("npz-garbage", {"d.npz": b"PK\x03\x04garbage"}, NPZ, ["d.npz"]),
+    ("npz-truncated", {"d.npz": npz_bytes(x=X, y=Y)[:200]}, NPZ, ["d.npz"]),
+    ("npz-wrong-width", {"d.npz": npz_bytes(x=np.zeros((16, 3), np.float32), y=Y)}, NPZ, ["shape (3,)", "[2]"]),
+    ("npz-length-mismatch", {"d.npz": npz_bytes(x=X, y=Y[:10])}, NPZ, ["16 samples", "10"]),
+    ("npz-label-out-of-range", {"d.npz": npz_bytes(x=X, y=Y + 5)}, NPZ, ["labels run from"]),
+    ("npz-fractional-labels", {"d.npz": npz_bytes(x=X, y=Y + 0.5)}, NPZ, ["integer class labels"]),
+    ("npz-missing", {}, NPZ, ["not found", "d.npz"]),
+    ("npy-x-nan", {"x.npy": npy_bytes(x_with(np.nan, 7)), "y.npy": npy_bytes(Y)}, NPY, ["x.npy", "row 7"]),
+    ("npy-targets-missing", {"x.npy": npy_bytes(X)}, NPY, ["y.npy", "not found"]),
+    ("npy-garbage", {"x.npy": b"\x93NUMPY garbage", "y.npy": npy_bytes(Y)}, NPY, ["x.npy", "not a readable"]),
+    (
+        "npy-huge-header",
+        {
+            "x.npy": npy_bytes(X)[:10]
+            + b"{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000000, 2), }"
+            + b" " * 40
+            + b"\n",
+            "y.npy": npy_bytes(Y),
+        },
+        NPY,
+        ["x.npy"],
+    ),
+    ("csv-nan", {"d.csv": "a,b,label\n1,2,0\n3,nan,1\n"}, CSV, ["d.csv:3", "column 'b'", "'nan'"]),
+    ("csv-inf", {"d.csv": "a,b,label\n1,2,0\n-inf,1,1\n"}, CSV, ["d.csv:3", "column 'a'"]),
+    ("csv-beyond-float32", {"d.csv": "a,b,label\n1,2,0\n1,1e39,1\n"}, CSV, ["d.csv:3", "'1e39'"]),
+    ("csv-not-numeric", {"d.csv": "a,b,label\n1,x,0\n"}, CSV, ["d.csv:2", "not numeric"]),
+    ("csv-ragged", {"d.csv": "a,b,label\n1,2,0\n1,2\n"}, CSV, ["d.csv:3", "2 values"]),
+    ("csv-no-label-column", {"d.csv": "a,b,c\n1,2,0\n"}, CSV, ["no column named 'label'"]),
+    ("csv-empty", {"d.csv": ""}, CSV, ["header row"]),
+    ("csv-binary", {"d.csv": bytes(range(256))}, CSV, ["d.csv"]),
+]
+
+
+@pytest.mark.parametrize("files,spec_text,fragments", [c[1:] for c in DATA_FILES], ids=[c[0] for c in DATA_FILES])
+@pytest.mark.parametrize("command", ["summary", "train"])
+def test_bad_data_file(files, spec_text, fragments, command):
+    for name, content in files.items():
+        Path(name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    Path("s.yaml").write_text(spec_text)
+    before = snapshot(".")
+    check_refused(invoke([command, "s.yaml"]), 2, fragments, before, snapshot("."))
+
+
+PREDICTION_INPUTS = [
+    ("x-nan", npz_bytes(x=x_with(np.nan, 4), y=Y), ["in.npz", "x has nan in row 4"]),
+    ("y-inf", npz_bytes(x=X, y=np.where(np.arange(16) == 2, np.inf, 0.0)), ["y has inf in row 2"]),  # evaluate only
+    ("x-text", npz_bytes(x=X.astype(str), y=Y), ["numbers"]),
+    (
+        "x-huge-header",
+        npy_bytes(X)[:10]
+        + b"{'descr': '<f4', 'fortran_order': False, 'shape': (10000000000000, 2), }"
+        + b" " * 40
+        + b"\n",
+        ["in.npz"],
+    ),
+]
+
+
+PREDICTION_CASES = [
+    (command, content, fragments)
+    for _, content, fragments in PREDICTION_INPUTS
+    for command in ("predict", "evaluate")
+    if command == "evaluate" or "y has" not in fragments[0]  # predict does not read labels
+]
+
+
+@pytest.mark.parametrize(
+    "command,content,fragments",
+    PREDICTION_CASES,
+    ids=[
+        f"{cmd}-{c[0]}"
+        for c in PREDICTION_INPUTS
+        for cmd in ("predict", "evaluate")
+        if cmd == "evaluate" or "y has" not in c[2][0]
+    ],
+)
+def test_bad_prediction_input(content, fragments, command):
+    Path("c.npz").write_bytes(checkpoint_bytes())
+    Path("in.npz").write_bytes(content)
+    before = snapshot(".")
+    check_refused(
+        invoke([command, "c.npz", "in.npz", *(["-o", "out.csv"] if command == "predict" else [])]),
+        2,
+        fragments,
+        before,
+        snapshot("."),
+    )
+
+
+def test_nan_in_a_memory_mapped_input_is_found_block_by_block(monkeypatch):
+    from dlcli import data
+
+    x = np.zeros((50, 2), np.float32)
+    x[37, 1] = np.nan
+    np.save("x.npy", x)
+    m = np.load("x.npy", mmap_mode="r")
+    with pytest.raises(data.DataError, match=r"x.npy: x has nan in row 37"):
+        data.check_values(m, "x", "x.npy", rows=8)
+    data.check_values(m[:37], "x", "x.npy", rows=8)
+
+
+# --------------------------------------------------------------------------- output paths
+OUTPUTS = [
+    ("log-in-missing-root", ["--log", "/proc/nope/log.jsonl"], ["metrics log", "/proc/nope"]),
+    ("log-is-a-directory", ["--log", "sub"], ["--log", "is a directory"]),
+    ("log-in-a-new-folder-under-a-file", ["--log", "s.yaml/new/log.jsonl"], ["metrics log"]),
+    ("log-under-a-file", ["--log", "s.yaml/log.jsonl"], ["metrics log"]),
+    ("checkpoint-is-a-directory", ["-o", "sub"], ["--output", "is a directory"]),
+    ("checkpoint-in-missing-root", ["-o", "/proc/nope/c.npz"], ["cannot write /proc/nope/c.npz"]),
+    ("checkpoint-under-a-file", ["-o", "s.yaml/c.npz"], ["cannot write"]),
+]
+
+
+@pytest.mark.parametrize("args,fragments", [c[1:] for c in OUTPUTS], ids=[c[0] for c in OUTPUTS])
+def test_unwritable_outputs_are_refused_before_training(args, fragments):
+    Path("s.yaml").write_text(GOOD_SPEC)
+    Path("sub").mkdir()
+    before = snapshot(".")
+    check_refused(invoke(["train", "s.yaml", "-q", *args]), 2, fragments, before, snapshot("."))
+    assert not Path("runs").exists()
+
+
 # --------------------------------------------------------------------------- real processes
 @pytest.mark.parametrize(
     "name,content,args,fragment",
@@ -284,6 +426,7 @@ def test_refused_in_a_real_process(tmp_path, name, content, args, fragment):
 
 def test_corpus_has_at_least_100_cases():
     n = len(SPECS) + len(CHECKPOINTS) * len(CHECKPOINT_COMMANDS) + len(COMMAND_LINES)
+    n += 2 * len(DATA_FILES) + len(PREDICTION_CASES) + len(OUTPUTS)
     assert n >= 100, n
 
 
