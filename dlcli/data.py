@@ -198,7 +198,7 @@ def load(spec, loss, output_shape) -> Dataset:
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
     x = fit_input(np.asarray(x), spec.model.input, where).astype(np.float32, copy=False)
-    y = check_targets(np.asarray(y), loss, output_shape, where)
+    y = loss.check_targets(np.asarray(y), output_shape, where)
     rng = np.random.default_rng([spec.seed, 1])
     order = rng.permutation(len(x)) if ds.shuffle else np.arange(len(x))
     n_val = int(round(len(x) * ds.validation_split))
@@ -216,42 +216,6 @@ def load(spec, loss, output_shape) -> Dataset:
 
 def standardize(x, mean, std):
     return ((x - mean) / std).astype(np.float32)
-
-
-def check_targets(y, loss, output_shape, where):
-    """Targets of the kind the loss needs, checked against the model's output."""
-    output_shape = tuple(output_shape)
-    if loss.name == "cross_entropy":
-        if not np.issubdtype(y.dtype, np.integer):
-            if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
-                y = y.astype(np.int64)
-            else:
-                raise DataError(f"{where}: cross_entropy needs integer class labels, got {y.dtype} values")
-        expected = output_shape[:-1]
-        if y.ndim == 2 and y.shape[1] == 1 and expected == ():
-            y = y[:, 0]
-        if tuple(y.shape[1:]) != expected:
-            raise DataError(
-                f"{where}: labels have shape {tuple(y.shape[1:])} per sample, the model's output "
-                f"{list(output_shape)} needs {list(expected)}"
-            )
-        classes = output_shape[-1]
-        if y.size and (y.min() < 0 or y.max() >= classes):
-            raise DataError(
-                f"{where}: labels run from {y.min()} to {y.max()}, but the last layer has {classes} "
-                f"outputs (labels must lie in 0..{classes - 1})"
-            )
-        return y.astype(np.int64)
-    y = y.astype(np.float32)
-    if y.ndim == 1:
-        y = y.reshape(-1, 1)
-    if tuple(y.shape[1:]) != output_shape:
-        if int(np.prod(y.shape[1:])) == int(np.prod(output_shape)):
-            return y.reshape((len(y),) + output_shape)
-        raise DataError(
-            f"{where}: targets have shape {tuple(y.shape[1:])} per sample, the model's output is {list(output_shape)}"
-        )
-    return y
 
 
 def batches(x, y, batch_size, rng=None):

@@ -317,14 +317,7 @@ def spec_inputs(s, model, loss, batch_size, seed):
     rng = np.random.default_rng([seed, 7])
     x = rng.standard_normal((batch_size,) + tuple(model.input_shape))
     # The trained graph's output (logits for fused losses) is what the loss sees.
-    out_shape = tuple(model.trained[-1].output_shape)
-    if loss.name == "cross_entropy":
-        y = rng.integers(0, out_shape[-1], size=(batch_size,) + out_shape[:-1]).astype(np.int64)
-    elif loss.name == "binary_cross_entropy":
-        y = rng.integers(0, 2, size=(batch_size,) + out_shape).astype(np.float64)
-    else:
-        y = rng.standard_normal((batch_size,) + out_shape)
-    return x, y
+    return x, loss.random_targets(rng, batch_size, model.trained[-1].output_shape)
 
 
 def check_spec(

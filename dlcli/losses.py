@@ -1,22 +1,58 @@
-"""Losses: mean over the batch, with their gradient, plus what turns outputs into predictions."""
+"""Losses: mean over the batch with their gradient, and everything else that depends on
+which loss a model has: the targets it accepts, its metric, the final activation it
+fuses, and how outputs become predictions."""
 
 import numpy as np
 
+from .errors import DataError
+
 
 class Loss:
+    """The regression case is the default: float targets of the output's shape, no
+    accuracy, outputs are the predictions."""
+
     name = ""
-    classification = False
+    classification = False  # targets are class labels; the metric is accuracy
+    fused_output = None  # the final activation layer this loss takes over (its logits come in)
 
     def __call__(self, out, target):
-        """Returns (mean loss, dL/d(out), number of correct predictions or None)."""
+        """Returns (mean loss, dL/d(out), number of correct predictions or None): the
+        metric comes out of the same pass, accuracy = hits / target.size."""
         raise NotImplementedError
 
     def output(self, raw):
         """Model outputs as the user sees them: probabilities for classifiers."""
         return raw
 
-    def target_dtype(self, dtype):
-        return dtype
+    def kind(self, output_shape):
+        """'multiclass', 'binary' (one sigmoid output), 'multilabel' or 'regression'."""
+        return "regression"
+
+    def predict(self, raw):
+        """Predictions from raw outputs: class indices for classifiers."""
+        return raw
+
+    def entries(self, raw):
+        """How many terms the mean loss over `raw` averages."""
+        return raw.size
+
+    def random_targets(self, rng, batch_size, output_shape):
+        """Targets this loss accepts for outputs of `output_shape` (for gradient checks)."""
+        return rng.standard_normal((batch_size,) + tuple(output_shape))
+
+    def check_targets(self, y, output_shape, where):
+        """Targets of the kind this loss needs, checked against the model's output."""
+        output_shape = tuple(output_shape)
+        y = y.astype(np.float32)
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if tuple(y.shape[1:]) != output_shape:
+            if int(np.prod(y.shape[1:])) == int(np.prod(output_shape)):
+                return y.reshape((len(y),) + output_shape)
+            raise DataError(
+                f"{where}: targets have shape {tuple(y.shape[1:])} per sample, the model's output is {list(output_shape)}"
+            )
+        return y
 
 
 class CrossEntropy(Loss):
@@ -25,6 +61,7 @@ class CrossEntropy(Loss):
 
     name = "cross_entropy"
     classification = True
+    fused_output = "softmax"
 
     def __call__(self, logits, labels):
         from .kernels.losses import softmax_cross_entropy
@@ -42,8 +79,41 @@ class CrossEntropy(Loss):
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
 
-    def target_dtype(self, dtype):
-        return np.int64
+    def kind(self, output_shape):
+        return "multiclass"
+
+    def predict(self, raw):
+        return raw.argmax(axis=-1)  # logits: no need for the softmax
+
+    def entries(self, raw):
+        return raw.size // raw.shape[-1]  # one term per label, not per class
+
+    def random_targets(self, rng, batch_size, output_shape):
+        output_shape = tuple(output_shape)
+        return rng.integers(0, output_shape[-1], size=(batch_size,) + output_shape[:-1]).astype(np.int64)
+
+    def check_targets(self, y, output_shape, where):
+        output_shape = tuple(output_shape)
+        if not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+                y = y.astype(np.int64)
+            else:
+                raise DataError(f"{where}: cross_entropy needs integer class labels, got {y.dtype} values")
+        expected = output_shape[:-1]
+        if y.ndim == 2 and y.shape[1] == 1 and expected == ():
+            y = y[:, 0]
+        if tuple(y.shape[1:]) != expected:
+            raise DataError(
+                f"{where}: labels have shape {tuple(y.shape[1:])} per sample, the model's output "
+                f"{list(output_shape)} needs {list(expected)}"
+            )
+        classes = output_shape[-1]
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            raise DataError(
+                f"{where}: labels run from {y.min()} to {y.max()}, but the last layer has {classes} "
+                f"outputs (labels must lie in 0..{classes - 1})"
+            )
+        return y.astype(np.int64)
 
 
 class MeanSquaredError(Loss):
@@ -66,6 +136,7 @@ class BinaryCrossEntropy(Loss):
 
     name = "binary_cross_entropy"
     classification = True
+    fused_output = "sigmoid"
 
     def __call__(self, logits, target):
         from .kernels.losses import sigmoid_binary_cross_entropy
@@ -78,6 +149,15 @@ class BinaryCrossEntropy(Loss):
 
     def output(self, raw):
         return 1.0 / (1.0 + np.exp(-raw))
+
+    def kind(self, output_shape):
+        return "binary" if tuple(output_shape) == (1,) else "multilabel"
+
+    def predict(self, raw):
+        return (raw > 0).astype(np.int64)  # sigmoid(z) > 0.5 exactly when z > 0
+
+    def random_targets(self, rng, batch_size, output_shape):
+        return rng.integers(0, 2, size=(batch_size,) + tuple(output_shape)).astype(np.float64)
 
 
 LOSSES = {cls.name: cls for cls in (CrossEntropy, MeanSquaredError, BinaryCrossEntropy)}

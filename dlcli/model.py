@@ -14,10 +14,7 @@ import numpy as np
 
 from .errors import ShapeError
 from .layers import LAYERS
-
-# The final layer a fused loss takes over: its logits go to the loss, and the activation
-# is applied only when predicting.
-FUSED_OUTPUT = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid"}
+from .losses import LOSSES
 
 
 @dataclass
@@ -46,8 +43,9 @@ class Model:
             except ValueError as e:  # a layer's own check, e.g. a kernel larger than its input
                 raise ShapeError(f"{layer.name}: {e} (input shape {tuple(shape)})") from None
         self.output_shape = shape
-        # The trained graph leaves out a final softmax/sigmoid that the loss fuses.
-        fused = FUSED_OUTPUT.get(loss)
+        # The trained graph leaves out a final softmax/sigmoid that the loss fuses: its logits
+        # go to the loss, and the activation is applied only when predicting.
+        fused = LOSSES[loss].fused_output if loss is not None else None
         self.trained = layers[:-1] if fused and len(layers) > 1 and layers[-1].kind == fused else layers
         if fuse:
             for a, b in zip(self.trained, self.trained[1:]):

@@ -51,11 +51,7 @@ class Predictor:
     def kind(self):
         """'multiclass' (softmax), 'binary' (one sigmoid output), 'multilabel' (several
         sigmoid outputs) or 'regression'."""
-        if self.loss.name == "cross_entropy":
-            return "multiclass"
-        if self.loss.name == "binary_cross_entropy":
-            return "binary" if self.output_shape == (1,) else "multilabel"
-        return "regression"
+        return self.loss.kind(self.output_shape)
 
     @property
     def n_classes(self):
@@ -195,9 +191,7 @@ def _load_csv(pred, path, need_labels, label):
 
 
 def _check_labels(pred, y, where):
-    from .data import check_targets
-
-    return check_targets(y, pred.loss, pred.output_shape, where)
+    return pred.loss.check_targets(y, pred.output_shape, where)
 
 
 # --------------------------------------------------------------------------- batches
@@ -211,13 +205,6 @@ def _batches(pred, x, batch_size, where, progress=None):
         yield start, stop, pred.raw(x[start:stop], where)
         if progress is not None:
             progress(stop, n)
-
-
-def _labels(pred, raw):
-    """Predicted class indices from raw outputs (logits: no need for the softmax)."""
-    if pred.kind == "multiclass":
-        return raw.argmax(axis=-1)
-    return (raw > 0).astype(np.int64)  # sigmoid(z) > 0.5 exactly when z > 0
 
 
 def _probabilities(pred, raw):
@@ -347,7 +334,7 @@ class _Columns:
         """A dict of arrays for one batch, keyed by what the writers need."""
         pred = self.pred
         if self.mode == "labels":
-            lab = _labels(pred, raw)
+            lab = pred.loss.predict(raw)
             if pred.kind == "binary":
                 lab = lab[:, 0]
             return {"labels": self.lookup[lab] if self.lookup is not None else lab}
@@ -496,11 +483,11 @@ def evaluate(model_path, data_path, batch_size=1024, label=None, progress=None) 
     for start, stop, raw in _batches(pred, x, batch_size, where, progress):
         yb = y[start:stop]
         value, _, _ = pred.loss(np.ascontiguousarray(raw), yb)
-        m = raw.size if pred.loss.name != "cross_entropy" else raw.size // raw.shape[-1]
+        m = pred.loss.entries(raw)
         loss_sum += float(value) * m
         entries += m
         if pred.loss.classification:
-            lab = _labels(pred, raw)
+            lab = pred.loss.predict(raw)
             truth = yb.astype(np.int64)
             hits += int((lab == truth).sum())
             if confusion is not None:
