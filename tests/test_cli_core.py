@@ -25,36 +25,28 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_import_and_help_load_no_numba_or_kernels():
-    code = """
-import sys, time
-t = time.perf_counter()
+HEAVY = ("numpy", "numba", "llvmlite", "rich", "dlcli.kernels")  # each loads on use, never for --help
+
+
+def test_import_and_help_load_nothing_heavy():
+    """`dlcli --help` stays instant because it imports none of HEAVY; the time itself is
+    measured by benchmarks/bench_startup.py (a wall-clock assertion flakes on a busy machine)."""
+    code = f"""
+import sys
 import dlcli
 from dlcli.cli import main
-try:
-    main(["--help"])
-except SystemExit:
-    pass
-for cmd in ("train", "summary"):
+for args in (["--help"], ["train", "--help"], ["summary", "--help"]):
     try:
-        main([cmd, "--help"])
+        main(args)
     except SystemExit:
         pass
-elapsed = time.perf_counter() - t
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite") or m.startswith("dlcli.kernels"))
-print("RESULT", elapsed, bad, file=sys.stderr)
+print("RESULT", [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)
 """
-    times = []
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        assert "Usage:" in out.stdout and "train" in out.stdout
-        line = [ln for ln in out.stderr.splitlines() if ln.startswith("RESULT")][0]
-        _, elapsed, bad = line.split(" ", 2)
-        assert bad == "[]", bad
-        times.append(float(elapsed))
-    # Imports and --help (the interpreter's own start-up excluded); best of three on a busy machine.
-    assert min(times) < 0.3, times
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout and "train" in out.stdout
+    line = [ln for ln in out.stderr.splitlines() if ln.startswith("RESULT")][0]
+    assert line == "RESULT []", line
 
 
 def test_train_end_to_end(write_spec):
