@@ -1,4 +1,11 @@
-"""Sequential model: build from a spec, forward, backward, and one flat home for parameters.
+"""The model: a graph of layers (a plain stack is the common case), build from a spec,
+forward, backward, and one flat home for parameters.
+
+Nodes are layers in an order where every node comes after its inputs; `inputs[i]` lists
+the nodes feeding node i (-1 is the model input); the last node is the output. A plain
+`layers:` list is the chain where node i reads node i - 1. Forward keeps every node's
+output until the pass ends; backward sums the gradients of an output read by several
+nodes (a residual connection's fork).
 
 All parameters live in one contiguous buffer and all gradients in another; each layer's
 `params`/`grads` dicts hold views into them. The optimizer updates the whole buffer in one
@@ -8,13 +15,15 @@ allreduce of `grads_flat` between `backward` and the optimizer step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ShapeError
 from .layers import LAYERS
 from .losses import LOSSES
+
+MODEL_INPUT = -1
 
 
 @dataclass
@@ -25,43 +34,81 @@ class SummaryRow:
     output_shape: tuple
     params: int
     flops: int
+    inputs: list = field(default_factory=list)  # what feeds the node: `input`, names, `layers[i]`
+    name: str | None = None  # the spec's `name:`, if any
 
 
 class Model:
-    def __init__(self, layers, input_shape, dtype=np.float32, loss=None, fuse=True):
+    def __init__(self, layers, input_shape, dtype=np.float32, loss=None, fuse=True, inputs=None, where=None):
+        """`inputs[i]`: the nodes feeding node i (-1: the model input); None: a plain stack.
+        `where[i]`: `file:line` of node i, put in front of its shape errors."""
         self.layers = layers
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         self.loss_name = loss
-        shape = self.input_shape
+        n = len(layers)
+        self.inputs = [tuple(ins) for ins in inputs] if inputs is not None else [(i - 1,) for i in range(n)]
+        self.labels = [getattr(layer, "label", None) for layer in layers]
+        consumers = [[] for _ in range(n)]
+        for i, ins in enumerate(self.inputs):
+            for j in ins:
+                if j >= 0:
+                    consumers[j].append(i)
+        shapes = []
         for i, layer in enumerate(layers):
-            layer.next_kind = layers[i + 1].kind if i + 1 < len(layers) else None
+            after = consumers[i]
+            layer.next_kind = layers[after[0]].kind if len(after) == 1 else None
+            in_shapes = [self.input_shape if j < 0 else shapes[j] for j in self.inputs[i]]
+            layer.input_names = tuple(self.source_name(j) for j in self.inputs[i])
             try:
-                shape = layer.build(shape)
-            except ShapeError:
-                raise
+                shapes.append(layer.build(in_shapes if layer.MERGE else in_shapes[0]))
+            except ShapeError as e:
+                raise ShapeError(f"{where[i]}: {e}" if where and where[i] else str(e)) from None
             except ValueError as e:  # a layer's own check, e.g. a kernel larger than its input
-                raise ShapeError(f"{layer.name}: {e} (input shape {tuple(shape)})") from None
-        self.output_shape = shape
+                message = f"{layer.name}: {e} (input shape {tuple(in_shapes[0])})"
+                raise ShapeError(f"{where[i]}: {message}" if where and where[i] else message) from None
+        self.shapes = shapes
+        self.output_shape = shapes[-1]
         # The trained graph leaves out a final softmax/sigmoid that the loss fuses: its logits
         # go to the loss, and the activation is applied only when predicting.
         fused = LOSSES[loss].fused_output if loss is not None else None
-        self.trained = layers[:-1] if fused and len(layers) > 1 and layers[-1].kind == fused else layers
+        last = layers[-1]
+        drop = fused and n > 1 and last.kind == fused and self.inputs[-1][0] >= 0
+        self.trained = layers[:-1] if drop else layers
+        self.output_index = self.inputs[-1][0] if drop else n - 1
+        m = len(self.trained)
         if fuse:
-            for a, b in zip(self.trained, self.trained[1:]):
-                if a.FUSES_RELU and b.kind == "relu":
-                    a.fuse_relu, b.fused = True, True
+            for i, b in enumerate(self.trained):
+                (j,) = self.inputs[i] if len(self.inputs[i]) == 1 else (MODEL_INPUT,)
+                if b.kind == "relu" and j >= 0 and layers[j].FUSES_RELU and consumers[j] == [i]:
+                    layers[j].fuse_relu, b.fused = True, True
         self._flatten()
-        # _params_upstream[i]: does any layer before trained[i] have parameters (so needs dx)?
-        self._params_upstream = [any(layer.params for layer in self.trained[:i]) for i in range(len(self.trained))]
+        # _params_upstream[i]: does any node feeding trained[i], directly or not, have
+        # parameters (so node i must return dL/d(input))?
+        upstream = []
+        for i in range(m):
+            upstream.append(any(j >= 0 and (upstream[j] or bool(layers[j].params)) for j in self.inputs[i]))
+        self._params_upstream = upstream
 
     @classmethod
     def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True):
-        layers = []
+        layers, inputs, where = [], [], []
+        file = getattr(model_spec, "file", None)
         for ls in model_spec.layers:
             rng = np.random.default_rng([seed, ls.index])
-            layers.append(LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **ls.options))
-        return cls(layers, model_spec.input, dtype=dtype, loss=loss, fuse=fuse)
+            layer = LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **ls.options)
+            layer.label = getattr(ls, "name", None)
+            layers.append(layer)
+            given = getattr(ls, "inputs", None)
+            inputs.append(tuple(given) if given is not None else (ls.index - 1,))
+            where.append(f"{file}:{ls.line}" if file and ls.line else None)
+        return cls(layers, model_spec.input, dtype=dtype, loss=loss, fuse=fuse, inputs=inputs, where=where)
+
+    def source_name(self, j):
+        """How a summary or an error names node j's output: `input`, its name, or `layers[j] kind`."""
+        if j < 0:
+            return "input"
+        return self.labels[j] or self.layers[j].name
 
     def _flatten(self):
         """Move every parameter and gradient into the two flat buffers (views stay in the dicts)."""
@@ -87,19 +134,50 @@ class Model:
         self.layer_offsets = np.array(offsets, dtype=np.int64)
 
     # ------------------------------------------------------------------ passes
-    def forward(self, x, training=False):
-        for layer in self.trained:
-            x = layer.forward(x, training)
-        return x
+    def forward(self, x, training=False, observe=None):
+        """The trained graph's output; `observe(i, layer, y)` sees each node's output."""
+        return self.run_nodes(x, training, observe=observe)[self.output_index]
 
-    def backward(self, dy, need_input_grad=False):
-        """Backpropagate dL/d(output); returns dL/d(input) when asked, else None."""
-        for i in range(len(self.trained) - 1, -1, -1):
-            need = need_input_grad or self._params_upstream[i]
-            dy = self.trained[i].backward(dy, need_dx=need)
-            if dy is None:
-                return None
-        return dy
+    def run_nodes(self, x, training=False, start=0, outputs=None, replace=None, observe=None):
+        """Every node's output, a list. Nodes before `start` are taken from `outputs`
+        (a gradient check reruns only what a perturbation changes); `replace=(i, k, a)`
+        feeds `a` to node i as its k-th input instead of what its producer gave."""
+        m = len(self.trained)
+        outs = list(outputs) if outputs is not None else [None] * m
+        for i in range(start, m):
+            layer = self.trained[i]
+            ins = [x if j < 0 else outs[j] for j in self.inputs[i]]
+            if replace is not None and replace[0] == i:
+                ins[replace[1]] = replace[2]
+            outs[i] = layer.forward(ins if layer.MERGE else ins[0], training)
+            if observe is not None:
+                observe(i, layer, outs[i])
+        return outs
+
+    def backward(self, dy, need_input_grad=False, observe=None):
+        """Backpropagate dL/d(output); returns dL/d(input) when asked, else None.
+        `observe(i, layer, dxs)` sees each node's input gradients (a list, one per input)."""
+        grads = [None] * len(self.trained)
+        grads[self.output_index] = dy
+        dinput = None
+        for i in range(self.output_index, -1, -1):
+            g = grads[i]
+            if g is None:
+                continue
+            grads[i] = None
+            layer = self.trained[i]
+            dx = layer.backward(g, need_dx=need_input_grad or self._params_upstream[i])
+            if dx is None:
+                continue
+            dxs = dx if layer.MERGE else [dx]
+            if observe is not None:
+                observe(i, layer, dxs)
+            for j, d in zip(self.inputs[i], dxs):
+                if j < 0:
+                    dinput = d if dinput is None else dinput + d
+                else:
+                    grads[j] = d if grads[j] is None else grads[j] + d
+        return dinput if need_input_grad else None
 
     def predict_raw(self, x, batch_size=1024):
         """The trained graph's outputs (logits for fused losses), batch by batch."""
@@ -168,6 +246,19 @@ class Model:
         rows = []
         for i, layer in enumerate(self.layers):
             rows.append(
-                SummaryRow(i, layer.kind, layer.describe(), layer.output_shape, layer.n_params(), layer.flops())
+                SummaryRow(
+                    i,
+                    layer.kind,
+                    layer.describe(),
+                    layer.output_shape,
+                    layer.n_params(),
+                    layer.flops(),
+                    [self.source_name(j) for j in self.inputs[i]],
+                    self.labels[i],
+                )
             )
         return rows
+
+    def is_chain(self):
+        """A plain stack: every node reads the one before it."""
+        return all(ins == (i - 1,) for i, ins in enumerate(self.inputs))

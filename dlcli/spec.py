@@ -44,10 +44,16 @@ from .options import (
 
 @dataclass
 class LayerSpec:
+    """One node of the model's graph. `index` is its place in the order the nodes run
+    (a `residual:` block's layers are numbered in line); `inputs` the nodes it reads (-1:
+    the model input)."""
+
     kind: str
     options: dict
     index: int
     line: int | None = None
+    name: str | None = None
+    inputs: tuple | None = None
 
     def describe(self):
         return f"layers[{self.index}] ({self.kind})"
@@ -72,6 +78,7 @@ class DataSpec:
 class ModelSpec:
     input: tuple
     layers: list
+    file: str | None = None  # for shape errors found when the model is built
 
 
 @dataclass
@@ -437,25 +444,162 @@ def _parse_model(reader, model_map):
     items = model_map.get("layers")
     if not isinstance(items, list) or not items:
         raise reader.field_error(("model", "layers"), "must be a non-empty list of layers", items)
-    layers = []
-    for i, item in enumerate(items):
-        path = ("model", "layers", i)
+    graph = _Graph(reader)
+    graph.add_items(items, ("model", "layers"), previous=MODEL_INPUT)
+    return ModelSpec(input_shape, graph.resolve(), reader.file)
+
+
+MODEL_INPUT = -1
+NODE_KEYS = ("name", "input")
+
+
+class _Graph:
+    """The `layers:` list as graph nodes: `residual:` blocks expanded, names resolved,
+    then checked for unknown names, cycles, unused branches and inputs per layer type."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.nodes = []  # LayerSpec with `inputs` holding names (str) or node indices (int)
+        self.paths = []
+        self.names = {"input": MODEL_INPUT}
+
+    def add_items(self, items, list_path, previous):
+        """Add a list of layer items; each reads the one before unless it says `input:`
+        (`previous`: a node index, or a (name, path) pair). Returns the last node's index."""
+        for i, item in enumerate(items):
+            previous = self.add_item(item, list_path + (i,), previous)
+        return previous
+
+    def add_item(self, item, path, previous):
+        reader = self.reader
+        extra = {}
         if isinstance(item, str):
-            kind, options = item, {}
-        elif isinstance(item, dict) and len(item) == 1:
-            kind, options = next(iter(item.items()))
+            kind, options = item, None
+        elif isinstance(item, dict):
+            extra = {k: item[k] for k in NODE_KEYS if k in item}
+            rest = [k for k in item if k not in NODE_KEYS]
+            if len(rest) != 1:
+                raise reader.field_error(
+                    path,
+                    "must be a layer name (e.g. relu) or a mapping with one layer type "
+                    "(e.g. dense: {units: 64}), optionally with name: and input:",
+                    item,
+                )
+            kind, options = rest[0], item[rest[0]]
         else:
             raise reader.field_error(
                 path, "must be a layer name (e.g. relu) or a one-key mapping (e.g. dense: {units: 64})", item
             )
+        name = extra.get("name")
+        if "name" in extra:
+            if not isinstance(name, str) or not name:
+                raise reader.field_error(path + ("name",), "must be a non-empty string", name)
+            if name in self.names:
+                what = "the model input" if name == "input" else "another layer"
+                raise reader.error(path + ("name",), f"{path_name(path + ('name',))}: '{name}' already names {what}")
+        given = extra.get("input")
+        if "input" in extra:
+            refs = [given] if isinstance(given, str) else given
+            if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r for r in refs):
+                raise reader.field_error(path + ("input",), "must be a layer name or a list of layer names", given)
+            refs = [(r, path + ("input",)) for r in refs]
+        else:
+            refs = [previous if isinstance(previous, tuple) else (previous, None)]
+        line = reader.positions.of(path)[0]
+        if kind == "residual":
+            if not isinstance(options, list) or not options:
+                raise reader.field_error(path + ("residual",), "must be a non-empty list of layers", options)
+            if len(refs) != 1:
+                raise reader.error(path + ("input",), f"{path_name(path)}: a residual block takes one input")
+            block_in = refs[0]
+            last = self.add_items(options, path + ("residual",), previous=block_in)
+            add = LayerSpec("add", {"projection": True}, len(self.nodes), line, name, [block_in, (last, None)])
+            return self._append(add, path, name)
         if kind not in LAYERS:
             raise reader.error(
                 path,
-                f"{path_name(path)}: unknown layer type '{kind}'{did_you_mean(kind, LAYERS)}; known: {', '.join(LAYERS)}",
+                f"{path_name(path)}: unknown layer type '{kind}'{did_you_mean(kind, [*LAYERS, 'residual'])}; "
+                f"known: {', '.join(LAYERS)}, residual",
             )
         cls = LAYERS[kind]
         if options is not None and not isinstance(options, dict):
             options = {cls.SHORTHAND: options} if getattr(cls, "SHORTHAND", None) else options
         parsed = reader.options(path + (kind,), options, cls.OPTIONS)
-        layers.append(LayerSpec(kind, parsed, i, reader.positions.of(path)[0]))
-    return ModelSpec(input_shape, layers)
+        if cls.MERGE and len(refs) < 2:
+            raise reader.error(
+                path,
+                f"{path_name(path)}: {kind} merges several layers: give input: a list of at least two names",
+            )
+        if not cls.MERGE and len(refs) != 1:
+            raise reader.error(
+                path + ("input",),
+                f"{path_name(path + ('input',))}: {kind} takes one input; add and concat take a list",
+            )
+        return self._append(LayerSpec(kind, parsed, len(self.nodes), line, name, refs), path, name)
+
+    def _append(self, node, path, name):
+        self.nodes.append(node)
+        self.paths.append(path)
+        if name is not None:
+            self.names[name] = node.index
+        return node.index
+
+    def resolve(self):
+        """Names to node indices, and the graph checks; returns the LayerSpecs."""
+        reader = self.reader
+        for node, path in zip(self.nodes, self.paths):
+            resolved = []
+            for ref, where in node.inputs:
+                if isinstance(ref, int):
+                    resolved.append(ref)
+                    continue
+                if ref not in self.names:
+                    known = [n for n in self.names if n != "input"]
+                    raise reader.error(
+                        where,
+                        f"{path_name(where)}: no layer is named '{ref}'{did_you_mean(ref, list(self.names))}; "
+                        f"names: input{', ' if known else ''}{', '.join(known)}",
+                    )
+                resolved.append(self.names[ref])
+            node.inputs = resolved
+        for node, path in zip(self.nodes, self.paths):
+            for j in node.inputs:
+                if j >= node.index:
+                    cycle = self._path_between(j, node.index)
+                    where = path + ("input",)
+                    if cycle is not None:
+                        chain = " -> ".join(self._label(k) for k in [node.index, *cycle])
+                        raise reader.error(where, f"{path_name(where)}: a cycle: {chain}")
+                    raise reader.error(
+                        where,
+                        f"{path_name(where)}: {self._label(j)} comes later in the list (line "
+                        f"{self.nodes[j].line}); list the layers in the order they run",
+                    )
+        used = {j for node in self.nodes for j in node.inputs}
+        for node, path in zip(self.nodes[:-1], self.paths):
+            if node.index not in used:
+                raise reader.error(
+                    path,
+                    f"{path_name(path)} ({self._label(node.index)}): its output is never used (an unused "
+                    "branch); every layer must lead to the last one, the model's output",
+                )
+        for node in self.nodes:
+            node.inputs = tuple(node.inputs)
+        return self.nodes
+
+    def _label(self, k):
+        node = self.nodes[k]
+        return f"'{node.name}'" if node.name else f"layers[{k}] ({node.kind})"
+
+    def _path_between(self, start, goal):
+        """Nodes from `start` back through inputs to `goal` (a cycle when goal feeds start), or None."""
+        stack, seen = [(start, [start])], set()
+        while stack:
+            k, trail = stack.pop()
+            if k == goal:
+                return trail
+            if k in seen or k < 0:
+                continue
+            seen.add(k)
+            stack.extend((j, trail + [j]) for j in self.nodes[k].inputs)
+        return None

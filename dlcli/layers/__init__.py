@@ -3,6 +3,7 @@
 from .activations import Dropout, ReLU, Sigmoid, Softmax, Tanh
 from .conv import Conv1D, Conv2D
 from .dense import Dense
+from .merge import Add, Concat
 from .norm import BatchNorm, LayerNorm
 from .pool import AvgPool1D, AvgPool2D, GlobalAvgPool, MaxPool1D, MaxPool2D
 from .recurrent import GRU, LSTM, RNN
@@ -13,5 +14,5 @@ LAYERS = {
     for cls in (Dense, ReLU, Sigmoid, Tanh, Softmax, Dropout)
     + (Conv2D, Conv1D, MaxPool2D, MaxPool1D, AvgPool2D, AvgPool1D, GlobalAvgPool, Flatten)
     + (RNN, LSTM, GRU)
-    + (BatchNorm, LayerNorm)
+    + (BatchNorm, LayerNorm, Add, Concat)
 }

@@ -38,11 +38,17 @@ class Layer:
     # -- capabilities (read by the model and the tools) ----------------------------
     FUSES_RELU = False  # can apply a following relu in its own output pass, and its mask in backward
     RECORDS_TIME_GRADS = False  # recurrent: honours `record_time_grads` (see below)
+    # A merge layer (add, concat) takes a list of inputs: `build(list of shapes)`,
+    # `forward(list of arrays)`, and `backward(dy)` returns a list, one dx per input, none
+    # of them sharing memory (each producer may overwrite the one it gets).
+    MERGE = False
 
     # -- set by the model while building -------------------------------------------
     next_kind = None  # kind of the layer that consumes this one's output (`init: auto` looks ahead)
     fuse_relu = False  # FUSES_RELU layers: the relu after this layer is applied here
     fused = False  # a relu applied by the layer before it: forward and backward pass through
+    label = None  # the spec's `name:` for this layer, if it has one
+    input_names = ()  # what feeds each input (`input`, a layer's name): for error messages
     # RECORDS_TIME_GRADS layers: when set, `backward` stores `time_grad_norms`, one norm of
     # dL/dh_t per time step (for inspect-gradients); otherwise it costs nothing.
     record_time_grads = False
