@@ -139,21 +139,34 @@ def log_bars(names, values, width=30, scale=None):
 
 
 def summary_table(model, title=None):
-    """Layer, output shape, parameters, FLOPs per sample: the model at a glance."""
+    """Layer, output shape, parameters, FLOPs per sample: the model at a glance. A graph
+    (not a plain stack) also shows each node's name and what feeds it; merge points
+    (add, concat) stand out."""
+    graph = not model.is_chain()
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("#", justify="right")
+    if graph:
+        table.add_column("name")
     table.add_column("layer")
+    if graph:
+        table.add_column("inputs")
     table.add_column("output shape")
     table.add_column("params", justify="right")
     table.add_column("FLOPs/sample", justify="right")
     total_p = total_f = 0
     for row in model.summary():
         name = row.kind + (f" ({row.detail})" if row.detail else "")
-        table.add_row(str(row.index), name, str(list(row.output_shape)), f"{row.params:,}", f"{row.flops:,}")
+        cells = [str(row.index), name]
+        if graph:
+            merge = len(row.inputs) > 1
+            cells = [str(row.index), row.name or "", Text(name, style="bold magenta" if merge else "")]
+            cells.append(Text(", ".join(row.inputs), style="magenta" if merge else "dim"))
+        table.add_row(*cells, str(list(row.output_shape)), f"{row.params:,}", f"{row.flops:,}")
         total_p += row.params
         total_f += row.flops
     table.add_section()
-    table.add_row("", "total", "", f"{total_p:,}", f"{total_f:,}", style="bold")
+    blank = [""] * (2 if graph else 0)
+    table.add_row("", *blank[:1], "total", *blank[1:], "", f"{total_p:,}", f"{total_f:,}", style="bold")
     return table
 
 

@@ -110,7 +110,8 @@ def _reseed(layers, seed):
 
 
 def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0, training=True):
-    """Check one built float64 layer on input x: every parameter and the input."""
+    """Check one built float64 layer on input x (a list for a merge layer): every
+    parameter and every input."""
     rng = np.random.default_rng([seed, 99])
 
     def run(inp):
@@ -129,77 +130,17 @@ def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL,
                 lambda: float(np.sum(run(x) * r)), p, analytic[pname], name, pname, eps, rtol, atol, samples, rng
             )
         )
-    xc = np.array(x, dtype=np.float64, copy=True)
-    results.append(
-        check_tensor(lambda: float(np.sum(run(xc) * r)), xc, dx, name, "input", eps, rtol, atol, samples, rng)
-    )
-    return results
-
-
-def check_model(
-    model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0, training=True
-):
-    """Check a float64 model end to end with its real loss: every layer's parameters,
-    every layer's input (the backpropagated signal), and the loss's own gradient."""
-    rng = np.random.default_rng([seed, 98])
-    layers = model.trained
-
-    def forward_from(k, inp):  # every call reseeds all layers: dropout draws the same masks
-        _reseed(layers, seed)
-        for layer in layers[k:]:
-            inp = layer.forward(inp, training)
-        return inp
-
-    def loss_of(out):
-        return float(loss(out, y)[0])
-
-    # Analytic pass, keeping every layer's input and input gradient.
-    _reseed(layers, seed)
-    inputs = []
-    h = x
-    for layer in layers:
-        # Copies: a layer may reuse its output buffer on the next forward pass.
-        inputs.append(np.array(h, dtype=np.float64, copy=True))
-        h = layer.forward(h, training)
-    out = h
-    _, dout, _ = loss(out, y)
-    results = []
-    input_grads = [None] * len(layers)
-    d = dout.copy()
-    for k in range(len(layers) - 1, -1, -1):
-        d = layers[k].backward(d, need_dx=True)
-        input_grads[k] = d.copy()
-    param_grads = [{n: g.copy() for n, g in layer.grads.items()} for layer in layers]
-
-    outc = np.array(out, dtype=np.float64, copy=True)
-    results.append(
-        check_tensor(lambda: loss_of(outc), outc, dout, "loss", f"{loss.name} input", eps, rtol, atol, samples, rng)
-    )
-    for k, layer in enumerate(layers):
-        for pname, p in layer.params.items():
-            # Layers before k do not depend on p: start from their (copied) output.
-            results.append(
-                check_tensor(
-                    lambda k=k: loss_of(forward_from(k, inputs[k])),
-                    p,
-                    param_grads[k][pname],
-                    layer.name,
-                    pname,
-                    eps,
-                    rtol,
-                    atol,
-                    samples,
-                    rng,
-                )
-            )
-        xin = np.array(inputs[k], dtype=np.float64, copy=True)
+    xs = [np.array(a, dtype=np.float64, copy=True) for a in x] if layer.MERGE else [np.array(x, dtype=np.float64)]
+    dxs = dx if layer.MERGE else [dx]
+    for k, (xc, d) in enumerate(zip(xs, dxs)):
+        tensor = f"input[{k}]" if layer.MERGE else "input"
         results.append(
             check_tensor(
-                lambda k=k, xin=xin: loss_of(forward_from(k, xin)),
-                xin,
-                input_grads[k],
-                layer.name,
-                "input",
+                lambda: float(np.sum(run(xs if layer.MERGE else xs[0]) * r)),
+                xc,
+                d,
+                name,
+                tensor,
                 eps,
                 rtol,
                 atol,
@@ -207,6 +148,69 @@ def check_model(
                 rng,
             )
         )
+    return results
+
+
+def check_model(
+    model, loss, x, y, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, samples=None, seed=0, training=True
+):
+    """Check a float64 model end to end with its real loss: every node's parameters,
+    every input of every node (the backpropagated signal; a merge node has several),
+    and the loss's own gradient. A perturbation at node k reruns nodes k onwards only."""
+    rng = np.random.default_rng([seed, 98])
+    layers = model.trained
+
+    def loss_of(out):
+        return float(loss(out, y)[0])
+
+    def loss_from(k, replace=None):  # every call reseeds all layers: dropout draws the same masks
+        _reseed(layers, seed)
+        outs = model.run_nodes(x, training, start=k, outputs=cached, replace=replace)
+        return loss_of(outs[model.output_index])
+
+    # Analytic pass. Copies: a layer may reuse its output buffer on the next forward pass.
+    _reseed(layers, seed)
+    cached = [np.array(o, dtype=np.float64, copy=True) for o in model.run_nodes(x, training)]
+    out = cached[model.output_index]
+    _, dout, _ = loss(out, y)
+    input_grads = {}
+    model.backward(
+        dout.copy(),
+        need_input_grad=True,
+        observe=lambda k, layer, dxs: input_grads.__setitem__(k, [np.array(d, copy=True) for d in dxs]),
+    )
+    param_grads = [{n: g.copy() for n, g in layer.grads.items()} for layer in layers]
+
+    outc = np.array(out, dtype=np.float64, copy=True)
+    results = [
+        check_tensor(lambda: loss_of(outc), outc, dout, "loss", f"{loss.name} input", eps, rtol, atol, samples, rng)
+    ]
+    for k, layer in enumerate(layers):
+        for pname, p in layer.params.items():
+            results.append(
+                check_tensor(
+                    lambda k=k: loss_from(k), p, param_grads[k][pname], layer.name, pname, eps, rtol, atol, samples, rng
+                )
+            )
+        if k not in input_grads:  # the output does not depend on this node (cannot happen in a valid spec)
+            continue
+        sources = model.inputs[k]
+        for slot, j in enumerate(sources):
+            xin = np.array(x if j < 0 else cached[j], dtype=np.float64, copy=True)
+            results.append(
+                check_tensor(
+                    lambda k=k, slot=slot, xin=xin: loss_from(k, replace=(k, slot, xin)),
+                    xin,
+                    input_grads[k][slot],
+                    layer.name,
+                    f"input[{slot}]" if len(sources) > 1 else "input",
+                    eps,
+                    rtol,
+                    atol,
+                    samples,
+                    rng,
+                )
+            )
     return results
 
 
@@ -368,6 +372,10 @@ def example_layer(kind, dtype=np.float64, seed=0):
             raise UsageError(f"layer type '{kind}': its EXAMPLE lacks the required option '{e.key}'") from None
         raise UsageError(f"layer type '{kind}': its EXAMPLE's {e.key} {e.problem}, got {e.value!r}") from None
     layer = cls(dtype=dtype, rng=np.random.default_rng([seed, 0]), name=kind, **options)
+    if cls.MERGE:  # several inputs: built on its own (its parameters need no flat buffer)
+        shapes = [tuple(s) for s in example["input"]]
+        layer.build(shapes)
+        return layer, shapes
     Model([layer], example["input"], dtype=dtype, loss=None, fuse=False)  # builds; flat buffers
     return layer, tuple(example["input"])
 
@@ -383,14 +391,17 @@ def check_kind(
 ):
     """One built-in layer type on its own, on its EXAMPLE: Section of TensorChecks."""
     layer, shape = example_layer(kind, seed=seed)
-    x = np.random.default_rng([seed, 5]).standard_normal((batch_size,) + shape)
+    draw = np.random.default_rng([seed, 5]).standard_normal
+    x = [draw((batch_size,) + s) for s in shape] if layer.MERGE else draw((batch_size,) + shape)
     results = check_layer(layer, x, eps, rtol, atol, samples, seed)
 
     def compact(v):
         return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
     opts = " ".join(f"{k}={compact(v)}" for k, v in layer.EXAMPLE.get("options", {}).items())
-    return Section(f"{kind} on {compact((batch_size,) + shape)}" + (f" ({opts})" if opts else ""), results, kind)
+    shapes = shape if layer.MERGE else [shape]
+    on = " + ".join(compact((batch_size,) + tuple(s)) for s in shapes)
+    return Section(f"{kind} on {on}" + (f" ({opts})" if opts else ""), results, kind)
 
 
 def check_kinds(

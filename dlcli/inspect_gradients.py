@@ -125,20 +125,24 @@ def inspect(source, batches=4, batch_size=None, seed=None):
         for i, layer in enumerate(model.layers):  # dropout as in the first training epoch
             layer.rng = np.random.default_rng([s.seed, 3, 0, i])
         h = np.ascontiguousarray(xb, dtype=model.dtype)
-        for k, layer in enumerate(layers):
-            h = layer.forward(h, training=True)
+
+        def seen(k, layer, y):
             if layer.kind == "relu":
-                active = (np.asarray(h).reshape(len(xb), -1) > 0).any(axis=0)
+                active = (np.asarray(y).reshape(len(y), -1) > 0).any(axis=0)
                 alive[k] = active if alive[k] is None else (alive[k] | active)
             elif layer.kind == "sigmoid":
-                saturated[k].append(float(np.mean((h < 0.01) | (h > 0.99))))
+                saturated[k].append(float(np.mean((y < 0.01) | (y > 0.99))))
             elif layer.kind == "tanh":
-                saturated[k].append(float(np.mean(np.abs(h) > 0.99)))
+                saturated[k].append(float(np.mean(np.abs(y) > 0.99)))
+
+        h = model.forward(h, training=True, observe=seen)
         value, d, _ = loss(h, yb)
         losses.append(float(value))
-        for k in range(n_layers - 1, -1, -1):
-            d = layers[k].backward(d, need_dx=True)
-            input_norms[k].append(float(np.linalg.norm(np.asarray(d, dtype=np.float64))))
+
+        def backpropagated(k, layer, dxs):  # all of a merge node's inputs together
+            input_norms[k].append(math.sqrt(sum(float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in dxs)))
+
+        model.backward(d, need_input_grad=True, observe=backpropagated)
         for k, layer in enumerate(layers):
             total = 0.0
             for name, g in layer.grads.items():

@@ -34,7 +34,7 @@ class SummaryRow:
     output_shape: tuple
     params: int
     flops: int
-    inputs: list = field(default_factory=list)  # what feeds the node: `input`, names, `layers[i]`
+    inputs: list = field(default_factory=list)  # what feeds the node: `input`, a name, or a node's index
     name: str | None = None  # the spec's `name:`, if any
 
 
@@ -253,7 +253,7 @@ class Model:
                     layer.output_shape,
                     layer.n_params(),
                     layer.flops(),
-                    [self.source_name(j) for j in self.inputs[i]],
+                    ["input" if j < 0 else self.labels[j] or str(j) for j in self.inputs[i]],
                     self.labels[i],
                 )
             )

@@ -547,7 +547,7 @@ class _Graph:
     def resolve(self):
         """Names to node indices, and the graph checks; returns the LayerSpecs."""
         reader = self.reader
-        for node, path in zip(self.nodes, self.paths):
+        for node in self.nodes:
             resolved = []
             for ref, where in node.inputs:
                 if isinstance(ref, int):

@@ -71,9 +71,10 @@ class _Norm(Layer):
         return 6 * int(np.prod(self.input_shape))
 
     def describe(self):
-        parts = [f"over {self.over}", f"eps {self.options['eps']:g}"]
-        if "momentum" in self.options:
-            parts.insert(1, f"momentum {self.options['momentum']:g}")
+        parts = [f"over {self.over}"]  # and the options that differ from their defaults
+        for key in ("momentum", "eps"):
+            if key in self.options and self.options[key] != self.OPTIONS[key].default:
+                parts.append(f"{key} {self.options[key]:g}")
         if not self.options["affine"]:
             parts.append("no affine")
         return ", ".join(parts) + (", relu fused in" if self.fuse_relu else "")
