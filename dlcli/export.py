@@ -147,6 +147,53 @@ def _flatten(g, layer, x):
     return g.add("Flatten", [x], _prefix(layer), axis=1)  # C-order, as dlcli flattens
 
 
+def _channel_axis_is_1(layer):
+    """Normalisation layers see (N, C, P): C is axis 1 for conv output or 1-D input, else
+    (features of a sequence or an image row) the last axis."""
+    return layer.over == "channels" or len(layer.input_shape) == 1
+
+
+def _affine(layer):
+    gamma, beta = layer.gamma_beta()
+    return gamma.astype(np.float32), beta.astype(np.float32)
+
+
+def _batchnorm(g, layer, x):
+    """BatchNormalization with the running statistics (evaluation) where the channel is
+    axis 1; on the last axis (over: features of a sequence) the same per-feature affine
+    map, folded as dlcli folds it, as Mul + Add."""
+    p = _prefix(layer)
+    gamma, beta = _affine(layer)
+    mean, var = layer.buffers["running_mean"], layer.buffers["running_var"]
+    eps = layer.options["eps"]
+    if _channel_axis_is_1(layer):
+        inputs = [g.const(a.astype(np.float32), f"{p}.{n}") for a, n in ((gamma, "weight"), (beta, "bias"))]
+        inputs += [g.const(mean.astype(np.float32), p + ".running_mean")]
+        inputs += [g.const(var.astype(np.float32), p + ".running_var")]
+        return g.add("BatchNormalization", [x, *inputs], p, epsilon=eps)
+    inv_std = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    scale = (gamma * inv_std).astype(np.float32)
+    shift = (beta - mean.astype(np.float64) * gamma * inv_std).astype(np.float32)
+    y = g.add("Mul", [x, g.const(scale, p + ".scale")], p + ".scale")
+    return g.add("Add", [y, g.const(shift, p + ".shift")], p)
+
+
+def _layernorm(g, layer, x):
+    """LayerNormalization over the last axis (features) or over everything after the batch
+    (channels and positions, one scale and shift per channel, broadcast here to the
+    whole normalised shape)."""
+    p = _prefix(layer)
+    gamma, beta = _affine(layer)
+    if _channel_axis_is_1(layer) and len(layer.input_shape) > 1:
+        axis, shape = 1, layer.input_shape
+        expand = (slice(None),) + (None,) * (len(shape) - 1)
+        gamma, beta = (np.ascontiguousarray(np.broadcast_to(a[expand], shape)) for a in (gamma, beta))
+    else:
+        axis = -1
+    inputs = [x, g.const(gamma, p + ".weight"), g.const(beta, p + ".bias")]
+    return g.add("LayerNormalization", inputs, p, axis=axis, epsilon=layer.options["eps"])
+
+
 # dlcli's gate blocks in the order ONNX wants them (block indices into dlcli's order):
 # LSTM dlcli i, f, g, o -> ONNX i, o, f, c; GRU dlcli r, z, n -> ONNX z, r, h.
 GATE_ORDER = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
@@ -206,6 +253,8 @@ EMITTERS = {
     "rnn": _recurrent,
     "lstm": _recurrent,
     "gru": _recurrent,
+    "batchnorm": _batchnorm,
+    "layernorm": _layernorm,
 }
 
 

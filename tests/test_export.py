@@ -101,6 +101,8 @@ def random_layers(rng):
         shape = [int(rng.integers(1, 7))]
         for _ in range(rng.integers(1, 3)):
             layers += [{"dense": {"units": int(rng.integers(1, 9)), "bias": bool(rng.random() < 0.7)}}, act()]
+            if rng.random() < 0.4:
+                layers.insert(-1, norm(rng))
     elif family.startswith("conv"):
         nd = 2 if family == "conv2d" else 1
         shape = [int(rng.integers(1, 4))] + [int(rng.integers(5, 12)) for _ in range(nd)]
@@ -119,6 +121,8 @@ def random_layers(rng):
                 "bias": bool(rng.random() < 0.7),
             }
             layers += [{family: opts}, act()]
+            if rng.random() < 0.4:
+                layers.insert(-1, norm(rng, over=("auto", "channels", "features")))
             if rng.random() < 0.5:
                 pool = f"{rng.choice(['max', 'avg'])}pool{nd}d"
                 layers.append({pool: {"size": [int(rng.integers(1, 3))] * nd, "stride": [1] * nd}})
@@ -136,12 +140,19 @@ def random_layers(rng):
             if cell == "rnn":
                 opts["activation"] = str(rng.choice(["tanh", "relu"]))
             layers.append({cell: opts})
+            if opts["return_sequences"] and rng.random() < 0.4:
+                layers.append(norm(rng, over=("features",)))
     loss = str(rng.choice(["cross_entropy", "binary_cross_entropy", "mse"]))
     units = 1 if loss == "binary_cross_entropy" and rng.random() < 0.5 else int(rng.integers(2, 5))
     layers.append({"dense": {"units": units}})
     if loss == "cross_entropy" and rng.random() < 0.5:
         layers.append("softmax")  # left out of training, applied when predicting
     return shape, layers, loss
+
+
+def norm(rng, over=("auto",)):
+    kind = str(rng.choice(["batchnorm", "layernorm"]))
+    return {kind: {"over": str(rng.choice(over)), "affine": bool(rng.random() < 0.7), "eps": 1e-3}}
 
 
 def spec_text(shape, layers, loss, name="random"):
@@ -170,6 +181,10 @@ def random_checkpoint(path, text, rng):
     s = spec.parse(text, "random.yaml")
     model = Model.from_spec(s.model, seed=s.seed, loss=s.loss)
     model.params_flat[:] = rng.normal(0, 0.6, model.params_flat.size).astype(np.float32)
+    for layer in model.layers:  # running statistics as training would leave them
+        if "running_mean" in layer.buffers:
+            layer.buffers["running_mean"][...] = rng.normal(0, 1, layer.buffers["running_mean"].shape)
+            layer.buffers["running_var"][...] = rng.uniform(0.2, 3, layer.buffers["running_var"].shape)
     shape = tuple(s.model.input)
     mean = std = None
     if rng.random() < 0.5:
@@ -180,7 +195,10 @@ def random_checkpoint(path, text, rng):
     return s
 
 
-@pytest.mark.parametrize("draw", range(24))
+DRAWS = 28
+
+
+@pytest.mark.parametrize("draw", range(DRAWS))
 def test_random_spec_exports_and_matches(draw, tmp_path):
     rng = np.random.default_rng([16, draw])
     while True:  # draw again when a kernel came out larger than its input
@@ -197,7 +215,7 @@ def test_random_spec_exports_and_matches(draw, tmp_path):
 def test_random_specs_cover_every_layer_option():
     """The draw above reaches every exportable layer type and the padding forms."""
     kinds, paddings = set(), set()
-    for draw in range(24):
+    for draw in range(DRAWS):
         _, layers, _ = random_layers(np.random.default_rng([16, draw]))
         for layer in layers:
             kind = layer if isinstance(layer, str) else next(iter(layer))
@@ -235,6 +253,41 @@ def test_recurrent_layers_map_to_onnx_cells(cell, op, tmp_path):
     if cell == "gru":
         assert all(a.i == 1 for n in cells for a in n.attribute if a.name == "linear_before_reset")
     compare(tmp_path / "r.npz", _write(model, tmp_path / "r.onnx"))
+
+
+@pytest.mark.parametrize(
+    "shape, layers, ops",
+    [
+        ([5], [{"dense": 4}, {"batchnorm": {}}, "relu"], {"BatchNormalization"}),
+        (
+            [2, 6, 5],
+            [{"conv2d": {"filters": 3, "kernel": 3}}, {"batchnorm": {}}, "relu", "flatten"],
+            {"BatchNormalization"},
+        ),
+        (
+            [2, 7],
+            [{"conv1d": {"filters": 3, "kernel": 2}}, {"layernorm": {"affine": True}}, "flatten"],
+            {"LayerNormalization"},
+        ),
+        (
+            [4, 3],
+            [{"gru": {"units": 5, "return_sequences": True}}, {"batchnorm": {"over": "features"}}],
+            {"Mul", "Add"},
+        ),
+        (
+            [4, 3],
+            [{"lstm": {"units": 5, "return_sequences": True}}, {"layernorm": {"over": "features"}}],
+            {"LayerNormalization"},
+        ),
+        ([3, 4, 5], [{"batchnorm": {"over": "features", "affine": False}}, "flatten"], {"Mul", "Add"}),
+    ],
+)
+def test_normalisation_layers(shape, layers, ops, tmp_path):
+    text = spec_text(shape, layers + [{"dense": 2}], "mse")
+    random_checkpoint(tmp_path / "n.npz", text, np.random.default_rng(3))
+    model = export.build(open_model(tmp_path / "n.npz"))
+    assert ops <= {n.op_type for n in model.graph.node}
+    compare(tmp_path / "n.npz", _write(model, tmp_path / "n.onnx"))
 
 
 def test_dense_on_sequences_is_time_distributed(tmp_path):
