@@ -12,7 +12,7 @@ $(BIN)/dlcli: pyproject.toml
 	touch $@
 
 demo: $(BIN)/dlcli
-	$(BIN)/dlcli train sample_configs/spirals_mlp.yaml -o runs/spirals_mlp.npz
+	$(BIN)/dlcli train sample_configs/spirals_mlp.yaml   # runs/spirals_mlp.npz, or -2, -3 ... when it exists
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=15

@@ -1,4 +1,5 @@
-"""Callbacks that are not the dashboard: the metrics log and the checkpointer."""
+"""Callbacks that are not the dashboard: the metrics log, early stopping and the
+checkpointer (with the best epoch's checkpoint)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ class MetricsLog(Callback):
     Step fields: event, epoch (1-based), step, loss, acc, lr, grad_norm, samples_per_s,
     and with `grad_norms=True` also layer_grad_norms (a name -> norm mapping).
     Epoch fields: event, epoch, step, train_loss, train_acc, val_loss, val_acc, lr,
-    samples_per_s, elapsed_s.
+    samples_per_s, elapsed_s. Also, once each when they happen: resume (from, epoch,
+    changes: {setting: [old, new]}), stop (epoch, step, reason: early stopping) and test
+    (loss, acc, samples, epoch and checkpoint: the kept checkpoint's epoch and best|last).
     """
 
     def __init__(self, path, grad_norms=False):
@@ -37,6 +40,10 @@ class MetricsLog(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a")
         self.names = [trainer.model.layers[i].name for i in trainer.model.param_layers]
+        if trainer.resumed:
+            r = trainer.resumed
+            changes = {k: list(v) for k, v in r["changes"].items()}
+            self._write({"event": "resume", "from": r["from"], "epoch": r["epoch"], "changes": changes})
 
     def _write(self, obj):
         self.f.write(json.dumps(obj) + "\n")
@@ -74,6 +81,12 @@ class MetricsLog(Callback):
         self.f.flush()
 
     def on_end(self, trainer, result):
+        if result.stopped == "early_stopped":
+            self._write({"event": "stop", "epoch": result.epochs_done, "step": result.step, "reason": result.message})
+        if result.test is not None:
+            self._write(
+                {"event": "test", **{k: _clean(v) if k in ("loss", "acc") else v for k, v in result.test.items()}}
+            )
         self.close()
 
     def close(self):
@@ -82,25 +95,93 @@ class MetricsLog(Callback):
             self.f = None
 
 
-class Checkpointer(Callback):
-    """Writes the checkpoint after every epoch and at a clean stop; never after a NaN."""
+class Monitor:
+    """Whether a validation metric improved: val_loss must fall, val_acc rise, each by
+    more than min_delta."""
 
-    def __init__(self, path, spec_text):
+    def __init__(self, name, min_delta=0.0):
+        self.name, self.min_delta = name, min_delta
+        self.sign = -1.0 if name.endswith("loss") else 1.0
+
+    def value(self, event):
+        return getattr(event, self.name)
+
+    def improved(self, value, best):
+        return best is None or self.sign * (value - best) > self.min_delta
+
+
+class EarlyStopping(Callback):
+    """Stops training when `monitor` has not improved for `patience` epochs (Keras's
+    EarlyStopping). Its state lives in `trainer.state`, so a resumed run goes on counting."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.monitor = Monitor(spec.monitor, spec.min_delta)
+
+    def on_start(self, trainer):
+        state = trainer.state.setdefault("early_stopping", {"best": None, "best_epoch": None, "wait": 0})
+        if state.pop("stopped", None):  # resuming a run it stopped: fresh patience
+            state["wait"] = 0
+
+    def on_epoch(self, trainer, e):
+        state = trainer.state["early_stopping"]
+        value = self.monitor.value(e)
+        if self.monitor.improved(value, state["best"]):
+            state.update(best=value, best_epoch=e.epoch + 1, wait=0)
+            return
+        state["wait"] += 1
+        if state["wait"] >= self.spec.patience and e.epoch + 1 < e.epochs:
+            state["stopped"] = True
+            trainer.stop_reason = (
+                f"early stopping: {self.spec.monitor} has not improved for {self.spec.patience} epochs "
+                f"(best {state['best']:.6g} at epoch {state['best_epoch']})"
+            )
+
+
+class Checkpointer(Callback):
+    """Writes the checkpoint after every epoch and at a clean stop; never after a NaN.
+    With `best`, also writes the best epoch's checkpoint there (keep_best) and keeps its
+    parameters for the test score."""
+
+    def __init__(self, path, spec, best=None):
         self.path = Path(path)
-        self.spec_text = spec_text
+        self.spec = spec
+        self.best = Path(best) if best is not None else None
+        self.monitor = Monitor(spec.train.keep_best) if spec.train.keep_best else None
         self.saved = None
 
-    def _save(self, trainer, epochs_done, epoch_step, metrics):
-        meta = {"epochs_done": epochs_done, "epoch_step": epoch_step, "step": trainer.step, "metrics": metrics}
-        checkpoint.save(self.path, self.spec_text, trainer.model, trainer.optimizer, meta, trainer.dataset)
-        self.saved = self.path
+    def _meta(self, trainer, epochs_done, epoch_step, metrics):
+        return {
+            "epochs_done": epochs_done,
+            "epoch_step": epoch_step,
+            "epoch_samples": min(epoch_step * trainer.batch_size, len(trainer.dataset.x_train)),
+            "step": trainer.step,
+            "metrics": metrics,
+            "overrides": self.spec.overrides,
+            "spec_path": str(Path(self.spec.path).resolve()) if Path(self.spec.path).is_file() else None,
+            "state": trainer.state,
+        }
+
+    def _save(self, trainer, path, meta):
+        checkpoint.save(path, self.spec.text, trainer.model, trainer.optimizer, meta, trainer.dataset)
 
     def on_epoch(self, trainer, e):
         metrics = {"train_loss": e.train_loss, "train_acc": e.train_acc, "val_loss": e.val_loss, "val_acc": e.val_acc}
-        self._save(trainer, e.epoch + 1, 0, metrics)
+        if self.monitor is not None:
+            best = trainer.state.setdefault("best", {"monitor": self.monitor.name, "value": None, "epoch": None})
+            value = self.monitor.value(e)
+            if self.monitor.improved(value, best["value"]):
+                best.update(value=value, epoch=e.epoch + 1)
+                meta = self._meta(trainer, e.epoch + 1, 0, metrics)
+                meta["best"] = dict(best)
+                self._save(trainer, self.best, meta)
+                trainer.best_params = {k: v.copy() for k, v in trainer.model.state().items()}
+        self._save(trainer, self.path, self._meta(trainer, e.epoch + 1, 0, metrics))
+        self.saved = self.path
 
     def on_end(self, trainer, result):
         if result.stopped == "interrupted" and result.clean:
             last = result.history[-1] if result.history else None
             metrics = {"val_loss": last.val_loss, "val_acc": last.val_acc} if last else {}
-            self._save(trainer, result.epochs_done, result.epoch_step, metrics)
+            self._save(trainer, self.path, self._meta(trainer, result.epochs_done, result.epoch_step, metrics))
+            self.saved = self.path

@@ -35,9 +35,13 @@ class Checkpoint:
         from . import spec as spec_mod
 
         try:
-            return spec_mod.parse(self.spec_text, f"{self.path} (embedded spec)")
+            s = spec_mod.parse(self.spec_text, f"{self.path} (embedded spec)")
         except SpecError as e:
             raise CheckpointError(f"{self.path}: its embedded spec does not validate: {e}") from None
+        if self.meta.get("spec_path"):  # relative data paths resolve beside the spec it came from
+            s.path = self.meta["spec_path"]
+        s.overrides = dict(self.meta.get("overrides") or {})
+        return s
 
 
 def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):

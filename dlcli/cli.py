@@ -82,15 +82,22 @@ threads_option = click.option(
 @click.option("--seed", type=click.IntRange(min=0), help="Override the spec's seed.")
 @threads_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Checkpoint path (default: runs/<name>.npz).")
-@click.option("--resume", type=click.Path(dir_okay=False), help="Continue from this checkpoint.")
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False),
+    help="Continue this checkpoint with the settings it was trained with; options given now apply.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint at the output path.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Append metrics as JSON lines to this file.")
 @click.option("--log-grad-norms", is_flag=True, help="Also record per-layer gradient norms each step in --log.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final result.")
 @friendly_errors
-def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, log_path, log_grad_norms, quiet):
+def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, overwrite, log_path, log_grad_norms, quiet):
     """Train the model SPEC_FILE describes and write a checkpoint.
 
-    With --resume and no SPEC_FILE, the spec stored in the checkpoint is used.
+    A new run never replaces an existing checkpoint: the default runs/<name>.npz moves on to
+    runs/<name>-2.npz, and an existing -o path is refused unless --overwrite. With --resume
+    and no SPEC_FILE, the checkpoint's own settings (command-line overrides included) go on.
     """
     from . import run
     from .dashboard import Dashboard, PlainProgress
@@ -109,18 +116,16 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, log_
     else:
         display = PlainProgress(click.echo)
     result, saved, trainer = run.train(
-        s, output=output, resume=resume, log=log_path, log_grad_norms=log_grad_norms, display=display
+        s,
+        output=output,
+        resume=resume,
+        log=log_path,
+        log_grad_norms=log_grad_norms,
+        display=display,
+        overwrite=overwrite,
     )
-    last = result.history[-1] if result.history else None
-    if last is not None:
-        parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {last.train_loss:.4f}"]
-        if last.val_loss is not None:
-            parts.append(f"val_loss {last.val_loss:.4f}")
-        if last.val_acc is not None:
-            parts.append(f"val_acc {last.val_acc:.4f}")
-        click.echo(" ".join(parts))
-    if saved:
-        click.echo(f"checkpoint: {saved}")
+    for line in final_lines(result, saved, trainer):
+        click.echo(line)
     if result.stopped == "interrupted":
         click.echo(
             f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {saved}" if saved else ""), err=True
@@ -135,6 +140,38 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, log_
         else:
             click.echo(f"Error: {result.message}", err=True)
         sys.exit(1)
+
+
+def final_lines(result, saved, trainer):
+    """What `train` prints at the end: the last epoch, why it stopped early, the test score
+    and where the checkpoints are."""
+    from .dashboard import fmt
+
+    out = []
+    last = result.history[-1] if result.history else None
+    if last is not None:
+        parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {last.train_loss:.4f}"]
+        if last.val_loss is not None:
+            parts.append(f"val_loss {last.val_loss:.4f}")
+        if last.val_acc is not None:
+            parts.append(f"val_acc {last.val_acc:.4f}")
+        out.append(" ".join(parts))
+    if result.stopped == "early_stopped":
+        out.append(f"stopped: {result.message}")
+    best = trainer.state.get("best")
+    if saved and best and best.get("epoch"):
+        from .run import best_path
+
+        out.append(f"best: epoch {best['epoch']}, {best['monitor']} {best['value']:.4f} -> {best_path(saved)}")
+    if result.test is not None:
+        t = result.test
+        acc = f" test_acc {t['acc']:.4f}" if t["acc"] is not None else ""
+        out.append(
+            f"test: test_loss {fmt(t['loss'])}{acc} ({t['samples']} samples, {t['checkpoint']} epoch {t['epoch']})"
+        )
+    if saved:
+        out.append(f"checkpoint: {saved}")
+    return out
 
 
 @main.command()
@@ -159,14 +196,19 @@ def summary(source, no_data):
     )
     if ckpt is not None:
         meta = ckpt.meta
+        best = meta.get("best")
         console.print(
             f"checkpoint: {meta.get('epochs_done', 0)} epochs, step {meta.get('step', 0)}, "
             f"dlcli {meta.get('dlcli_version')}"
+            + (f"; the best epoch ({best['monitor']} {best['value']:.4f})" if best else "")
+            + (f"; set on the command line: {meta['overrides']}" if meta.get("overrides") else "")
         )
     if not no_data:
         d = data.load(s, loss, model.output_shape)
         console.print(
-            f"data: {d.description}; train {list(d.x_train.shape)}, validation {list(d.x_val.shape)}, "
+            f"data: {d.description}; train {list(d.x_train.shape)}, validation {list(d.x_val.shape)}"
+            + (f", test {list(d.x_test.shape)}" if d.x_test is not None else "")
+            + ", "
             f"targets {list(d.y_train.shape[1:]) or 'scalar'} {d.y_train.dtype}"
             + (f", {len(d.classes)} classes" if d.classes else "")
         )

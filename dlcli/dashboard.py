@@ -186,6 +186,18 @@ def pack(pieces, width, sep="  "):
     return lines
 
 
+def start_lines(trainer):
+    """Where the run writes and, when it continues a checkpoint, what changed."""
+    out = []
+    if trainer.output is not None:
+        out.append(f"checkpoint: {trainer.output}")
+    r = trainer.resumed
+    if r:
+        changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changes"].items())
+        out.append(f"resuming {r['from']} after epoch {r['epoch']}" + (f"; changed: {changed}" if changed else ""))
+    return out
+
+
 class Dashboard(Callback):
     """Rich Live view: loss chart, per-layer gradient norms, progress with ETA.
 
@@ -216,6 +228,8 @@ class Dashboard(Callback):
         self.t_start = time.perf_counter()
         self.last_draw = 0.0
         self.console.print(summary_table(m, title=f"model: {trainer.spec.name}"))
+        for line in start_lines(trainer):
+            self.console.print(line, highlight=False)
         self.live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
@@ -396,6 +410,8 @@ class PlainProgress(Callback):
             for row in m.summary():
                 detail = f" ({row.detail})" if row.detail else ""
                 self.echo(f"  {row.index:>2} {row.kind}{detail:<24} -> {list(row.output_shape)}  params {row.params:,}")
+        for line in start_lines(trainer):
+            self.echo(line)
         self.every = max(1, trainer.steps_per_epoch // self.lines_per_epoch)
         self.last_line = time.perf_counter()
         self.epoch_t0, self.samples = self.last_line, 0

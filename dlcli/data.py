@@ -23,16 +23,18 @@ class Dataset:
     mean: np.ndarray | None = None  # standardisation statistics of the training split
     std: np.ndarray | None = None
     description: str = ""
+    x_test: np.ndarray | None = None  # never trained on or used to choose a model
+    y_test: np.ndarray | None = None
+    test_description: str = ""
 
 
 def resolve(source, spec_path=None):
-    """Relative data paths are relative to the spec file, then to the working directory."""
+    """A relative data path is relative to the spec file's folder, as in any config file;
+    without a spec file (a spec given as text), to the working directory."""
     p = Path(source)
-    if not p.is_absolute() and spec_path and not p.exists():
-        beside = Path(spec_path).parent / p
-        if beside.exists():
-            return beside
-    return p
+    if p.is_absolute() or not spec_path:
+        return p
+    return Path(spec_path).parent / p
 
 
 def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
@@ -181,36 +183,104 @@ def _is_int(v):
         return False
 
 
-def fit_input(x, input_shape, where):
-    """x as (n, *input_shape): accepted as is, or reshaped when only the layout differs
-    (flat image rows), else a clear error naming both shapes."""
+def to_channels_first(x):
+    """(N, ..., C) samples as (N, C, ...): what data.layout: channels_last asks for."""
+    return np.moveaxis(x, -1, 1) if x.ndim >= 3 else x
+
+
+def fit_input(x, input_shape, where, layout="channels_first"):
+    """x as (n, *input_shape). Accepted as is, after the transpose `layout` asks for, or
+    reshaped when that only adds or removes axes of size 1 or unflattens flat rows (a CSV
+    row is C-ordered); any other difference would scramble the values, so it is an error
+    that says how to state the layout."""
     input_shape = tuple(input_shape)
-    if tuple(x.shape[1:]) == input_shape:
+    if layout == "channels_last":
+        x = to_channels_first(x)
+    sample = tuple(x.shape[1:])
+    if sample == input_shape:
         return x
-    if x.ndim >= 1 and int(np.prod(x.shape[1:])) == int(np.prod(input_shape)):
+    same_size = int(np.prod(sample)) == int(np.prod(input_shape))
+    squeezed = tuple(d for d in sample if d != 1) == tuple(d for d in input_shape if d != 1)
+    if same_size and (squeezed or len(sample) == 1):
         return x.reshape((len(x),) + input_shape)
-    raise DataError(f"{where}: samples have shape {tuple(x.shape[1:])}, but model.input is {list(input_shape)}")
+    message = f"{where}: samples have shape {sample}, but model.input is {list(input_shape)}"
+    if same_size and layout != "channels_last" and len(sample) >= 2 and sample[-1:] + sample[:-1] == input_shape:
+        message += (
+            "; the data looks channels-last: set data.layout: channels_last to transpose it, "
+            "or give model.input as it is and add a permute layer"
+        )
+    elif same_size:
+        message += (
+            "; a reshape would scramble the values: give model.input in the data's layout and add a permute layer"
+        )
+    raise DataError(message)
+
+
+def _test_arrays(ds, spec_path, classification, classes):
+    """(x, y, description) of data.test: a .npz (x_test/y_test if present, else x/y) or a
+    .csv with the label column; CSV class names map to the training data's classes."""
+    path = resolve(ds.test, spec_path)
+    if path.suffix.lower() == ".npz":
+        keys = ("x_test", "y_test") if _npz_has(path, "x_test", "y_test") else ("x", "y")
+        x, y = _load_npz(path, keys)
+        desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
+    else:
+        x, y, names = load_csv(path, ds.label, classification)
+        if names:
+            index = {c: i for i, c in enumerate(classes)}
+            unknown = sorted(set(names) - set(index))
+            if unknown:
+                raise DataError(f"{path}: class {unknown[0]!r} is not among the training data's classes")
+            y = np.asarray([index[names[i]] for i in y], np.int64)
+        desc = path.name
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}")
+    return x, y, f"{desc}, {len(x)} samples"
+
+
+def _npz_has(path, *keys):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return all(k in f.files for k in keys)
+    except (ValueError, OSError, zipfile.BadZipFile):
+        return False
 
 
 def load(spec, loss, output_shape) -> Dataset:
-    """The spec's data, split into training and validation, checked against the model."""
+    """The spec's data, split into training, validation and (optionally) test, checked
+    against the model. The test split is cut first, so adding one leaves the validation
+    split of a seed unchanged only when test_split is 0."""
     ds = spec.data
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
-    x = fit_input(np.asarray(x), spec.model.input, where).astype(np.float32, copy=False)
+    x = fit_input(np.asarray(x), spec.model.input, where, ds.layout).astype(np.float32, copy=False)
     y = loss.check_targets(np.asarray(y), output_shape, where)
     rng = np.random.default_rng([spec.seed, 1])
     order = rng.permutation(len(x)) if ds.shuffle else np.arange(len(x))
+    n_test = int(round(len(x) * ds.test_split))
     n_val = int(round(len(x) * ds.validation_split))
-    if n_val >= len(x):
-        raise DataError(f"{where}: validation_split {ds.validation_split} leaves no training samples")
-    val, train = order[:n_val], order[n_val:]
+    if n_test + n_val >= len(x):
+        raise DataError(
+            f"{where}: validation_split {ds.validation_split}"
+            + (f" and test_split {ds.test_split}" if ds.test_split else "")
+            + f" leave no training samples of {len(x)}"
+        )
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     d = Dataset(x[train], y[train], x[val], y[val], classes, description=description)
+    if n_test:
+        d.x_test, d.y_test = x[test], y[test]
+        d.test_description = f"test_split {ds.test_split} of {description.split(',')[0]}, {n_test} samples"
+    elif ds.test:
+        tx, ty, d.test_description = _test_arrays(ds, spec.path, loss.classification, classes)
+        d.x_test = fit_input(np.asarray(tx), spec.model.input, ds.test, ds.layout).astype(np.float32, copy=False)
+        d.y_test = loss.check_targets(np.asarray(ty), output_shape, ds.test)
     if ds.standardize:
         d.mean = d.x_train.mean(axis=0)
         d.std = d.x_train.std(axis=0) + 1e-8
         d.x_train = standardize(d.x_train, d.mean, d.std)
         d.x_val = standardize(d.x_val, d.mean, d.std)
+        if d.x_test is not None:
+            d.x_test = standardize(d.x_test, d.mean, d.std)
     return d
 
 

@@ -44,7 +44,8 @@ class CheckpointError(DlcliError):
 
 
 class OutputError(DlcliError):
-    """A file the user asked for (--log, -o) that cannot be written, found before the run starts."""
+    """An output the user asked for (--log, -o) that cannot or must not be written: an
+    existing run's checkpoint, a symlink, a device; found before the run starts."""
 
     exit_code = 2
 

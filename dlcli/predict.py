@@ -70,7 +70,7 @@ class Predictor:
         """One batch of raw input rows as the model's float input, preprocessed as in training."""
         from .data import fit_input, standardize
 
-        xb = fit_input(np.asarray(xb), self.input_shape, where)
+        xb = fit_input(np.asarray(xb), self.input_shape, where, self.spec.data.layout)
         xb = xb.astype(np.float32, copy=False)
         if self.mean is not None:
             xb = standardize(xb, self.mean, self.std)
@@ -147,7 +147,7 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None):
     if x.ndim < 1:
         raise DataError(f"{path}: inputs must be an array of samples, got a scalar")
     data.check_values(x, "x", where)  # block by block: a memory-mapped file is not read whole
-    data.fit_input(x[:0], pred.input_shape, where)  # shape check only: a view of no rows
+    data.fit_input(x[:0], pred.input_shape, where, pred.spec.data.layout)  # shape check only: a view of no rows
     if y is not None and suffix == ".npz":
         if len(y) != len(x):
             raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}")

@@ -1,15 +1,27 @@
-"""What the commands do, without the command line: load, build, train, summarise."""
+"""What the commands do, without the command line: load a spec with overrides, choose
+where a run writes, build, train, summarise."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from . import spec as spec_mod
 from .errors import CheckpointError, OutputError
 from .files import check_writable
+
+# command-line option -> where it lives in the spec document
+OVERRIDES = {
+    "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"),
+    "lr": ("optimizer", "lr"),
+    "seed": ("seed",),
+    "threads": ("train", "threads"),
+}
 
 
 def load_spec(path):
@@ -17,16 +29,52 @@ def load_spec(path):
     return spec_mod.load(path)
 
 
+def effective_text(s, changes=None):
+    """The spec's YAML with `changes` ({OVERRIDES key: value}) written in and its name
+    made explicit: what a checkpoint stores, so a resumed run, `summary CKPT` and
+    `inspect-gradients CKPT` see the settings the run really had."""
+    doc = yaml.safe_load(s.text) if s.text else None
+    if not isinstance(doc, dict):
+        return s.text
+    doc = {"name": s.name, **doc}
+    for key, value in (changes or {}).items():
+        *parents, leaf = OVERRIDES[key]
+        node = doc
+        for p in parents:
+            if isinstance(node.get(p), str):  # `optimizer: adam` shorthand
+                node[p] = {"name": node[p]}
+            elif not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[leaf] = value
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def apply_overrides(s, epochs=None, batch_size=None, lr=None, seed=None, threads=None):
-    """The spec with command-line overrides applied (each None leaves the spec's value)."""
+    """The spec with command-line overrides applied (each None leaves the spec's value);
+    its text becomes the effective spec and `overrides` records what the command line set."""
+    given = {
+        k: v
+        for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads).items()
+        if v is not None
+    }
+    if not given:
+        return s
     train = replace(
         s.train,
-        epochs=epochs if epochs is not None else s.train.epochs,
-        batch_size=batch_size if batch_size is not None else s.train.batch_size,
-        threads=threads if threads is not None else s.train.threads,
+        epochs=given.get("epochs", s.train.epochs),
+        batch_size=given.get("batch_size", s.train.batch_size),
+        threads=given.get("threads", s.train.threads),
     )
-    optimizer = replace(s.optimizer, lr=lr) if lr is not None else s.optimizer
-    return replace(s, train=train, optimizer=optimizer, seed=seed if seed is not None else s.seed)
+    optimizer = replace(s.optimizer, lr=given["lr"]) if "lr" in given else s.optimizer
+    return replace(
+        s,
+        train=train,
+        optimizer=optimizer,
+        seed=given.get("seed", s.seed),
+        text=effective_text(s, given),
+        overrides={**s.overrides, **given},
+    )
 
 
 def build(s, dtype=np.float32, fuse=True, checkpoint=None):
@@ -42,48 +90,181 @@ def build(s, dtype=np.float32, fuse=True, checkpoint=None):
     return model, loss
 
 
+# ---------------------------------------------------------------- where a run writes
+
+
 def default_checkpoint_path(s):
     return Path(s.train.checkpoint) if s.train.checkpoint else Path("runs") / f"{s.name}.npz"
 
 
-def train(s, output=None, resume=None, log=None, log_grad_norms=False, display=None, callbacks=()):
+def best_path(path):
+    """Where keep_best puts the best epoch's checkpoint: runs/x.npz -> runs/x.best.npz."""
+    path = Path(path)
+    return path.with_name(path.stem + ".best" + path.suffix)
+
+
+def _taken(path):
+    return path.exists() or path.is_symlink() or best_path(path).exists()
+
+
+def choose_output(s, output=None, resume=None, overwrite=False):
+    """(checkpoint path, lock held on it). A run never replaces an existing checkpoint
+    unless it continues it (--resume) or is told to (--overwrite): the default
+    runs/<name>.npz moves on to runs/<name>-2.npz, -3, ... (the first free one, as
+    Lightning versions its run folders); an explicit path that exists is refused. A path
+    another run is writing is refused too (an advisory lock beside it)."""
+    from .files import WriterLock, check_target
+
+    def same(a, b):
+        return Path(a).resolve() == Path(b).resolve()
+
+    if output is None and resume is not None:
+        output = resume
+    if output is None and not s.train.checkpoint and not overwrite:
+        base = default_checkpoint_path(s)
+        for n in range(1, 10_000):
+            path = base if n == 1 else base.with_name(f"{base.stem}-{n}{base.suffix}")
+            if _taken(path):
+                continue
+            lock = WriterLock(path)
+            if lock.try_acquire():
+                return path, lock
+        raise OutputError(f"no free run name beside {base}; pass -o PATH or --overwrite")
+    path = Path(output) if output is not None else default_checkpoint_path(s)
+    check_target(path)
+    continuing = resume is not None and same(path, resume)
+    if not continuing and not overwrite and _taken(path):
+        what = path if path.exists() or path.is_symlink() else best_path(path)
+        raise OutputError(
+            f"{what} already exists; pass --overwrite to replace it, --resume {path} to continue it, "
+            "or -o to write elsewhere"
+        )
+    lock = WriterLock(path).acquire()
+    if overwrite and not continuing:
+        best_path(path).unlink(missing_ok=True)  # the old run's best epoch is not this run's
+    return path, lock
+
+
+# ---------------------------------------------------------------- resuming
+
+
+def settings(s):
+    """The spec's settings as a flat {dotted name: value} mapping, for comparing runs."""
+    out = {"seed": s.seed, "loss": s.loss, "model.input": list(s.model.input)}
+    for i, layer in enumerate(s.model.layers):
+        out[f"model.layers[{i}]"] = {layer.kind: layer.options}
+
+    def flatten(prefix, mapping):
+        for k, v in mapping.items():
+            if isinstance(v, dict) and v and k != "options" or (k == "options" and not prefix.startswith("data")):
+                flatten(prefix if k == "options" else f"{prefix}.{k}", v or {})
+            else:
+                out[f"{prefix}.{k}"] = v
+
+    for section in ("data", "optimizer", "train"):
+        flatten(section, dataclasses.asdict(getattr(s, section)))
+    return out
+
+
+# a change here would move samples between the splits or train another model
+FIXED_ON_RESUME = ("seed", "loss", "model.", "data.")
+
+
+def resume_changes(old, new):
+    """{setting: (checkpoint's value, new value)} for what differs between the spec a
+    checkpoint was trained with and the one resuming it; a CheckpointError for a change
+    that would make the resumed run something else (data split, model)."""
+    a, b = settings(old), settings(new)
+    changes = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    for key in changes:
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED_ON_RESUME):
+            before, after = changes[key]
+            hint = " (it would re-split the data: validation samples would leak into training)"
+            raise CheckpointError(
+                f"cannot resume with {key} {after!r}: the checkpoint was trained with {before!r}"
+                + (hint if key == "seed" or key.startswith("data.") else "")
+            )
+    return changes
+
+
+def train(
+    s,
+    output=None,
+    resume=None,
+    log=None,
+    log_grad_norms=False,
+    display=None,
+    callbacks=(),
+    overwrite=False,
+):
     """Train a spec; returns (TrainResult, checkpoint path, trainer)."""
     from . import checkpoint, data, optim, runtime
-    from .callbacks import Checkpointer, MetricsLog
+    from .callbacks import Checkpointer, EarlyStopping, MetricsLog
     from .train import Trainer
 
+    ckpt = checkpoint.load(resume) if resume is not None else None
+    changes = resume_changes(ckpt.spec(), s) if ckpt is not None else {}
     runtime.set_threads(s.train.threads)
     model, loss = build(s)
     dataset = data.load(s, loss, model.output_shape)
+    _check_monitors(s, dataset)
     optimizer = optim.for_model(s.optimizer, model)
     start_epoch = skip = 0
-    if resume is not None:
-        ckpt = checkpoint.load(resume)
+    state = {}
+    if ckpt is not None:
         model.load_state(ckpt.params, source=str(resume))
         if ckpt.optimizer:
             optimizer.load_state_dict(ckpt.optimizer, source=str(resume))
         start_epoch = int(ckpt.meta.get("epochs_done", 0))
-        skip = int(ckpt.meta.get("epoch_step", 0))
+        samples = ckpt.meta.get("epoch_samples", int(ckpt.meta.get("epoch_step", 0)) * ckpt.spec().train.batch_size)
+        skip = -(-int(samples) // s.train.batch_size)
+        state = dict(ckpt.meta.get("state") or {})
         if start_epoch >= s.train.epochs:
             raise CheckpointError(
                 f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
                 f"pass --epochs N with N > {start_epoch} to train further"
             )
-    if output:
-        output = Path(output)
-    else:  # a resumed run goes on writing the checkpoint it continues
-        output = Path(resume) if resume is not None else default_checkpoint_path(s)
-    check_writable(output, OutputError)
-    cbs = list(callbacks)
-    if display is not None:
-        cbs.insert(0, display)
-    if log:
-        cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
-    checkpointer = Checkpointer(output, s.text)
-    cbs.append(checkpointer)
-    trainer = Trainer(model, loss, optimizer, dataset, s, cbs, start_epoch=start_epoch, skip_steps=skip)
-    result = trainer.fit()
+    output, lock = choose_output(s, output, resume, overwrite)
+    try:
+        check_writable(output, OutputError)  # after choose_output, which refuses FIFOs and devices
+        cbs = list(callbacks)
+        if display is not None:
+            cbs.insert(0, display)
+        if log:
+            cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
+        if s.train.early_stopping is not None:
+            cbs.append(EarlyStopping(s.train.early_stopping))
+        checkpointer = Checkpointer(output, s, best=best_path(output) if s.train.keep_best else None)
+        cbs.append(checkpointer)
+        trainer = Trainer(model, loss, optimizer, dataset, s, cbs, start_epoch=start_epoch, skip_steps=skip)
+        trainer.state = state
+        trainer.output = output
+        if ckpt is not None:
+            trainer.resumed = {"from": str(resume), "epoch": start_epoch, "changes": changes}
+            if s.train.keep_best and best_path(output).exists():
+                trainer.best_params = checkpoint.load(best_path(output)).params
+        result = trainer.fit()
+    finally:
+        lock.release()
     return result, checkpointer.saved, trainer
+
+
+def _check_monitors(s, dataset):
+    """keep_best and early stopping watch the validation split: it must exist."""
+    from .errors import DataError
+
+    watched = [("train.keep_best", s.train.keep_best)]
+    if s.train.early_stopping is not None:
+        watched.append(("train.early_stopping.monitor", s.train.early_stopping.monitor))
+    for field, monitor in watched:
+        if monitor is None:
+            continue
+        if len(dataset.x_val) == 0:
+            raise DataError(
+                f"{s.path}: {field} watches {monitor}, but data.validation_split leaves no validation samples"
+            )
+        if monitor == "val_acc" and not s.loss.endswith("cross_entropy"):
+            raise DataError(f"{s.path}: {field} watches val_acc, but a {s.loss} model has no accuracy; use val_loss")
 
 
 def spec_or_checkpoint(path):

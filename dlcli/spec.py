@@ -68,6 +68,9 @@ class DataSpec:
     standardize: bool = False
     label: str | None = None
     targets: str | None = None
+    test: str | None = None
+    test_split: float = 0.0
+    layout: str = "channels_first"
 
     @property
     def builtin(self):
@@ -100,12 +103,21 @@ class OptimizerSpec:
 
 
 @dataclass
+class EarlyStoppingSpec:
+    monitor: str = "val_loss"
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
 class TrainSpec:
     epochs: int = 10
     batch_size: int = 32
     clip_norm: float | None = None
     threads: int | None = None
     checkpoint: str | None = None
+    keep_best: str | None = None
+    early_stopping: EarlyStoppingSpec | None = None
 
 
 @dataclass
@@ -119,17 +131,26 @@ class Spec:
     train: TrainSpec
     path: str = "<spec>"
     text: str = ""
+    overrides: dict = field(default_factory=dict)  # what the command line set (for the record)
 
 
 # Every optimizer has a name and a learning rate; the rest is in its class's OPTIONS.
 OPTIMIZER_OPTIONS = {"name": Opt(choice(*OPTIMIZERS), "sgd"), "lr": Opt(positive_float, 0.01)}
 SCHEDULE_OPTIONS = {"name": Opt(choice(*SCHEDULES), "constant")}
+MONITORS = ("val_loss", "val_acc")
 TRAIN_OPTIONS = {
     "epochs": Opt(positive_int, 10),
     "batch_size": Opt(positive_int, 32),
     "clip_norm": Opt(optional(positive_float), None, "clip gradients to this global norm"),
     "threads": Opt(optional(positive_int), None),
     "checkpoint": Opt(optional(text), None, "where to write the checkpoint"),
+    "keep_best": Opt(optional(choice(*MONITORS)), None, "also keep the best epoch's checkpoint (<name>.best.npz)"),
+    "early_stopping": Opt(optional(mapping), None, "stop when the monitored metric stops improving"),
+}
+EARLY_STOPPING_OPTIONS = {
+    "monitor": Opt(choice(*MONITORS), "val_loss"),
+    "patience": Opt(positive_int, 5, "epochs without improvement before stopping"),
+    "min_delta": Opt(non_negative_float, 0.0, "smallest change that counts as an improvement"),
 }
 DATA_OPTIONS = {
     "source": Opt(text, REQUIRED),
@@ -139,6 +160,9 @@ DATA_OPTIONS = {
     "standardize": Opt(boolean, False),
     "label": Opt(optional(text), None, "label column of a .csv file"),
     "targets": Opt(optional(text), None, "the .npy file of targets that goes with a .npy source"),
+    "test": Opt(optional(text), None, "a held-out test file (.npz or .csv), scored once after training"),
+    "test_split": Opt(fraction, 0.0, "fraction held out as the test split, scored once after training"),
+    "layout": Opt(choice("channels_first", "channels_last"), "channels_first", "channels_last: (N, ..., C) data"),
 }
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "train")
 
@@ -383,7 +407,11 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
         raise reader.field_error(("loss",), "must be one of " + ", ".join(LOSSES) + did_you_mean(loss, LOSSES), loss)
 
     optimizer = _parse_optimizer(reader, doc.get("optimizer") or {})
-    train = TrainSpec(**reader.options(("train",), doc.get("train") or {}, TRAIN_OPTIONS))
+    train_values = reader.options(("train",), doc.get("train") or {}, TRAIN_OPTIONS)
+    if train_values["early_stopping"] is not None:
+        stopping = reader.options(("train", "early_stopping"), train_values["early_stopping"], EARLY_STOPPING_OPTIONS)
+        train_values["early_stopping"] = EarlyStoppingSpec(**stopping)
+    train = TrainSpec(**train_values)
     return Spec(name, seed, data, model, loss, optimizer, train, file, text_)
 
 
@@ -403,6 +431,17 @@ def _parse_optimizer(reader, opt_map):
 
 
 def _check_data(reader, data: DataSpec):
+    if data.test is not None:
+        if data.test_split:
+            raise reader.error(("data", "test_split"), "give data.test (a file) or data.test_split, not both")
+        if Path(data.test).suffix.lower() not in (".npz", ".csv"):
+            raise reader.field_error(("data", "test"), "must be a .npz (x, y) or .csv file", data.test)
+    if data.validation_split + data.test_split >= 1:
+        raise reader.error(
+            ("data", "test_split"),
+            f"data.validation_split ({data.validation_split}) + data.test_split ({data.test_split}) "
+            "leave no training samples",
+        )
     if data.builtin is not None:
         if data.builtin not in BUILTIN:
             raise reader.field_error(

@@ -50,10 +50,11 @@ class TrainResult:
     epochs_done: int
     step: int
     history: list = field(default_factory=list)  # EpochEvents
-    stopped: str = "finished"  # finished | interrupted | diverged
+    stopped: str = "finished"  # finished | early_stopped | interrupted | diverged
     message: str = ""
     epoch_step: int = 0  # batches done in the unfinished epoch (interrupted runs)
     clean: bool = True  # False when stopped mid-step: the parameters must not be saved
+    test: dict | None = None  # the test split's score with the kept checkpoint
 
 
 @contextmanager
@@ -122,6 +123,11 @@ class Trainer:
         self.steps_per_epoch = -(-len(dataset.x_train) // self.batch_size)
         self.step = optimizer.step_count
         self.history = []
+        self.state = {}  # JSON-able state of callbacks and schedules, saved in checkpoints
+        self.stop_reason = None  # a callback sets it to end training after this epoch
+        self.best_params = None  # the best epoch's parameters (keep_best)
+        self.resumed = None  # {"from", "epoch", "changes"} when continuing a checkpoint
+        self.output = None  # the checkpoint path
 
     def _emit(self, name, *args):
         for cb in self.callbacks:
@@ -168,8 +174,32 @@ class Trainer:
                 result.message = f"interrupted at epoch {result.epochs_done + 1}, step {self.step}"
             result.history = self.history
             result.step = self.step
+            if result.stopped in ("finished", "early_stopped") and self.dataset.x_test is not None:
+                result.test = self.score_test()
             self._emit("on_end", result)
             return result
+
+    def score_test(self):
+        """The test split's loss and accuracy with the checkpoint that is kept: the best
+        epoch's with keep_best, else the last. Scored once, after training."""
+        d = self.dataset
+        best = self.best_params is not None
+        if best:
+            current = self.model.params_flat.copy()
+            self.model.load_state(self.best_params)
+        try:
+            loss, acc = self.evaluate(d.x_test, d.y_test)
+        finally:
+            if best:
+                self.model.params_flat[...] = current
+        epoch = self.state["best"]["epoch"] if best else len(self.history) + self.start_epoch
+        return {
+            "loss": loss,
+            "acc": acc,
+            "samples": len(d.x_test),
+            "epoch": epoch,
+            "checkpoint": "best" if best else "last",
+        }
 
     def _check_finite(self, epoch, val_loss):
         """The last step's update may overflow, or leave a NaN that a ReLU hides from the
@@ -251,3 +281,6 @@ class Trainer:
             result.epochs_done = epoch + 1
             result.step = self.step
             self._emit("on_epoch", event)
+            if self.stop_reason:
+                result.stopped, result.message = "early_stopped", self.stop_reason
+                return

@@ -1,0 +1,246 @@
+"""Runs and checkpoints (issue 11): resume keeps the effective settings, no run is
+overwritten, unsafe output paths are refused, stale temporaries are cleaned up, data paths
+resolve beside the spec; the test split, keep_best and early stopping."""
+
+import fcntl
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlcli import checkpoint
+from dlcli.cli import main
+
+TEXT = """\
+name: runs
+seed: 1
+data: {source: builtin:moons, options: {samples: 200}}
+model: {input: [2], layers: [{dense: 8}, relu, {dense: 2}]}
+optimizer: {name: adam, lr: 0.02}
+train: {epochs: 1, batch_size: 32}
+"""
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(out):
+    assert out.exit_code == 0, out.output
+    return out.output
+
+
+def one_line_error(out, code=2):
+    assert out.exit_code == code, out.output
+    errors = [ln for ln in out.output.strip().splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in out.output, out.output
+    return errors[0]
+
+
+def log_rows(path):
+    return [json.loads(ln) for ln in open(path)]
+
+
+# ---------------------------------------------------------------- bug 1: resume keeps the command line
+
+
+def test_resume_keeps_the_command_line_overrides(write_spec):
+    p = write_spec(TEXT)
+    ok(invoke("train", p, "--lr", 0.005, "--batch-size", 64, "--seed", 7, "-o", "r.npz", "-q"))
+    s = checkpoint.load("r.npz").spec()
+    assert (s.optimizer.lr, s.train.batch_size, s.seed, s.name) == (0.005, 64, 7, "runs")
+    assert checkpoint.load("r.npz").meta["overrides"] == {"lr": 0.005, "batch_size": 64, "seed": 7}
+    # `summary CKPT` reports the settings the run had
+    summary = ok(invoke("summary", "r.npz", "--no-data"))
+    assert "lr 0.005" in summary and "batch size: 64" in summary and "seed: 7" in summary
+    ok(invoke("train", "--resume", "r.npz", "--epochs", 2, "--log", "m.jsonl", "-q"))
+    rows = log_rows("m.jsonl")
+    steps = [r for r in rows if r["event"] == "step"]
+    assert all(r["lr"] == 0.005 for r in steps)
+    assert len(steps) == 3  # 160 training samples in batches of 64
+    assert checkpoint.load("r.npz").meta["step"] == 6  # ends at the step an uninterrupted run would
+    # the same split as the first session: a straight 2-epoch run gives the same model
+    ok(invoke("train", p, "--lr", 0.005, "--batch-size", 64, "--seed", 7, "--epochs", 2, "-o", "s.npz", "-q"))
+    a, b = checkpoint.load("r.npz").params, checkpoint.load("s.npz").params
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_applies_a_new_option_and_says_what_changed(write_spec):
+    p = write_spec(TEXT)
+    ok(invoke("train", p, "--lr", 0.005, "-o", "r.npz", "-q"))
+    out = ok(invoke("train", "--resume", "r.npz", "--epochs", 2, "--lr", 0.001, "--log", "m.jsonl"))
+    assert "resuming r.npz after epoch 1; changed:" in out
+    assert "optimizer.lr 0.005 -> 0.001" in out and "train.epochs 1 -> 2" in out
+    resume = [r for r in log_rows("m.jsonl") if r["event"] == "resume"]
+    assert resume == [
+        {
+            "event": "resume",
+            "from": "r.npz",
+            "epoch": 1,
+            "changes": {"optimizer.lr": [0.005, 0.001], "train.epochs": [1, 2]},
+        }
+    ]
+    assert checkpoint.load("r.npz").spec().optimizer.lr == 0.001
+    # a new seed would re-split the data and leak validation samples into training
+    line = one_line_error(invoke("train", "--resume", "r.npz", "--epochs", 3, "--seed", 9))
+    assert "cannot resume with seed 9" in line and "leak" in line
+
+
+# ---------------------------------------------------------------- bug 2: no run is overwritten
+
+
+def test_a_new_run_never_overwrites_a_checkpoint(write_spec):
+    p = write_spec(TEXT)
+    ok(invoke("train", p, "-q"))
+    first = open("runs/runs.npz", "rb").read()
+    out = ok(invoke("train", p, "-q"))
+    assert "checkpoint: runs/runs-2.npz" in out
+    assert open("runs/runs.npz", "rb").read() == first and os.path.exists("runs/runs-2.npz")
+    ok(invoke("train", p, "-o", "mine.npz", "-q"))
+    mine = open("mine.npz", "rb").read()
+    line = one_line_error(invoke("train", p, "-o", "mine.npz", "-q"))
+    assert "mine.npz already exists" in line and "--overwrite" in line and "--resume mine.npz" in line
+    assert open("mine.npz", "rb").read() == mine
+    ok(invoke("train", p, "-o", "mine.npz", "--overwrite", "--seed", 3, "-q"))
+    assert open("mine.npz", "rb").read() != mine
+
+
+def test_a_second_run_on_a_locked_path_is_refused(write_spec):
+    p = write_spec(TEXT)
+    fd = os.open(".busy.npz.lock", os.O_RDWR | os.O_CREAT)  # another run holds the lock
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        line = one_line_error(invoke("train", p, "-o", "busy.npz", "-q"))
+        assert "busy.npz is being written by another dlcli run" in line
+        assert not os.path.exists("busy.npz")
+    finally:
+        os.close(fd)
+    ok(invoke("train", p, "-o", "busy.npz", "-q"))
+    assert not os.path.exists(".busy.npz.lock")  # released and removed
+
+
+# ---------------------------------------------------------------- bug 3: only regular files are replaced
+
+
+def test_output_that_is_a_symlink_or_fifo_is_refused(write_spec, tmp_path):
+    p = write_spec(TEXT)
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    os.symlink(target, "link.npz")
+    line = one_line_error(invoke("train", p, "-o", "link.npz", "-q"))
+    assert "link.npz is a symbolic link, not a regular file" in line
+    assert os.path.islink("link.npz") and target.read_text() == "keep me"
+    os.mkfifo("pipe.npz")
+    line = one_line_error(invoke("train", p, "-o", "pipe.npz", "-q"))
+    assert "pipe.npz is a FIFO" in line
+    assert not os.path.isfile("pipe.npz")
+
+
+# ---------------------------------------------------------------- bug 4: stale temporaries
+
+
+def test_stale_temporaries_are_removed_on_the_next_write(write_spec):
+    p = write_spec(TEXT)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.makedirs("out")
+    stale = [f"out/c.npz.{dead.pid}.x1y2z3.tmp", "out/c.npz.abc123de.tmp"]  # a dead writer's; an old unnamed one
+    kept = [f"out/c.npz.{os.getppid()}.live01.tmp", "out/c.npz.fresh999.tmp", "out/other.npz.abcdefgh.tmp"]
+    for name in stale + kept:
+        open(name, "w").write("partial")
+    old = time.time() - 2 * 3600
+    os.utime("out/c.npz.abc123de.tmp", (old, old))
+    os.utime("out/other.npz.abcdefgh.tmp", (old, old))  # another file's: not ours to remove
+    ok(invoke("train", p, "-o", "out/c.npz", "-q"))
+    assert sorted(os.listdir("out")) == sorted(["c.npz"] + [os.path.basename(k) for k in kept])
+
+
+# ---------------------------------------------------------------- bug 8: data paths beside the spec
+
+
+def test_relative_data_paths_resolve_beside_the_spec(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    (tmp_path / "project").mkdir()
+    np.savez(tmp_path / "project" / "d.npz", x=rng.standard_normal((40, 2)), y=rng.integers(0, 2, 40))
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((30, 5)), y=rng.integers(0, 2, 30))  # the working directory's
+    spec = tmp_path / "project" / "spec.yaml"
+    spec.write_text(TEXT.replace("{source: builtin:moons, options: {samples: 200}}", "{source: d.npz}"))
+    out = ok(invoke("summary", spec))
+    assert "d.npz, 40 samples" in out
+    ok(invoke("train", spec, "-o", "r.npz", "-q"))
+    monkeypatch.chdir(tmp_path / "project")  # resuming from elsewhere finds the same file
+    ok(invoke("train", "--resume", tmp_path / "r.npz", "--epochs", 2, "-q"))
+
+
+# ---------------------------------------------------------------- test split, keep_best, early stopping
+
+WORKFLOW = """\
+name: flow
+seed: 0
+data: {source: builtin:moons, options: {samples: 200}, validation_split: 0.2, test_split: 0.2}
+model: {input: [2], layers: [{dense: 8}, relu, {dense: 2}]}
+optimizer: {name: adam, lr: 0.02}
+train: {epochs: 4, batch_size: 32, keep_best: val_loss}
+"""
+
+
+def test_test_split_and_best_checkpoint(write_spec):
+    p = write_spec(WORKFLOW)
+    out = ok(invoke("summary", p))
+    assert "train [120, 2], validation [40, 2], test [40, 2]" in out
+    out = ok(invoke("train", p, "--log", "m.jsonl"))
+    rows = log_rows("m.jsonl")
+    epochs = [r for r in rows if r["event"] == "epoch"]
+    best_epoch = 1 + int(np.argmin([r["val_loss"] for r in epochs]))
+    best = checkpoint.load("runs/flow.best.npz")
+    assert best.meta["epochs_done"] == best_epoch and best.meta["best"]["epoch"] == best_epoch
+    assert f"best: epoch {best_epoch}, val_loss" in out and "runs/flow.best.npz" in out
+    (test,) = [r for r in rows if r["event"] == "test"]
+    assert test["samples"] == 40 and test["epoch"] == best_epoch and test["checkpoint"] == "best"
+    assert f"test_acc {test['acc']:.4f} (40 samples, best epoch {best_epoch})" in out
+    # the score is that of the best checkpoint on the test split, as `evaluate` would compute it
+    from dlcli import data, run
+
+    s, model = checkpoint.build_model(best)
+    _, loss = run.build(s)
+    d = data.load(s, loss, model.output_shape)
+    assert test["acc"] == pytest.approx(np.mean(model.predict_raw(d.x_test).argmax(1) == d.y_test), abs=1e-6)
+    # the three splits are disjoint and cover the data
+    x_all = np.concatenate([d.x_train, d.x_val, d.x_test])
+    assert len(np.unique(x_all, axis=0)) == 200
+
+
+def test_test_file_with_x_test_keys(write_spec, tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.standard_normal((60, 2)),
+        y=rng.integers(0, 2, 60),
+        x_test=rng.standard_normal((17, 2)),
+        y_test=rng.integers(0, 2, 17),
+    )
+    text = TEXT.replace("{source: builtin:moons, options: {samples: 200}}", "{source: d.npz, test: d.npz}")
+    out = ok(invoke("train", write_spec(text), "-o", "t.npz", "--log", "m.jsonl"))
+    (test,) = [r for r in log_rows("m.jsonl") if r["event"] == "test"]
+    assert test["samples"] == 17 and test["checkpoint"] == "last" and "test_loss" in out
+
+
+def test_early_stopping_stops_and_says_why(write_spec):
+    text = WORKFLOW.replace("lr: 0.02", "lr: 1.0e-9").replace(
+        "keep_best: val_loss}", "keep_best: val_loss, early_stopping: {patience: 2, min_delta: 0.01}}"
+    )
+    text = text.replace("epochs: 4", "epochs: 10")
+    out = ok(invoke("train", write_spec(text), "--log", "m.jsonl"))
+    rows = log_rows("m.jsonl")
+    assert [r["epoch"] for r in rows if r["event"] == "epoch"] == [1, 2, 3]
+    (stop,) = [r for r in rows if r["event"] == "stop"]
+    assert stop["epoch"] == 3 and "val_loss has not improved for 2 epochs" in stop["reason"]
+    assert "stopped: early stopping: val_loss has not improved for 2 epochs" in out
+    assert "best: epoch 1" in out
+    ck = checkpoint.load("runs/flow.npz")
+    assert ck.meta["epochs_done"] == 3 and ck.meta["state"]["early_stopping"]["stopped"]
