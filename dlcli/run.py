@@ -156,8 +156,8 @@ def settings(s):
 
     def flatten(prefix, mapping):
         for k, v in mapping.items():
-            if isinstance(v, dict) and v and k != "options" or (k == "options" and not prefix.startswith("data")):
-                flatten(prefix if k == "options" else f"{prefix}.{k}", v or {})
+            if isinstance(v, dict):  # an optimizer's or schedule's options read as its own fields
+                flatten(prefix if k == "options" and prefix != "data" else f"{prefix}.{k}", v)
             else:
                 out[f"{prefix}.{k}"] = v
 

@@ -30,6 +30,7 @@ from .options import (
     did_you_mean,
     fraction,
     mapping,
+    non_negative_float,
     non_negative_int,
     optional,
     parse_options,
