@@ -242,7 +242,7 @@ def _npz_has(path, *keys):
     try:
         with np.load(path, allow_pickle=False) as f:
             return all(k in f.files for k in keys)
-    except (ValueError, OSError, zipfile.BadZipFile):
+    except LOAD_ERRORS:
         return False
 
 

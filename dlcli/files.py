@@ -165,6 +165,8 @@ def check_writable(path, error=DlcliError):
                 d.rmdir()
             except OSError:
                 pass
+
+
 def lock_path(path):
     """The lock file that goes with `path`: hidden, beside it."""
     path = Path(path)
@@ -185,12 +187,17 @@ class WriterLock:
     def acquire(self, error=OutputError):
         import fcntl
 
+        self.made = []
+        folder = self.lock.parent
+        while not folder.exists():
+            self.made.append(folder)
+            folder = folder.parent
         for _ in range(100):
             try:
                 self.lock.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as e:
-                raise error(f"cannot lock {self.path}: {e.strerror or e}") from None
+                raise error(f"cannot write {self.path}: {e.strerror or e}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -225,6 +232,11 @@ class WriterLock:
             self.lock.unlink(missing_ok=True)  # before closing, while still holding it
             os.close(self.fd)
             self.fd = None
+            for folder in self.made:  # folders made for the lock alone: a run that wrote nothing leaves none
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def __enter__(self):
         return self.acquire()
