@@ -223,6 +223,8 @@ def _test_arrays(ds, spec_path, classification, classes):
     if path.suffix.lower() == ".npz":
         keys = ("x_test", "y_test") if _npz_has(path, "x_test", "y_test") else ("x", "y")
         x, y = _load_npz(path, keys)
+        check_values(x, keys[0], path)
+        check_values(y, keys[1], path)
         desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
     else:
         x, y, names = load_csv(path, ds.label, classification)
