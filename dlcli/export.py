@@ -20,6 +20,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DlcliError, ExportError
+from .model import MODEL_INPUT
 
 DEFAULT_OPSET = 17  # LayerNormalization's first opset; Softmax has taken `axis` as one axis since 13
 INPUT_NAME = "input"
@@ -194,6 +195,23 @@ def _layernorm(g, layer, x):
     return g.add("LayerNormalization", inputs, p, axis=axis, epsilon=layer.options["eps"])
 
 
+def _add(g, layer, xs):
+    """Add (a chain of them for more than two inputs); a residual block's projection of
+    the skip path is the dense or 1x1 conv layer it is."""
+    p = _prefix(layer)
+    first = xs[0]
+    if layer.projection is not None:
+        first = EMITTERS[layer.projection.kind](g, layer.projection, first)
+    y = first
+    for k, x in enumerate(xs[1:], 1):
+        y = g.add("Add", [y, x], p if k == len(xs) - 1 else f"{p}.{k}")
+    return y
+
+
+def _concat(g, layer, xs):
+    return g.add("Concat", xs, _prefix(layer), axis=layer.axis)  # the axis counts the batch
+
+
 # dlcli's gate blocks in the order ONNX wants them (block indices into dlcli's order):
 # LSTM dlcli i, f, g, o -> ONNX i, o, f, c; GRU dlcli r, z, n -> ONNX z, r, h.
 GATE_ORDER = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
@@ -255,6 +273,8 @@ EMITTERS = {
     "gru": _recurrent,
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
+    "add": _add,
+    "concat": _concat,
 }
 
 
@@ -312,8 +332,17 @@ def build(pred, opset=DEFAULT_OPSET):
     if pred.mean is not None:  # the training split's statistics, applied as predict applies them
         x = g.add("Sub", [x, g.const(pred.mean.astype(np.float32), "standardize.mean")], "standardize.sub")
         x = g.add("Div", [x, g.const(pred.std.astype(np.float32), "standardize.std")], "standardize")
-    for layer in layers:
-        x = EMITTERS[layer.kind](g, layer, x)
+    model = pred.model
+    produced = {MODEL_INPUT: x}  # node index -> the tensor holding its output
+    for i, layer in enumerate(layers):
+        ins = [produced[j] for j in model.inputs[i]]
+        before = len(g.nodes)
+        y = EMITTERS[layer.kind](g, layer, ins if layer.MERGE else ins[0])
+        label = model.labels[i]
+        if label and len(g.nodes) > before and g.nodes[-1].output[0] == y:  # the spec's name on the edge
+            g.nodes[-1].output[0] = y = g.name(label)
+        produced[i] = y
+    x = produced[model.output_index]
     name, meaning = output_meaning(pred)
     out_shape = tuple(pred.output_shape)
     if pred.kind == "multiclass":

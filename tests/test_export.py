@@ -103,6 +103,7 @@ def random_layers(rng):
             layers += [{"dense": {"units": int(rng.integers(1, 9)), "bias": bool(rng.random() < 0.7)}}, act()]
             if rng.random() < 0.4:
                 layers.insert(-1, norm(rng))
+            layers += merges(rng, lambda: {"dense": int(rng.integers(1, 6))}, act, len(layers))
     elif family.startswith("conv"):
         nd = 2 if family == "conv2d" else 1
         shape = [int(rng.integers(1, 4))] + [int(rng.integers(5, 12)) for _ in range(nd)]
@@ -123,6 +124,9 @@ def random_layers(rng):
             layers += [{family: opts}, act()]
             if rng.random() < 0.4:
                 layers.insert(-1, norm(rng, over=("auto", "channels", "features")))
+            conv = {"filters": int(rng.integers(1, 4)), "kernel": 3, "padding": "same", "stride": [1] * nd}
+            conv["stride"][-1] = int(rng.integers(1, 3))  # a strided block needs a strided projection
+            layers += merges(rng, lambda c=conv: {family: dict(c)}, act, len(layers))
             if rng.random() < 0.5:
                 pool = f"{rng.choice(['max', 'avg'])}pool{nd}d"
                 layers.append({pool: {"size": [int(rng.integers(1, 3))] * nd, "stride": [1] * nd}})
@@ -148,6 +152,18 @@ def random_layers(rng):
     if loss == "cross_entropy" and rng.random() < 0.5:
         layers.append("softmax")  # left out of training, applied when predicting
     return shape, layers, loss
+
+
+def merges(rng, make, act, at):
+    """Sometimes a residual block (its add may need a projection) and sometimes a concat
+    of a named layer and a second one that reads it: graph nodes over the options."""
+    out = []
+    if rng.random() < 0.35:
+        out.append({"residual": [make(), act()] if rng.random() < 0.5 else [make()]})
+    if rng.random() < 0.35:
+        a, b = f"a{at}", f"b{at}"
+        out += [{**make(), "name": a}, {**make(), "name": b, "input": a}, {"concat": None, "input": [a, b]}]
+    return out
 
 
 def norm(rng, over=("auto",)):
@@ -195,7 +211,7 @@ def random_checkpoint(path, text, rng):
     return s
 
 
-DRAWS = 28
+DRAWS = 32
 
 
 @pytest.mark.parametrize("draw", range(DRAWS))
@@ -219,7 +235,7 @@ def test_random_specs_cover_every_layer_option():
         _, layers, _ = random_layers(np.random.default_rng([16, draw]))
         for layer in layers:
             kind = layer if isinstance(layer, str) else next(iter(layer))
-            kinds.add(kind)
+            kinds.add("add" if kind == "residual" else kind)
             if kind in ("conv1d", "conv2d"):
                 p = layer[kind]["padding"]
                 paddings.add(p if isinstance(p, str) else type(p).__name__)
@@ -288,6 +304,48 @@ def test_normalisation_layers(shape, layers, ops, tmp_path):
     model = export.build(open_model(tmp_path / "n.npz"))
     assert ops <= {n.op_type for n in model.graph.node}
     compare(tmp_path / "n.npz", _write(model, tmp_path / "n.onnx"))
+
+
+GRAPHS = {
+    "residual_dense_projection": ([5], [{"dense": 4}, {"residual": [{"dense": 6}, "relu", {"dense": 3}]}]),
+    "residual_conv_strided": (
+        [2, 9, 8],
+        [{"residual": [{"conv2d": {"filters": 3, "kernel": 3, "stride": 2, "padding": "same"}}]}, "flatten"],
+    ),
+    "concat_named_branches": (
+        [2, 10],
+        [
+            {"conv1d": {"filters": 3, "kernel": 3}, "name": "stem"},
+            {"global_avgpool": None, "input": "stem", "name": "pooled"},
+            {"maxpool1d": 2, "input": "stem", "name": "coarse"},
+            {"flatten": None, "name": "flat"},
+            {"concat": None, "input": ["pooled", "flat"]},
+        ],
+    ),
+    "add_three": (
+        [4],
+        [
+            {"dense": 3, "name": "a"},
+            {"dense": 3, "name": "b", "input": "input"},
+            {"add": None, "input": ["a", "b", "a"]},
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_graph_models(graph, tmp_path):
+    shape, layers = GRAPHS[graph]
+    random_checkpoint(
+        tmp_path / "g.npz", spec_text(shape, layers + [{"dense": 2}], "cross_entropy"), np.random.default_rng(4)
+    )
+    model = export.build(open_model(tmp_path / "g.npz"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ("Concat" if "concat" in graph else "Add") in ops
+    outputs = {o for n in model.graph.node for o in n.output}
+    names = {d[k] for d in layers if isinstance(d, dict) for k in ("name",) if k in d}
+    assert names <= outputs  # the spec's names are the tensors' names
+    compare(tmp_path / "g.npz", _write(model, tmp_path / "g.onnx"))
 
 
 def test_dense_on_sequences_is_time_distributed(tmp_path):
