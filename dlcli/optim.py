@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .options import Opt, boolean, fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from .options import Opt, boolean, choice, fraction, non_negative_float, non_negative_int, positive_float, positive_int
 
 
 class Optimizer:
@@ -184,21 +184,27 @@ def for_model(spec, model) -> Optimizer:
 
 class Schedule:
     """The learning rate by (fractional) epoch. Every schedule has an optional linear
-    warm-up from 0; OPTIONS are its own, validated like a layer's."""
+    warm-up from 0, and counts its own epochs from the end of the warm-up (as torch's
+    SequentialLR([LinearLR, ...]) does); OPTIONS are its own, validated like a layer's.
+    A schedule that reacts to the metrics keeps its state in a JSON-able dict the trainer
+    saves in checkpoints."""
 
     OPTIONS: dict = {"warmup_epochs": Opt(non_negative_int, 0, "linear warm-up from 0")}
 
     def __init__(self, options):
         self.options = options
 
-    def __call__(self, base, epoch_progress, total_epochs):
+    def __call__(self, base, epoch_progress, total_epochs, state=None):
         warmup = self.options["warmup_epochs"]
         if warmup and epoch_progress < warmup:
             return base * (epoch_progress + 1e-9) / warmup
-        return self.after_warmup(base, epoch_progress, total_epochs)
+        return self.after_warmup(base, epoch_progress - warmup, total_epochs - warmup, state)
 
-    def after_warmup(self, base, epoch_progress, total_epochs):
+    def after_warmup(self, base, epochs_after_warmup, epochs_left, state):
         return base
+
+    def epoch_end(self, state, epoch, metrics):
+        """Called after each epoch with its metrics (val_loss, val_acc, train_loss, ...)."""
 
 
 class Step(Schedule):
@@ -210,9 +216,9 @@ class Step(Schedule):
         "gamma": Opt(positive_float, 0.1, "decay factor"),
     }
 
-    def after_warmup(self, base, epoch_progress, total_epochs):
+    def after_warmup(self, base, epochs_after_warmup, epochs_left, state):
         o = self.options
-        return base * o["gamma"] ** int(epoch_progress // o["step_size"])
+        return base * o["gamma"] ** int(epochs_after_warmup // o["step_size"])
 
 
 class Cosine(Schedule):
@@ -220,19 +226,63 @@ class Cosine(Schedule):
 
     OPTIONS = {**Schedule.OPTIONS, "min_lr": Opt(non_negative_float, 0.0, "final learning rate")}
 
-    def after_warmup(self, base, epoch_progress, total_epochs):
-        warmup, min_lr = self.options["warmup_epochs"], self.options["min_lr"]
-        span = max(total_epochs - warmup, 1e-9)
-        t = min(max(epoch_progress - warmup, 0.0) / span, 1.0)
+    def after_warmup(self, base, epochs_after_warmup, epochs_left, state):
+        min_lr = self.options["min_lr"]
+        t = min(max(epochs_after_warmup, 0.0) / max(epochs_left, 1e-9), 1.0)
         return min_lr + 0.5 * (base - min_lr) * (1 + math.cos(math.pi * t))
 
 
-SCHEDULES = {"constant": Schedule, "step": Step, "cosine": Cosine}
+class Plateau(Schedule):
+    """Multiply the rate by `factor` when `monitor` has not improved for more than
+    `patience` epochs, down to `min_lr` (torch's ReduceLROnPlateau: relative threshold,
+    then `cooldown` epochs before counting again)."""
+
+    OPTIONS = {
+        **Schedule.OPTIONS,
+        "monitor": Opt(choice("val_loss", "val_acc", "train_loss", "train_acc"), "val_loss", "metric to watch"),
+        "factor": Opt(fraction, 0.1, "multiplies the rate on a plateau"),
+        "patience": Opt(non_negative_int, 10, "epochs without improvement before reducing"),
+        "threshold": Opt(non_negative_float, 1e-4, "relative change that counts as an improvement"),
+        "cooldown": Opt(non_negative_int, 0, "epochs after a reduction before counting again"),
+        "min_lr": Opt(non_negative_float, 0.0, "lowest learning rate"),
+    }
+
+    def after_warmup(self, base, epochs_after_warmup, epochs_left, state):
+        return max(base * (state or {}).get("scale", 1.0), min(self.options["min_lr"], base))
+
+    def epoch_end(self, state, epoch, metrics):
+        o = self.options
+        if epoch + 1 <= o["warmup_epochs"]:
+            return
+        value = metrics.get(o["monitor"])
+        if value is None:
+            return
+        state.setdefault("scale", 1.0)
+        best, bad = state.get("best"), state.get("bad_epochs", 0)
+        maximise = o["monitor"].endswith("acc")
+        if best is None or (value > best * (1 + o["threshold"]) if maximise else value < best * (1 - o["threshold"])):
+            state.update(best=value, bad_epochs=0)
+        else:
+            state["bad_epochs"] = bad + 1
+        if state.get("cooldown", 0) > 0:
+            state["cooldown"] -= 1
+            state["bad_epochs"] = 0
+        if state["bad_epochs"] > o["patience"]:
+            state.update(scale=state["scale"] * o["factor"], cooldown=o["cooldown"], bad_epochs=0)
 
 
-def learning_rate(spec, epoch_progress: float, total_epochs: int) -> float:
-    """The scheduled learning rate at a (fractional) epoch of the optimizer `spec`."""
-    return SCHEDULES[spec.schedule.name](spec.schedule.options)(spec.lr, epoch_progress, total_epochs)
+SCHEDULES = {"constant": Schedule, "step": Step, "cosine": Cosine, "plateau": Plateau}
+
+
+def schedule(spec) -> Schedule:
+    """The schedule object of the optimizer `spec`."""
+    return SCHEDULES[spec.schedule.name](spec.schedule.options)
+
+
+def learning_rate(spec, epoch_progress: float, total_epochs: int, state=None) -> float:
+    """The scheduled learning rate at a (fractional) epoch of the optimizer `spec`; `state`
+    is the schedule's (plateau) state."""
+    return schedule(spec)(spec.lr, epoch_progress, total_epochs, state)
 
 
 def clip_factor(norm, max_norm):

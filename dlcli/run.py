@@ -254,17 +254,19 @@ def _check_monitors(s, dataset):
     from .errors import DataError
 
     watched = [("train.keep_best", s.train.keep_best)]
+    if s.optimizer.schedule.name == "plateau":
+        watched.append(("optimizer.schedule.monitor", s.optimizer.schedule.options["monitor"]))
     if s.train.early_stopping is not None:
         watched.append(("train.early_stopping.monitor", s.train.early_stopping.monitor))
     for field, monitor in watched:
         if monitor is None:
             continue
-        if len(dataset.x_val) == 0:
+        if monitor.startswith("val_") and len(dataset.x_val) == 0:
             raise DataError(
                 f"{s.path}: {field} watches {monitor}, but data.validation_split leaves no validation samples"
             )
-        if monitor == "val_acc" and not s.loss.endswith("cross_entropy"):
-            raise DataError(f"{s.path}: {field} watches val_acc, but a {s.loss} model has no accuracy; use val_loss")
+        if monitor.endswith("_acc") and not s.loss.endswith("cross_entropy"):
+            raise DataError(f"{s.path}: {field} watches {monitor}, but a {s.loss} model has no accuracy; use val_loss")
 
 
 def spec_or_checkpoint(path):

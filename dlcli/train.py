@@ -128,6 +128,7 @@ class Trainer:
         self.best_params = None  # the best epoch's parameters (keep_best)
         self.resumed = None  # {"from", "epoch", "changes"} when continuing a checkpoint
         self.output = None  # the checkpoint path
+        self.schedule = optim.schedule(spec.optimizer)
 
     def _emit(self, name, *args):
         for cb in self.callbacks:
@@ -157,6 +158,7 @@ class Trainer:
         with ExitStack() as closing:
             for cb in self.callbacks:
                 closing.callback(cb.close)
+            self.state.setdefault("schedule", {})
             self._emit("on_start")
             t0 = time.perf_counter()
             result = TrainResult(self.start_epoch, self.step)
@@ -229,7 +231,9 @@ class Trainer:
                     self._check_finite(epoch, None)  # the checkpointer saves these parameters next
                     result.epoch_step = j
                     return
-                lr = optim.learning_rate(spec.optimizer, epoch + j / self.steps_per_epoch, self.epochs)
+                lr = self.schedule(
+                    spec.optimizer.lr, epoch + j / self.steps_per_epoch, self.epochs, self.state["schedule"]
+                )
                 ts = time.perf_counter()
                 loss, hits, gnorm, layer_norms = self.train_step(xb, yb, lr)
                 if not np.isfinite(loss):
@@ -278,6 +282,13 @@ class Trainer:
                 seen / max(train_time, 1e-9),
             )
             self.history.append(event)
+            metrics = {
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "train_loss": event.train_loss,
+                "train_acc": event.train_acc,
+            }
+            self.schedule.epoch_end(self.state["schedule"], epoch, metrics)  # before the checkpoint saves it
             result.epochs_done = epoch + 1
             result.step = self.step
             self._emit("on_epoch", event)

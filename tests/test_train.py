@@ -136,6 +136,56 @@ def test_warmup_is_linear_then_the_schedule():
     assert lr_at("{name: constant, warmup_epochs: 4}", 4) == pytest.approx(0.1)
 
 
+def test_step_schedule_counts_from_the_end_of_the_warm_up():
+    """torch's SequentialLR([LinearLR, StepLR(step_size=3)], milestones=[5]) with lr 0.1:
+    the warm-up reaches lr, then the steps count from there."""
+    sched = "{name: step, warmup_epochs: 5, step_size: 3}"
+    table = [0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001]
+    assert [lr_at(sched, e, total=12) for e in range(12)] == pytest.approx(table, abs=1e-9)
+    assert lr_at(sched, 2.5, total=12) == pytest.approx(0.05)
+    assert lr_at(sched, 7.9, total=12) == pytest.approx(0.1)
+
+
+def plateau_rates(options, values, monitor="val_loss"):
+    """The rate after each epoch's metric, as ReduceLROnPlateau's optimizer would see it."""
+    sched = optim.schedule(opt_spec(f"{{lr: 0.1, schedule: {{name: plateau, {options}}}}}"))
+    state, rates = {}, []
+    for epoch, value in enumerate(values):
+        sched.epoch_end(state, epoch, {monitor: value})
+        rates.append(sched(0.1, epoch + 1, 100, state))
+    return rates
+
+
+def test_plateau_schedule_matches_reduce_lr_on_plateau():
+    # worked by hand from torch's rules: better = below best * (1 - 1e-4); reduce when the
+    # bad epochs exceed patience; then count again (after cooldown epochs)
+    losses = [1.0, 0.9, 0.95, 0.95, 0.8, 0.85, 0.85, 0.85]
+    assert plateau_rates("factor: 0.5, patience: 1", losses) == pytest.approx(
+        [0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025]
+    )
+    flat = [1.0] * 5
+    assert plateau_rates("factor: 0.1, patience: 0, cooldown: 1, min_lr: 0.002", flat) == pytest.approx(
+        [0.1, 0.01, 0.01, 0.002, 0.002]
+    )
+    accs = [0.5, 0.6, 0.6, 0.6]  # accuracy must rise
+    assert plateau_rates("factor: 0.5, patience: 1, monitor: val_acc", accs, "val_acc") == pytest.approx(
+        [0.1, 0.1, 0.1, 0.05]
+    )
+
+
+def test_plateau_state_survives_resume(tmp_path):
+    opt = "{name: adam, lr: 0.01, schedule: {name: plateau, patience: 0, factor: 0.5, threshold: 0.5}}"
+    rec = Record()
+    straight = run.train(tiny(epochs=4, optimizer=opt), output=tmp_path / "s.npz", callbacks=[rec])[2]
+    # the loss never halves from one epoch to the next: every epoch after the first is a plateau
+    assert [e.lr for e in rec.epochs] == pytest.approx([0.01, 0.01, 0.005, 0.0025])
+    out = tmp_path / "r.npz"
+    run.train(tiny(epochs=2, optimizer=opt), output=out)
+    assert checkpoint.load(out).meta["state"]["schedule"]["scale"] == 0.5
+    resumed = run.train(tiny(epochs=4, optimizer=opt), resume=out)[2]
+    np.testing.assert_allclose(resumed.model.params_flat, straight.model.params_flat, rtol=1e-6, atol=1e-7)
+
+
 def test_clip_factor():
     assert optim.clip_factor(3.0, None) == 1.0
     assert optim.clip_factor(3.0, 5.0) == 1.0
