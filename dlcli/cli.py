@@ -392,21 +392,38 @@ def predict(model, input_file, output, proba, top_k, batch_size, label, threads,
     help="Samples per forward pass (bounds memory).",
 )
 @click.option("--label", help="CSV label column (default: the spec's data.label, else 'label').")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    help="Arrays of a .npz to score: train (x, y), val (x_val, y_val), test (x_test, y_test). "
+    "Default: test when the file has x_test and y_test, else x, y.",
+)
+@click.option("--keys", metavar="X,Y", help="Score these two arrays of a .npz, e.g. --keys inputs,labels.")
 @threads_option
 @friendly_errors
-def evaluate(model, data_file, as_json, batch_size, label, threads):
+def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads):
     """Loss, accuracy, per-class precision/recall and confusion matrix of the checkpoint
-    MODEL on labelled DATA (.npz with keys x and y, or .csv with the label column)."""
+    MODEL on labelled DATA (.npz with arrays x and y, or x_test and y_test, or .csv with
+    the label column). The output names the arrays it scored."""
     import json
 
     from . import predict as predict_mod
     from . import runtime
 
+    if split and keys:
+        raise click.UsageError("give --split or --keys, not both")
+    key_pair = None
+    if keys is not None:
+        key_pair = tuple(k.strip() for k in keys.split(","))
+        if len(key_pair) != 2 or not all(key_pair):
+            raise click.BadParameter("give two array names, e.g. --keys inputs,labels", param_hint="--keys")
     if threads:
         runtime.set_threads(threads)
     bar, update = _progress(not as_json, "evaluating")
     with bar:
-        r = predict_mod.evaluate(model, data_file, batch_size=batch_size, label=label, progress=update)
+        r = predict_mod.evaluate(
+            model, data_file, batch_size=batch_size, label=label, progress=update, split=split, keys=key_pair
+        )
     if as_json:
         click.echo(json.dumps(r.as_dict(), indent=2))
         return

@@ -114,8 +114,24 @@ def open_model(path) -> Predictor:
 
 
 # --------------------------------------------------------------------------- inputs
-def load_inputs(pred: Predictor, path, need_labels=False, label=None):
-    """(x, y or None) from a .npy (memory-mapped), .npz (keys x, y) or .csv file.
+SPLIT_KEYS = {"train": ("x", "y"), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}
+
+
+def labelled_keys(path, split=None, keys=None):
+    """Which arrays of a .npz `evaluate` scores: the ones named (`keys`), those of `split`
+    (train: x, y; val: x_val, y_val; test: x_test, y_test), else x_test/y_test when the
+    file has them and x/y otherwise. Never a silent choice: the result names them."""
+    from . import data
+
+    if keys is not None:
+        return tuple(keys)
+    if split is not None:
+        return SPLIT_KEYS[split]
+    return SPLIT_KEYS["test"] if data._npz_has(path, *SPLIT_KEYS["test"]) else SPLIT_KEYS["train"]
+
+
+def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x", "y")):
+    """(x, y or None) from a .npy (memory-mapped), .npz (arrays `keys`) or .csv file.
 
     x keeps its on-disk layout (a memmap for .npy); its per-sample shape is checked
     against the model here, and each batch is reshaped when it is used. y, when asked
@@ -135,9 +151,9 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None):
         x = data._load_npy(path, mmap=True)
     elif suffix == ".npz":
         if need_labels:
-            x, y = data._load_npz(path, ("x", "y"))
+            x, y = data._load_npz(path, keys)
         else:
-            (x,) = data._load_npz(path, ("x",))
+            (x,) = data._load_npz(path, keys[:1])
     elif suffix == ".csv":
         x, y = _load_csv(pred, path, need_labels, label)
     else:
@@ -146,12 +162,14 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None):
         raise DataError(f"{path}: inputs must be numbers, got {x.dtype} values")
     if x.ndim < 1:
         raise DataError(f"{path}: inputs must be an array of samples, got a scalar")
-    data.check_values(x, "x", where)  # block by block: a memory-mapped file is not read whole
+    data.check_values(
+        x, keys[0] if suffix == ".npz" else "x", where
+    )  # block by block: a memory-mapped file is not read whole
     data.fit_input(x[:0], pred.input_shape, where, pred.spec.data.layout)  # shape check only: a view of no rows
     if y is not None and suffix == ".npz":
         if len(y) != len(x):
-            raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}")
-        data.check_values(y, "y", where)
+            raise DataError(f"{path}: {keys[0]} has {len(x)} samples but {keys[1]} has {len(y)}")
+        data.check_values(y, keys[1], where)
         y = _check_labels(pred, np.asarray(y), where)
     return x, y
 
@@ -452,9 +470,16 @@ class Evaluation:
     recall: list = field(default_factory=list)  # per class; None where the class never occurs
     support: list = field(default_factory=list)
     confusion: list = field(default_factory=list)  # rows: true class, columns: predicted class
+    scored: str = ""  # which arrays (or file) were scored
 
     def as_dict(self):
-        d = {"samples": self.samples, "loss_name": self.loss_name, "loss": self.loss, "accuracy": self.accuracy}
+        d = {
+            "scored": self.scored,
+            "samples": self.samples,
+            "loss_name": self.loss_name,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+        }
         if self.classes:
             d["classes"] = self.classes
             d["per_class"] = [
@@ -465,12 +490,17 @@ class Evaluation:
         return d
 
 
-def evaluate(model_path, data_path, batch_size=1024, label=None, progress=None) -> Evaluation:
-    """Loss, accuracy, per-class precision/recall and the confusion matrix on labelled data."""
+def evaluate(model_path, data_path, batch_size=1024, label=None, progress=None, split=None, keys=None) -> Evaluation:
+    """Loss, accuracy, per-class precision/recall and the confusion matrix on labelled
+    data; for a .npz, the arrays `labelled_keys` picks."""
     if batch_size < 1:
         raise DataError("--batch-size must be at least 1")
     pred = open_model(model_path)
-    x, y = load_inputs(pred, data_path, need_labels=True, label=label)
+    npz = Path(data_path).suffix.lower() == ".npz"
+    if (split is not None or keys is not None) and not npz:
+        raise DataError(f"{data_path}: --split and --keys choose arrays of a .npz file")
+    chosen = labelled_keys(data_path, split, keys) if npz else ("x", "y")
+    x, y = load_inputs(pred, data_path, need_labels=True, label=label, keys=chosen)
     where = str(data_path)
     n = len(x)
     if n == 0:
@@ -493,6 +523,7 @@ def evaluate(model_path, data_path, batch_size=1024, label=None, progress=None) 
             if confusion is not None:
                 np.add.at(confusion, (truth.reshape(-1), lab.reshape(-1)), 1)
     result = Evaluation(n, pred.loss.name, loss_sum / entries)
+    result.scored = f"{chosen[0]}, {chosen[1]} of {Path(data_path).name}" if npz else Path(data_path).name
     if pred.loss.classification:
         result.accuracy = hits / entries
     if confusion is not None:
@@ -512,7 +543,7 @@ def evaluation_report(r):
     confusion matrix (rows: true class), as Rich renderables."""
     from rich.table import Table
 
-    line = f"{r.samples} samples   {r.loss_name} loss {r.loss:.4f}"
+    line = f"{r.scored}: {r.samples} samples   {r.loss_name} loss {r.loss:.4g}"  # significant digits: MSE can be tiny
     if r.accuracy is not None:
         line += f"   accuracy {r.accuracy:.4f}"
     out = [line]

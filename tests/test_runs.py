@@ -244,3 +244,44 @@ def test_early_stopping_stops_and_says_why(write_spec):
     assert "best: epoch 1" in out
     ck = checkpoint.load("runs/flow.npz")
     assert ck.meta["epochs_done"] == 3 and ck.meta["state"]["early_stopping"]["stopped"]
+
+
+# ---------------------------------------------------------------- bugs 6 and 7: evaluate
+
+
+def test_evaluate_scores_the_test_arrays_and_says_which(write_spec, tmp_path):
+    ok(invoke("train", write_spec(TEXT), "-o", "m.npz", "-q"))
+    rng = np.random.default_rng(2)
+    np.savez(
+        tmp_path / "d.npz",
+        x=rng.standard_normal((10, 2)),
+        y=np.zeros(10, np.int64),
+        x_test=rng.standard_normal((7, 2)),
+        y_test=np.ones(7, np.int64),
+    )
+    out = ok(invoke("evaluate", "m.npz", "d.npz"))
+    assert "x_test, y_test of d.npz: 7 samples" in out
+    assert "x, y of d.npz: 10 samples" in ok(invoke("evaluate", "m.npz", "d.npz", "--split", "train"))
+    assert "x, y of d.npz: 10 samples" in ok(invoke("evaluate", "m.npz", "d.npz", "--keys", "x,y"))
+    as_json = json.loads(ok(invoke("evaluate", "m.npz", "d.npz", "--json")))
+    assert as_json["scored"] == "x_test, y_test of d.npz" and as_json["samples"] == 7
+    assert "no array named 'x_val'" in one_line_error(invoke("evaluate", "m.npz", "d.npz", "--split", "val"))
+
+
+def test_evaluate_prints_a_small_loss_with_significant_digits(write_spec, tmp_path):
+    spec = """\
+name: reg
+data: {source: builtin:sine, options: {samples: 100}}
+model: {input: [1], layers: [{dense: 4}, tanh, {dense: 1}]}
+loss: mse
+train: {epochs: 1}
+"""
+    ok(invoke("train", write_spec(spec), "-o", "reg.npz", "-q"))
+    x = np.linspace(-1, 1, 20, dtype=np.float32).reshape(-1, 1)
+    np.save(tmp_path / "x.npy", x)
+    ok(invoke("predict", "reg.npz", "x.npy", "-o", "p.npy", "-q"))
+    y = np.load(tmp_path / "p.npy").reshape(-1, 1) + 1e-3  # a solved regression: MSE 1e-6
+    np.savez(tmp_path / "near.npz", x=x, y=y)
+    out = ok(invoke("evaluate", "reg.npz", "near.npz"))
+    shown = float(out.split("mse loss ")[1].split()[0])
+    assert shown == pytest.approx(1e-6, rel=1e-2)
