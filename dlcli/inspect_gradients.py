@@ -88,8 +88,10 @@ def _offset(model, view):
     return (view.__array_interface__["data"][0] - base) // model.params_flat.itemsize
 
 
-def inspect(source, batches=4, batch_size=None, seed=None):
-    from . import data, optim, run
+def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
+    """The figures behind both `--json` and `render`: measure a few training batches of
+    SOURCE's model without updating it, then summarise and judge them."""
+    from . import data, run
 
     s, ckpt = run.spec_or_checkpoint(source)
     if seed is not None:
@@ -98,120 +100,25 @@ def inspect(source, batches=4, batch_size=None, seed=None):
     model, loss = run.build(s, fuse=False, checkpoint=ckpt)
     ds = data.load(s, loss, model.output_shape)
     bs = batch_size or s.train.batch_size
-    layers = model.trained
-    recurrent = [l for l in layers if l.RECORDS_TIME_GRADS]
-    for layer in recurrent:
-        layer.record_time_grads = True
-
-    n_layers = len(layers)
-    input_norms = [[] for _ in range(n_layers)]
-    param_norms = [{name: [] for name in l.params} for l in layers]
-    layer_norms = [[] for _ in range(n_layers)]
-    update_ratios = [{name: [] for name in l.params} for l in layers]
-    layer_update = [[] for _ in range(n_layers)]
-    alive = [None] * n_layers
-    saturated = [[] for _ in range(n_layers)]
-    time_norms = {id(l): [] for l in recurrent}
-    losses = []
-    spans = [{name: (_offset(model, p), p.size) for name, p in l.params.items()} for l in layers]
-    ckpt_optim = ckpt.optimizer if ckpt is not None else None
-
+    m = _Measurements(model, loss, s, ckpt.optimizer if ckpt is not None else None)
     rng = np.random.default_rng([s.seed, 2, 0]) if s.data.shuffle else None
-    done = 0
     for xb, yb in data.batches(ds.x_train, ds.y_train, bs, rng):
-        if done >= batches:
+        if m.batches >= batches:
             break
-        done += 1
-        for i, layer in enumerate(model.layers):  # dropout as in the first training epoch
-            layer.rng = np.random.default_rng([s.seed, 3, 0, i])
-        h = np.ascontiguousarray(xb, dtype=model.dtype)
-
-        def seen(k, layer, y):
-            if layer.kind == "relu":
-                active = (np.asarray(y).reshape(len(y), -1) > 0).any(axis=0)
-                alive[k] = active if alive[k] is None else (alive[k] | active)
-            elif layer.kind == "sigmoid":
-                saturated[k].append(float(np.mean((y < 0.01) | (y > 0.99))))
-            elif layer.kind == "tanh":
-                saturated[k].append(float(np.mean(np.abs(y) > 0.99)))
-
-        h = model.forward(h, training=True, observe=seen)
-        value, d, _ = loss(h, yb)
-        losses.append(float(value))
-
-        def backpropagated(k, layer, dxs):  # all of a merge node's inputs together
-            input_norms[k].append(math.sqrt(sum(float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in dxs)))
-
-        model.backward(d, need_input_grad=True, observe=backpropagated)
-        for k, layer in enumerate(layers):
-            total = 0.0
-            for name, g in layer.grads.items():
-                n = float(np.linalg.norm(g.astype(np.float64)))
-                param_norms[k][name].append(n)
-                total += n * n
-            if layer.params:
-                layer_norms[k].append(math.sqrt(total))
-        for layer in recurrent:
-            if layer.time_grad_norms is not None:
-                time_norms[id(layer)].append(np.asarray(layer.time_grad_norms, dtype=np.float64).copy())
-        # One optimizer step on copies: what the update would be, relative to the weights.
-        opt = optim.make(s.optimizer, model.n_params(), model.dtype)
-        if ckpt_optim:
-            opt.load_state_dict(ckpt_optim)
-        p = model.params_flat.copy()
-        opt.step(p, model.grads_flat.copy(), s.optimizer.lr)
-        delta = (p - model.params_flat).astype(np.float64)
-        w = model.params_flat.astype(np.float64)
-        for k, layer in enumerate(layers):
-            du = dw = 0.0
-            for name, (o, size) in spans[k].items():
-                a = float(np.linalg.norm(delta[o : o + size]))
-                b = float(np.linalg.norm(w[o : o + size]))
-                update_ratios[k][name].append(a / b if b > 0 else float("nan"))
-                du += a * a
-                dw += b * b
-            if layer.params:
-                layer_update[k].append(math.sqrt(du) / math.sqrt(dw) if dw > 0 else float("nan"))
-    if done == 0:
+        m.record(xb, yb)
+    if m.batches == 0:
         raise DataError(f"{source}: the training split has no samples to inspect")
 
-    rows = []
-    for k, layer in enumerate(layers):
-        row = {
-            "index": k,
-            "name": layer.name,
-            "kind": layer.kind,
-            "input_grad_norm": _stats(input_norms[k]),
-            "grad_norm": _stats(layer_norms[k]) if layer.params else None,
-            "update_ratio": float(np.mean(layer_update[k])) if layer.params else None,
-            "params": {
-                name: {**_stats(param_norms[k][name]), "update_ratio": float(np.mean(update_ratios[k][name]))}
-                for name in layer.params
-            },
-            "dead_fraction": float(1.0 - alive[k].mean()) if alive[k] is not None else None,
-            "saturated_fraction": float(np.mean(saturated[k])) if saturated[k] else None,
-        }
-        rows.append(row)
-    time_steps = []
-    for layer in recurrent:
-        got = time_norms[id(layer)]
-        if got:
-            g = np.mean(got, axis=0)
-            ok = g > 0
-            # Fitted slope of log10 ||dL/dh_t|| over t: decades lost per step back in time.
-            decay = float(np.polyfit(np.flatnonzero(ok), np.log10(g[ok]), 1)[0]) if ok.sum() >= 2 else None
-            time_steps.append(
-                {
-                    "index": layers.index(layer),
-                    "name": layer.name,
-                    "kind": layer.kind,
-                    "grad_norms": [float(v) for v in g],
-                    "first_last_ratio": float(g[0] / g[-1]) if g[-1] > 0 else None,
-                    "decades_per_step": decay,
-                }
-            )
     result = Inspection(
-        str(source), s.name, done, bs, s.optimizer.name, float(s.optimizer.lr), float(np.mean(losses)), rows, time_steps
+        str(source),
+        s.name,
+        m.batches,
+        bs,
+        s.optimizer.name,
+        float(s.optimizer.lr),
+        float(np.mean(m.losses)),
+        m.layer_rows(),
+        m.time_step_rows(),
     )
     plist = result.param_layers
     if len(plist) >= 2:
@@ -219,6 +126,137 @@ def inspect(source, batches=4, batch_size=None, seed=None):
         result.first_last_ratio = first / last if last > 0 else float("inf")
     result.verdicts = verdicts(result)
     return result
+
+
+class _Measurements:
+    """Per-batch figures of every node of the trained graph, gathered by `record` and
+    summarised by `layer_rows` and `time_step_rows` (the dicts `Inspection` holds)."""
+
+    def __init__(self, model, loss, s, ckpt_optim):
+        self.model, self.loss, self.spec, self.ckpt_optim = model, loss, s, ckpt_optim
+        self.layers = layers = model.trained
+        self.recurrent = [l for l in layers if l.RECORDS_TIME_GRADS]
+        for layer in self.recurrent:
+            layer.record_time_grads = True
+        n = len(layers)
+        self.batches = 0
+        self.losses = []
+        self.input_norms = [[] for _ in range(n)]
+        self.param_norms = [{name: [] for name in l.params} for l in layers]
+        self.layer_norms = [[] for _ in range(n)]
+        self.update_ratios = [{name: [] for name in l.params} for l in layers]
+        self.layer_update = [[] for _ in range(n)]
+        self.alive = [None] * n
+        self.saturated = [[] for _ in range(n)]
+        self.time_norms = {id(l): [] for l in self.recurrent}
+        self.spans = [{name: (_offset(model, p), p.size) for name, p in l.params.items()} for l in layers]
+
+    def record(self, xb, yb):
+        """Forward and backward on one batch (dropout as in the first training epoch)."""
+        self.batches += 1
+        model = self.model
+        for i, layer in enumerate(model.layers):
+            layer.rng = np.random.default_rng([self.spec.seed, 3, 0, i])
+        h = model.forward(np.ascontiguousarray(xb, dtype=model.dtype), training=True, observe=self._activity)
+        value, d, _ = self.loss(h, yb)
+        self.losses.append(float(value))
+        model.backward(d, need_input_grad=True, observe=self._backpropagated)
+        for k, layer in enumerate(self.layers):
+            total = 0.0
+            for name, g in layer.grads.items():
+                n = float(np.linalg.norm(g.astype(np.float64)))
+                self.param_norms[k][name].append(n)
+                total += n * n
+            if layer.params:
+                self.layer_norms[k].append(math.sqrt(total))
+        for layer in self.recurrent:
+            if layer.time_grad_norms is not None:
+                self.time_norms[id(layer)].append(np.asarray(layer.time_grad_norms, dtype=np.float64).copy())
+        self._update_ratios()
+
+    def _activity(self, k, layer, y):
+        """Dead ReLU units (never positive) and saturated sigmoid/tanh outputs."""
+        if layer.kind == "relu":
+            active = (np.asarray(y).reshape(len(y), -1) > 0).any(axis=0)
+            self.alive[k] = active if self.alive[k] is None else (self.alive[k] | active)
+        elif layer.kind == "sigmoid":
+            self.saturated[k].append(float(np.mean((y < 0.01) | (y > 0.99))))
+        elif layer.kind == "tanh":
+            self.saturated[k].append(float(np.mean(np.abs(y) > 0.99)))
+
+    def _backpropagated(self, k, layer, dxs):
+        """The norm of a node's input gradient: all of a merge node's inputs together."""
+        self.input_norms[k].append(math.sqrt(sum(float(np.sum(np.asarray(g, dtype=np.float64) ** 2)) for g in dxs)))
+
+    def _update_ratios(self):
+        """One optimizer step on copies: what the update would be, relative to the weights."""
+        from . import optim
+
+        model, s = self.model, self.spec
+        opt = optim.make(s.optimizer, model.n_params(), model.dtype)
+        if self.ckpt_optim:
+            opt.load_state_dict(self.ckpt_optim)
+        p = model.params_flat.copy()
+        opt.step(p, model.grads_flat.copy(), s.optimizer.lr)
+        delta = (p - model.params_flat).astype(np.float64)
+        w = model.params_flat.astype(np.float64)
+        for k, layer in enumerate(self.layers):
+            du = dw = 0.0
+            for name, (o, size) in self.spans[k].items():
+                a = float(np.linalg.norm(delta[o : o + size]))
+                b = float(np.linalg.norm(w[o : o + size]))
+                self.update_ratios[k][name].append(a / b if b > 0 else float("nan"))
+                du += a * a
+                dw += b * b
+            if layer.params:
+                self.layer_update[k].append(math.sqrt(du) / math.sqrt(dw) if dw > 0 else float("nan"))
+
+    def layer_rows(self):
+        rows = []
+        for k, layer in enumerate(self.layers):
+            alive, saturated = self.alive[k], self.saturated[k]
+            rows.append(
+                {
+                    "index": k,
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "input_grad_norm": _stats(self.input_norms[k]),
+                    "grad_norm": _stats(self.layer_norms[k]) if layer.params else None,
+                    "update_ratio": float(np.mean(self.layer_update[k])) if layer.params else None,
+                    "params": {
+                        name: {
+                            **_stats(self.param_norms[k][name]),
+                            "update_ratio": float(np.mean(self.update_ratios[k][name])),
+                        }
+                        for name in layer.params
+                    },
+                    "dead_fraction": float(1.0 - alive.mean()) if alive is not None else None,
+                    "saturated_fraction": float(np.mean(saturated)) if saturated else None,
+                }
+            )
+        return rows
+
+    def time_step_rows(self):
+        rows = []
+        for layer in self.recurrent:
+            got = self.time_norms[id(layer)]
+            if not got:
+                continue
+            g = np.mean(got, axis=0)
+            ok = g > 0
+            # Fitted slope of log10 ||dL/dh_t|| over t: decades lost per step back in time.
+            decay = float(np.polyfit(np.flatnonzero(ok), np.log10(g[ok]), 1)[0]) if ok.sum() >= 2 else None
+            rows.append(
+                {
+                    "index": self.layers.index(layer),
+                    "name": layer.name,
+                    "kind": layer.kind,
+                    "grad_norms": [float(v) for v in g],
+                    "first_last_ratio": float(g[0] / g[-1]) if g[-1] > 0 else None,
+                    "decades_per_step": decay,
+                }
+            )
+        return rows
 
 
 def verdicts(r: Inspection):
