@@ -22,6 +22,7 @@ import numpy as np
 from .errors import ShapeError
 from .layers import LAYERS
 from .losses import LOSSES
+from .optim import segment_chunks
 
 MODEL_INPUT = -1
 
@@ -132,6 +133,7 @@ class Model:
             self.param_layers.append(i)
             offsets.append(o)
         self.layer_offsets = np.array(offsets, dtype=np.int64)
+        self._grad_chunks = segment_chunks(self.layer_offsets)  # for layer_grad_norms
 
     # ------------------------------------------------------------------ passes
     def forward(self, x, training=False, observe=None):
@@ -194,9 +196,10 @@ class Model:
         """Norm of each parameterised layer's gradient (all its tensors together)."""
         from .kernels import elementwise as K
 
-        out = np.empty(len(self.param_layers))
-        K.segment_sums_of_squares(self.grads_flat, self.layer_offsets, out)
-        return np.sqrt(out)
+        chunks, owner = self._grad_chunks
+        sums = np.empty(len(chunks))
+        K.chunk_sums_of_squares(self.grads_flat, chunks, sums)
+        return np.sqrt(np.bincount(owner, sums, minlength=len(self.param_layers)))
 
     def n_params(self):
         return int(self.params_flat.size)

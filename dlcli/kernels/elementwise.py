@@ -89,18 +89,15 @@ def dropout_apply(x, mask, out):
 
 
 @njit(cache=True, parallel=True)
-def sum_of_squares(a):
-    s = 0.0
-    for i in prange(a.size):
-        s += a[i] * a[i]
-    return s
-
-
-@njit(cache=True)
-def segment_sums_of_squares(a, offsets, out):
-    """out[k] = sum of squares of a[offsets[k]:offsets[k+1]]: one norm per parameter tensor."""
-    for k in range(offsets.size - 1):
-        out[k] = sum_of_squares(a[offsets[k] : offsets[k + 1]])
+def chunk_sums_of_squares(a, chunks, out):
+    """out[c] = sum of squares of a[chunks[c, 0]:chunks[c, 1]], in one parallel pass. With
+    the chunks of `optim.segment_chunks` their sums per segment are the per-layer norms
+    (the same cut as the optimizer's pass, so a big layer is spread over the cores)."""
+    for c in prange(chunks.shape[0]):
+        s = 0.0
+        for i in range(chunks[c, 0], chunks[c, 1]):
+            s += a[i] * a[i]
+        out[c] = s
 
 
 @njit(cache=True)
