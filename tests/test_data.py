@@ -19,18 +19,18 @@ def load(text, spec_path=None, output_shape=None):
 
 
 @pytest.mark.parametrize(
-    "name,options,n,classes",
+    "name,options,n,classes,features",
     [
-        ("spirals", {"classes": 4, "samples": 401, "noise": 0.1, "turns": 1.0}, 400, 4),
-        ("moons", {"samples": 301, "noise": 0.1}, 300, 2),
-        ("xor", {"samples": 301, "noise": 0.05}, 301, 2),
-        ("circles", {"samples": 300, "noise": 0.05, "factor": 0.5}, 300, 2),
-        ("sine", {"samples": 50, "noise": 0.0, "periods": 1.0}, 50, 0),
+        ("spirals", {"classes": 4, "samples": 401, "noise": 0.1, "turns": 1.0}, 400, 4, 2),
+        ("moons", {"samples": 301, "noise": 0.1}, 300, 2, 2),
+        ("xor", {"samples": 301, "noise": 0.05}, 301, 2, 2),
+        ("circles", {"samples": 300, "noise": 0.05, "factor": 0.5}, 300, 2, 2),
+        ("sine", {"samples": 50, "noise": 0.0, "periods": 1.0}, 50, 0, 1),
     ],
 )
-def test_builtin_datasets(name, options, n, classes):
+def test_builtin_datasets(name, options, n, classes, features):
     g = BUILTIN[name].generate(options, np.random.default_rng(0))
-    assert g.x.shape == (n,) + BUILTIN[name].shape and g.x.dtype == np.float32
+    assert g.x.shape == (n, features) and g.x.dtype == np.float32
     assert len(g.y) == n
     assert len(g.classes) == classes
     if classes:

@@ -28,7 +28,6 @@ class Shapes:
         "noise": Opt(non_negative_float, 0.3, "standard deviation of the pixel noise"),
         "rotate": Opt(boolean, True, "rotate each shape by a random angle"),
     }
-    shape = (1, 28, 28)  # with the default size; (1, size, size) in general
 
     @staticmethod
     def generate(o, rng):
@@ -86,7 +85,6 @@ class Signals:
         "length": Opt(int_at_least(16), 128, "samples per signal"),
         "noise": Opt(non_negative_float, 0.3, "standard deviation of the added noise"),
     }
-    shape = (1, 128)  # with the default length; (1, length) in general
 
     @staticmethod
     def generate(o, rng):

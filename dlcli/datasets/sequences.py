@@ -16,7 +16,6 @@ class Adding:
         "length": Opt(int_at_least(2), 50, "time steps T"),
         "samples": Opt(positive_int, 10000),
     }
-    shape = (50, 2)
 
     @staticmethod
     def generate(o, rng):
@@ -50,7 +49,6 @@ class TemporalOrder:
         "samples": Opt(positive_int, 4000),
         "noise": Opt(non_negative_float, 0.1),
     }
-    shape = (30, 6)
     CLASSES = ["XX", "XY", "YX", "YY"]
 
     @staticmethod
@@ -86,7 +84,6 @@ class SineNext:
         "noise": Opt(non_negative_float, 0.05),
         "seq2seq": Opt(boolean, False, "target at every step"),
     }
-    shape = (40, 1)
 
     @staticmethod
     def generate(o, rng):

@@ -24,7 +24,6 @@ class Spirals:
         "noise": Opt(non_negative_float, 0.2),
         "turns": Opt(non_negative_float, 1.0, "how far each arm winds"),
     }
-    shape = (2,)
 
     @staticmethod
     def generate(o, rng):
@@ -49,7 +48,6 @@ class Moons:
     """Two interleaving half circles."""
 
     OPTIONS = {"samples": Opt(positive_int, 2000), "noise": Opt(non_negative_float, 0.1)}
-    shape = (2,)
 
     @staticmethod
     def generate(o, rng):
@@ -67,7 +65,6 @@ class Xor:
     """Points in [-1, 1]^2 labelled by the sign of x0 * x1: not linearly separable."""
 
     OPTIONS = {"samples": Opt(positive_int, 2000), "noise": Opt(non_negative_float, 0.05)}
-    shape = (2,)
 
     @staticmethod
     def generate(o, rng):
@@ -85,7 +82,6 @@ class Circles:
         "noise": Opt(non_negative_float, 0.05),
         "factor": Opt(fraction, 0.5, "inner radius relative to the outer"),
     }
-    shape = (2,)
 
     @staticmethod
     def generate(o, rng):
@@ -105,7 +101,6 @@ class Sine:
         "noise": Opt(non_negative_float, 0.05),
         "periods": Opt(non_negative_float, 1.0),
     }
-    shape = (1,)
 
     @staticmethod
     def generate(o, rng):
