@@ -5,7 +5,7 @@ Importing this package is cheap: NumPy-heavy modules and Numba kernels load on u
 
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place; pyproject.toml reads it from here
 
 # Numba's OpenMP workers and OpenBLAS's threads take turns on the same cores, step after
 # step. With OpenMP's default (spin after each parallel region) every BLAS call that
