@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from . import spec as spec_mod
 from .errors import CheckpointError, SpecError
 from .files import LOAD_ERRORS, atomic_path
+from .model import Model
 
 FORMAT = 1
 
@@ -32,8 +34,6 @@ class Checkpoint:
     path: str = ""
 
     def spec(self):
-        from . import spec as spec_mod
-
         try:
             s = spec_mod.parse(self.spec_text, f"{self.path} (embedded spec)")
         except SpecError as e:
@@ -109,8 +109,6 @@ def load(path) -> Checkpoint:
 
 def build_model(ckpt: Checkpoint, dtype=np.float32, fuse=True):
     """The checkpoint's model with its trained parameters, shape-checked against its spec."""
-    from .model import Model
-
     spec = ckpt.spec()
     model = Model.from_spec(spec.model, dtype=dtype, seed=spec.seed, loss=spec.loss, fuse=fuse)
     model.load_state(ckpt.params, source=ckpt.path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .datasets import BUILTIN
 from .errors import DataError
 from .files import LOAD_ERRORS
 
@@ -40,8 +41,6 @@ def resolve(source, spec_path=None):
 def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
     """(x, y, classes, description) for a data spec, before splitting."""
     if data_spec.builtin:
-        from .datasets import BUILTIN
-
         gen = BUILTIN[data_spec.builtin].generate(data_spec.options, np.random.default_rng(seed))
         return gen.x, gen.y, gen.classes, gen.description
     path = resolve(data_spec.source, spec_path)

@@ -20,7 +20,10 @@ import numpy as np
 
 from . import __version__
 from .errors import DlcliError, ExportError
+from .files import atomic_path
+from .layers.conv import resolve_padding
 from .model import MODEL_INPUT
+from .predict import open_model
 
 DEFAULT_OPSET = 17  # LayerNormalization's first opset; Softmax has taken `axis` as one axis since 13
 INPUT_NAME = "input"
@@ -103,8 +106,6 @@ def _identity(g, layer, x):
 
 def _conv(g, layer, x):
     """Conv with the padding made explicit: `same` puts the odd pixel after, as dlcli does."""
-    from .layers.conv import resolve_padding
-
     o = layer.options
     begins, ends = [], []
     for a in range(layer.ndim):
@@ -424,9 +425,6 @@ TOLERANCE = 1e-4  # of the output scale: float32 arithmetic in another order sta
 
 def to_onnx(checkpoint_path, output=None, opset=DEFAULT_OPSET, run_check=False) -> Exported:
     """Export the checkpoint; with `run_check`, check and compare before writing anything."""
-    from .files import atomic_path
-    from .predict import open_model
-
     _onnx()  # before loading the checkpoint: the missing package is the first thing to say
     pred = open_model(checkpoint_path)
     model = build(pred, opset)

@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import run
 from .errors import DlcliError
+from .layers import LAYERS
+from .model import Model
 from .options import MISSING, UNKNOWN, OptionError, parse_options
 
 DEFAULT_EPS = 1e-6
@@ -336,8 +339,6 @@ def check_spec(
 ):
     """Check a spec's model end to end with its loss, in float64: first as written, then
     (when the model has any) with the Dense+ReLU fusion training uses."""
-    from . import run
-
     sections = []
     for fuse in (False, True) if fused else (False,):
         model, loss = run.build(s, dtype=np.float64, fuse=fuse)
@@ -351,9 +352,6 @@ def check_spec(
 
 def example_layer(kind, dtype=np.float64, seed=0):
     """A built layer of this kind from its EXAMPLE, and the example's one-sample input shape."""
-    from .layers import LAYERS
-    from .model import Model
-
     if kind not in LAYERS:
         raise UsageError(f"unknown layer type '{kind}'; known: {', '.join(LAYERS)}")
     cls = LAYERS[kind]

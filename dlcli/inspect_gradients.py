@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import data, optim, run
 from .errors import DataError
 
 VANISHING = 1e-2  # first/last gradient-norm ratio below this: vanishing (two orders of magnitude)
@@ -91,8 +92,6 @@ def _offset(model, view):
 def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
     """The figures behind both `--json` and `render`: measure a few training batches of
     SOURCE's model without updating it, then summarise and judge them."""
-    from . import data, run
-
     s, ckpt = run.spec_or_checkpoint(source)
     if seed is not None:
         s = run.apply_overrides(s, seed=seed)
@@ -190,8 +189,6 @@ class _Measurements:
 
     def _update_ratios(self):
         """One optimizer step on copies: what the update would be, relative to the weights."""
-        from . import optim
-
         model, s = self.model, self.spec
         opt = optim.make(s.optimizer, model.n_params(), model.dtype)
         if self.ckpt_optim:

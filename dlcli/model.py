@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import CheckpointError, ShapeError
 from .layers import LAYERS
 from .losses import LOSSES
 from .optim import segment_chunks
@@ -221,8 +221,6 @@ class Model:
         return {f"layers.{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.buffers.items()}
 
     def load_state(self, arrays, source="checkpoint"):
-        from .errors import CheckpointError
-
         expected = self.state()
         missing = [k for k in expected if k not in arrays]
         if missing:

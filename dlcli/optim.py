@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .errors import CheckpointError
 from .options import Opt, boolean, choice, fraction, non_negative_float, non_negative_int, positive_float, positive_int
 
 
@@ -44,8 +45,6 @@ class Optimizer:
     def load_state_dict(self, arrays, source="checkpoint"):
         """Restore the state a checkpoint stored; a state the checkpoint lacks (another
         optimizer wrote it) starts fresh, but a damaged one is refused."""
-        from .errors import CheckpointError
-
         for name, a in self.state.items():
             if name not in arrays:
                 continue

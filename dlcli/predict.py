@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from . import checkpoint, data, losses
+from .errors import CheckpointError, DataError
 from .files import atomic_path
 
 OUTPUT_FORMATS = (".csv", ".json", ".npy")
@@ -68,12 +69,10 @@ class Predictor:
 
     def prepare(self, xb, where):
         """One batch of raw input rows as the model's float input, preprocessed as in training."""
-        from .data import fit_input, standardize
-
-        xb = fit_input(np.asarray(xb), self.input_shape, where, self.spec.data.layout)
+        xb = data.fit_input(np.asarray(xb), self.input_shape, where, self.spec.data.layout)
         xb = xb.astype(np.float32, copy=False)
         if self.mean is not None:
-            xb = standardize(xb, self.mean, self.std)
+            xb = data.standardize(xb, self.mean, self.std)
         return np.ascontiguousarray(xb, dtype=self.model.dtype)
 
     def raw(self, xb, where="input"):
@@ -90,9 +89,6 @@ class Predictor:
 
 def open_model(path) -> Predictor:
     """Load a checkpoint and build its model; every problem is a CheckpointError."""
-    from . import checkpoint, losses
-    from .errors import CheckpointError
-
     ckpt = checkpoint.load(path)
     spec, model = checkpoint.build_model(ckpt)
     pre = ckpt.preprocessing
@@ -137,8 +133,6 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x",
     against the model here, and each batch is reshaped when it is used. y, when asked
     for, is checked against the loss and mapped onto the training data's class indices.
     """
-    from . import data
-
     path = Path(path)
     where = str(path)
     suffix = path.suffix.lower()
@@ -175,8 +169,6 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x",
 
 
 def _load_csv(pred, path, need_labels, label):
-    from . import data
-
     label = label or pred.spec.data.label or "label"
     x, y, names = data.load_csv(path, label, classification=pred.loss.classification, need_label=need_labels)
     n_features = int(np.prod(pred.input_shape))

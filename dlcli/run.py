@@ -10,9 +10,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from . import checkpoint, data, losses, optim, runtime
 from . import spec as spec_mod
-from .errors import CheckpointError, OutputError
-from .files import check_writable
+from .callbacks import Checkpointer, EarlyStopping, MetricsLog
+from .errors import CheckpointError, DataError, OutputError
+from .files import WriterLock, check_target, check_writable
+from .model import Model
+from .train import Trainer
 
 # command-line option -> where it lives in the spec document
 OVERRIDES = {
@@ -80,9 +84,6 @@ def apply_overrides(s, epochs=None, batch_size=None, lr=None, seed=None, threads
 def build(s, dtype=np.float32, fuse=True, checkpoint=None):
     """(model, loss) for a spec; shape errors name the layer and both shapes. With a
     checkpoint, its parameters are loaded and each one checked against the model."""
-    from . import losses
-    from .model import Model
-
     loss = losses.make(s.loss)
     model = Model.from_spec(s.model, dtype=dtype, seed=s.seed, loss=s.loss, fuse=fuse)
     if checkpoint is not None:
@@ -113,7 +114,6 @@ def choose_output(s, output=None, resume=None, overwrite=False):
     runs/<name>.npz moves on to runs/<name>-2.npz, -3, ... (the first free one, as
     Lightning versions its run folders); an explicit path that exists is refused. A path
     another run is writing is refused too (an advisory lock beside it)."""
-    from .files import WriterLock, check_target
 
     def same(a, b):
         return Path(a).resolve() == Path(b).resolve()
@@ -198,10 +198,6 @@ def train(
     overwrite=False,
 ):
     """Train a spec; returns (TrainResult, checkpoint path, trainer)."""
-    from . import checkpoint, data, optim, runtime
-    from .callbacks import Checkpointer, EarlyStopping, MetricsLog
-    from .train import Trainer
-
     ckpt = checkpoint.load(resume) if resume is not None else None
     changes = resume_changes(ckpt.spec(), s) if ckpt is not None else {}
     runtime.set_threads(s.train.threads)
@@ -251,8 +247,6 @@ def train(
 
 def _check_monitors(s, dataset):
     """keep_best and early stopping watch the validation split: it must exist."""
-    from .errors import DataError
-
     watched = [("train.keep_best", s.train.keep_best)]
     if s.optimizer.schedule.name == "plateau":
         watched.append(("optimizer.schedule.monitor", s.optimizer.schedule.options["monitor"]))
@@ -271,8 +265,6 @@ def _check_monitors(s, dataset):
 
 def spec_or_checkpoint(path):
     """A spec file or a checkpoint (.npz): returns (spec, checkpoint or None)."""
-    from . import checkpoint
-
     if str(path).endswith(".npz"):
         ckpt = checkpoint.load(path)
         return ckpt.spec(), ckpt
