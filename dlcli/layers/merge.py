@@ -12,6 +12,8 @@ import numpy as np
 from ..errors import ShapeError
 from ..options import Opt, boolean, choice
 from .base import Layer
+from .conv import Conv1D, Conv2D
+from .dense import Dense
 
 
 def _source(layer, i):
@@ -47,9 +49,6 @@ class Add(Layer):
         return target
 
     def _projection(self, shape, target):
-        from .conv import Conv1D, Conv2D
-        from .dense import Dense
-
         common = dict(dtype=self.dtype, rng=self.rng, name=f"{self.name} projection")
         if len(shape) == 1 and len(target) == 1:
             layer = Dense(units=target[0], bias=False, init="glorot", **common)
