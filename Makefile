@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test fuzz lint format bench clean
 
 $(BIN)/dlcli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ demo: $(BIN)/dlcli
 
 test: lint
 	$(BIN)/python -m pytest -q --durations=15
+
+# The fuzz tests with a long budget (DLCLI_FUZZ_EXAMPLES examples per test, default 2000);
+# `make test` runs the same tests with a small, derandomized one.
+fuzz: $(BIN)/dlcli
+	DLCLI_FUZZ=long $(BIN)/python -m pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
 lint: $(BIN)/dlcli
 	$(BIN)/ruff check .

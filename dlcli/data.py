@@ -4,11 +4,13 @@ standardise, batch. Everything is seeded; nothing is downloaded."""
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import memory
 from .datasets import BUILTIN
 from .errors import DataError
 from .files import LOAD_ERRORS
@@ -252,6 +254,9 @@ def load(spec, loss, output_shape) -> Dataset:
     against the model. The test split is cut first, so adding one leaves the validation
     split of a seed unchanged only when test_split is 0."""
     ds = spec.data
+    if ds.builtin:
+        need = memory.dataset_bytes(ds.options["samples"], spec.model.input, math.prod(output_shape))
+        memory.require({"dataset": need}, f"{ds.source} with {ds.options['samples']} samples")
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
     x = fit_input(np.asarray(x), spec.model.input, where, ds.layout).astype(np.float32, copy=False)

@@ -61,3 +61,9 @@ class ExportError(DlcliError):
     opset, or the onnx package missing."""
 
     exit_code = 2
+
+
+class ResourceError(DlcliError):
+    """A spec that asks for more memory than the machine has, found before allocating it."""
+
+    exit_code = 2

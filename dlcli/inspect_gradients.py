@@ -380,22 +380,35 @@ def read_log(path):
     if not p.exists():
         raise DataError(f"{path}: no such metrics log")
     layers, steps, rows = [], [], []
-    with open(p) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{lineno}: not a JSON line") from None
-            g = obj.get("layer_grad_norms") if isinstance(obj, dict) else None
-            if obj.get("event") != "step" or not isinstance(g, dict):
-                continue
-            for name in g:
-                if name not in layers:
-                    layers.append(name)
-            steps.append(obj.get("step", len(steps) + 1))
-            rows.append(g)
+    try:
+        with open(p, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a metrics log (byte {e.object[e.start]:#04x} is not UTF-8 text)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the metrics log: {e.strerror or e}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise DataError(f"{path}:{lineno}: not a JSON line") from None
+        if not isinstance(obj, dict) or obj.get("event") != "step":
+            continue
+        g = obj.get("layer_grad_norms")
+        if not isinstance(g, dict):
+            continue
+        for name, value in g.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise DataError(f"{path}:{lineno}: layer_grad_norms.{name} is {value!r}, not a norm")
+            if name not in layers:
+                layers.append(name)
+        step = obj.get("step", len(steps) + 1)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise DataError(f"{path}:{lineno}: step is {step!r}, not a step number")
+        steps.append(step)
+        rows.append(g)
     if not rows:
         raise DataError(f"{path}: no per-layer gradient norms; train with --log {path} --log-grad-norms")
     norms = {n: [r.get(n) for r in rows] for n in layers}

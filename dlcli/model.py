@@ -15,10 +15,12 @@ allreduce of `grads_flat` between `backward` and the optimizer step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import memory
 from .errors import CheckpointError, ShapeError
 from .layers import LAYERS
 from .losses import LOSSES
@@ -39,6 +41,89 @@ class SummaryRow:
     name: str | None = None  # the spec's `name:`, if any
 
 
+def build_nodes(layers, input_shape, inputs, where=None):
+    """Build every node in order (each after its inputs); returns their output shapes.
+    Shape errors name the node (and `where[i]`, its file:line, when known)."""
+    shapes = []
+    for i, layer in enumerate(layers):
+        in_shapes = [tuple(input_shape) if j < 0 else shapes[j] for j in inputs[i]]
+        try:
+            shapes.append(layer.build(in_shapes if layer.MERGE else in_shapes[0]))
+        except ShapeError as e:
+            raise ShapeError(f"{where[i]}: {e}" if where and where[i] else str(e)) from None
+        except ValueError as e:  # a layer's own check, e.g. a kernel larger than its input
+            message = f"{layer.name}: {e} (input shape {tuple(in_shapes[0])})"
+            raise ShapeError(f"{where[i]}: {message}" if where and where[i] else message) from None
+    return shapes
+
+
+@dataclass
+class Plan:
+    """What a model will hold, counted before anything is allocated (layers build in
+    planning mode): entries of parameters, of buffers, and of working memory per sample
+    (each layer's `work_entries`)."""
+
+    params: int
+    buffers: int
+    activations: int
+    output_entries: int
+    itemsize: int
+
+    @classmethod
+    def of(cls, layers, input_shape, dtype=np.float32, inputs=None, where=None):
+        inputs = inputs if inputs is not None else [(i - 1,) for i in range(len(layers))]
+        for layer in layers:
+            layer.planning, layer.planned = True, {}
+        try:
+            shapes = build_nodes(layers, input_shape, inputs, where)
+        finally:
+            for layer in layers:
+                layer.planning = False
+        return cls(
+            params=sum(layer.planned.get("params", 0) for layer in layers),
+            buffers=sum(layer.planned.get("buffers", 0) for layer in layers),
+            activations=sum(layer.work_entries(shape) for layer, shape in zip(layers, shapes)),
+            output_entries=math.prod(shapes[-1]),
+            itemsize=np.dtype(dtype).itemsize,
+        )
+
+    @classmethod
+    def of_spec(cls, model_spec, dtype=np.float32):
+        """The plan of the model `Model.from_spec` would build."""
+        layers, inputs, where = _nodes(model_spec, dtype)
+        return cls.of(layers, model_spec.input, dtype, inputs, where)
+
+    def model_bytes(self):
+        """Building, at its peak: each parameter drawn in float64, the layer's copy and the
+        flat buffer it moves into; gradients likewise twice."""
+        b = self.itemsize
+        return {"parameters": self.params * (8 + 2 * b) + self.buffers * b, "gradients": 2 * self.params * b}
+
+    def training_bytes(self, batch_size, optimizer_states):
+        """Training: what building takes, the optimizer state, and a batch's working memory."""
+        b = self.itemsize
+        return {
+            **self.model_bytes(),
+            "optimizer state": optimizer_states * self.params * b,
+            f"activations for a batch of {batch_size}": batch_size * self.activations * b,
+        }
+
+
+def _nodes(model_spec, dtype=np.float32, seed=0):
+    """(layers, inputs, where) of a model spec: fresh layer objects, not yet built."""
+    layers, inputs, where = [], [], []
+    file = getattr(model_spec, "file", None)
+    for ls in model_spec.layers:
+        rng = np.random.default_rng([seed, ls.index])
+        layer = LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **ls.options)
+        layer.label = getattr(ls, "name", None)
+        layers.append(layer)
+        given = getattr(ls, "inputs", None)
+        inputs.append(tuple(given) if given is not None else (ls.index - 1,))
+        where.append(f"{file}:{ls.line}" if file and ls.line else None)
+    return layers, inputs, where
+
+
 class Model:
     def __init__(self, layers, input_shape, dtype=np.float32, loss=None, fuse=True, inputs=None, where=None):
         """`inputs[i]`: the nodes feeding node i (-1: the model input); None: a plain stack.
@@ -55,19 +140,13 @@ class Model:
             for j in ins:
                 if j >= 0:
                     consumers[j].append(i)
-        shapes = []
         for i, layer in enumerate(layers):
             after = consumers[i]
             layer.next_kind = layers[after[0]].kind if len(after) == 1 else None
-            in_shapes = [self.input_shape if j < 0 else shapes[j] for j in self.inputs[i]]
             layer.input_names = tuple(self.source_name(j) for j in self.inputs[i])
-            try:
-                shapes.append(layer.build(in_shapes if layer.MERGE else in_shapes[0]))
-            except ShapeError as e:
-                raise ShapeError(f"{where[i]}: {e}" if where and where[i] else str(e)) from None
-            except ValueError as e:  # a layer's own check, e.g. a kernel larger than its input
-                message = f"{layer.name}: {e} (input shape {tuple(in_shapes[0])})"
-                raise ShapeError(f"{where[i]}: {message}" if where and where[i] else message) from None
+        plan = Plan.of(layers, self.input_shape, self.dtype, self.inputs, where)
+        memory.require(plan.model_bytes(), "the model")
+        shapes = build_nodes(layers, self.input_shape, self.inputs, where)
         self.shapes = shapes
         self.output_shape = shapes[-1]
         # The trained graph leaves out a final softmax/sigmoid that the loss fuses: its logits
@@ -93,16 +172,7 @@ class Model:
 
     @classmethod
     def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True):
-        layers, inputs, where = [], [], []
-        file = getattr(model_spec, "file", None)
-        for ls in model_spec.layers:
-            rng = np.random.default_rng([seed, ls.index])
-            layer = LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **ls.options)
-            layer.label = getattr(ls, "name", None)
-            layers.append(layer)
-            given = getattr(ls, "inputs", None)
-            inputs.append(tuple(given) if given is not None else (ls.index - 1,))
-            where.append(f"{file}:{ls.line}" if file and ls.line else None)
+        layers, inputs, where = _nodes(model_spec, dtype, seed)
         return cls(layers, model_spec.input, dtype=dtype, loss=loss, fuse=fuse, inputs=inputs, where=where)
 
     def source_name(self, j):

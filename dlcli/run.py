@@ -91,6 +91,20 @@ def build(s, dtype=np.float32, fuse=True, checkpoint=None):
     return model, loss
 
 
+def check_memory(s):
+    """Refuse a run that cannot fit, before allocating any of it: the model, its gradients,
+    optimizer state, a batch's activations and a generated dataset, all counted."""
+    from . import memory, optim
+    from .model import Plan
+
+    plan = Plan.of_spec(s.model)
+    parts = plan.training_bytes(s.train.batch_size, len(optim.OPTIMIZERS[s.optimizer.name].state_names))
+    if s.data.builtin:
+        samples = s.data.options["samples"]
+        parts["dataset"] = memory.dataset_bytes(samples, s.model.input, plan.output_entries)
+    memory.require(parts, "this run")
+
+
 # ---------------------------------------------------------------- where a run writes
 
 
@@ -201,6 +215,7 @@ def train(
     ckpt = checkpoint.load(resume) if resume is not None else None
     changes = resume_changes(ckpt.spec(), s) if ckpt is not None else {}
     runtime.set_threads(s.train.threads)
+    check_memory(s)
     model, loss = build(s)
     dataset = data.load(s, loss, model.output_shape)
     _check_monitors(s, dataset)

@@ -399,6 +399,26 @@ def test_unwritable_outputs_are_refused_before_training(args, fragments):
     assert not Path("runs").exists()
 
 
+LOGS = [
+    ("log-a-list", "[1, 2]\n", ["no per-layer gradient norms"]),
+    ("log-binary", bytes(range(128, 256)), ["not UTF-8"]),
+    ("log-not-json", '{"event": "step"\n', ["m.jsonl:1", "not a JSON line"]),
+    ("log-deep-json", "[" * 100_000 + "\n", ["not a JSON line"]),
+    ("log-norm-text", '{"event": "step", "step": 1, "layer_grad_norms": {"a": "big"}}\n', ["layer_grad_norms.a"]),
+    ("log-norm-negative", '{"event": "step", "step": 1, "layer_grad_norms": {"a": -1}}\n', ["not a norm"]),
+    ("log-step-text", '{"event": "step", "step": "x", "layer_grad_norms": {"a": 1}}\n', ["step is 'x'"]),
+    ("log-missing", None, ["no such metrics log"]),
+]
+
+
+@pytest.mark.parametrize("content,fragments", [c[1:] for c in LOGS], ids=[c[0] for c in LOGS])
+def test_bad_metrics_log(content, fragments):
+    if content is not None:
+        Path("m.jsonl").write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = snapshot(".")
+    check_refused(invoke(["inspect-gradients", "--log", "m.jsonl"]), 2, fragments, before, snapshot("."))
+
+
 # --------------------------------------------------------------------------- real processes
 @pytest.mark.parametrize(
     "name,content,args,fragment",
@@ -426,7 +446,7 @@ def test_refused_in_a_real_process(tmp_path, name, content, args, fragment):
 
 def test_corpus_has_at_least_100_cases():
     n = len(SPECS) + len(CHECKPOINTS) * len(CHECKPOINT_COMMANDS) + len(COMMAND_LINES)
-    n += 2 * len(DATA_FILES) + len(PREDICTION_CASES) + len(OUTPUTS)
+    n += 2 * len(DATA_FILES) + len(PREDICTION_CASES) + len(OUTPUTS) + len(LOGS)
     assert n >= 100, n
 
 

@@ -21,6 +21,8 @@ are declared here with their defaults. Shapes exclude the batch dimension. Layer
 bookkeeping; kernels do the arithmetic.
 """
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -53,6 +55,9 @@ class Layer:
     # dL/dh_t per time step (for inspect-gradients); otherwise it costs nothing.
     record_time_grads = False
     time_grad_norms = None
+    # When set, `build` only counts the entries of the parameters and buffers it would
+    # create (in `planned`) and allocates nothing: the memory estimate runs it first.
+    planning = False
 
     def __init__(self, dtype=np.float32, rng=None, name=None, **options):
         self.dtype = np.dtype(dtype)
@@ -105,6 +110,25 @@ class Layer:
 
     def zeros_like_params(self):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def work_entries(self, output_shape):
+        """Entries per sample this layer holds while training (its output, what backward
+        keeps, the gradient it passes back): the memory estimate's activations."""
+        return 3 * math.prod(output_shape)
+
+    def add_param(self, name, shape, make):
+        """Parameter `name` of `shape`, its values from `make()`; when planning, only counted."""
+        self._add("params", name, shape, make)
+
+    def add_buffer(self, name, shape, make):
+        """Non-trainable state `name` of `shape` (see `buffers`); when planning, only counted."""
+        self._add("buffers", name, shape, make)
+
+    def _add(self, kind, name, shape, make):
+        if self.planning:  # entries by kind; Python ints, so a huge size never overflows
+            self.planned[kind] = self.planned.get(kind, 0) + math.prod(int(n) for n in shape)
+        else:
+            getattr(self, kind)[name] = make()
 
 
 def glorot_uniform(rng, fan_in, fan_out, shape, dtype):

@@ -11,6 +11,8 @@ transposed) NumPy's OpenBLAS measured 2-15x faster than `np.dot` inside Numba, w
 goes through SciPy's separately bundled OpenBLAS.
 """
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
@@ -100,15 +102,23 @@ class _Conv(Layer):
         init = o["init"]
         if init == "auto":
             init = "he" if self.next_kind == "relu" else "glorot"
-        self.params["weight"] = initialise(self.rng, init, fan_in, fan_out, (cout, cin) + tuple(kernel), self.dtype)
+        shape = (cout, cin) + tuple(kernel)
+        self.add_param("weight", shape, lambda: initialise(self.rng, init, fan_in, fan_out, shape, self.dtype))
         if o["bias"]:
-            self.params["bias"] = np.zeros(cout, self.dtype)
+            self.add_param("bias", (cout,), lambda: np.zeros(cout, self.dtype))
+        self.output_shape = (cout,) + tuple(outs)
+        if self.planning:
+            return self.output_shape
         self.zeros_like_params()
         self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
         self.bias_scratch = np.zeros(cout, self.dtype)
         self.scratch = {}  # batch size -> cols, ycn, xt (, dcols); internal only, reused across steps
-        self.output_shape = (cout,) + tuple(outs)
         return self.output_shape
+
+    def work_entries(self, output_shape):
+        """The im2col columns and their gradient, besides the output."""
+        columns = self.in2[0] * math.prod(self.k2) * math.prod(self.o2)
+        return 2 * columns + super().work_entries(output_shape) + math.prod(self.in2)
 
     def _buffers(self, n):
         buf = self.scratch.get(n)

@@ -27,9 +27,10 @@ class Dense(Layer):
         init = self.options["init"]
         if init == "auto":
             init = "he" if self.next_kind == "relu" else "glorot"
-        self.params["weight"] = initialise(self.rng, init, fan_in, units, (fan_in, units), self.dtype)
+        shape = (fan_in, units)
+        self.add_param("weight", shape, lambda: initialise(self.rng, init, fan_in, units, shape, self.dtype))
         if self.options["bias"]:
-            self.params["bias"] = np.zeros(units, self.dtype)
+            self.add_param("bias", (units,), lambda: np.zeros(units, self.dtype))
         self.zeros_like_params()
         self.output_shape = self.input_shape[:-1] + (units,)
         return self.output_shape

@@ -44,6 +44,8 @@ class Add(Layer):
             )
         if self.projection is not None:
             self.params, self.grads = self.projection.params, self.projection.grads
+            if self.planning:
+                self.projection = None  # counted, not built: the real build makes it again
         self.input_shape = shapes
         self.output_shape = target
         return target
@@ -78,7 +80,8 @@ class Add(Layer):
             raise ShapeError(
                 f"{self.name}: cannot project the skip path's {shape}{_source(self, 0)} to the block's {target}"
             )
-        layer.build(shape)
+        layer.planning, layer.planned = self.planning, self.planned if self.planning else {}
+        layer.build(shape)  # when planning, it counts its weight into this layer's plan
         return layer
 
     def forward(self, xs, training=False):

@@ -41,13 +41,14 @@ class _Norm(Layer):
             )
         self.over = over
         channels = input_shape[-1] if over == "features" else input_shape[0]
-        if self.options["affine"]:
-            self.params["weight"] = np.ones(channels, self.dtype)
-            self.params["bias"] = np.zeros(channels, self.dtype)
-            self.zeros_like_params()
-        self.ones = np.ones(channels, self.dtype)
-        self.zeros = np.zeros(channels, self.dtype)
         self.channels = channels
+        if self.options["affine"]:
+            self.add_param("weight", (channels,), lambda: np.ones(channels, self.dtype))
+            self.add_param("bias", (channels,), lambda: np.zeros(channels, self.dtype))
+            self.zeros_like_params()
+        if not self.planning:
+            self.ones = np.ones(channels, self.dtype)
+            self.zeros = np.zeros(channels, self.dtype)
         return self.output_shape
 
     def as_ncp(self, a):
@@ -92,8 +93,9 @@ class BatchNorm(_Norm):
 
     def build(self, input_shape):
         shape = super().build(input_shape)
-        self.buffers["running_mean"] = np.zeros(self.channels, self.dtype)
-        self.buffers["running_var"] = np.ones(self.channels, self.dtype)
+        c = self.channels
+        self.add_buffer("running_mean", (c,), lambda: np.zeros(c, self.dtype))
+        self.add_buffer("running_var", (c,), lambda: np.ones(c, self.dtype))
         return shape
 
     def forward(self, x, training=False):

@@ -51,16 +51,29 @@ class _Recurrent(Layer):
         T, F = input_shape
         H, G = self.options["units"], self.GATES
         self.units = H
-        self.params["w_input"] = glorot_uniform(self.rng, F, G * H, (F, G * H), self.dtype)
-        self.params["w_recurrent"] = np.concatenate([orthogonal(self.rng, H, self.dtype) for _ in range(G)], axis=1)
+        self.add_param("w_input", (F, G * H), lambda: glorot_uniform(self.rng, F, G * H, (F, G * H), self.dtype))
+        self.add_param(
+            "w_recurrent",
+            (H, G * H),
+            lambda: np.concatenate([orthogonal(self.rng, H, self.dtype) for _ in range(G)], axis=1),
+        )
         if self.options["bias"]:
-            b = np.zeros(G * H, self.dtype)
-            self.init_bias(b, H)
-            self.params["bias"] = b
+            self.add_param("bias", (G * H,), lambda: self.initial_bias(G, H))
         self.extra_params(H)
         self.zeros_like_params()
         self.output_shape = (T, H) if self.options["return_sequences"] else (H,)
         return self.output_shape
+
+    def work_entries(self, output_shape):
+        """Every step's input projection and gates, states and their gradients."""
+        T, F = self.input_shape
+        H, G = self.options["units"], self.GATES
+        return T * (3 * G * H + 6 * H + 2 * F) + super().work_entries(output_shape)
+
+    def initial_bias(self, G, H):
+        b = np.zeros(G * H, self.dtype)
+        self.init_bias(b, H)
+        return b
 
     def init_bias(self, b, H):
         pass
@@ -221,7 +234,7 @@ class GRU(_Recurrent):
 
     def extra_params(self, H):
         if self.options["bias"]:
-            self.params["bias_hn"] = np.zeros(H, self.dtype)
+            self.add_param("bias_hn", (H,), lambda: np.zeros(H, self.dtype))
 
     def cell_forward(self, xp, h, B, T):
         K, b, H = self.K, self._bias(), self.units
