@@ -447,8 +447,9 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads)
     is_flag=True,
     help="Run onnx.checker (full check) and, when onnxruntime is installed, compare its outputs with dlcli's.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at the output path.")
 @friendly_errors
-def export(checkpoint_path, output, opset, check):
+def export(checkpoint_path, output, opset, check, overwrite):
     """Export the checkpoint CHECKPOINT as an ONNX model (needs: pip install 'dlcli[onnx]').
 
     The model takes the raw input `dlcli predict` takes, (batch, *model.input) float32,
@@ -458,7 +459,7 @@ def export(checkpoint_path, output, opset, check):
     """
     from . import export as export_mod
 
-    r = export_mod.to_onnx(checkpoint_path, output, opset=opset, run_check=check)
+    r = export_mod.to_onnx(checkpoint_path, output, opset=opset, run_check=check, overwrite=overwrite)
     click.echo(
         f"wrote {r.path}: opset {r.opset}, {r.nodes} nodes; output '{r.output_name}' "
         f"(batch, {', '.join(map(str, r.output_shape))}): {r.meaning}"

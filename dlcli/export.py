@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import DlcliError, ExportError
+from .errors import DlcliError, ExportError, OutputError
 from .files import atomic_path
 from .layers.conv import resolve_padding
 from .model import MODEL_INPUT
@@ -423,12 +423,15 @@ def check(model, pred, samples=38, seed=0):
 TOLERANCE = 1e-4  # of the output scale: float32 arithmetic in another order stays far below
 
 
-def to_onnx(checkpoint_path, output=None, opset=DEFAULT_OPSET, run_check=False) -> Exported:
-    """Export the checkpoint; with `run_check`, check and compare before writing anything."""
+def to_onnx(checkpoint_path, output=None, opset=DEFAULT_OPSET, run_check=False, overwrite=False) -> Exported:
+    """Export the checkpoint; with `run_check`, check and compare before writing anything.
+    An existing file at the output path is replaced only with `overwrite`."""
     _onnx()  # before loading the checkpoint: the missing package is the first thing to say
+    output = Path(output) if output else Path(checkpoint_path).with_suffix(".onnx")
+    if output.exists() and not overwrite:
+        raise OutputError(f"{output} already exists; pass --overwrite to replace it, or -o a new path")
     pred = open_model(checkpoint_path)
     model = build(pred, opset)
-    output = Path(output) if output else Path(checkpoint_path).with_suffix(".onnx")
     found = check(model, pred) if run_check else None
     if found is not None and found.max_diff is not None and found.max_diff > TOLERANCE * max(1.0, found.scale):
         raise DlcliError(

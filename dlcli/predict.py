@@ -14,6 +14,7 @@ spec standardised its data, the training split's mean and std, applied here unch
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from .errors import CheckpointError, DataError
 from .files import atomic_path
 
 OUTPUT_FORMATS = (".csv", ".json", ".npy")
+# Forward work below which a batch runs on one thread: ~0.1-0.3 ms on one core, about what
+# waking the others costs on a busy machine (benchmarks/bench_predict.py, batch 1).
+SERIAL_FLOPS = 16e6
 
 
 # --------------------------------------------------------------------------- the model
@@ -76,8 +80,20 @@ class Predictor:
         return np.ascontiguousarray(xb, dtype=self.model.dtype)
 
     def raw(self, xb, where="input"):
-        """The trained graph's outputs (logits for fused losses) for one batch; a copy."""
-        return self.model.forward(self.prepare(xb, where), training=False).copy()
+        """The trained graph's outputs (logits for fused losses) for one batch; a copy.
+        A small batch runs on one thread (`runtime.one_thread`): below SERIAL_FLOPS of
+        work, waking the other cores costs more than sharing it saves."""
+        from . import runtime
+
+        x = self.prepare(xb, where)
+        if len(x) == 1 or len(x) * self.flops_per_sample < SERIAL_FLOPS:
+            with runtime.one_thread():
+                return self.model.forward(x, training=False).copy()
+        return self.model.forward(x, training=False).copy()
+
+    @functools.cached_property
+    def flops_per_sample(self):
+        return sum(layer.flops() for layer in self.model.trained)
 
     def outputs(self, xb, where="input"):
         """What `predict --proba` writes for one batch: class probabilities for

@@ -427,6 +427,17 @@ def test_not_a_checkpoint(tmp_path):
     assert not (tmp_path / "bad.onnx").exists()
 
 
+def test_an_existing_file_is_replaced_only_when_asked(spirals, tmp_path):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"the user's model")
+    line = one_line_error(invoke("export", spirals, "-o", target))
+    assert "already exists" in line and "--overwrite" in line
+    assert target.read_bytes() == b"the user's model"
+    result = invoke("export", spirals, "-o", target, "--overwrite")
+    assert result.exit_code == 0, result.output
+    compare(spirals, target)
+
+
 def test_unsupported_opset(spirals):
     line = one_line_error(invoke("export", spirals, "--opset", "16"))
     assert "--opset 16" in line and "17" in line

@@ -420,3 +420,42 @@ def test_bad_prediction_options(models, args, message):
 )
 def test_bad_evaluation_input(models, make, message):
     _assert_clean_error(invoke("evaluate", models["fruit"], make()), message)
+
+
+def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypatch):
+    """Below SERIAL_FLOPS of work a batch runs under runtime.one_thread (waking the other
+    cores costs more than it saves); the outputs are those of the threaded pass, and the
+    thread counts come back afterwards."""
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from dlcli import predict as predict_mod
+    from dlcli import runtime
+
+    runtime.set_threads(2)
+    seen = []
+    real = runtime.one_thread
+
+    def spy():
+        seen.append((numba.get_num_threads(), [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]))
+        return real()
+
+    monkeypatch.setattr(runtime, "one_thread", spy)
+    pred = predict_mod.open_model(models["spirals"])
+    x = np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32)
+    threaded = pred.model.forward(pred.prepare(x, "x"), training=False).copy()
+    np.testing.assert_allclose(pred.raw(x[:1]), threaded[:1], rtol=1e-6, atol=1e-7)
+    assert len(seen) == 1  # one sample: always one thread
+    assert pred.flops_per_sample * 300 < predict_mod.SERIAL_FLOPS
+    np.testing.assert_allclose(pred.raw(x), threaded, rtol=1e-6, atol=1e-7)
+    assert len(seen) == 2  # a tiny model: 300 samples are still small work
+    monkeypatch.setattr(predict_mod, "SERIAL_FLOPS", 0)
+    np.testing.assert_allclose(pred.raw(x), threaded, rtol=1e-6, atol=1e-7)
+    assert len(seen) == 2  # big work: all threads
+    # inside the block one thread each; afterwards what was set before
+    with real():
+        assert numba.get_num_threads() == 1
+        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
+    assert numba.get_num_threads() == 2
+    assert all(i["num_threads"] == 2 for i in threadpool_info() if i["user_api"] == "blas")
+    runtime.set_threads(None)
