@@ -210,6 +210,8 @@ def fit_input(x, input_shape, where, layout="channels_first"):
             "; the data looks channels-last: set data.layout: channels_last to transpose it, "
             "or give model.input as it is and add a permute layer"
         )
+    elif same_size and len(input_shape) == 1:
+        message += "; give model.input as the samples' shape and add a flatten layer"
     elif same_size:
         message += (
             "; a reshape would scramble the values: give model.input in the data's layout and add a permute layer"

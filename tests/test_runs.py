@@ -285,3 +285,75 @@ train: {epochs: 1}
     out = ok(invoke("evaluate", "reg.npz", "near.npz"))
     shown = float(out.split("mse loss ")[1].split()[0])
     assert shown == pytest.approx(1e-6, rel=1e-2)
+
+
+# ---------------------------------------------------------------- explicit layouts
+
+LAYOUT = """\
+name: layout
+seed: 0
+data: {{source: seq.npz, shuffle: false{extra}}}
+model:
+  input: {input}
+  layers: [{layers}{{conv1d: {{filters: 3, kernel: 3}}}}, relu, flatten, {{dense: 2}}]
+optimizer: {{name: adam, lr: 0.01}}
+train: {{epochs: 1, batch_size: 8}}
+"""
+
+
+@pytest.fixture
+def sequences(tmp_path):
+    """(N, T, 2) samples: channels last, as most recorded signals come."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((20, 6, 2)).astype(np.float32)
+    np.savez(tmp_path / "seq.npz", x=x, y=rng.integers(0, 2, 20))
+    return x
+
+
+def test_a_reshape_that_would_scramble_the_data_is_refused(write_spec, sequences):
+    p = write_spec(LAYOUT.format(extra="", input="[2, 6]", layers=""))
+    line = one_line_error(invoke("summary", p))
+    assert "samples have shape (6, 2), but model.input is [2, 6]" in line
+    assert "data.layout: channels_last" in line and "permute" in line
+    assert "spec OK" not in invoke("summary", p).output
+
+
+def test_channels_last_layout_transposes(write_spec, sequences):
+    from dlcli import data, run
+
+    p = write_spec(LAYOUT.format(extra=", layout: channels_last, validation_split: 0", input="[2, 6]", layers=""))
+    s = run.load_spec(p)
+    model, loss = run.build(s)
+    d = data.load(s, loss, model.output_shape)
+    np.testing.assert_array_equal(d.x_train, sequences.transpose(0, 2, 1))
+    ok(invoke("train", p, "-o", "c.npz", "-q"))
+    # predict applies the same layout to channels-last input
+    np.save("seq.npy", sequences[:4])
+    assert len(ok(invoke("predict", "c.npz", "seq.npy", "-q")).splitlines()) == 5
+
+
+def test_permute_layer_states_the_layout_in_the_model(write_spec, sequences):
+    from dlcli import gradcheck as gc
+    from dlcli.layers import LAYERS
+
+    p = write_spec(LAYOUT.format(extra="", input="[6, 2]", layers="{permute: [2, 1]}, "))
+    out = ok(invoke("summary", p))
+    assert "permute (dims [2, 1])" in out and "[2, 6]" in out
+    layer = LAYERS["permute"](dtype=np.float64, dims=(3, 1, 2))
+    layer.build((2, 3, 4))
+    x = np.arange(24, dtype=np.float64).reshape(1, 2, 3, 4)
+    np.testing.assert_array_equal(layer.forward(x), x.transpose(0, 3, 1, 2))
+    gc.assert_gradients_ok(gc.check_layer(layer, np.random.default_rng(0).standard_normal((2, 2, 3, 4))))
+    ok(invoke("train", p, "-o", "p.npz", "-q"))
+
+
+def test_only_axes_of_size_one_are_added_or_removed(write_spec, tmp_path):
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "img.npz", x=rng.standard_normal((10, 5, 5)), y=rng.integers(0, 2, 10))
+    text = """\
+data: {{source: img.npz}}
+model: {{input: {input}, layers: [flatten, {{dense: 2}}]}}
+"""
+    assert "spec OK" in ok(invoke("summary", write_spec(text.format(input="[1, 5, 5]"))))
+    line = one_line_error(invoke("summary", write_spec(text.format(input="[25]"))))
+    assert "samples have shape (5, 5), but model.input is [25]" in line and "flatten" in line

@@ -7,12 +7,12 @@ from .merge import Add, Concat
 from .norm import BatchNorm, LayerNorm
 from .pool import AvgPool1D, AvgPool2D, GlobalAvgPool, MaxPool1D, MaxPool2D
 from .recurrent import GRU, LSTM, RNN
-from .shape import Flatten
+from .shape import Flatten, Permute
 
 LAYERS = {
     cls.kind: cls
     for cls in (Dense, ReLU, Sigmoid, Tanh, Softmax, Dropout)
-    + (Conv2D, Conv1D, MaxPool2D, MaxPool1D, AvgPool2D, AvgPool1D, GlobalAvgPool, Flatten)
+    + (Conv2D, Conv1D, MaxPool2D, MaxPool1D, AvgPool2D, AvgPool1D, GlobalAvgPool, Flatten, Permute)
     + (RNN, LSTM, GRU)
     + (BatchNorm, LayerNorm, Add, Concat)
 }
