@@ -63,3 +63,38 @@ loss: cross_entropy
     with pytest.raises(DataError, match=r"\(1, 8, 8\).*\[1, 9, 9\]"):
         s2 = spec.parse(text.replace("[1, 8, 8]", "[1, 9, 9]"))
         data.load(s2, loss, (2,))
+
+
+def test_signal_distortions_each_do_what_they_say():
+    from dlcli.datasets.images import Signals
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 40))
+    off = {"shift": 0.0, "scaling": 0.0, "shear": 0.0, "correlated_noise": 0.0}
+    r = np.random.default_rng(1)
+    assert Signals.distort(x, off, r) is x  # off by default: the same data, no random draws
+    assert r.random() == np.random.default_rng(1).random()
+
+    rolled = Signals.distort(x, {**off, "shift": 0.25}, np.random.default_rng(2))
+    amounts = []
+    for a, b in zip(x, rolled):
+        k = next(k for k in range(-10, 11) if np.array_equal(np.roll(a, k), b))  # a roll of at most 10 = 0.25 * 40
+        amounts.append(k)
+    assert len(set(amounts)) > 10
+
+    scaled = Signals.distort(x, {**off, "scaling": 0.5}, np.random.default_rng(2))
+    factors = scaled[:, 0] / x[:, 0]
+    np.testing.assert_allclose(scaled, x * factors[:, None], rtol=1e-12)
+    assert factors.min() >= np.exp(-0.5) and factors.max() <= np.exp(0.5) and factors.std() > 0.1
+
+    sheared = Signals.distort(x, {**off, "shear": 2.0}, np.random.default_rng(2))
+    trend = sheared - x
+    np.testing.assert_allclose(np.diff(trend, 2, axis=1), 0, atol=1e-12)  # a straight line per signal
+    assert np.abs(trend[:, -1]).max() <= 2.0 and np.abs(trend[:, -1]).max() > 1.5
+
+    noisy = Signals.distort(np.zeros((2000, 40)), {**off, "correlated_noise": 0.7}, np.random.default_rng(2))
+    assert abs(noisy.std() - 0.7) < 0.05
+    lag1 = np.mean(noisy[:, 1:] * noisy[:, :-1]) / np.mean(noisy**2)
+    assert 0.9 < lag1 < 0.99  # slowly wandering, not white
+    g = _gen("signals", samples=8, shift=0.5, scaling=0.3, shear=1.0, correlated_noise=0.5)
+    assert "shift 0.5" in g.description and g.x.shape == (8, 1, 128)

@@ -60,6 +60,18 @@ def test_deep_sigmoid_vanishes_and_deep_relu_does_not():
     assert all(l["dead_fraction"] is not None for l in relu["layers"] if l["kind"] == "relu")
 
 
+def test_residual_connections_keep_the_deep_sigmoid_net_healthy():
+    data = as_json(
+        SAMPLES / "deep_sigmoid.yaml", "--compare", SAMPLES / "deep_residual.yaml", "--batches", 1, "--batch-size", 32
+    )
+    plain, residual = data["compare"]
+    dense = [l for l in residual["layers"] if l["kind"] == "dense"]
+    assert len(dense) == len([l for l in plain["layers"] if l["kind"] == "dense"]) == 11  # the same depth
+    assert "vanishing" in [v["kind"] for v in plain["verdicts"]]
+    assert [v["kind"] for v in residual["verdicts"]] == ["healthy"]
+    assert residual["first_last_ratio"] > 1e4 * plain["first_last_ratio"]
+
+
 def test_json_has_the_documented_fields(write_spec):
     data = as_json(write_spec(TINY), "--batches", 3)
     assert set(data) >= {

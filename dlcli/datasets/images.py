@@ -12,7 +12,7 @@ the same arrays.
 
 import numpy as np
 
-from ..options import Opt, boolean, int_at_least, non_negative_float, positive_int
+from ..options import Opt, boolean, fraction, int_at_least, non_negative_float, positive_int
 from .tabular import Generated
 
 SHAPE_CLASSES = ["square", "circle", "triangle", "cross"]
@@ -78,12 +78,25 @@ class Shapes:
 
 
 class Signals:
-    """Sine, square, sawtooth and noise-burst signals of random frequency and phase."""
+    """Sine, square, sawtooth and noise-burst signals of random frequency and phase.
+
+    Four options make it harder, each 0 (off) by default, so the default data stay as
+    they were: `shift` rolls each signal in time by up to that fraction of its length,
+    `scaling` multiplies its amplitude by a log-uniform factor in [e^-s, e^s], `shear`
+    adds a linear trend from -a to +a across the signal (a uniform in [-shear, shear]), and
+    `correlated_noise` adds a slowly wandering AR(1) noise (coefficient 0.95) of that
+    standard deviation. A pattern that is local in time survives all four; a template
+    over the whole signal, which is what an MLP learns, does not.
+    """
 
     OPTIONS = {
         "samples": Opt(positive_int, 4000, "total over the four classes"),
         "length": Opt(int_at_least(16), 128, "samples per signal"),
         "noise": Opt(non_negative_float, 0.3, "standard deviation of the added noise"),
+        "shift": Opt(fraction, 0.0, "random roll in time, up to this fraction of the length"),
+        "scaling": Opt(non_negative_float, 0.0, "amplitude times e^u, u uniform in [-scaling, scaling]"),
+        "shear": Opt(non_negative_float, 0.0, "a linear trend from -a to a, a uniform in [-shear, shear]"),
+        "correlated_noise": Opt(non_negative_float, 0.0, "standard deviation of added AR(1) noise (0.95)"),
     }
 
     @staticmethod
@@ -108,9 +121,34 @@ class Signals:
         x = np.choose(y[:, None], [sine, square, saw, burst]) * amp + offset
         if o["noise"] > 0:
             x = x + rng.standard_normal(x.shape) * o["noise"]
+        x = Signals.distort(x, o, rng)  # draws nothing when every distortion is off
+        extras = [f"{k} {o[k]:g}" for k in ("shift", "scaling", "shear", "correlated_noise") if o.get(k)]
         return Generated(
             x.astype(np.float32)[:, None, :],
             y.astype(np.int64),
             list(SIGNAL_CLASSES),
-            f"signals: {n} signals 1x{length}, 4 classes, noise {o['noise']}",
+            f"signals: {n} signals 1x{length}, 4 classes, noise {o['noise']}" + "".join(", " + e for e in extras),
         )
+
+    @staticmethod
+    def distort(x, o, rng):
+        n, length = x.shape
+        if o.get("shift"):
+            most = int(o["shift"] * length)
+            shifts = rng.integers(-most, most + 1, n)
+            cols = (np.arange(length)[None, :] - shifts[:, None]) % length
+            x = x[np.arange(n)[:, None], cols]
+        if o.get("scaling"):
+            x = x * np.exp(rng.uniform(-o["scaling"], o["scaling"], n))[:, None]
+        if o.get("shear"):
+            t = np.linspace(-1.0, 1.0, length)[None, :]
+            x = x + rng.uniform(-o["shear"], o["shear"], n)[:, None] * t
+        if o.get("correlated_noise"):
+            rho = 0.95
+            steps = rng.standard_normal((n, length)) * np.sqrt(1 - rho**2)
+            walk = np.empty((n, length))
+            walk[:, 0] = rng.standard_normal(n)
+            for k in range(1, length):
+                walk[:, k] = rho * walk[:, k - 1] + steps[:, k]
+            x = x + walk * o["correlated_noise"]
+        return x
