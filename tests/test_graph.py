@@ -97,6 +97,16 @@ def test_residual_block_is_the_add_it_stands_for(rng):
     np.testing.assert_allclose(outs[4], outs[0] + outs[3], rtol=1e-15)
 
 
+def test_relu_fused_into_a_residual_add_gives_the_unfused_results(rng):
+    s = parse(RESIDUAL.replace("    - dense: 3\n", "    - relu\n    - dense: 3\n"))
+    fused, loss = build(s, fuse=True)
+    plain, _ = build(s, fuse=False)
+    assert fused.layers[4].fuse_relu and fused.layers[5].fused and not plain.layers[4].fuse_relu
+    x, y = rng.standard_normal((6, 2)), rng.integers(0, 3, 6)
+    for a, b in zip(pass_through(fused, loss, x, y), pass_through(plain, loss, x, y)):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
 def test_add_of_a_layer_with_itself(rng):
     s = parse("    - {dense: 4, name: h}\n    - {add: null, input: [h, h]}\n    - dense: 3\n")
     model, loss = build(s)
@@ -215,3 +225,26 @@ def test_commands_work_through_a_graph(write_spec, tmp_path):
     r = runner.invoke(main, ["train", str(path), "--resume", str(out), "--epochs", "2"])
     assert r.exit_code == 0, r.output
     assert checkpoint.load(out).meta["epochs_done"] == 2
+
+
+def test_residual_block_with_its_own_input_and_name_and_a_conv2d_projection(rng):
+    s = spec.parse(
+        "data: builtin:shapes\nmodel:\n  input: [1, 8, 8]\n  layers:\n"
+        "    - {conv2d: {filters: 2, kernel: 3, padding: same}, name: stem}\n"
+        "    - {relu: null, name: side}\n"
+        "    - residual: [{conv2d: {filters: 4, kernel: 3, stride: 2, padding: same}}, relu]\n"
+        "      input: stem\n"
+        "      name: block\n"
+        "    - {global_avgpool: null, input: block, name: a}\n"
+        "    - {global_avgpool: null, input: side, name: b}\n"
+        "    - {concat: null, input: [a, b]}\n"
+        "    - dense: 4\n",
+        "r.yaml",
+    )
+    model, loss = build(s)
+    add = model.layers[4]
+    assert model.inputs[2] == (0,) and model.inputs[4] == (0, 3) and add.label == "block"
+    assert add.projection.kind == "conv2d" and add.projection.options["stride"] == (2, 2)
+    assert add.output_shape == (4, 4, 4)
+    x, y = rng.standard_normal((2, 1, 8, 8)), rng.integers(0, 4, 2)
+    assert_gradients_ok(check_model(model, loss, x, y, samples=8))

@@ -39,7 +39,7 @@ def test_the_model_fuses_by_capability_not_by_kind():
     assert model.layers[0].fuse_relu and model.layers[1].fused
     assert model.layers[0].next_kind == "relu"
     for kind, cls in LAYERS.items():  # the built-in flags: what the kernels can do
-        assert cls.FUSES_RELU == (kind in ("dense", "conv1d", "conv2d", "batchnorm", "layernorm")), kind
+        assert cls.FUSES_RELU == (kind in ("dense", "conv1d", "conv2d", "batchnorm", "layernorm", "add")), kind
         assert cls.RECORDS_TIME_GRADS == (kind in ("rnn", "lstm", "gru")), kind
 
 

@@ -24,6 +24,7 @@ def _source(layer, i):
 class Add(Layer):
     kind = "add"
     MERGE = True
+    FUSES_RELU = True  # a residual block's relu after the sum: applied in place, masked in backward
     OPTIONS = {"projection": Opt(boolean, False, "project the first input to the others' shape when they differ")}
     EXAMPLE = {"options": {"projection": True}, "input": [(3,), (4,)]}
     projection = None
@@ -89,10 +90,15 @@ class Add(Layer):
         out = np.add(first, xs[1])
         for x in xs[2:]:
             out += x
+        if self.fuse_relu:
+            np.maximum(out, 0, out=out)  # NaN stays NaN
+            self.y = out
         return out
 
     def backward(self, dy, need_dx=True):
         n = len(self.input_shape)
+        if self.fuse_relu:
+            dy = np.where(self.y > 0, dy, 0).astype(self.dtype, copy=False)
         dxs = [np.array(dy, copy=True) for _ in range(n - 1)] + [dy]  # no two share memory
         if self.projection is not None:
             dxs[0] = self.projection.backward(dxs[0], need_dx=need_dx)
@@ -104,12 +110,12 @@ class Add(Layer):
 
     def describe(self):
         if self.projection is None:
-            return ""
+            return "relu fused in" if self.fuse_relu else ""
         p = self.projection
         what = f"dense {p.input_shape[-1]}->{p.options['units']}" if p.kind == "dense" else p.kind + " 1x1"
         if p.kind != "dense" and any(s > 1 for s in p.options["stride"]):
             what += " stride " + "x".join(map(str, p.options["stride"]))
-        return f"projection: {what}"
+        return f"projection: {what}" + (", relu fused in" if self.fuse_relu else "")
 
 
 class Concat(Layer):
