@@ -221,6 +221,11 @@ def test_commands_work_through_a_graph(write_spec, tmp_path):
     _, _, trainer = run.train(s, output=tmp_path / "again.npz")
     x = np.random.default_rng(0).standard_normal((4, 1, 16)).astype(np.float32)
     np.testing.assert_array_equal(model.forward(x), trainer.model.forward(x))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((10, 1, 16)).astype(np.float32), y=np.arange(10) % 4)
+    r = runner.invoke(main, ["evaluate", str(out), str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    assert 0 <= json.loads(r.output)["accuracy"] <= 1
     # resume for a second epoch
     r = runner.invoke(main, ["train", str(path), "--resume", str(out), "--epochs", "2"])
     assert r.exit_code == 0, r.output
