@@ -186,6 +186,16 @@ def pack(pieces, width, sep="  "):
     return lines
 
 
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+def compile_notice(trainer):
+    """'compiling kernels for dense, lstm (first run only)', or '' when the cache is warm."""
+    if not trainer.compiling:
+        return ""
+    return f"compiling kernels for {', '.join(trainer.compiling)} (first run only)"
+
+
 def start_lines(trainer):
     """Where the run writes and, when it continues a checkpoint, what changed."""
     out = []
@@ -361,6 +371,10 @@ class Dashboard(Callback):
             progress.append(Text(f"{sps:,.0f} samples/s"))
         progress += [Text(f"elapsed {fmt_duration(elapsed)}"), Text(f"ETA {fmt_duration(eta)}")]
         lines = pack(progress, width)
+        notice = compile_notice(tr)
+        if notice and not e:  # the first step waits for the compiler: say so, with a spinner
+            spin = SPINNER[int(time.perf_counter() * 10) % len(SPINNER)]
+            lines += pack([Text(f"{spin} {notice}", style="yellow")], width)
         if e:
             stats = [Text(f"loss {fmt(e.loss)}")]
             if e.acc is not None:
@@ -412,6 +426,8 @@ class PlainProgress(Callback):
                 self.echo(f"  {row.index:>2} {row.kind}{detail:<24} -> {list(row.output_shape)}  params {row.params:,}")
         for line in start_lines(trainer):
             self.echo(line)
+        if compile_notice(trainer):
+            self.echo(compile_notice(trainer) + " ...")
         self.every = max(1, trainer.steps_per_epoch // self.lines_per_epoch)
         self.last_line = time.perf_counter()
         self.epoch_t0, self.samples = self.last_line, 0

@@ -217,6 +217,7 @@ def train(
     runtime.set_threads(s.train.threads)
     check_memory(s)
     model, loss = build(s)
+    compiling = runtime.uncompiled_kernels(model)  # before any kernel runs
     dataset = data.load(s, loss, model.output_shape)
     _check_monitors(s, dataset)
     optimizer = optim.for_model(s.optimizer, model)
@@ -250,6 +251,7 @@ def train(
         trainer = Trainer(model, loss, optimizer, dataset, s, cbs, start_epoch=start_epoch, skip_steps=skip)
         trainer.state = state
         trainer.output = output
+        trainer.compiling = compiling
         if ckpt is not None:
             trainer.resumed = {"from": str(resume), "epoch": start_epoch, "changes": changes}
             if s.train.keep_best and best_path(output).exists():

@@ -2,6 +2,7 @@
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 _blas_limit = None
 _threads = None
@@ -85,3 +86,34 @@ def one_thread():
         numba.set_num_threads(numba_threads)
         for lib, n in zip(_blas_libraries, blas_threads):
             lib.set_num_threads(n)
+
+
+def _cached(module):
+    """True if Numba's cache holds compiled kernels of dlcli/kernels/<module>.py (in the
+    package's __pycache__, or under NUMBA_CACHE_DIR)."""
+    pattern = f"{module}.*.nbi"
+    return any(next(p.rglob(pattern), None) is not None for p in kernel_cache_dirs() if p.is_dir())
+
+
+def kernel_cache_dirs():
+    """Where Numba keeps compiled kernels: beside the sources, or NUMBA_CACHE_DIR."""
+    places = [Path(__file__).parent / "kernels" / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        places.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    return places
+
+
+def uncompiled_kernels(model):
+    """The model's layer kinds whose kernels are not compiled yet, in model order (or
+    'optimizer' when only the shared kernels are missing): an empty cache makes the first
+    step wait for the compiler, and a run should say so. Imports no Numba."""
+    missing = {m for m in ("elementwise", "losses") if not _cached(m)}
+    kinds = []
+    for layer in model.layers:
+        if any(not _cached(m) for m in layer.KERNELS):
+            missing.update(layer.KERNELS)
+            if layer.kind not in kinds:
+                kinds.append(layer.kind)
+    if missing and not kinds:
+        kinds = ["optimizer"]
+    return kinds

@@ -128,6 +128,7 @@ class Trainer:
         self.best_params = None  # the best epoch's parameters (keep_best)
         self.resumed = None  # {"from", "epoch", "changes"} when continuing a checkpoint
         self.output = None  # the checkpoint path
+        self.compiling = []  # layer kinds whose kernels the first step compiles (empty cache)
         self.schedule = optim.schedule(spec.optimizer)
 
     def _emit(self, name, *args):

@@ -357,3 +357,50 @@ model: {{input: {input}, layers: [flatten, {{dense: 2}}]}}
     assert "spec OK" in ok(invoke("summary", write_spec(text.format(input="[1, 5, 5]"))))
     line = one_line_error(invoke("summary", write_spec(text.format(input="[25]"))))
     assert "samples have shape (5, 5), but model.input is [25]" in line and "flatten" in line
+
+
+# ---------------------------------------------------------------- the first run says it compiles
+
+
+def test_an_empty_kernel_cache_is_announced(write_spec, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from dlcli import run, runtime
+    from dlcli.dashboard import Dashboard
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(runtime, "kernel_cache_dirs", lambda: [cache])
+    s = run.load_spec(write_spec(TEXT.replace("[{dense: 8}, relu, {dense: 2}]", "[{dense: 8}, tanh, {dense: 2}]")))
+    model, _ = run.build(s)
+    assert runtime.uncompiled_kernels(model) == ["dense", "tanh"]
+    for module in ("dense", "elementwise"):
+        (cache / f"{module}.f-1.py311.nbi").write_text("")
+    assert runtime.uncompiled_kernels(model) == ["optimizer"]  # the loss kernels are still missing
+    (cache / "losses.f-1.py311.nbi").write_text("")
+    assert runtime.uncompiled_kernels(model) == []
+    (cache / "dense.f-1.py311.nbi").unlink()
+    # plain mode: one line before the first step
+    out = ok(invoke("train", write_spec(TEXT), "-o", "a.npz"))
+    assert "compiling kernels for dense (first run only)" in out
+    assert out.index("compiling kernels") < out.index("epoch 1/1")
+
+    # the dashboard: a spinner line in the frames drawn before the first step
+    console = Console(file=io.StringIO(), record=True, width=120, force_terminal=True, color_system=None)
+    dash = Dashboard(console=console)
+    frames = []
+    real_on_start = dash.on_start
+    dash.on_start = lambda trainer: (real_on_start(trainer), frames.append(dash.render()))
+    run.train(s, output=tmp_path / "d.npz", display=dash)
+
+    def draw(frame):
+        out = io.StringIO()
+        Console(file=out, width=120, height=40, force_terminal=True, color_system=None).print(frame)
+        return out.getvalue()
+
+    before = draw(frames[0])
+    assert "compiling kernels for dense (first run only)" in before
+    assert any(ch in before for ch in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
+    assert "compiling" not in draw(dash.render())  # gone once steps arrive

@@ -9,6 +9,8 @@ from .base import Layer
 class _Elementwise(Layer):
     """Applies a flat kernel pair; keeps the input (relu) or the output (sigmoid, tanh)."""
 
+    KERNELS = ("elementwise",)
+
     keeps = "output"
 
     def forward(self, x, training=False):
@@ -75,6 +77,8 @@ class Softmax(Layer):
     """Softmax over the last axis. Before a cross-entropy loss the model leaves it out
     of training (the loss fuses it, stably) and applies it at prediction time."""
 
+    KERNELS = ("elementwise",)
+
     kind = "softmax"
 
     def build(self, input_shape):
@@ -103,6 +107,8 @@ class Softmax(Layer):
 class Dropout(Layer):
     """Inverted dropout: scales kept units by 1/(1-rate) in training, identity otherwise.
     Its mask comes from the layer's own seeded generator, so runs repeat."""
+
+    KERNELS = ("elementwise",)
 
     kind = "dropout"
     SHORTHAND = "rate"

@@ -44,6 +44,7 @@ class Layer:
     # `forward(list of arrays)`, and `backward(dy)` returns a list, one dx per input, none
     # of them sharing memory (each producer may overwrite the one it gets).
     MERGE = False
+    KERNELS = ()  # modules of dlcli/kernels it calls: a first run says it compiles them
 
     # -- set by the model while building -------------------------------------------
     next_kind = None  # kind of the layer that consumes this one's output (`init: auto` looks ahead)

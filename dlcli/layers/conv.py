@@ -59,6 +59,7 @@ def resolve_padding(padding_opt, size, kernel, stride, dilation):
 
 
 class _Conv(Layer):
+    KERNELS = ("conv",)
     ndim = 2
     SHORTHAND = "filters"
     FUSES_RELU = True

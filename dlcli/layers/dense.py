@@ -7,6 +7,7 @@ from .base import INITS, Layer, initialise
 
 
 class Dense(Layer):
+    KERNELS = ("dense",)
     kind = "dense"
     SHORTHAND = "units"
     OPTIONS = {

@@ -24,6 +24,7 @@ OVER = ("auto", "features", "channels")
 
 
 class _Norm(Layer):
+    KERNELS = ("norm",)
     FUSES_RELU = True
 
     def build(self, input_shape):

@@ -10,6 +10,7 @@ from .base import Layer
 
 
 class _Pool(Layer):
+    KERNELS = ("pool",)
     ndim = 2
     SHORTHAND = "size"
     mode = "max"
@@ -129,6 +130,8 @@ class AvgPool1D(_Pool):
 
 class GlobalAvgPool(Layer):
     """The mean over all spatial positions of each channel: (C, H, W) or (C, L) -> (C,)."""
+
+    KERNELS = ("pool",)
 
     kind = "global_avgpool"
     EXAMPLE = {"options": {}, "input": (3, 4, 5)}

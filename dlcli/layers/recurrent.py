@@ -28,6 +28,7 @@ def orthogonal(rng, n, dtype):
 
 
 class _Recurrent(Layer):
+    KERNELS = ("recurrent", "dense")
     GATES = 1
     SHORTHAND = "units"
     OPTIONS = {
