@@ -9,6 +9,7 @@ from pathlib import Path
 from . import checkpoint
 from .errors import OutputError
 from .files import check_writable
+from .text import scores
 from .train import Callback
 
 
@@ -25,6 +26,8 @@ class MetricsLog(Callback):
     samples_per_s, elapsed_s. Also, once each when they happen: resume (from, epoch,
     changes: {setting: [old, new]}), stop (epoch, step, reason: early stopping) and test
     (loss, acc, samples, epoch and checkpoint: the kept checkpoint's epoch and best|last).
+    Text models add bits per character (`bpc`, or `bits_per_word`) and `perplexity`: per
+    step, and as train_/val_ fields per epoch.
     """
 
     def __init__(self, path, grad_norms=False):
@@ -40,10 +43,17 @@ class MetricsLog(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a")
         self.names = [trainer.model.layers[i].name for i in trainer.model.param_layers]
+        vocab = trainer.dataset.vocab
+        self.text_level = vocab.level if vocab is not None else None
         if trainer.resumed:
             r = trainer.resumed
             changes = {k: list(v) for k, v in r["changes"].items()}
             self._write({"event": "resume", "from": r["from"], "epoch": r["epoch"], "changes": changes})
+
+    def _text_scores(self, loss, prefix=""):
+        if self.text_level is None:
+            return {}
+        return {k: _clean(v) for k, v in scores(loss, self.text_level, prefix).items()}
 
     def _write(self, obj):
         self.f.write(json.dumps(obj) + "\n")
@@ -58,6 +68,7 @@ class MetricsLog(Callback):
             "lr": e.lr,
             "grad_norm": _clean(e.grad_norm),
             "samples_per_s": round(e.samples_per_s, 1),
+            **self._text_scores(e.loss),
         }
         if self.grad_norms:
             row["layer_grad_norms"] = {n: _clean(v) for n, v in zip(self.names, e.layer_grad_norms)}
@@ -76,6 +87,8 @@ class MetricsLog(Callback):
                 "lr": e.lr,
                 "samples_per_s": round(e.samples_per_s, 1),
                 "elapsed_s": round(e.elapsed, 3),
+                **self._text_scores(e.train_loss, "train_"),
+                **self._text_scores(e.val_loss, "val_"),
             }
         )
         self.f.flush()

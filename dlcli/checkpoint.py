@@ -20,6 +20,7 @@ from . import spec as spec_mod
 from .errors import CheckpointError, SpecError
 from .files import LOAD_ERRORS, atomic_path
 from .model import Model
+from .text import checkpoint_vocabulary
 
 FORMAT = 1
 
@@ -56,6 +57,8 @@ def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):
     meta.update(format=FORMAT, dlcli_version=__version__)
     if dataset is not None:
         meta["classes"] = list(dataset.classes)
+        if getattr(dataset, "vocab", None) is not None:  # JSON, like the rest of the metadata
+            meta["text"] = dataset.vocab.to_meta()
         if dataset.mean is not None:
             arrays["pre.mean"] = dataset.mean
             arrays["pre.std"] = dataset.std
@@ -110,6 +113,8 @@ def load(path) -> Checkpoint:
 def build_model(ckpt: Checkpoint, dtype=np.float32, fuse=True):
     """The checkpoint's model with its trained parameters, shape-checked against its spec."""
     spec = ckpt.spec()
-    model = Model.from_spec(spec.model, dtype=dtype, seed=spec.seed, loss=spec.loss, fuse=fuse)
+    vocab = checkpoint_vocabulary(ckpt)
+    size = vocab.size if vocab is not None else None
+    model = Model.from_spec(spec.model, dtype=dtype, seed=spec.seed, loss=spec.loss, fuse=fuse, vocab_size=size)
     model.load_state(ckpt.params, source=ckpt.path)
     return spec, model

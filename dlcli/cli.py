@@ -204,7 +204,7 @@ def summary(source, no_data):
             + (f"; set on the command line: {meta['overrides']}" if meta.get("overrides") else "")
         )
     if not no_data:
-        d = data.load(s, loss, model.output_shape)
+        d = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
         console.print(
             f"data: {d.description}; train {list(d.x_train.shape)}, validation {list(d.x_val.shape)}"
             + (f", test {list(d.x_test.shape)}" if d.x_test is not None else "")
@@ -474,6 +474,53 @@ def export(checkpoint_path, output, opset, check, overwrite):
                 f"largest difference {r.check.max_diff:.3g} (outputs up to {r.check.scale:.3g})"
             )
         click.echo(line)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--prompt", default="", help="Text to start from (default: the start of a line).")
+@click.option(
+    "--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens (characters) to generate."
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Below 1 more predictable, above 1 more random; 0 always takes the likeliest token.",
+)
+@click.option("--top-k", type=click.IntRange(min=1), metavar="K", help="Sample only among the K likeliest tokens.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for sampling.")
+@click.option(
+    "--unknown",
+    type=click.Choice(["error", "unk"]),
+    default="error",
+    show_default=True,
+    help="A prompt character outside the vocabulary: an error, or read as the <unk> token.",
+)
+@threads_option
+@friendly_errors
+def generate(model, prompt, length, temperature, top_k, seed, unknown, threads):
+    """Write text with the language model in the checkpoint MODEL: the prompt, then each
+    sampled character as it comes, carrying the recurrent state from one to the next."""
+    import itertools
+
+    from . import generate as gen
+    from . import runtime
+
+    if threads:
+        runtime.set_threads(threads)
+    tm = gen.open_text_model(model)
+    tokens = gen.generate(tm, prompt, length, temperature, top_k, seed, unknown)
+    first = next(tokens, "")  # a bad prompt fails here, before anything is printed
+    try:
+        for piece in itertools.chain([prompt, first], tokens):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    except BrokenPipeError:  # e.g. `dlcli generate ... | head -c 100`
+        sys.stderr.close()
+        sys.exit(0)
 
 
 @main.command("inspect-gradients")

@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .text import bits_name, scores
 from .train import Callback
 
 BRAILLE_BASE = 0x2800
@@ -208,6 +209,17 @@ def start_lines(trainer):
     return out
 
 
+def text_scores(trainer, loss, label=""):
+    """['bpc 1.234', 'ppl 2.35'] for a text model's loss (bits per word at word level);
+    [] for other models."""
+    vocab = trainer.dataset.vocab
+    if vocab is None or loss is None:
+        return []
+    sc = scores(loss, vocab.level)
+    name = "bpc" if vocab.level == "char" else "bits/word"
+    return [f"{label}{name} {fmt(sc[bits_name(vocab.level)], 3)}", f"{label}ppl {fmt(sc['perplexity'], 2)}"]
+
+
 class Dashboard(Callback):
     """Rich Live view: loss chart, per-layer gradient norms, progress with ETA.
 
@@ -377,6 +389,7 @@ class Dashboard(Callback):
             lines += pack([Text(f"{spin} {notice}", style="yellow")], width)
         if e:
             stats = [Text(f"loss {fmt(e.loss)}")]
+            stats += [Text(t) for t in text_scores(tr, e.loss)]
             if e.acc is not None:
                 stats.append(Text(f"acc {e.acc:.3f}"))
             stats += [Text(f"lr {fmt(e.lr)}"), Text(f"grad norm {fmt(e.grad_norm)}")]
@@ -390,6 +403,7 @@ class Dashboard(Callback):
                 summary.append(Text(f"val loss {fmt(ep.val_loss)}", style="bold"))
             if ep.val_acc is not None:
                 summary.append(Text(f"val acc {ep.val_acc:.3f}", style="bold"))
+            summary += [Text(t, style="bold") for t in text_scores(tr, ep.val_loss, "val ")]
             lines += pack(summary, width)
         return lines
 
@@ -459,5 +473,6 @@ class PlainProgress(Callback):
             parts.append(f"val_loss {fmt(e.val_loss)}")
         if e.val_acc is not None:
             parts.append(f"val_acc {e.val_acc:.4f}")
+        parts += text_scores(trainer, e.val_loss, "val_")
         parts.append(f"{e.samples_per_s:,.0f} samples/s")
         self.echo(" ".join(parts))

@@ -29,6 +29,7 @@ class Dataset:
     x_test: np.ndarray | None = None  # never trained on or used to choose a model
     y_test: np.ndarray | None = None
     test_description: str = ""
+    vocab: object = None  # text data: its text.Vocabulary (x and y are then token ids)
 
 
 def resolve(source, spec_path=None):
@@ -251,11 +252,16 @@ def _npz_has(path, *keys):
         return False
 
 
-def load(spec, loss, output_shape) -> Dataset:
+def load(spec, loss, output_shape, vocab=None) -> Dataset:
     """The spec's data, split into training, validation and (optionally) test, checked
     against the model. The test split is cut first, so adding one leaves the validation
-    split of a seed unchanged only when test_split is 0."""
+    split of a seed unchanged only when test_split is 0. Text sources go to dlcli/text.py
+    (`vocab`: use this vocabulary, e.g. a checkpoint's)."""
     ds = spec.data
+    if ds.text is not None:
+        from . import text  # here: text imports this module
+
+        return text.load(spec, loss, output_shape, vocab)
     if ds.builtin:
         need = memory.dataset_bytes(ds.options["samples"], spec.model.input, math.prod(output_shape))
         memory.require({"dataset": need}, f"{ds.source} with {ds.options['samples']} samples")

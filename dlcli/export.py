@@ -88,6 +88,13 @@ def _dense(g, layer, x):
     return g.add("Add", [y, b], p) if b else y
 
 
+def _embedding(g, layer, x):
+    """Gather of weight rows: the input holds token ids (as the float32 predict takes), cast to int64."""
+    p = _prefix(layer)
+    ids = g.add("Cast", [x], p + ".ids", to=g.onnx.TensorProto.INT64)
+    return g.add("Gather", [g.const(layer.params["weight"], p + ".weight"), ids], p, axis=0)
+
+
 def _elementwise(op):
     def emit(g, layer, x):
         return g.add(op, [x], _prefix(layer))
@@ -256,6 +263,7 @@ def _recurrent(g, layer, x):
 
 EMITTERS = {
     "dense": _dense,
+    "embedding": _embedding,
     "relu": _elementwise("Relu"),
     "sigmoid": _elementwise("Sigmoid"),
     "tanh": _elementwise("Tanh"),

@@ -43,7 +43,7 @@ class TensorCheck:
     max_abs_error: float
     max_rel_error: float
     kinks: int
-    status: str  # pass | FAIL | kink
+    status: str  # pass | FAIL | kink | n/a (an input of token ids: nothing to check)
     worst_index: tuple = field(default_factory=tuple)
 
     def to_dict(self):
@@ -133,6 +133,9 @@ def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL,
                 lambda: float(np.sum(run(x) * r)), p, analytic[pname], name, pname, eps, rtol, atol, samples, rng
             )
         )
+    if layer.INTEGER_INPUT:
+        results.append(not_differentiable(name))
+        return results
     xs = [np.array(a, dtype=np.float64, copy=True) for a in x] if layer.MERGE else [np.array(x, dtype=np.float64)]
     dxs = dx if layer.MERGE else [dx]
     for k, (xc, d) in enumerate(zip(xs, dxs)):
@@ -152,6 +155,11 @@ def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL,
             )
         )
     return results
+
+
+def not_differentiable(layer):
+    """The row for an input of token ids: a table says so rather than leaving it out."""
+    return TensorCheck(layer, "input (token ids: not differentiable)", 0, 0.0, 0.0, 0, "n/a")
 
 
 def check_model(
@@ -195,6 +203,9 @@ def check_model(
                     lambda k=k: loss_from(k), p, param_grads[k][pname], layer.name, pname, eps, rtol, atol, samples, rng
                 )
             )
+        if layer.INTEGER_INPUT:
+            results.append(not_differentiable(layer.name))
+            continue
         if k not in input_grads:  # the output does not depend on this node (cannot happen in a valid spec)
             continue
         sources = model.inputs[k]
@@ -272,7 +283,7 @@ class Report:
         return all(s.passed for s in self.sections)
 
     def counts(self):
-        c = {"pass": 0, "kink": 0, "FAIL": 0}
+        c = {"pass": 0, "kink": 0, "FAIL": 0, "n/a": 0}
         for r in self.results:
             c[r.status] += 1
         return c
@@ -286,6 +297,7 @@ class Report:
         return (
             f"{verdict}: {n} tensors ({entries} entries) in {len(self.sections)} "
             f"{what}{'s' if len(self.sections) != 1 else ''}: {c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL"
+            + (f", {c['n/a']} not differentiable" if c["n/a"] else "")
         )
 
     def to_dict(self):
@@ -322,9 +334,16 @@ def split_layer_name(name):
 def spec_inputs(s, model, loss, batch_size, seed):
     """Small random float64 inputs of the spec's input shape, and targets the loss accepts."""
     rng = np.random.default_rng([seed, 7])
-    x = rng.standard_normal((batch_size,) + tuple(model.input_shape))
+    x = random_input(model.layers[0], (batch_size,) + tuple(model.input_shape), rng)
     # The trained graph's output (logits for fused losses) is what the loss sees.
     return x, loss.random_targets(rng, batch_size, model.trained[-1].output_shape)
+
+
+def random_input(first_layer, shape, rng):
+    """Standard normal inputs, or token ids for a layer that takes them."""
+    if first_layer.INTEGER_INPUT:
+        return rng.integers(0, first_layer.vocab_size, size=shape)
+    return rng.standard_normal(shape)
 
 
 def check_spec(
@@ -389,8 +408,10 @@ def check_kind(
 ):
     """One built-in layer type on its own, on its EXAMPLE: Section of TensorChecks."""
     layer, shape = example_layer(kind, seed=seed)
-    draw = np.random.default_rng([seed, 5]).standard_normal
-    x = [draw((batch_size,) + s) for s in shape] if layer.MERGE else draw((batch_size,) + shape)
+    rng = np.random.default_rng([seed, 5])
+    x = [rng.standard_normal((batch_size,) + s) for s in shape] if layer.MERGE else None
+    if not layer.MERGE:
+        x = random_input(layer, (batch_size,) + shape, rng)
     results = check_layer(layer, x, eps, rtol, atol, samples, seed)
 
     def compact(v):
@@ -420,7 +441,7 @@ def report_tables(report):
     from rich.table import Table
     from rich.text import Text
 
-    style = {"pass": "green", "FAIL": "bold red", "kink": "yellow"}
+    style = {"pass": "green", "FAIL": "bold red", "kink": "yellow", "n/a": "dim"}
 
     def new_table(title, first):
         t = Table(title=title, title_justify="left", header_style="bold")
@@ -444,8 +465,8 @@ def report_tables(report):
             kind if second is None else second,
             r.tensor,
             str(r.checked),
-            f"{r.max_abs_error:.1e}",
-            f"{r.max_rel_error:.1e}",
+            f"{r.max_abs_error:.1e}" if r.checked else "-",
+            f"{r.max_rel_error:.1e}" if r.checked else "-",
             Text(status, style=style[r.status]),
         ]
         if report.per_kind:

@@ -97,7 +97,7 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
         s = run.apply_overrides(s, seed=seed)
     # unfused: each ReLU's own input gradient and dead units
     model, loss = run.build(s, fuse=False, checkpoint=ckpt)
-    ds = data.load(s, loss, model.output_shape)
+    ds = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
     bs = batch_size or s.train.batch_size
     m = _Measurements(model, loss, s, ckpt.optimizer if ckpt is not None else None)
     rng = np.random.default_rng([s.seed, 2, 0]) if s.data.shuffle else None
@@ -156,7 +156,10 @@ class _Measurements:
         model = self.model
         for i, layer in enumerate(model.layers):
             layer.rng = np.random.default_rng([self.spec.seed, 3, 0, i])
-        h = model.forward(np.ascontiguousarray(xb, dtype=model.dtype), training=True, observe=self._activity)
+        ids = model.trained[0].INTEGER_INPUT  # token ids stay ids
+        h = model.forward(
+            np.ascontiguousarray(xb, dtype=None if ids else model.dtype), training=True, observe=self._activity
+        )
         value, d, _ = self.loss(h, yb)
         self.losses.append(float(value))
         model.backward(d, need_input_grad=True, observe=self._backpropagated)
@@ -217,7 +220,8 @@ class _Measurements:
                     "index": k,
                     "name": layer.name,
                     "kind": layer.kind,
-                    "input_grad_norm": _stats(self.input_norms[k]),
+                    # None: token ids, which have no gradient
+                    "input_grad_norm": _stats(self.input_norms[k]) if self.input_norms[k] else None,
                     "grad_norm": _stats(self.layer_norms[k]) if layer.params else None,
                     "update_ratio": float(np.mean(self.layer_update[k])) if layer.params else None,
                     "params": {
@@ -497,12 +501,13 @@ def render(r: Inspection):
             extra = f"{l['dead_fraction']:.0%} dead"
         elif l["saturated_fraction"] is not None:
             extra = f"{l['saturated_fraction']:.0%} sat."
+        ig = l["input_grad_norm"]
         t.add_row(
             idx,
             kind,
-            Text("input", style="dim"),
-            fmt(l["input_grad_norm"]["mean"]),
-            fmt(l["input_grad_norm"]["std"]),
+            Text("input" if ig else "input (ids)", style="dim"),
+            fmt(ig["mean"]) if ig else "n/a",
+            fmt(ig["std"]) if ig else "",
             "",
             extra,
         )

@@ -25,6 +25,7 @@ from .errors import CheckpointError, ShapeError
 from .layers import LAYERS
 from .losses import LOSSES
 from .optim import segment_chunks
+from .options import VOCAB
 
 MODEL_INPUT = -1
 
@@ -88,9 +89,9 @@ class Plan:
         )
 
     @classmethod
-    def of_spec(cls, model_spec, dtype=np.float32):
+    def of_spec(cls, model_spec, dtype=np.float32, vocab_size=None):
         """The plan of the model `Model.from_spec` would build."""
-        layers, inputs, where = _nodes(model_spec, dtype)
+        layers, inputs, where = _nodes(model_spec, dtype, vocab_size=vocab_size)
         return cls.of(layers, model_spec.input, dtype, inputs, where)
 
     def model_bytes(self):
@@ -109,13 +110,15 @@ class Plan:
         }
 
 
-def _nodes(model_spec, dtype=np.float32, seed=0):
-    """(layers, inputs, where) of a model spec: fresh layer objects, not yet built."""
+def _nodes(model_spec, dtype=np.float32, seed=0, vocab_size=None):
+    """(layers, inputs, where) of a model spec: fresh layer objects, not yet built.
+    `vocab_size` fills in options written as `vocab` (text models)."""
     layers, inputs, where = [], [], []
     file = getattr(model_spec, "file", None)
     for ls in model_spec.layers:
         rng = np.random.default_rng([seed, ls.index])
-        layer = LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **ls.options)
+        options = {k: (vocab_size if v == VOCAB and vocab_size is not None else v) for k, v in ls.options.items()}
+        layer = LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **options)
         layer.label = getattr(ls, "name", None)
         layers.append(layer)
         given = getattr(ls, "inputs", None)
@@ -141,6 +144,8 @@ class Model:
                 if j >= 0:
                     consumers[j].append(i)
         for i, layer in enumerate(layers):
+            if layer.INTEGER_INPUT and self.inputs[i] != (MODEL_INPUT,):
+                raise ShapeError(f"{layer.name}: takes token ids, so it must read the model input (be the first layer)")
             after = consumers[i]
             layer.next_kind = layers[after[0]].kind if len(after) == 1 else None
             layer.input_names = tuple(self.source_name(j) for j in self.inputs[i])
@@ -171,8 +176,9 @@ class Model:
         self._params_upstream = upstream
 
     @classmethod
-    def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True):
-        layers, inputs, where = _nodes(model_spec, dtype, seed)
+    def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True, vocab_size=None):
+        """`vocab_size` fills in options written as `vocab` (text models)."""
+        layers, inputs, where = _nodes(model_spec, dtype, seed, vocab_size)
         return cls(layers, model_spec.input, dtype=dtype, loss=loss, fuse=fuse, inputs=inputs, where=where)
 
     def source_name(self, j):

@@ -32,6 +32,19 @@ def positive_int(v):
     return v
 
 
+VOCAB = "vocab"
+
+
+def count_or_vocab(v):
+    """A positive integer, or `vocab`: the size of a text dataset's vocabulary, known only
+    once the data is read (the model fills it in when it is built)."""
+    if v == VOCAB:
+        return v
+    if isinstance(v, str):
+        raise ValueError("must be a positive integer or 'vocab' (the text data's vocabulary size)")
+    return positive_int(v)
+
+
 def int_at_least(minimum):
     """An integer >= minimum (sizes a generator cannot go below)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import checkpoint, data, losses, optim, runtime
+from . import checkpoint, data, losses, optim, runtime, text
 from . import spec as spec_mod
 from .callbacks import Checkpointer, EarlyStopping, MetricsLog
 from .errors import CheckpointError, DataError, OutputError
@@ -81,28 +81,40 @@ def apply_overrides(s, epochs=None, batch_size=None, lr=None, seed=None, threads
     )
 
 
-def build(s, dtype=np.float32, fuse=True, checkpoint=None):
+def build(s, dtype=np.float32, fuse=True, checkpoint=None, vocab=None):
     """(model, loss) for a spec; shape errors name the layer and both shapes. With a
-    checkpoint, its parameters are loaded and each one checked against the model."""
+    checkpoint, its parameters are loaded and each one checked against the model. A text
+    spec's `vocab` sizes come from `vocab` (a text.Vocabulary), else from the checkpoint's,
+    else from its training text."""
     loss = losses.make(s.loss)
-    model = Model.from_spec(s.model, dtype=dtype, seed=s.seed, loss=s.loss, fuse=fuse)
+    if vocab is None:
+        vocab = vocabulary_of(checkpoint)
+    if vocab is None and s.data.text is not None:
+        vocab = text.vocabulary(s)
+    size = vocab.size if vocab is not None else None
+    model = Model.from_spec(s.model, dtype=dtype, seed=s.seed, loss=s.loss, fuse=fuse, vocab_size=size)
     if checkpoint is not None:
         model.load_state(checkpoint.params, source=checkpoint.path)
     return model, loss
 
 
-def check_memory(s):
+def check_memory(s, vocab=None):
     """Refuse a run that cannot fit, before allocating any of it: the model, its gradients,
     optimizer state, a batch's activations and a generated dataset, all counted."""
     from . import memory, optim
     from .model import Plan
 
-    plan = Plan.of_spec(s.model)
+    plan = Plan.of_spec(s.model, vocab_size=vocab.size if vocab is not None else None)
     parts = plan.training_bytes(s.train.batch_size, len(optim.OPTIMIZERS[s.optimizer.name].state_names))
-    if s.data.builtin:
+    if s.data.builtin and s.data.text is None:
         samples = s.data.options["samples"]
         parts["dataset"] = memory.dataset_bytes(samples, s.model.input, plan.output_entries)
     memory.require(parts, "this run")
+
+
+def vocabulary_of(ckpt):
+    """A checkpoint's text vocabulary, or None."""
+    return text.checkpoint_vocabulary(ckpt) if ckpt is not None else None
 
 
 # ---------------------------------------------------------------- where a run writes
@@ -215,10 +227,13 @@ def train(
     ckpt = checkpoint.load(resume) if resume is not None else None
     changes = resume_changes(ckpt.spec(), s) if ckpt is not None else {}
     runtime.set_threads(s.train.threads)
-    check_memory(s)
-    model, loss = build(s)
+    vocab = vocabulary_of(ckpt)  # a resumed text model keeps its token ids
+    if vocab is None and s.data.text is not None:
+        vocab = text.vocabulary(s)
+    check_memory(s, vocab)
+    model, loss = build(s, vocab=vocab)
     compiling = runtime.uncompiled_kernels(model)  # before any kernel runs
-    dataset = data.load(s, loss, model.output_shape)
+    dataset = data.load(s, loss, model.output_shape, vocab=vocab)
     _check_monitors(s, dataset)
     optimizer = optim.for_model(s.optimizer, model)
     start_epoch = skip = 0

@@ -23,6 +23,7 @@ from .options import (
     MISSING,
     REQUIRED,
     UNKNOWN,
+    VOCAB,
     Opt,
     OptionError,
     boolean,
@@ -39,6 +40,7 @@ from .options import (
     shape,
     text,
 )
+from .text import TEXT_OPTIONS
 
 # ---------------------------------------------------------------- dataclasses
 
@@ -72,6 +74,7 @@ class DataSpec:
     test: str | None = None
     test_split: float = 0.0
     layout: str = "channels_first"
+    text: dict | None = None  # text sources: level, seq_len, stride, unk, min_count (dlcli/text.py)
 
     @property
     def builtin(self):
@@ -164,6 +167,7 @@ DATA_OPTIONS = {
     "test": Opt(optional(text), None, "a held-out test file (.npz or .csv), scored once after training"),
     "test_split": Opt(fraction, 0.0, "fraction held out as the test split, scored once after training"),
     "layout": Opt(choice("channels_first", "channels_last"), "channels_first", "channels_last: (N, ..., C) data"),
+    "text": Opt(optional(mapping), None, "read the source as text: level, seq_len, stride, unk, min_count"),
 }
 TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "train")
 
@@ -401,7 +405,8 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
 
     if "model" not in doc:
         raise reader.error((), "the spec needs a 'model' section with 'input' and 'layers'")
-    model = _parse_model(reader, doc["model"])
+    model = _parse_model(reader, doc["model"], data.text)
+    _check_vocab_options(reader, data, model)
 
     loss = doc.get("loss", "cross_entropy")
     if loss not in LOSSES:
@@ -443,6 +448,10 @@ def _check_data(reader, data: DataSpec):
             f"data.validation_split ({data.validation_split}) + data.test_split ({data.test_split}) "
             "leave no training samples",
         )
+    builtin = BUILTIN.get(data.builtin) if data.builtin is not None else None
+    suffix = Path(data.source).suffix.lower()
+    if data.text is not None or getattr(builtin, "TEXT", False):
+        _check_text_data(reader, data, builtin)
     if data.builtin is not None:
         if data.builtin not in BUILTIN:
             raise reader.field_error(
@@ -454,33 +463,69 @@ def _check_data(reader, data: DataSpec):
             )
         data.options = reader.options(("data", "options"), data.options, BUILTIN[data.builtin].OPTIONS)
     else:
-        suffix = Path(data.source).suffix.lower()
+        if data.options:
+            raise reader.error(("data", "options"), "data.options applies to built-in datasets only")
+        if data.text is not None:
+            return  # any file can be read as text
         if suffix not in (".npz", ".npy", ".csv"):
             raise reader.field_error(
                 ("data", "source"),
-                "must be builtin:<name> or a .npz, .npy or .csv file",
+                "must be builtin:<name> or a .npz, .npy or .csv file (or any text file, with a data.text block)",
                 data.source,
             )
-        if data.options:
-            raise reader.error(("data", "options"), "data.options applies to built-in datasets only")
         if suffix == ".csv" and not data.label:
             raise reader.error(("data",), "data.label must name the label column of a .csv file")
         if suffix == ".npy" and not data.targets:
             raise reader.error(("data",), "data.targets must name the .npy file of targets for a .npy source")
 
 
-def _parse_model(reader, model_map):
+def _check_text_data(reader, data, builtin):
+    """A text source: its `text` block validated, and nothing that only numbers take."""
+    if data.builtin is not None and builtin is not None and not getattr(builtin, "TEXT", False):
+        raise reader.error(("data", "text"), f"data.text applies to text sources; builtin:{data.builtin} is not one")
+    data.text = reader.options(("data", "text"), data.text, TEXT_OPTIONS)
+    for key in ("standardize", "label", "targets", "test", "test_split"):
+        if getattr(data, key):
+            raise reader.error(("data", key), f"data.{key} does not apply to a text source")
+    if data.layout != "channels_first":
+        raise reader.error(("data", "layout"), "data.layout does not apply to a text source")
+
+
+def _check_vocab_options(reader, data, model):
+    """`vocab` (the vocabulary's size) is known only for text data."""
+    if data.text is not None:
+        return
+    for ls in model.layers:
+        for key, value in ls.options.items():
+            if value == VOCAB:
+                raise reader.error(
+                    ("model", "layers", ls.index, ls.kind, key),
+                    f"{path_name(('model', 'layers', ls.index, ls.kind, key))}: 'vocab' is the vocabulary size "
+                    "of a text data source, and data.source is not text",
+                )
+
+
+def _parse_model(reader, model_map, text_options=None):
     if not isinstance(model_map, dict):
         raise reader.field_error(("model",), "must be a mapping with 'input' and 'layers'", model_map)
     for key in model_map:
         if key not in ("input", "layers"):
             raise reader.unknown_key(("model",), key, ("input", "layers"))
-    if "input" not in model_map:
+    if "input" not in model_map and text_options is not None:
+        input_shape = (text_options["seq_len"],)  # token ids, one window
+    elif "input" not in model_map:
         raise reader.error(("model",), "model.input is required: the shape of one sample, e.g. [2] or [1, 28, 28]")
-    try:
-        input_shape = shape(model_map["input"])
-    except ValueError as e:
-        raise reader.field_error(("model", "input"), str(e), model_map["input"]) from None
+    else:
+        try:
+            input_shape = shape(model_map["input"])
+        except ValueError as e:
+            raise reader.field_error(("model", "input"), str(e), model_map["input"]) from None
+        if text_options is not None and input_shape != (text_options["seq_len"],):
+            raise reader.error(
+                ("model", "input"),
+                f"model.input must be [{text_options['seq_len']}] (data.text.seq_len token ids) for a text source, "
+                f"got {list(input_shape)}; or leave it out",
+            )
     items = model_map.get("layers")
     if not isinstance(items, list) or not items:
         raise reader.field_error(("model", "layers"), "must be a non-empty list of layers", items)

@@ -349,3 +349,20 @@ def layernorm_backward(x, gamma, eps, axes, dy, param_axes):
         * (n * dxhat - dxhat.sum(axis=axes, keepdims=True) - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True))
     )
     return dx, np.sum(dy * xhat, axis=param_axes), np.sum(dy, axis=param_axes)
+
+
+# ---------------------------------------------------------------- embedding (issue 18)
+
+
+def embedding(weight, ids):
+    """weight[ids]: (..., dim) for integer ids of any shape."""
+    return weight[ids]
+
+
+def embedding_backward(vocab_size, ids, dy):
+    """dL/dweight: every position's output gradient added into its token's row (np.add.at
+    adds repeated indices one by one, in position order)."""
+    dim = dy.shape[-1]
+    g = np.zeros((vocab_size, dim), dtype=dy.dtype)
+    np.add.at(g, np.asarray(ids).reshape(-1), dy.reshape(-1, dim))
+    return g

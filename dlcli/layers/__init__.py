@@ -3,6 +3,7 @@
 from .activations import Dropout, ReLU, Sigmoid, Softmax, Tanh
 from .conv import Conv1D, Conv2D
 from .dense import Dense
+from .embedding import Embedding
 from .merge import Add, Concat
 from .norm import BatchNorm, LayerNorm
 from .pool import AvgPool1D, AvgPool2D, GlobalAvgPool, MaxPool1D, MaxPool2D
@@ -13,6 +14,6 @@ LAYERS = {
     cls.kind: cls
     for cls in (Dense, ReLU, Sigmoid, Tanh, Softmax, Dropout)
     + (Conv2D, Conv1D, MaxPool2D, MaxPool1D, AvgPool2D, AvgPool1D, GlobalAvgPool, Flatten, Permute)
-    + (RNN, LSTM, GRU)
+    + (RNN, LSTM, GRU, Embedding)
     + (BatchNorm, LayerNorm, Add, Concat)
 }

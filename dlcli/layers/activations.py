@@ -12,6 +12,7 @@ class _Elementwise(Layer):
     KERNELS = ("elementwise",)
 
     keeps = "output"
+    PER_TIME_STEP = True
 
     def forward(self, x, training=False):
         x = np.ascontiguousarray(x)
@@ -80,6 +81,7 @@ class Softmax(Layer):
     KERNELS = ("elementwise",)
 
     kind = "softmax"
+    PER_TIME_STEP = True  # over the last axis
 
     def build(self, input_shape):
         from ..kernels import elementwise as K
@@ -111,6 +113,7 @@ class Dropout(Layer):
     KERNELS = ("elementwise",)
 
     kind = "dropout"
+    PER_TIME_STEP = True
     SHORTHAND = "rate"
     OPTIONS = {"rate": Opt(fraction, 0.5)}
     EXAMPLE = {"options": {"rate": 0.3}, "input": (6,)}

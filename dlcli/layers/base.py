@@ -45,6 +45,12 @@ class Layer:
     # of them sharing memory (each producer may overwrite the one it gets).
     MERGE = False
     KERNELS = ()  # modules of dlcli/kernels it calls: a first run says it compiles them
+    # takes token ids (embedding): reads the model input; no input gradient (backward returns None)
+    INTEGER_INPUT = False
+    PER_TIME_STEP = False  # acts on each time step alone: `dlcli generate` runs it on one step at a time
+    # Carries a state from one time step to the next (rnn, lstm, gru): `initial_state(batch)`
+    # and `step(x_t, state) -> (y_t, state)`, so text is generated without re-running a prefix.
+    STATEFUL = False
 
     # -- set by the model while building -------------------------------------------
     next_kind = None  # kind of the layer that consumes this one's output (`init: auto` looks ahead)

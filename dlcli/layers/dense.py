@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..options import Opt, boolean, choice, positive_int
+from ..options import Opt, boolean, choice, count_or_vocab
 from .base import INITS, Layer, initialise
 
 
@@ -11,13 +11,14 @@ class Dense(Layer):
     kind = "dense"
     SHORTHAND = "units"
     OPTIONS = {
-        "units": Opt(positive_int),
+        "units": Opt(count_or_vocab, help="or 'vocab': one output per token of the text data's vocabulary"),
         "bias": Opt(boolean, True),
         "init": Opt(choice(*INITS), "auto", "auto: He before relu, Glorot otherwise"),
     }
 
     EXAMPLE = {"options": {"units": 4}, "input": (5,)}
     FUSES_RELU = True
+    PER_TIME_STEP = True  # on sequences it applies to each step alone
 
     def build(self, input_shape):
         from ..kernels import dense as K

@@ -8,6 +8,9 @@ Parameters (gate blocks of `units` columns, orders documented in the README):
 The initial state is zero. `return_sequences` gives every h_t, shape (T, H); otherwise
 the last one, shape (H,).
 
+`step(x_t, state)` runs one time step from a given state (`initial_state(batch)` is the
+zero one) with the same kernels, for generating text token by token.
+
 `record_time_grads = True` makes `backward` store `time_grad_norms`, shape (T,), float64:
 entry t is the L2 norm over batch and units of the total dL/dh_t (from the layer's output
 at t plus from step t+1). When False nothing extra is computed.
@@ -37,6 +40,7 @@ class _Recurrent(Layer):
         "bias": Opt(boolean, True),
     }
     RECORDS_TIME_GRADS = True
+    STATEFUL = True
     shards = None  # batch shards run at once through the time loop; None: one per core
 
     def build(self, input_shape):
@@ -111,20 +115,47 @@ class _Recurrent(Layer):
     def forward(self, x, training=False):
         if x.ndim != 3 or tuple(x.shape[1:]) != self.input_shape:
             raise self.shape_error(self.input_shape, x.shape[1:])
-        B, T, F = x.shape
+        T = x.shape[1]
+        self._sequence(np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.dtype), None)  # (T, B, F)
+        # Copies, never views: h is a buffer that the next call overwrites.
+        if self.options["return_sequences"]:
+            return self.h[1:].transpose(1, 0, 2).copy()
+        return self.h[T].copy()
+
+    def _sequence(self, xt, state):
+        """Run the cell over xt (T, B, F) from `state` (None: zeros); fills self.h (T+1, B, H)."""
+        T, B, F = xt.shape
         H, G = self.units, self.GATES
-        xt = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.dtype)  # (T, B, F)
         xp = self._work("xp", (T, B, G * H))
         np.matmul(xt.reshape(T * B, F), self.params["w_input"], out=xp.reshape(T * B, G * H))
         h = self._work("h", (T + 1, B, H))
-        h[0] = 0
+        h[0] = 0 if state is None else state[0]
         self.xt, self.h = xt, h
         self.bounds = runtime.shard_bounds(B, self.shards)  # backward cuts the batch alike
-        self.cell_forward(xp, h, B, T)
-        # Copies, never views: h is a buffer that the next call overwrites.
-        if self.options["return_sequences"]:
-            return h[1:].transpose(1, 0, 2).copy()
-        return h[T].copy()
+        self.cell_forward(xp, h, B, T, state)
+
+    # -------------------------------------------------------------- one step at a time
+    STATES = 1  # arrays in the state: h (the LSTM adds its cell c)
+
+    def initial_state(self, batch):
+        """The zero state that `forward` starts every sequence from: (h,) or (h, c)."""
+        return tuple(np.zeros((batch, self.units), self.dtype) for _ in range(self.STATES))
+
+    def step(self, x, state):
+        """One time step from `state`: x (batch, features) -> (h_t (batch, units), new state).
+
+        For generating a sequence token by token: the state carries everything the prefix
+        left, so no step re-runs it. The same kernels as `forward`, with T = 1 and the given
+        state as the initial one, so stepping through a sequence gives forward's outputs."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.input_shape[1]:
+            raise self.shape_error(("batch", self.input_shape[1]), x.shape)
+        self._sequence(np.ascontiguousarray(x[None], dtype=self.dtype), state)
+        return self.h[1].copy(), self.final_state()
+
+    def final_state(self):
+        """The state after the last step of the latest forward/step, as fresh arrays."""
+        return (self.h[-1].copy(),)
 
     # -------------------------------------------------------------- backward
     def backward(self, dy, need_dx=True):
@@ -174,7 +205,7 @@ class RNN(_Recurrent):
     EXAMPLE = {"options": {"units": 4, "return_sequences": True}, "input": (3, 2)}
     ELEMENTWISE = 8
 
-    def cell_forward(self, xp, h, B, T):
+    def cell_forward(self, xp, h, B, T, state):
         K, b = self.K, self._bias()
         relu = self.options["activation"] == "relu"
         hh = self._work("hh", (B, self.units))
@@ -199,13 +230,18 @@ class LSTM(_Recurrent):
     EXAMPLE = {"options": {"units": 3, "return_sequences": True}, "input": (3, 2)}
     ELEMENTWISE = 30
 
+    STATES = 2
+
     def init_bias(self, b, H):
         b[H : 2 * H] = 1.0  # forget gate
 
-    def cell_forward(self, xp, h, B, T):
+    def final_state(self):
+        return (self.h[-1].copy(), self.c[-1].copy())
+
+    def cell_forward(self, xp, h, B, T, state):
         K, b, H = self.K, self._bias(), self.units
         c = self._work("c", (T + 1, B, H))
-        c[0] = 0
+        c[0] = 0 if state is None else state[1]
         gates = self._work("gates", (T, B, 4 * H))
         tc = self._work("tc", (T, B, H))
         hh = self._work("hh", (B, 4 * H))
@@ -237,7 +273,7 @@ class GRU(_Recurrent):
         if self.options["bias"]:
             self.add_param("bias_hn", (H,), lambda: np.zeros(H, self.dtype))
 
-    def cell_forward(self, xp, h, B, T):
+    def cell_forward(self, xp, h, B, T, state):
         K, b, H = self.K, self._bias(), self.units
         bhn = self.params.get("bias_hn")
         if bhn is None:

@@ -1,0 +1,275 @@
+"""Text data, language models and `dlcli generate` (issue 18)."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlcli import checkpoint, data, losses, run, spec, text
+from dlcli.cli import main
+from dlcli.datasets.text import Arithmetic
+from dlcli.errors import DataError, SpecError
+from dlcli.generate import Stepper, encode_prompt, next_token, open_text_model
+
+CORPUS = "the cat sat on the mat. the dog sat on the log.\n" * 12 + "a cat! zq"
+
+SPEC = """\
+name: tiny_lm
+seed: 0
+data:
+  source: corpus.txt
+  text: {{seq_len: 8, stride: 4}}
+  validation_split: 0.2
+model:
+  layers:
+    - embedding: 4
+    - {cell}: {{units: 8, return_sequences: true}}
+    - dense: {{units: vocab}}
+loss: cross_entropy
+optimizer: {{name: adam, lr: 0.02}}
+train: {{epochs: 1, batch_size: 16, clip_norm: 1.0}}
+"""
+
+
+@pytest.fixture
+def corpus_spec(tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+
+    def write(cell="lstm", **replace):
+        body = SPEC.format(cell=cell)
+        for old, new in replace.items():
+            body = body.replace(old, new)
+        p = tmp_path / f"lm_{cell}.yaml"
+        p.write_text(body)
+        return p
+
+    return write
+
+
+def load(path):
+    s = spec.load(path)
+    model, loss = run.build(s)
+    return s, model, loss, data.load(s, loss, model.output_shape)
+
+
+# ---------------------------------------------------------------- tokens, vocabulary, windows
+
+
+def test_vocabulary_encodes_decodes_and_maps_unknown_tokens_to_unk():
+    v = text.Vocabulary.build(list("hello world"), "char")
+    assert v.tokens[0] == "<unk>" and v.tokens[1:] == sorted(set("hello world"))
+    ids = v.encode(list("held"))
+    assert v.decode(ids) == "held"
+    assert list(v.encode(list("hex"))) == [v.index["h"], v.index["e"], 0]
+    assert v.unknown(list("hexxz")) == ["x", "z"]
+    again = text.Vocabulary.from_meta(json.loads(json.dumps(v.to_meta())))
+    assert again.tokens == v.tokens and again.level == "char"
+
+
+def test_word_level_tokens_join_back_to_the_text():
+    s = "Hello, world!\n  two  words."
+    tokens = text.tokenize(s, "word")
+    assert "".join(tokens) == s
+    assert "world" in tokens and "," in tokens and "\n  " in tokens
+
+
+def test_windows_are_next_token_pairs_every_stride():
+    ids = np.arange(20)
+    x, y = text.windows(ids, 5, 3)
+    assert x.shape == y.shape == (5, 5)  # starts 0, 3, 6, 9, 12 (12 + 5 < 20)
+    np.testing.assert_array_equal(x[:, 0], [0, 3, 6, 9, 12])
+    np.testing.assert_array_equal(y, x + 1)
+    assert text.windows(np.arange(5), 5, 1)[0].shape == (0, 5)  # needs seq_len + 1 tokens
+
+
+def test_validation_is_the_tail_and_the_vocabulary_comes_from_the_training_part(corpus_spec):
+    s, model, loss, d = load(corpus_spec())
+    v = d.vocab
+    n_val = round(len(CORPUS) * 0.2)
+    train_part, tail = CORPUS[:-n_val], CORPUS[-n_val:]
+    assert set(v.tokens[1:]) == set(train_part)  # 'z', 'q' are only in the tail
+    assert "z" not in v.index and "q" not in v.index
+    # Training windows (and their targets) stay inside the training part ...
+    assert d.x_train.shape[1] == 8 and len(d.x_train) == (len(train_part) - 9) // 4 + 1
+    assert v.decode(d.y_train[-1])[-1] == train_part[(len(d.x_train) - 1) * 4 + 8]
+    # ... and validation windows tile the tail without overlapping, unknown letters as <unk>.
+    tiled = "".join(v.decode(row) for row in d.x_val)
+    expected = "".join(c if c in v.index else "<unk>" for c in tail[: len(d.x_val) * 8])
+    assert tiled == expected
+    np.testing.assert_array_equal(d.y_val[:, :-1], d.x_val[:, 1:])
+    assert d.y_train.dtype == np.int64 and model.output_shape == (8, v.size)
+    assert "unknown to the vocabulary" in d.description
+
+
+def test_arithmetic_lines_are_correct_sums():
+    o = {"samples": 50, "digits": 3, "operators": "+-"}
+    lines = Arithmetic.generate_text(o, np.random.default_rng(0)).splitlines()
+    assert len(lines) == 50
+    for line in lines:
+        m = re.fullmatch(r"(\d{1,3})([+-])(\d{1,3})=(-?\d+)", line)
+        assert m, line
+        a, op, b, r = int(m[1]), m[2], int(m[3]), int(m[4])
+        assert r == (a + b if op == "+" else a - b)
+    assert {re.search("[+-]", line)[0] for line in lines} == {"+", "-"}
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("text: {seq_len: 0}", r"data.text.seq_len must be a positive integer"),
+        ("text: {level: bytes}", r"data.text.level must be one of char, word"),
+        ("text: {seqlen: 8}", r"unknown field 'data.text.seqlen' \(did you mean 'seq_len'\?\)"),
+        ("text: {seq_len: 8}\n  standardize: true", r"data.standardize does not apply to a text source"),
+    ],
+)
+def test_text_block_errors_name_the_line(write_spec, body, message):
+    p = write_spec(f"data:\n  source: a.txt\n  {body}\nmodel:\n  layers: [{{embedding: 4}}, {{dense: vocab}}]\n")
+    with pytest.raises(SpecError, match=message) as e:
+        spec.load(p)
+    assert re.match(r".*spec\.yaml:\d+:\d+: ", str(e.value))
+
+
+def test_vocab_needs_text_data_and_input_must_match_seq_len(write_spec):
+    p = write_spec("data: builtin:xor\nmodel:\n  input: [2]\n  layers:\n    - dense: vocab\n")
+    with pytest.raises(SpecError, match=r"spec.yaml:5:14: .*'vocab' is the vocabulary size of a text data source"):
+        spec.load(p)
+    p = write_spec("data: {source: a.txt, text: {seq_len: 8}}\nmodel:\n  input: [9]\n  layers: [embedding: 4]\n")
+    with pytest.raises(SpecError, match=r"model.input must be \[8\]"):
+        spec.load(p)
+    s = spec.parse("data: {source: builtin:arithmetic}\nmodel: {layers: [embedding: 4, dense: vocab]}\n")
+    assert s.model.input == (64,) and s.data.text["level"] == "char"
+
+
+def test_text_source_problems_are_data_errors(corpus_spec, tmp_path):
+    s = spec.load(corpus_spec().as_posix())
+    loss = losses.make("cross_entropy")
+    with pytest.raises(DataError, match=r"output must be \[8, \d+\]"):
+        text.load(s, loss, (8, 3))
+    (tmp_path / "corpus.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        text.load(s, loss, (8, 40))
+    (tmp_path / "corpus.txt").write_text("short")
+    with pytest.raises(DataError, match="fewer than one window"):
+        text.load(s, loss, (8, 40))
+
+
+# ---------------------------------------------------------------- train, checkpoint, generate
+
+
+@pytest.fixture
+def trained(corpus_spec, tmp_path):
+    p = corpus_spec()
+    log = tmp_path / "m.jsonl"
+    r = CliRunner().invoke(main, ["train", str(p), "-o", str(tmp_path / "lm.npz"), "--log", str(log), "-q"])
+    assert r.exit_code == 0, r.output
+    return tmp_path / "lm.npz", log
+
+
+def test_training_logs_bits_per_character_and_stores_the_vocabulary(trained):
+    ckpt_path, log = trained
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    epoch = rows[-1]
+    assert epoch["event"] == "epoch"
+    assert epoch["val_bpc"] == pytest.approx(epoch["val_loss"] / math.log(2), rel=1e-5)
+    assert epoch["val_perplexity"] == pytest.approx(math.exp(epoch["val_loss"]), rel=1e-5)
+    assert epoch["train_bpc"] == pytest.approx(epoch["train_loss"] / math.log(2), rel=1e-5)
+    assert "bpc" in rows[0] and rows[0]["event"] == "step"
+    ck = checkpoint.load(ckpt_path)
+    assert ck.meta["text"]["tokens"][0] == "<unk>"
+    assert set(ck.meta["text"]["tokens"][1:]) == set(CORPUS[: -round(len(CORPUS) * 0.2)])
+
+
+def test_stepping_the_model_gives_the_logits_of_the_full_forward_pass(trained):
+    tm = open_text_model(trained[0])
+    ids = tm.vocab.encode(list("the cat "))
+    full = tm.model.forward(ids[None], training=False)[0]
+    step = Stepper(tm.model)
+    stepped = np.stack([step(np.array([i]))[0] for i in ids])
+    np.testing.assert_allclose(stepped, full, rtol=1e-4, atol=1e-5)
+
+
+def test_generate_streams_repeatable_text_from_the_prompt(trained):
+    ckpt = str(trained[0])
+    run = lambda *a: CliRunner().invoke(main, ["generate", ckpt, *a])  # noqa: E731
+    a = run("--prompt", "the ", "--length", "30", "--seed", "3")
+    b = run("--prompt", "the ", "--length", "30", "--seed", "3")
+    c = run("--prompt", "the ", "--length", "30", "--seed", "4")
+    assert a.exit_code == 0, a.output
+    assert a.output == b.output and a.output.startswith("the ")
+    assert len(a.output) == len("the ") + 30 + 1 and "<unk>" not in a.output
+    assert a.output != c.output  # sampling does depend on the seed
+    greedy = run("--prompt", "the ", "--length", "20", "--temperature", "0", "--seed", "9")
+    assert greedy.output == run("--prompt", "the ", "--length", "20", "--top-k", "1").output
+
+
+def test_next_token_honours_temperature_zero_and_top_k():
+    rng = np.random.default_rng(0)
+    logits = np.array([5.0, 1.0, 3.0, 2.0])
+    assert next_token(logits, 0, None, rng) == 2  # id 0 (<unk>) is never produced
+    draws = {next_token(logits, 1.0, 2, rng) for _ in range(200)}
+    assert draws == {2, 3}
+
+
+def test_generate_bad_input_is_one_line_exit_2(trained, tmp_path):
+    ckpt = str(trained[0])
+    r = CliRunner().invoke(main, ["generate", ckpt, "--prompt", "the zq"])
+    assert r.exit_code == 2
+    assert r.output.strip().count("\n") == 0
+    assert "2 characters not in the model's vocabulary" in r.output and "'z'" in r.output
+    assert "--unknown unk" in r.output
+    ok = CliRunner().invoke(main, ["generate", ckpt, "--prompt", "the zq", "--unknown", "unk", "--length", "3"])
+    assert ok.exit_code == 0 and ok.output.startswith("the zq")
+    # A checkpoint that is not a text model.
+    other = tmp_path / "xor.yaml"
+    other.write_text("data: {source: builtin:xor, options: {samples: 64}}\nmodel: {input: [2], layers: [dense: 2]}\n")
+    assert CliRunner().invoke(main, ["train", str(other), "-o", str(tmp_path / "xor.npz"), "-q"]).exit_code == 0
+    r = CliRunner().invoke(main, ["generate", str(tmp_path / "xor.npz")])
+    assert r.exit_code == 2 and "not a text model" in r.output and r.output.count("\n") == 1
+
+
+def test_encode_prompt_maps_unknown_characters_to_unk_on_request():
+    v = text.Vocabulary.build(list("abc"), "char")
+    with pytest.raises(DataError):
+        encode_prompt(v, "abz")
+    assert list(encode_prompt(v, "abz", unknown="unk")) == [1, 2, 0]
+
+
+def test_resume_keeps_the_checkpoint_vocabulary(trained, tmp_path):
+    ckpt_path, _ = trained
+    before = checkpoint.load(ckpt_path).meta["text"]["tokens"]
+    with open(tmp_path / "corpus.txt", "a") as f:
+        f.write("\nnew letters: QXJ" * 30)  # would change a freshly built vocabulary
+    r = CliRunner().invoke(main, ["train", "--resume", str(ckpt_path), "--epochs", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert checkpoint.load(ckpt_path).meta["text"]["tokens"] == before
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_gru_and_rnn_language_models_generate(corpus_spec, tmp_path, cell):
+    p = corpus_spec(cell)
+    out = tmp_path / f"{cell}.npz"
+    assert CliRunner().invoke(main, ["train", str(p), "-o", str(out), "-q"]).exit_code == 0
+    tm = open_text_model(out)
+    ids = tm.vocab.encode(list("on the m"))
+    step = Stepper(tm.model)
+    stepped = np.stack([step(np.array([i]))[0] for i in ids])
+    np.testing.assert_allclose(stepped, tm.model.forward(ids[None])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_inspect_gradients_and_gradcheck_work_on_a_text_model(corpus_spec):
+    p = str(corpus_spec())
+    r = CliRunner().invoke(main, ["inspect-gradients", p, "--json", "--batches", "2"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["layers"][0]["kind"] == "embedding" and out["layers"][0]["input_grad_norm"] is None
+    assert out["layers"][0]["grad_norm"]["mean"] > 0
+    (ts,) = out["time_steps"]
+    assert ts["kind"] == "lstm" and len(ts["grad_norms"]) == 8 and all(g > 0 for g in ts["grad_norms"])
+    table = CliRunner().invoke(main, ["inspect-gradients", p, "--batches", "1"])
+    assert table.exit_code == 0 and "input (ids)" in table.output
+    g = CliRunner().invoke(main, ["gradcheck", p, "--samples", "5", "--batch-size", "2"])
+    assert g.exit_code == 0, g.output
+    assert "not differentiable" in g.output and "n/a" in g.output
