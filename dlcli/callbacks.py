@@ -154,11 +154,13 @@ class EarlyStopping(Callback):
 class Checkpointer(Callback):
     """Writes the checkpoint after every epoch and at a clean stop; never after a NaN.
     With `best`, also writes the best epoch's checkpoint there (keep_best) and keeps its
-    parameters for the test score."""
+    parameters for the test score. With `write=False` (MPI ranks other than 0) it keeps
+    the same bookkeeping and writes nothing."""
 
-    def __init__(self, path, spec, best=None):
+    def __init__(self, path, spec, best=None, write=True):
         self.path = Path(path)
         self.spec = spec
+        self.write = write
         self.best = Path(best) if best is not None else None
         self.monitor = Monitor(spec.train.keep_best) if spec.train.keep_best else None
         self.saved = None
@@ -176,6 +178,8 @@ class Checkpointer(Callback):
         }
 
     def _save(self, trainer, path, meta):
+        if not self.write:
+            return
         checkpoint.save(path, self.spec.text, trainer.model, trainer.optimizer, meta, trainer.dataset)
 
     def on_epoch(self, trainer, e):

@@ -69,6 +69,13 @@ def main():
     """Train and inspect neural networks on the CPU from a YAML spec."""
 
 
+def single_process(command):
+    """Commands other than `train` run in one process: under mpirun with several ranks, say so."""
+    from .distributed import refuse_several_ranks
+
+    refuse_several_ranks(command)
+
+
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), help="CPU cores for Numba and BLAS (default: all)."
 )
@@ -99,17 +106,46 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
     runs/<name>-2.npz, and an existing -o path is refused unless --overwrite. With --resume
     and no SPEC_FILE, the checkpoint's own settings (command-line overrides included) go on.
     """
+    from . import distributed
+
+    if spec_file is None and resume is None:
+        raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
+    sync = distributed.world()  # None unless launched by mpirun/srun as several ranks
+    with distributed.failing_together(sync):
+        code = _train(
+            sync,
+            spec_file,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            threads,
+            output,
+            resume,
+            overwrite,
+            log_path,
+            log_grad_norms,
+            quiet,
+        )
+        if sync is not None:  # no rank exits (non-zero ends the job) before rank 0 has written and said all
+            sync.barrier()
+    sys.exit(code)
+
+
+def _train(
+    sync, spec_file, epochs, batch_size, lr, seed, threads, output, resume, overwrite, log_path, log_grad_norms, quiet
+):
+    """The train command's body; returns its exit code (0, 130 interrupted, 1 diverged)."""
     from . import run
     from .dashboard import Dashboard, PlainProgress
 
     if spec_file is None:
-        if resume is None:
-            raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
         s, _ = run.spec_or_checkpoint(resume)
     else:
         s = run.load_spec(spec_file)
     s = run.apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
-    if quiet:
+    speaks = sync is None or sync.rank == 0  # under MPI rank 0 alone prints
+    if quiet or not speaks:
         display = None
     elif sys.stdout.isatty():
         display = Dashboard()
@@ -123,14 +159,17 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
         log_grad_norms=log_grad_norms,
         display=display,
         overwrite=overwrite,
+        sync=sync,
     )
+    code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
+    if not speaks:
+        return code
     for line in final_lines(result, saved, trainer):
         click.echo(line)
     if result.stopped == "interrupted":
         click.echo(
             f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {saved}" if saved else ""), err=True
         )
-        sys.exit(130)
     if result.stopped == "diverged":
         if not saved:
             click.echo(
@@ -139,7 +178,7 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
             )
         else:
             click.echo(f"Error: {result.message}", err=True)
-        sys.exit(1)
+    return code
 
 
 def final_lines(result, saved, trainer):
@@ -268,6 +307,7 @@ def gradcheck(spec_file, kinds, all_kinds, eps, rtol, atol, samples, batch_size,
     (as written and with the Dense+ReLU fusion). With --layer KIND or --all: layer types
     on their own. Exits 0 when every tensor passes (or only hits kinks), 1 when any fails.
     """
+    single_process("gradcheck")
     import json
 
     from . import gradcheck as gc
@@ -351,6 +391,7 @@ def predict(model, input_file, output, proba, top_k, batch_size, label, threads,
     probability of each class, --top-k the K likeliest; regression models their outputs.
     .npy inputs are memory-mapped and processed batch by batch.
     """
+    single_process("predict")
     from . import predict as predict_mod
     from . import runtime
 
@@ -405,6 +446,7 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads)
     """Loss, accuracy, per-class precision/recall and confusion matrix of the checkpoint
     MODEL on labelled DATA (.npz with arrays x and y, or x_test and y_test, or .csv with
     the label column). The output names the arrays it scored."""
+    single_process("evaluate")
     import json
 
     from . import predict as predict_mod
@@ -457,6 +499,7 @@ def export(checkpoint_path, output, opset, check, overwrite):
     the raw outputs of a regression. Class names, the spec and the dlcli version are in
     its metadata.
     """
+    single_process("export")
     from . import export as export_mod
 
     r = export_mod.to_onnx(checkpoint_path, output, opset=opset, run_check=check, overwrite=overwrite)
@@ -503,6 +546,7 @@ def export(checkpoint_path, output, opset, check, overwrite):
 def generate(model, prompt, length, temperature, top_k, seed, unknown, threads):
     """Write text with the language model in the checkpoint MODEL: the prompt, then each
     sampled character as it comes, carrying the recurrent state from one to the next."""
+    single_process("generate")
     import itertools
 
     from . import generate as gen
@@ -547,6 +591,7 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
     """Show how gradients flow through SOURCE (a spec, freshly initialised, or a checkpoint):
     per-layer gradient norms, update/weight ratios, dead and saturated units, per-time-step
     norms of recurrent layers, and a verdict (vanishing, exploding, dead ReLUs, saturation)."""
+    single_process("inspect-gradients")
     import json
 
     from . import inspect_gradients as ig

@@ -171,6 +171,12 @@ def summary_table(model, title=None):
     return table
 
 
+def processes_note(sync, elapsed):
+    """How many MPI processes train, and the share of the time they spent communicating."""
+    share = sync.comm_seconds / elapsed if elapsed > 0 else 0.0
+    return f"{sync.size} processes, {share:.0%} of the time in communication"
+
+
 def pack(pieces, width, sep="  "):
     """Lines of at most `width` cells made of whole pieces: a status line re-flows
     between pieces on a narrow terminal instead of wrapping in the middle of one."""
@@ -382,6 +388,8 @@ class Dashboard(Callback):
             sps = done * tr.batch_size / elapsed if elapsed > 0 and done else e.samples_per_s
             progress.append(Text(f"{sps:,.0f} samples/s"))
         progress += [Text(f"elapsed {fmt_duration(elapsed)}"), Text(f"ETA {fmt_duration(eta)}")]
+        if tr.sync is not None:
+            progress.append(Text(processes_note(tr.sync, elapsed), style="dim"))
         lines = pack(progress, width)
         notice = compile_notice(tr)
         if notice and not e:  # the first step waits for the compiler: say so, with a spinner
@@ -443,7 +451,7 @@ class PlainProgress(Callback):
         if compile_notice(trainer):
             self.echo(compile_notice(trainer) + " ...")
         self.every = max(1, trainer.steps_per_epoch // self.lines_per_epoch)
-        self.last_line = time.perf_counter()
+        self.start = self.last_line = time.perf_counter()
         self.epoch_t0, self.samples = self.last_line, 0
 
     def on_step(self, trainer, e):
@@ -475,4 +483,6 @@ class PlainProgress(Callback):
             parts.append(f"val_acc {e.val_acc:.4f}")
         parts += text_scores(trainer, e.val_loss, "val_")
         parts.append(f"{e.samples_per_s:,.0f} samples/s")
+        if trainer.sync is not None:
+            parts.append(f"({processes_note(trainer.sync, time.perf_counter() - self.start)})")
         self.echo(" ".join(parts))

@@ -302,13 +302,18 @@ def standardize(x, mean, std):
     return ((x - mean) / std).astype(np.float32)
 
 
-def batches(x, y, batch_size, rng=None):
-    """Mini-batches as contiguous arrays, in a fresh random order when rng is given."""
+def batches(x, y, batch_size, rng=None, share=None):
+    """Mini-batches as contiguous arrays, in a fresh random order when rng is given.
+    `share(n) -> (lo, hi)` keeps only those rows of each batch of n (one MPI rank's part)."""
     n = len(x)
     order = rng.permutation(n) if rng is not None else None
     for start in range(0, n, batch_size):
+        lo, hi = start, min(start + batch_size, n)
+        if share is not None:
+            a, b = share(hi - lo)
+            lo, hi = lo + a, lo + b
         if order is None:
-            yield x[start : start + batch_size], y[start : start + batch_size]
+            yield x[lo:hi], y[lo:hi]
         else:
-            idx = order[start : start + batch_size]
+            idx = order[lo:hi]
             yield x[idx], y[idx]

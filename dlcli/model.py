@@ -232,9 +232,11 @@ class Model:
                 observe(i, layer, outs[i])
         return outs
 
-    def backward(self, dy, need_input_grad=False, observe=None):
+    def backward(self, dy, need_input_grad=False, observe=None, layer_done=None):
         """Backpropagate dL/d(output); returns dL/d(input) when asked, else None.
-        `observe(i, layer, dxs)` sees each node's input gradients (a list, one per input)."""
+        `observe(i, layer, dxs)` sees each node's input gradients (a list, one per input);
+        `layer_done(i)` runs as soon as node i's parameter gradients are written
+        (data-parallel training starts summing them across ranks while backward goes on)."""
         grads = [None] * len(self.trained)
         grads[self.output_index] = dy
         dinput = None
@@ -245,6 +247,8 @@ class Model:
             grads[i] = None
             layer = self.trained[i]
             dx = layer.backward(g, need_dx=need_input_grad or self._params_upstream[i])
+            if layer_done is not None:
+                layer_done(i)
             if dx is None:
                 continue
             dxs = dx if layer.MERGE else [dx]

@@ -222,11 +222,13 @@ def train(
     display=None,
     callbacks=(),
     overwrite=False,
+    sync=None,
 ):
-    """Train a spec; returns (TrainResult, checkpoint path, trainer)."""
+    """Train a spec; returns (TrainResult, checkpoint path, trainer). Under MPI (`sync`, a
+    distributed.World) every rank trains and rank 0 alone shows progress and writes files."""
     ckpt = checkpoint.load(resume) if resume is not None else None
     changes = resume_changes(ckpt.spec(), s) if ckpt is not None else {}
-    runtime.set_threads(s.train.threads)
+    runtime.set_threads(s.train.threads or (sync.default_threads() if sync is not None else None))
     vocab = vocabulary_of(ckpt)  # a resumed text model keeps its token ids
     if vocab is None and s.data.text is not None:
         vocab = text.vocabulary(s)
@@ -251,21 +253,29 @@ def train(
                 f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
                 f"pass --epochs N with N > {start_epoch} to train further"
             )
-    output, lock = choose_output(s, output, resume, overwrite)
+    writer = sync is None or sync.rank == 0  # under MPI rank 0 alone writes files
+    lock = None
+    if writer:
+        output, lock = choose_output(s, output, resume, overwrite)
+    if sync is not None:  # the other ranks never write it, but read its keep_best file on resume
+        output = Path(sync.from_rank0(str(output) if writer else None))
     try:
-        check_writable(output, OutputError)  # after choose_output, which refuses FIFOs and devices
-        cbs = list(callbacks)
-        if display is not None:
-            cbs.insert(0, display)
-        if log:
-            cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
-        if s.train.early_stopping is not None:
+        cbs = []
+        if writer:
+            check_writable(output, OutputError)  # after choose_output, which refuses FIFOs and devices
+            cbs = list(callbacks)
+            if display is not None:
+                cbs.insert(0, display)
+            if log:
+                cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
+        if s.train.early_stopping is not None:  # on every rank: they stop together
             cbs.append(EarlyStopping(s.train.early_stopping))
-        checkpointer = Checkpointer(output, s, best=best_path(output) if s.train.keep_best else None)
+        best = best_path(output) if s.train.keep_best else None
+        checkpointer = Checkpointer(output, s, best=best, write=writer)
         cbs.append(checkpointer)
-        trainer = Trainer(model, loss, optimizer, dataset, s, cbs, start_epoch=start_epoch, skip_steps=skip)
+        trainer = Trainer(model, loss, optimizer, dataset, s, cbs, start_epoch=start_epoch, skip_steps=skip, sync=sync)
         trainer.state = state
-        trainer.output = output
+        trainer.output = output if writer else None
         trainer.compiling = compiling
         if ckpt is not None:
             trainer.resumed = {"from": str(resume), "epoch": start_epoch, "changes": changes}
@@ -273,7 +283,8 @@ def train(
                 trainer.best_params = checkpoint.load(best_path(output)).params
         result = trainer.fit()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return result, checkpointer.saved, trainer
 
 

@@ -86,16 +86,21 @@ class Callback:
         """Give back what on_start took (the terminal, a file); runs however the run ended."""
 
 
-def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None):
-    """One step: forward, loss, backward, (allreduce slot), clip, update.
+def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None, sync=None, global_rows=None):
+    """One step: forward, loss, backward, allreduce (under MPI), clip, update.
     Returns (loss, hits, global grad norm, per-layer grad norms); a non-finite loss or
-    gradient returns before the update, so the parameters stay the last good ones."""
+    gradient returns before the update, so the parameters stay the last good ones.
+    `sync` (a distributed.World) makes xb this rank's share of a global batch of
+    `global_rows`: the loss and the gradients become the global batch's on every rank."""
     out = model.forward(xb, training=True)
     loss, dout, hits = loss_fn(out, yb)
+    if sync is not None:  # a NaN on any rank is a NaN on all: they return early together
+        loss, hits = sync.global_loss(model, loss, hits, dout, len(xb), global_rows)
     if not np.isfinite(loss):
         return loss, hits, float("nan"), None
-    model.backward(dout)
-    # Data-parallel training would allreduce model.grads_flat here: all gradients are in it.
+    model.backward(dout, layer_done=sync.layer_done if sync is not None else None)
+    if sync is not None:  # each layer's allreduce started when backward wrote it; wait for all
+        sync.finish(model)
     scale = 1.0
     if clip_norm is not None:  # clipping needs the norm before the update: one extra pass
         layer_norms = model.layer_grad_norms()
@@ -112,8 +117,9 @@ def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None):
 
 
 class Trainer:
-    def __init__(self, model, loss, optimizer, dataset, spec, callbacks=(), start_epoch=0, skip_steps=0):
+    def __init__(self, model, loss, optimizer, dataset, spec, callbacks=(), start_epoch=0, skip_steps=0, sync=None):
         self.model, self.loss, self.optimizer, self.dataset, self.spec = model, loss, optimizer, dataset, spec
+        self.sync = sync  # a distributed.World under MPI: this rank trains on its share of each batch
         self.callbacks = list(callbacks)
         self.start_epoch = start_epoch
         self.skip_steps = skip_steps  # batches of start_epoch already done (resuming an interrupted run)
@@ -135,13 +141,24 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, name)(self, *args)
 
-    def train_step(self, xb, yb, lr):
-        return train_step(self.model, self.loss, self.optimizer, xb, yb, lr, self.spec.train.clip_norm)
+    def train_step(self, xb, yb, lr, global_rows=None):
+        clip = self.spec.train.clip_norm
+        return train_step(self.model, self.loss, self.optimizer, xb, yb, lr, clip, self.sync, global_rows)
+
+    def stop_requested(self):
+        """Ctrl-C was pressed (under MPI: on any rank; every rank agrees before it stops)."""
+        stop = bool(self.interrupt.get("stop"))
+        return self.sync.any(stop) if self.sync is not None else stop
 
     def evaluate(self, x, y, batch_size=1024):
-        """Mean loss and accuracy (None for regression) over a whole split."""
-        if len(x) == 0:
+        """Mean loss and accuracy (None for regression) over a whole split (under MPI each
+        rank evaluates its share and the sums are combined)."""
+        n = len(x)
+        if n == 0:
             return None, None
+        if self.sync is not None:
+            lo, hi = self.sync.share(n)
+            x, y = x[lo:hi], y[lo:hi]
         total, hits, items = 0.0, 0, 0
         for xb, yb in batches(x, y, batch_size):
             out = self.model.forward(xb, training=False)
@@ -150,8 +167,10 @@ class Trainer:
             if h is not None:
                 hits += h
                 items += yb.size
+        if self.sync is not None:
+            total, hits, items = self.sync.sum(total, hits, items)
         acc = hits / items if items else None
-        return total / len(x), acc
+        return total / n, acc
 
     def fit(self) -> TrainResult:
         """Run the loop. Every callback's `close` runs on the way out, also when an
@@ -221,35 +240,40 @@ class Trainer:
         d, spec = self.dataset, self.spec
         for epoch in range(self.start_epoch, self.epochs):
             rng = np.random.default_rng([spec.seed, 2, epoch]) if spec.data.shuffle else None
+            rank = [self.sync.rank] if self.sync is not None else []  # each rank its own masks
             for i, layer in enumerate(self.model.layers):  # dropout masks repeat on resume
-                layer.rng = np.random.default_rng([spec.seed, 3, epoch, i])
+                layer.rng = np.random.default_rng([spec.seed, 3, epoch, i, *rank])
             sum_loss, sum_hits, seen, items = 0.0, 0, 0, 0
             epoch_t0 = time.perf_counter()
-            for j, (xb, yb) in enumerate(batches(d.x_train, d.y_train, self.batch_size, rng)):
+            share = self.sync.share if self.sync is not None else None
+            for j, (xb, yb) in enumerate(batches(d.x_train, d.y_train, self.batch_size, rng, share)):
                 if epoch == self.start_epoch and j < self.skip_steps:
                     continue
-                if self.interrupt.get("stop"):
+                if self.stop_requested():
+                    self.interrupt["stop"] = True  # under MPI perhaps pressed on another rank
                     self._check_finite(epoch, None)  # the checkpointer saves these parameters next
                     result.epoch_step = j
                     return
                 lr = self.schedule(
                     spec.optimizer.lr, epoch + j / self.steps_per_epoch, self.epochs, self.state["schedule"]
                 )
+                n = min(self.batch_size, len(d.x_train) - j * self.batch_size)  # the global batch's rows
                 ts = time.perf_counter()
-                loss, hits, gnorm, layer_norms = self.train_step(xb, yb, lr)
+                loss, hits, gnorm, layer_norms = self.train_step(xb, yb, lr, n)
                 if not np.isfinite(loss):
+                    where = self.sync.where() if self.sync is not None else ""
                     raise TrainingDiverged(
-                        f"loss became {'NaN' if np.isnan(loss) else 'infinite'} at epoch {epoch + 1}, "
+                        f"loss became {'NaN' if np.isnan(loss) else 'infinite'}{where} at epoch {epoch + 1}, "
                         f"step {self.step + 1}; training stopped and the last good checkpoint is kept. "
                         "Try a smaller learning rate, or clip_norm under train."
                     )
                 self.step += 1
-                n = len(xb)
                 sum_loss += loss * n
                 seen += n
+                batch_items = n * int(np.prod(yb.shape[1:]))  # targets in the global batch
                 if hits is not None:
                     sum_hits += hits
-                    items += yb.size
+                    items += batch_items
                 now = time.perf_counter()
                 self._emit(
                     "on_step",
@@ -259,7 +283,7 @@ class Trainer:
                         j + 1,
                         self.steps_per_epoch,
                         loss,
-                        hits / yb.size if hits is not None else None,
+                        hits / batch_items if hits is not None else None,
                         lr,
                         gnorm,
                         layer_norms,
