@@ -139,7 +139,9 @@ def test_shares_of_each_batch_are_contiguous_and_cover_it():
             assert sum((p[j] for p in parts), []) == batch  # rank order, contiguous, nothing lost
 
 
-@pytest.mark.parametrize("command", ["predict m.npz x.npy", "evaluate m.npz d.npz", "gradcheck --all", "generate m.npz"])
+@pytest.mark.parametrize(
+    "command", ["predict m.npz x.npy", "evaluate m.npz d.npz", "gradcheck --all", "generate m.npz"]
+)
 def test_single_process_commands_refuse_several_ranks(command):
     env = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
     r = CliRunner().invoke(main, command.split(), env=env)
