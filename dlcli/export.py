@@ -22,6 +22,7 @@ from . import __version__
 from .errors import DlcliError, ExportError, OutputError
 from .files import atomic_path
 from .layers.conv import resolve_padding
+from .losses import Loss
 from .model import MODEL_INPUT
 from .predict import open_model
 
@@ -331,6 +332,8 @@ def build(pred, opset=DEFAULT_OPSET):
             f"--opset {opset}: dlcli exports opsets {DEFAULT_OPSET} to {newest} (the newest this onnx knows)"
         )
     layers = pred.model.trained
+    if pred.kind == "regression" and type(pred.loss).output is not Loss.output:
+        raise ExportError(f"loss {pred.loss.name}: its prediction transform has no ONNX mapping in dlcli export")
     for layer in layers:
         if layer.kind not in EMITTERS:
             raise ExportError(
