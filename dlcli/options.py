@@ -134,26 +134,27 @@ def choice(*allowed):
 
 def int_tuple(n, minimum=1):
     """An int (repeated n times) or a list of n ints, each >= minimum: kernel sizes, strides."""
+    what = "an integer" if n == 1 else f"an integer or a list of {n} integers"
+    problem = f"must be {what} >= {minimum}"
 
     def parse(v):
-        values = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
-        if (
-            not isinstance(values, list)
-            or len(values) != n
-            or any(isinstance(x, bool) or not isinstance(x, int) or x < minimum for x in values)
-        ):
-            what = "an integer" if n == 1 else f"an integer or a list of {n} integers"
-            raise ValueError(f"must be {what} >= {minimum}")
+        values = v if isinstance(v, list) else [v] * n
+        if len(values) != n:
+            raise ValueError(problem)
+        values = [integer(x, problem) for x in values]
+        if any(x < minimum for x in values):
+            raise ValueError(problem)
         return tuple(values)
 
     return parse
 
 
 def shape(v):
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v):
-        raise ValueError("must be a list of positive integers, e.g. [1, 28, 28]")
+    problem = "must be a list of positive integers, e.g. [1, 28, 28]"
+    v = v if isinstance(v, list) else [v]
+    v = [integer(x, problem) for x in v]
+    if not v or any(x <= 0 for x in v):
+        raise ValueError(problem)
     return tuple(v)
 
 

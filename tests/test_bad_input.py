@@ -456,7 +456,7 @@ def test_numbers_in_exponent_form_are_numbers(write_spec):
     s = spec.load(
         write_spec(
             "data: {source: builtin:moons, options: {samples: 2e2, noise: .5}}\n"
-            "model: {input: [2], layers: [{dense: 1e1}, relu, {dense: 2}]}\n"
+            "model: {input: [2e0], layers: [{dense: 1e1}, relu, {dense: 2}]}\n"
             "optimizer: {name: adam, lr: 1e-3, eps: 1E-7, beta1: .9, beta2: 0.5e0}\n"
             "train: {epochs: 3., clip_norm: 1.5e+1}\n"
             "seed: 1e1\n"
@@ -465,6 +465,7 @@ def test_numbers_in_exponent_form_are_numbers(write_spec):
     assert s.optimizer.lr == 1e-3 and s.optimizer.options["eps"] == 1e-7 and s.train.clip_norm == 15.0
     assert s.optimizer.options["beta2"] == 0.5 and s.data.options == {"samples": 200, "noise": 0.5}
     assert s.model.layers[0].options["units"] == 10 and s.train.epochs == 3 and s.seed == 10
+    assert s.model.input == (2,) and isinstance(s.model.input[0], int)
     assert isinstance(s.train.epochs, int) and isinstance(s.model.layers[0].options["units"], int)
     # strings stay strings: versions, names, and exponent-looking words
     s = spec.load(write_spec("name: 1e3x\ndata: builtin:moons\nmodel: {input: [2], layers: [{dense: 2}]}\n"))
