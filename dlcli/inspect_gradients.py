@@ -413,7 +413,7 @@ def read_log(path):
             raise DataError(f"{path}:{lineno}: step is {step!r}, not a step number")
         steps.append(step)
         rows.append(g)
-    if not rows:
+    if not layers:  # no step lines, or only empty layer_grad_norms
         raise DataError(f"{path}: no per-layer gradient norms; train with --log {path} --log-grad-norms")
     norms = {n: [r.get(n) for r in rows] for n in layers}
     return GradLog(str(path), layers, steps, norms)

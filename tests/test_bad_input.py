@@ -408,6 +408,8 @@ LOGS = [
     ("log-norm-negative", '{"event": "step", "step": 1, "layer_grad_norms": {"a": -1}}\n', ["not a norm"]),
     ("log-step-text", '{"event": "step", "step": "x", "layer_grad_norms": {"a": 1}}\n', ["step is 'x'"]),
     ("log-missing", None, ["no such metrics log"]),
+    # found by the fuzzer: a step whose layer_grad_norms is empty crashed the heat map
+    ("log-empty-norms", '{"event": "step", "step": 0, "layer_grad_norms": {}}\n', ["no per-layer gradient norms"]),
 ]
 
 
