@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from badinput import GOOD_SPEC, checkpoint_arrays, invoke, npz_bytes, snapshot, spec_for
+from badinput import GOOD_SPEC, checkpoint_arrays, good_data, invoke, npy_bytes, npz_bytes, snapshot, spec_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,9 +44,11 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 FUZZ = settings.get_profile(os.environ.get("DLCLI_FUZZ", "ci"))
+# Command lines may train or gradcheck for a second or more each: fewer of them in `make test`.
+FUZZ_SLOW = settings(FUZZ, max_examples=4) if os.environ.get("DLCLI_FUZZ", "ci") == "ci" else FUZZ
 
 
-def run_in_fresh_folder(files, args):
+def run_in_fresh_folder(files, args, codes=(0, 2)):
     """Write `files`, run the command line in a folder of its own, and check the property."""
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as folder:
@@ -63,7 +65,7 @@ def run_in_fresh_folder(files, args):
             os.chdir(here)
     where = f"args={args} exit={r.exit_code} stderr={r.stderr!r} exception={r.exception!r}"
     assert r.exception is None or isinstance(r.exception, SystemExit), where
-    assert r.exit_code in (0, 2), where
+    assert r.exit_code in codes, where
     assert "Traceback" not in r.output, where
     if r.exit_code == 2:
         lines = r.stderr.splitlines()
@@ -344,3 +346,32 @@ def log_lines(draw):
 @given(lines=st.lists(log_lines(), max_size=6))
 def test_metrics_logs(lines):
     run_in_fresh_folder({"m.jsonl": "\n".join(lines) + "\n"}, ["inspect-gradients", "--log", "m.jsonl"])
+
+
+# --------------------------------------------------------------------------- command lines
+TOKENS = st.sampled_from(
+    ["s.yaml", "c.npz", "d.npz", "x.npy", "nope.yaml", "sub", "-o", "out.csv", "out.npz", "--lr", "--epochs", "--batch-size",
+     "--seed", "--threads", "--resume", "--log", "m.jsonl", "--proba", "--top-k", "--label", "--json", "--batches",
+     "--compare", "--layer", "dense", "--eps", "--samples", "-q", "--no-data", "0", "1", "2", "-1", "nan", "inf", "1e-3",
+     "1e9", "", "--", "-h"]
+)  # fmt: skip
+
+
+@FUZZ_SLOW
+@given(
+    command=st.sampled_from(["train", "summary", "predict", "evaluate", "inspect-gradients", "gradcheck"]),
+    tokens=st.lists(TOKENS, max_size=6),
+)
+def test_command_lines(command, tokens):
+    x, y = good_data()
+    files = {
+        "s.yaml": GOOD_SPEC,
+        "c.npz": npz_bytes(**checkpoint_arrays()),
+        "d.npz": npz_bytes(x=x, y=y),
+        "x.npy": npy_bytes(x),
+    }
+    if command == "gradcheck" and "--layer" not in tokens:
+        tokens = ["--layer", "dense", *tokens]  # --all would check every layer type: too slow here
+    if command == "train":
+        tokens = [*tokens, "--epochs", "1"] if "--resume" not in tokens else tokens
+    run_in_fresh_folder(files, [command, *tokens], codes=(0, 1, 2) if command == "gradcheck" else (0, 2))
