@@ -482,6 +482,8 @@ class PlainProgress(Callback):
         if e.val_acc is not None:
             parts.append(f"val_acc {e.val_acc:.4f}")
         parts += text_scores(trainer, e.val_loss, "val_")
+        if trainer.spec.optimizer.schedule.name != "constant":
+            parts.append(f"lr {fmt(e.lr)}")
         parts.append(f"{e.samples_per_s:,.0f} samples/s")
         if trainer.sync is not None:
             parts.append(f"({processes_note(trainer.sync, time.perf_counter() - self.start)})")

@@ -404,3 +404,17 @@ def test_an_empty_kernel_cache_is_announced(write_spec, tmp_path, monkeypatch):
     assert "compiling kernels for dense (first run only)" in before
     assert any(ch in before for ch in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
     assert "compiling" not in draw(dash.render())  # gone once steps arrive
+
+
+def test_sample_config_stops_early_keeps_the_best_and_reports_test_accuracy():
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "sample_configs" / "moons_early_stopping.yaml"
+    out = ok(invoke("train", config, "--log", "m.jsonl"))
+    rows = log_rows("m.jsonl")
+    (stop,) = [r for r in rows if r["event"] == "stop"]
+    (test,) = [r for r in rows if r["event"] == "test"]
+    assert stop["epoch"] < 100 and "early stopping" in stop["reason"]
+    assert test["checkpoint"] == "best" and test["epoch"] < stop["epoch"] and test["acc"] > 0.85
+    assert checkpoint.load("runs/moons_early_stopping.best.npz").meta["epochs_done"] == test["epoch"]
+    assert "test_acc" in out and "lr " in out  # the plateau schedule's rate is shown per epoch
