@@ -437,6 +437,9 @@ def _parse_optimizer(reader, opt_map):
 
 
 def _check_data(reader, data: DataSpec):
+    if data.text is not None and (data.test is not None or data.test_split):
+        key = "test" if data.test is not None else "test_split"
+        raise reader.error(("data", key), f"data.{key} is not available for text sources yet")
     if data.test is not None:
         if data.test_split:
             raise reader.error(("data", "test_split"), "give data.test (a file) or data.test_split, not both")
