@@ -112,8 +112,13 @@ def test_layer_option_checks_one_type(write_spec):
 
 def test_all_checks_every_layer_type_and_each_has_an_example():
     for kind, cls in LAYERS.items():
-        ex = cls.EXAMPLE
-        assert isinstance(ex.get("options", {}), dict) and isinstance(tuple(ex["input"]), tuple), kind
+        ex = getattr(cls, "EXAMPLE", None)  # `Layer` has none: each type (or its family) states one
+        assert isinstance(ex, dict) and set(ex) <= {"options", "input"}, kind
+        assert isinstance(ex.get("options", {}), dict), kind
+        shapes = ex["input"] if cls.MERGE else [ex["input"]]  # a merge layer has one shape per input
+        assert shapes and all(
+            isinstance(s, (tuple, list)) and s and all(isinstance(d, int) and d > 0 for d in s) for s in shapes
+        ), kind
     result = run("--all", "--json", "--samples", 10)
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)

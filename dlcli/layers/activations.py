@@ -13,6 +13,7 @@ class _Elementwise(Layer):
 
     keeps = "output"
     PER_TIME_STEP = True
+    EXAMPLE = {"options": {}, "input": (5,)}  # any shape does for an elementwise function
 
     def forward(self, x, training=False):
         x = np.ascontiguousarray(x)
@@ -82,6 +83,7 @@ class Softmax(Layer):
 
     kind = "softmax"
     PER_TIME_STEP = True  # over the last axis
+    EXAMPLE = {"options": {}, "input": (5,)}
 
     def build(self, input_shape):
         from ..kernels import elementwise as K

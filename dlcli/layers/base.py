@@ -33,9 +33,9 @@ class Layer:
     kind = "layer"
     OPTIONS: dict = {}
     SHORTHAND = None  # option set by `kind: value`, e.g. `dense: 64`
-    # A representative configuration for `dlcli gradcheck --all`/`--layer`: options and
-    # the input shape of one sample (every layer type must have one; a test checks).
-    EXAMPLE = {"options": {}, "input": (5,)}
+    # EXAMPLE: a representative configuration for `dlcli gradcheck --all`/`--layer`, options
+    # and the input shape of one sample. No default here: every layer type states its own
+    # (a test fails for one that does not).
 
     # -- capabilities (read by the model and the tools) ----------------------------
     FUSES_RELU = False  # can apply a following relu in its own output pass, and its mask in backward
