@@ -133,8 +133,6 @@ def labelled_keys(path, split=None, keys=None):
     """Which arrays of a .npz `evaluate` scores: the ones named (`keys`), those of `split`
     (train: x, y; val: x_val, y_val; test: x_test, y_test), else x_test/y_test when the
     file has them and x/y otherwise. Never a silent choice: the result names them."""
-    from . import data
-
     if keys is not None:
         return tuple(keys)
     if split is not None:
