@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, data, losses
+from . import checkpoint, data, losses, runtime
 from .errors import CheckpointError, DataError
 from .files import atomic_path
 
@@ -83,8 +83,6 @@ class Predictor:
         """The trained graph's outputs (logits for fused losses) for one batch; a copy.
         A small batch runs on one thread (`runtime.one_thread`): below SERIAL_FLOPS of
         work, waking the other cores costs more than sharing it saves."""
-        from . import runtime
-
         x = self.prepare(xb, where)
         if len(x) == 1 or len(x) * self.flops_per_sample < SERIAL_FLOPS:
             with runtime.one_thread():

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import checkpoint, data, losses, optim, runtime, text
+from . import checkpoint, data, losses, memory, optim, runtime, text
 from . import spec as spec_mod
 from .callbacks import Checkpointer, EarlyStopping, MetricsLog
 from .errors import CheckpointError, DataError, OutputError
 from .files import WriterLock, check_target, check_writable
-from .model import Model
+from .model import Model, Plan
 from .train import Trainer
 
 # command-line option -> where it lives in the spec document
@@ -101,9 +101,6 @@ def build(s, dtype=np.float32, fuse=True, checkpoint=None, vocab=None):
 def check_memory(s, vocab=None):
     """Refuse a run that cannot fit, before allocating any of it: the model, its gradients,
     optimizer state, a batch's activations and a generated dataset, all counted."""
-    from . import memory, optim
-    from .model import Plan
-
     plan = Plan.of_spec(s.model, vocab_size=vocab.size if vocab is not None else None)
     parts = plan.training_bytes(s.train.batch_size, len(optim.OPTIMIZERS[s.optimizer.name].state_names))
     if s.data.builtin and s.data.text is None:
