@@ -8,7 +8,8 @@ and latency at batch 1 (microseconds per call) of:
 - dlcli: `Predictor.outputs`, what `dlcli predict --proba` runs per batch (input checks,
   forward, softmax);
 - ONNX Runtime on the exported .onnx file (CPU provider, the same intra-op threads);
-- PyTorch in `torch.inference_mode()` (when installed), the same architecture.
+- PyTorch in `torch.inference_mode()` (when installed), the same architecture;
+- dlcli again on one thread, which shows what the threads gain (or cost, on a busy machine).
 
 Each engine runs in its own child process (no shared thread pools); they alternate in
 rounds and the figures are the min-max over rounds of each round's best window. The
@@ -141,8 +142,14 @@ def torch_child(ckpt, onnx_path, name, threads, seconds):
     return measure(run_batch, shape, seconds)
 
 
-CHILDREN = {"dlcli": dlcli_child, "ort": ort_child, "torch": torch_child}
-LABELS = {"dlcli": "dlcli", "ort": "ONNX Runtime", "torch": "PyTorch"}
+def dlcli_one_thread_child(ckpt, onnx_path, name, threads, seconds):
+    """dlcli on one core: against the row above, what sharing the work across threads gains
+    (or, on a loaded machine, what waking the other threads costs)."""
+    return dlcli_child(ckpt, onnx_path, name, 1, seconds)
+
+
+CHILDREN = {"dlcli": dlcli_child, "dlcli1": dlcli_one_thread_child, "ort": ort_child, "torch": torch_child}
+LABELS = {"dlcli": "dlcli", "dlcli1": "dlcli 1 thread", "ort": "ONNX Runtime", "torch": "PyTorch"}
 
 
 def span(values, fmt):
@@ -165,7 +172,7 @@ def main():
         return
 
     t0 = time.perf_counter()
-    engines = ["dlcli", "ort"] + (["torch"] if torch_available() else [])
+    engines = ["dlcli", "ort"] + (["torch"] if torch_available() else []) + ["dlcli1"]
     import onnxruntime
 
     print(
@@ -190,7 +197,7 @@ def main():
                     f"  {LABELS[e]:<13} {span(rates[e], lambda v: f'{v:,.0f}'):>17} samples/s   "
                     f"{span(lat[e], lambda v: f'{v:,.0f}'):>13} us"
                 )
-                if e != "dlcli":
+                if e not in ("dlcli", "dlcli1"):
                     line += (
                         f"   dlcli/{LABELS[e]}: throughput {max(rates['dlcli']) / max(rates[e]):.2f}x, "
                         f"latency {min(lat['dlcli']) / min(lat[e]):.2f}x"
