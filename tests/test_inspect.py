@@ -62,7 +62,7 @@ def test_deep_sigmoid_vanishes_and_deep_relu_does_not():
 
 def test_residual_connections_keep_the_deep_sigmoid_net_healthy():
     data = as_json(
-        SAMPLES / "deep_sigmoid.yaml", "--compare", SAMPLES / "deep_residual.yaml", "--batches", 1, "--batch-size", 32
+        SAMPLES / "deep_sigmoid.yaml", "--compare", SAMPLES / "deep_residual.yaml", "--batches", 1, "--batch-size", 8
     )
     plain, residual = data["compare"]
     dense = [l for l in residual["layers"] if l["kind"] == "dense"]
