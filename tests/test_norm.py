@@ -69,6 +69,9 @@ def test_batchnorm_of_one_sample_gives_the_shift(rng):
     layer.params["bias"][...] = [1.0, -2.0, 0.5, 3.0]
     y = layer.forward(rng.standard_normal((1, 4)), training=True)
     np.testing.assert_allclose(y, [[1.0, -2.0, 0.5, 3.0]])
+    # ... and it leaves the running statistics alone (an unbiased variance of one value is 0/0)
+    np.testing.assert_array_equal(layer.buffers["running_mean"], 0)
+    np.testing.assert_array_equal(layer.buffers["running_var"], 1)
     assert np.all(np.isfinite(layer.backward(rng.standard_normal((1, 4)))))
 
 

@@ -108,10 +108,11 @@ class BatchNorm(_Norm):
             mean, var = np.empty(self.channels), np.empty(self.channels)
             K.channel_mean_var(x3, mean, var)
             count = x3.shape[0] * x3.shape[2]
-            m = self.options["momentum"]
-            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
-            running_mean[...] = (1 - m) * running_mean + m * mean
-            running_var[...] = (1 - m) * running_var + m * var * (count / max(count - 1, 1))
+            if count > 1:  # one value per channel (a last batch of one sample) has no variance to learn from
+                m = self.options["momentum"]
+                running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+                running_mean[...] = (1 - m) * running_mean + m * mean
+                running_var[...] = (1 - m) * running_var + m * var * (count / (count - 1))
         else:
             mean = self.buffers["running_mean"].astype(np.float64)
             var = self.buffers["running_var"].astype(np.float64)
