@@ -94,10 +94,13 @@ def load(path) -> Checkpoint:
             f"{path}: written by a newer dlcli (checkpoint format {meta.get('format')}, "
             f"version {meta.get('dlcli_version')}); this is dlcli {__version__}, which reads format {FORMAT}"
         )
-    for key in ("epochs_done", "epoch_step", "step"):
+    for key in ("epochs_done", "epoch_step", "epoch_samples", "step"):
         value = meta.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise CheckpointError(f"{path}: its metadata is corrupt ({key} is {value!r}, not a count)")
+    problem = _run_record_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: its metadata is corrupt ({problem})")
     if not isinstance(meta.get("classes", []), list):
         raise CheckpointError(f"{path}: its metadata is corrupt (classes is not a list)")
     return Checkpoint(
@@ -108,6 +111,29 @@ def load(path) -> Checkpoint:
         preprocessing={k[4:]: v for k, v in arrays.items() if k.startswith("pre.")},
         path=str(path),
     )
+
+
+def _run_record_problem(meta):
+    """What is wrong with the run's record in `meta` (overrides, spec path, the state of
+    schedules and callbacks), or None: a resumed run must not trip over a bad value."""
+    if not isinstance(meta.get("overrides") or {}, dict):
+        return "overrides is not an object"
+    if not isinstance(meta.get("spec_path") or "", str):
+        return "spec_path is not a string"
+    state = meta.get("state") or {}
+    if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+        return "state is not an object of objects"
+    for part in state.values():
+        for key, value in part.items():
+            if key == "stopped":
+                ok = isinstance(value, bool)
+            elif key == "monitor":
+                ok = isinstance(value, str)
+            else:
+                ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+            if not ok:
+                return f"state {key} is {value!r}"
+    return None
 
 
 def build_model(ckpt: Checkpoint, dtype=np.float32, fuse=True):

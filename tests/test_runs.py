@@ -57,6 +57,8 @@ def test_resume_keeps_the_command_line_overrides(write_spec):
     # `summary CKPT` reports the settings the run had
     summary = ok(invoke("summary", "r.npz", "--no-data"))
     assert "lr 0.005" in summary and "batch size: 64" in summary and "seed: 7" in summary
+    inspected = json.loads(ok(invoke("inspect-gradients", "r.npz", "--json", "--batches", 1)))
+    assert (inspected["lr"], inspected["batch_size"]) == (0.005, 64)
     ok(invoke("train", "--resume", "r.npz", "--epochs", 2, "--log", "m.jsonl", "-q"))
     rows = log_rows("m.jsonl")
     steps = [r for r in rows if r["event"] == "step"]
@@ -418,3 +420,24 @@ def test_sample_config_stops_early_keeps_the_best_and_reports_test_accuracy():
     assert test["checkpoint"] == "best" and test["epoch"] < stop["epoch"] and test["acc"] > 0.85
     assert checkpoint.load("runs/moons_early_stopping.best.npz").meta["epochs_done"] == test["epoch"]
     assert "test_acc" in out and "lr " in out  # the plateau schedule's rate is shown per epoch
+
+
+@pytest.mark.parametrize(
+    "record,problem",
+    [
+        ({"state": "x"}, "state is not an object"),
+        ({"state": {"early_stopping": {"wait": "many"}}}, "state wait is 'many'"),
+        ({"overrides": [1]}, "overrides is not an object"),
+        ({"epoch_samples": -3}, "epoch_samples is -3"),
+    ],
+)
+def test_a_corrupt_run_record_is_one_line(write_spec, record, problem):
+    ok(invoke("train", write_spec(TEXT), "-o", "r.npz", "-q"))
+    with np.load("r.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    meta.update(record)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez("bad.npz", **arrays)
+    line = one_line_error(invoke("train", "--resume", "bad.npz", "--epochs", 2))
+    assert "metadata is corrupt" in line and problem in line
