@@ -167,7 +167,7 @@ def conv_output(ycn, bias, relu, out):
             if relu:
                 for p in range(p1 - p0):
                     v = src[p, b] + bv
-                    dst[b, p] = v if v > 0 else 0
+                    dst[b, p] = 0 if v <= 0 else v  # NaN passes through
             else:
                 for p in range(p1 - p0):
                     dst[b, p] = src[p, b] + bv
@@ -190,7 +190,7 @@ def conv_grad_output(dy, y, relu, dycn, dbias):
             ab = y[b, co]
             if relu:
                 for p in range(npos):
-                    v = gb[p] if ab[p] > 0 else zero
+                    v = zero if ab[p] <= 0 else gb[p]
                     gb[p] = v
                     s += v
             else:

@@ -19,7 +19,7 @@ def relu_forward(x, out):
 @njit(cache=True, parallel=True)
 def relu_backward(x, dy, dx):
     for i in prange(x.size):
-        dx[i] = dy[i] if x[i] > 0 else 0
+        dx[i] = 0 if x[i] <= 0 else dy[i]  # as PyTorch: a NaN input passes dy
 
 
 @njit(cache=True, parallel=True)

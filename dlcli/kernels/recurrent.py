@@ -53,8 +53,9 @@ SHARD = dict(FAST, nogil=True)
 # once rounded to float32). They are float32 constants on purpose: Numba types a Python
 # float as float64, which would make the float32 kernels compute in float64, half as many
 # lanes per vector instruction. float64 inputs still compute in float64. Every kernel here
-# uses error_model="numpy": with Numba's default ("python") a float division carries a
-# ZeroDivisionError check that stops LLVM from vectorising the loop (measured: 10x slower).
+# uses FAST: error_model="numpy" (with Numba's default, "python", a float division carries
+# a ZeroDivisionError check that stops LLVM from vectorising the loop: measured 10x slower)
+# and the fast-math flags that keep NaN and Inf (see kernels/__init__.py).
 _P0, _P1, _P2, _P3 = (
     np.float32(0.9999999973184098),
     np.float32(0.1309073509190021),
@@ -70,7 +71,7 @@ _Q1, _Q2, _Q3 = np.float32(0.464240640838599), np.float32(0.02452508616598348), 
 _ZERO, _ONE, _HALF, _CLAMP = np.float32(0.0), np.float32(1.0), np.float32(0.5), np.float32(9.0)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _tanh(x):
     """tanh(x) as x * P(x^2) / Q(x^2), x clamped to [-9, 9] (tanh(9) = 1 - 3e-8), the
     result to [-1, 1]. min/max (vminps/vmaxps) rather than compare-and-select: tanh 20%
@@ -82,12 +83,12 @@ def _tanh(x):
     return min(max(x * p / q, -_ONE), _ONE)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _sigmoid(x):
     return _HALF + _HALF * _tanh(_HALF * x)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def tanh_approx(x, out):
     """out = tanh(x) through `_tanh`, flat arrays (for tests and references)."""
     for i in range(x.size):
@@ -99,27 +100,27 @@ def tanh_approx(x, out):
 # functions, inlined by LLVM.
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _rnn_row_fwd(xp, hh, b, h, relu):
     for j in range(h.size):
         a = xp[j] + hh[j] + b[j]
         if relu:
-            h[j] = a if a > 0 else _ZERO
+            h[j] = _ZERO if a <= 0 else a  # NaN passes through
         else:
             h[j] = _tanh(a)
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _rnn_row_bwd(dh, h, da, relu):
     """da = dh * act'(a), from the stored output h."""
     for j in range(h.size):
         if relu:
-            da[j] = dh[j] if h[j] > 0 else _ZERO
+            da[j] = _ZERO if h[j] <= 0 else dh[j]
         else:
             da[j] = dh[j] * (_ONE - h[j] * h[j])
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _lstm_row_fwd(xp, hh, b, c_prev, gates, c, h, tc):
     n = c.size
     for j in range(n):
@@ -138,7 +139,7 @@ def _lstm_row_fwd(xp, hh, b, c_prev, gates, c, h, tc):
         h[j] = og * t
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _lstm_row_bwd(dh, dc, gates, c_prev, tc):
     """In: dh (total dL/dh_t), dc (dL/dc_t from step t+1), the stored gates. Out: gates is
     overwritten with the pre-activation gradients da (i, f, g, o); dc becomes dL/dc_{t-1}."""
@@ -155,7 +156,7 @@ def _lstm_row_bwd(dh, dc, gates, c_prev, tc):
         dc[j] = dcj * fg
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _gru_row_fwd(xp, hh, b, bhn, h_prev, gates, hn, h):
     n = h.size
     for j in range(n):
@@ -170,7 +171,7 @@ def _gru_row_fwd(xp, hh, b, bhn, h_prev, gates, hn, h):
         h[j] = (_ONE - z) * nn + z * h_prev[j]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(**FAST)
 def _gru_row_bwd(dh, gates, hn, h_prev, dah, dh_prev):
     """In: dh (total dL/dh_t), stored gates r, z, n and hn = W_hn h + b_hn. Out: gates is
     overwritten with the input-side gradients (da_r, da_z, da_n); dah with the
