@@ -4,6 +4,8 @@ checkpointer (with the best epoch's checkpoint)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 from . import checkpoint
@@ -202,3 +204,15 @@ class Checkpointer(Callback):
             metrics = {"val_loss": last.val_loss, "val_acc": last.val_acc} if last else {}
             self._save(trainer, self.path, self._meta(trainer, result.epochs_done, result.epoch_step, metrics))
             self.saved = self.path
+
+
+class SigintAtStep(Callback):
+    """Tests only (DLCLI_TEST_SIGINT_AT_STEP=N): the process sends itself a Ctrl-C right
+    after global step N, so a test stops a run at an exact step through the real handler."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, e):
+        if e.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -4,6 +4,7 @@ where a run writes, build, train, summarise."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 
 from . import checkpoint, data, losses, memory, optim, runtime, text
 from . import spec as spec_mod
-from .callbacks import Checkpointer, EarlyStopping, MetricsLog
+from .callbacks import Checkpointer, EarlyStopping, MetricsLog, SigintAtStep
 from .errors import CheckpointError, DataError, OutputError
 from .files import WriterLock, check_target, check_writable
 from .model import Model, Plan
@@ -265,6 +266,8 @@ def train(
                 cbs.insert(0, display)
             if log:
                 cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
+        if os.environ.get("DLCLI_TEST_SIGINT_AT_STEP"):  # tests: a Ctrl-C at an exact step
+            cbs.append(SigintAtStep(int(os.environ["DLCLI_TEST_SIGINT_AT_STEP"])))
         if s.train.early_stopping is not None:  # on every rank: they stop together
             cbs.append(EarlyStopping(s.train.early_stopping))
         best = best_path(output) if s.train.keep_best else None

@@ -238,11 +238,10 @@ class Trainer:
 
     def _loop(self, result, t0):
         d, spec = self.dataset, self.spec
+        random_layers = [(i, layer) for i, layer in enumerate(self.model.layers) if layer.DRAWS_RANDOM]
         for epoch in range(self.start_epoch, self.epochs):
             rng = np.random.default_rng([spec.seed, 2, epoch]) if spec.data.shuffle else None
             rank = [self.sync.rank] if self.sync is not None else []  # each rank its own masks
-            for i, layer in enumerate(self.model.layers):  # dropout masks repeat on resume
-                layer.rng = np.random.default_rng([spec.seed, 3, epoch, i, *rank])
             sum_loss, sum_hits, seen, items = 0.0, 0, 0, 0
             epoch_t0 = time.perf_counter()
             share = self.sync.share if self.sync is not None else None
@@ -254,6 +253,8 @@ class Trainer:
                     self._check_finite(epoch, None)  # the checkpointer saves these parameters next
                     result.epoch_step = j
                     return
+                for i, layer in random_layers:  # the same masks whether or not the run stopped
+                    layer.rng = np.random.default_rng([spec.seed, 3, epoch, j, i, *rank])
                 lr = self.schedule(
                     spec.optimizer.lr, epoch + j / self.steps_per_epoch, self.epochs, self.state["schedule"]
                 )

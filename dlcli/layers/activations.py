@@ -110,13 +110,15 @@ class Softmax(Layer):
 
 class Dropout(Layer):
     """Inverted dropout: scales kept units by 1/(1-rate) in training, identity otherwise.
-    Its mask comes from the layer's own seeded generator, so runs repeat."""
+    Its mask comes from the layer's own seeded generator (reseeded by the trainer every
+    step), so runs repeat, also across a stop and a resume."""
 
     KERNELS = ("elementwise",)
 
     kind = "dropout"
     PER_TIME_STEP = True
     SHORTHAND = "rate"
+    DRAWS_RANDOM = True
     OPTIONS = {"rate": Opt(fraction, 0.5)}
     EXAMPLE = {"options": {"rate": 0.3}, "input": (6,)}
 

@@ -51,6 +51,10 @@ class Layer:
     # Carries a state from one time step to the next (rnn, lstm, gru): `initial_state(batch)`
     # and `step(x_t, state) -> (y_t, state)`, so text is generated without re-running a prefix.
     STATEFUL = False
+    # forward(training=True) draws from `self.rng` (dropout's mask): the trainer gives it a
+    # fresh generator every step, seeded from (seed, epoch, step, layer index), so a run that
+    # stops anywhere and resumes draws the same bits as one that never stopped.
+    DRAWS_RANDOM = False
 
     # -- set by the model while building -------------------------------------------
     next_kind = None  # kind of the layer that consumes this one's output (`init: auto` looks ahead)
