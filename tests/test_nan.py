@@ -37,7 +37,7 @@ def build(kind, then_relu=False, **options):
     return Model(layers, cls.EXAMPLE["input"], dtype=np.float64, loss=None, fuse=True)
 
 
-CASES = {kind: (kind, {}) for kind in LAYERS}
+CASES = {kind: (kind, {}) for kind, cls in LAYERS.items() if not cls.MERGE}  # merge layers: below
 CASES["dense+relu (fused)"] = ("dense", {"then_relu": True})
 CASES["conv2d+relu (fused)"] = ("conv2d", {"then_relu": True})
 CASES["rnn relu"] = ("rnn", {"activation": "relu"})
@@ -87,7 +87,33 @@ def _recurrent(layer, x):
     return hs if layer.options["return_sequences"] else hs[:, -1]
 
 
+def _norm_axes(layer, x):
+    """(channel axis shape for broadcasting, axes a layernorm sample is normalised over)."""
+    over = layer.options["over"]
+    if over == "auto":
+        over = "features" if x.ndim == 2 else "channels"
+    if over == "features":  # the last axis holds the features
+        return (1,) * (x.ndim - 1) + (-1,), (x.ndim - 1,)
+    return (1, -1) + (1,) * (x.ndim - 2), tuple(range(1, x.ndim))
+
+
+def _batchnorm(layer, x):  # not training: the running statistics
+    shape, _ = _norm_axes(layer, x)
+    b = layer.buffers
+    y = (x - b["running_mean"].reshape(shape)) / np.sqrt(b["running_var"].reshape(shape) + layer.options["eps"])
+    return y * layer.params["weight"].reshape(shape) + layer.params["bias"].reshape(shape)
+
+
+def _layernorm(layer, x):
+    shape, axes = _norm_axes(layer, x)
+    mean = x.mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(x.var(axis=axes, keepdims=True) + layer.options["eps"])
+    return y * layer.params["weight"].reshape(shape) + layer.params["bias"].reshape(shape)
+
+
 MIRRORS = {
+    "batchnorm": _batchnorm,
+    "layernorm": _layernorm,
     "dense": lambda L, x: x @ L.params["weight"] + L.params.get("bias", 0),
     "relu": lambda L, x: np.maximum(x, 0),
     "sigmoid": lambda L, x: ref.sigmoid(x),
@@ -161,7 +187,36 @@ def test_non_finite_values_come_out_where_numpy_says(case, value):
 
 
 def test_every_layer_type_has_a_numpy_mirror():
-    assert set(LAYERS) <= set(MIRRORS), "add the new layer type to MIRRORS"
+    assert set(LAYERS) <= set(MIRRORS) | set(MERGE_MIRRORS), "add the new layer type to MIRRORS"
+
+
+MERGE_MIRRORS = {
+    "add": lambda L, xs: (xs[0] @ L.params["weight"] if L.params else xs[0]) + sum(xs[1:]),
+    "concat": lambda L, xs: np.concatenate(xs, axis=-1 if L.options["over"] == "features" or xs[0].ndim == 2 else 1),
+}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf], ids=["nan", "+inf"])
+@pytest.mark.parametrize("kind", [k for k, cls in LAYERS.items() if cls.MERGE])
+def test_merge_layers_pass_non_finite_values_where_numpy_does(kind, value):
+    cls = LAYERS[kind]
+    layer = cls(
+        dtype=np.float64, rng=np.random.default_rng(0), name=kind, **parse_options(cls.OPTIONS, cls.EXAMPLE["options"])
+    )
+    shapes = [tuple(s) for s in cls.EXAMPLE["input"]]
+    layer.build(shapes)
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((BATCH,) + s) for s in shapes]
+    named = {f"input {i}": x for i, x in enumerate(xs)} | {f"{kind}.{k}": v for k, v in layer.params.items()}
+    for name, arr in named.items():
+        for pos in spots(arr.size, rng):
+            saved = arr.flat[pos]
+            arr.flat[pos] = value
+            y = layer.forward([x.copy() for x in xs])
+            want = MERGE_MIRRORS[kind](layer, xs)
+            arr.flat[pos] = saved
+            assert np.array_equal(~np.isfinite(y), ~np.isfinite(want)), (name, pos)
+            assert (~np.isfinite(y)).any()
 
 
 # ---------------------------------------------------------------- backward
