@@ -7,12 +7,15 @@ and has a plain-NumPy twin in `tests/reference.py`.
 
 # Options for kernels whose loops should vectorise: Numba's default error model checks
 # every division for zero, which blocks LLVM's vectoriser, and strict IEEE order forbids
-# vectorising a reduction. Of the fast-math flags we keep only those that cannot hide a
-# NaN or an infinity: 'reassoc' (reorder sums: a NaN or Inf term still reaches the sum),
-# 'contract' (fused multiply-add), 'nsz' (the sign of zero), 'arcp' (x / y as x * (1 / y)).
-# Never 'nnan'/'ninf' (they let LLVM assume no NaN/Inf and drop the comparisons that carry
-# one through a max or a clamp) nor 'afn' (approximate libm calls, undefined on NaN).
-# Reordering is fixed at compile time and every kernel's loops run over ranges that do not
-# depend on the thread count, so results stay bitwise the same for any --threads.
+# vectorising a reduction. Of the fast-math flags we keep only those that do not let LLVM
+# assume values are finite: 'reassoc' (reorder sums), 'contract' (fused multiply-add),
+# 'nsz' (the sign of zero), 'arcp' (x / y as x * (1 / y)). Never 'nnan'/'ninf' (they let
+# LLVM drop the comparisons that carry a NaN through a max or a clamp) nor 'afn'
+# (approximate libm calls). One caveat, measured: 'reassoc' with 'nsz' lets LLVM cancel
+# `x - x` to 0 even when x is NaN or Inf, so no kernel subtracts a value from itself (a
+# finiteness test sums x * 0 under 'reassoc' alone: pool._all_finite). tests/test_nan.py
+# checks every layer type's compiled kernels against NumPy with NaN and Inf placed anywhere.
+# Reordering is fixed at compile time and no kernel's loop bounds depend on the thread
+# count, so results stay bitwise the same for any --threads.
 FAST_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
 FAST = dict(cache=True, error_model="numpy", fastmath=set(FAST_FLAGS))
