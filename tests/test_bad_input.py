@@ -55,7 +55,7 @@ SPECS = [
     ("binary-garbage", bytes(range(256)) * 4, ["not a text file", "spec.yaml"]),
     ("nul-bytes", b"model: \x00\x01\x02\n", ["not a text file", "spec.yaml:1:8"]),
     ("latin1", "name: caf\xe9\n".encode("latin-1"), ["not UTF-8"]),
-    ("deep-nesting", "a: " + "[" * 1200 + "]" * 1200 + "\n", ["nests too deeply"]),
+    ("deep-nesting", "a: " + "[" * 400 + "]" * 400 + "\n", ["nests too deeply"]),
     ("empty", "", ["YAML mapping"]),
     ("only-comment", "# nothing\n", ["YAML mapping"]),
     ("a-list", "- a\n- b\n", ["YAML mapping"]),
@@ -482,3 +482,17 @@ def test_the_corpus_checker_sees_a_changed_file():
     with pytest.raises(AssertionError, match="changed"):
         check_refused(invoke(["summary", "missing.yaml"]), 2, (), before, snapshot("."))
     assert json.dumps(before)
+
+
+def test_clirunner_keeps_stderr_apart():
+    """The corpus counts stderr lines through CliRunner: the installed Click must keep them apart."""
+    import click
+    from click.testing import CliRunner
+
+    @click.command()
+    def both():
+        click.echo("out")
+        click.echo("err", err=True)
+
+    r = CliRunner().invoke(both)
+    assert r.stdout == "out\n" and r.stderr == "err\n"
