@@ -262,9 +262,10 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         from . import text  # here: text imports this module
 
         return text.load(spec, loss, output_shape, vocab)
-    if ds.builtin:
-        need = memory.dataset_bytes(ds.options["samples"], spec.model.input, math.prod(output_shape))
-        memory.require({"dataset": need}, f"{ds.source} with {ds.options['samples']} samples")
+    samples = ds.options.get("samples") if ds.builtin else None
+    if samples is not None:
+        need = memory.dataset_bytes(samples, spec.model.input, math.prod(output_shape))
+        memory.require({"dataset": need}, f"{ds.source} with {samples} samples")
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
     x = fit_input(np.asarray(x), spec.model.input, where, ds.layout).astype(np.float32, copy=False)

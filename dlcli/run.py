@@ -104,8 +104,8 @@ def check_memory(s, vocab=None):
     optimizer state, a batch's activations and a generated dataset, all counted."""
     plan = Plan.of_spec(s.model, vocab_size=vocab.size if vocab is not None else None)
     parts = plan.training_bytes(s.train.batch_size, len(optim.OPTIMIZERS[s.optimizer.name].state_names))
-    if s.data.builtin and s.data.text is None:
-        samples = s.data.options["samples"]
+    samples = s.data.options.get("samples") if s.data.builtin and s.data.text is None else None
+    if samples is not None:
         parts["dataset"] = memory.dataset_bytes(samples, s.model.input, plan.output_entries)
     memory.require(parts, "this run")
 
