@@ -50,10 +50,11 @@ MODELS = [
     "model: {input: [1, 16, 16], layers: [{conv2d: {filters: 8, kernel: 3}}, relu, flatten, {dense: 3}]}",
     "model: {input: [12, 5], layers: [{lstm: 32}, {dense: 3}]}",
     "model: {input: [12, 5], layers: [{gru: {units: 16, return_sequences: true}}, flatten, {dense: 3}]}",
+    "model: {input: [20], layers: [{dense: 300}, {residual: [{dense: 400}, relu, {dense: 400}]}, {dense: 3}]}",
 ]
 
 
-@pytest.mark.parametrize("model_text", MODELS, ids=["mlp", "cnn", "lstm", "gru"])
+@pytest.mark.parametrize("model_text", MODELS, ids=["mlp", "cnn", "lstm", "gru", "residual-projection"])
 def test_model_estimate_bounds_what_building_and_a_training_step_take(model_text):
     s = spec.parse(f"data: builtin:moons\noptimizer: adam\n{model_text}\n")
     plan = Plan.of_spec(s.model)
