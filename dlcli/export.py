@@ -153,6 +153,10 @@ def _global_avgpool(g, layer, x):
     return g.add("Flatten", [y], p, axis=1)
 
 
+def _permute(g, layer, x):
+    return g.add("Transpose", [x], _prefix(layer), perm=[0, *layer.options["dims"]])  # the batch axis stays first
+
+
 def _flatten(g, layer, x):
     return g.add("Flatten", [x], _prefix(layer), axis=1)  # C-order, as dlcli flattens
 
@@ -278,6 +282,7 @@ EMITTERS = {
     "avgpool2d": _pool("AveragePool"),
     "global_avgpool": _global_avgpool,
     "flatten": _flatten,
+    "permute": _permute,
     "rnn": _recurrent,
     "lstm": _recurrent,
     "gru": _recurrent,

@@ -246,8 +246,10 @@ def test_random_specs_cover_every_layer_option():
             if kind in ("conv1d", "conv2d"):
                 p = layer[kind]["padding"]
                 paddings.add(p if isinstance(p, str) else type(p).__name__)
-    # embedding takes token ids, not random floats: test_embedding_maps_to_gather covers it
-    assert set(export.EMITTERS) - {"embedding"} <= kinds, set(export.EMITTERS) - kinds - {"embedding"}
+    # embedding takes token ids, not random floats: test_embedding_maps_to_gather covers it;
+    # permute: test_permute_maps_to_transpose
+    others = {"embedding", "permute"}
+    assert set(export.EMITTERS) - others <= kinds, set(export.EMITTERS) - kinds - others
     assert paddings == {"valid", "same", "int", "list"}
 
 
@@ -275,6 +277,15 @@ train: {epochs: 1, batch_size: 8}
     _, model = compare(tmp_path / "t.npz", exported.path)
     ops = [n.op_type for n in model.graph.node]
     assert ops[:2] == ["Cast", "Gather"], ops
+
+
+def test_permute_maps_to_transpose(tmp_path):
+    layers = [{"permute": [2, 1]}, {"conv1d": {"filters": 3, "kernel": 3}}, "relu", "flatten", {"dense": 2}]
+    random_checkpoint(tmp_path / "p.npz", spec_text([6, 2], layers, "cross_entropy"), np.random.default_rng(2))
+    exported = export.to_onnx(tmp_path / "p.npz", tmp_path / "p.onnx")
+    _, model = compare(tmp_path / "p.npz", exported.path)
+    (transpose,) = [n for n in model.graph.node if n.op_type == "Transpose"]
+    assert [a.ints for a in transpose.attribute if a.name == "perm"] == [[0, 2, 1]]
 
 
 def _write(model, path):
