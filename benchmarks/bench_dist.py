@@ -2,7 +2,7 @@
 
 The reference MLP (784-512-256-10 ReLU, batch 128, SGD momentum) and LSTM (64 steps x 32
 features -> lstm 128 -> dense 10, batch 32), each as
-  - 1 process x 2 threads on the global batch,
+  - 1 process x 2 threads on the global batch (and x 1 thread, for scale),
   - 2 ranks x 1 thread (mpirun -n 2), each on half of it, allreduce overlapped with backward,
   - 2 ranks x 1 thread with one blocking allreduce after backward (no overlap),
 in alternating rounds; prints samples/s (min-max over rounds), the time each rank is
@@ -168,9 +168,12 @@ def main():
     )
     for name in a.models.split(","):
         m = MODELS[name]
-        runs = {"single": [], "overlap": [], "blocking": []}
+        runs = {"single": [], "one_thread": [], "overlap": [], "blocking": []}
         for _ in range(a.rounds):
             runs["single"].append(run_child("bench_dist.py", ["--child", name, "--threads", 2, "--seconds", a.seconds]))
+            runs["one_thread"].append(
+                run_child("bench_dist.py", ["--child", name, "--threads", 1, "--seconds", a.seconds])
+            )
             runs["overlap"].append(run_ranks(name, a.seconds, True))
             runs["blocking"].append(run_ranks(name, a.seconds, False))
         rate = {k: [r["samples_per_s"] for r in v] for k, v in runs.items()}
@@ -181,6 +184,7 @@ def main():
         hidden = [1 - o / b if b > 0 else 0.0 for o, b in zip(blocked_ov, blocked_bl)]
         print(f"\n{name}: global batch {m['batch']}, {nbytes / 1e6:.2f} MB of gradients per rank per step")
         print(f"  1 process x 2 threads      {span(rate['single']):>16} samples/s")
+        print(f"  1 process x 1 thread       {span(rate['one_thread']):>16} samples/s  (half the cores: for scale)")
         print(
             f"  2 ranks x 1 thread overlap {span(rate['overlap']):>16} samples/s  "
             f"({span(ratios, '{:.2f}')}x of 1 process; target >= 0.9x), blocked in MPI "

@@ -25,7 +25,10 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DlcliError as e:
-            click.echo(f"Error: {one_line(e)}", err=True)
+            from .distributed import launch_rank
+
+            if launch_rank() == 0:  # under mpirun every rank has the same error: rank 0 says it
+                click.echo(f"Error: {one_line(e)}", err=True)
             sys.exit(e.exit_code)
 
     return wrapper
@@ -106,44 +109,29 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
     runs/<name>-2.npz, and an existing -o path is refused unless --overwrite. With --resume
     and no SPEC_FILE, the checkpoint's own settings (command-line overrides included) go on.
     """
-    from . import distributed
+    from . import distributed, run
 
-    if spec_file is None and resume is None:
-        raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
+    if spec_file is None:
+        if resume is None:
+            raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
+        s, _ = run.spec_or_checkpoint(resume)
+    else:
+        s = run.load_spec(spec_file)
+    s = run.apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     sync = distributed.world()  # None unless launched by mpirun/srun as several ranks
-    with distributed.failing_together(sync):
-        code = _train(
-            sync,
-            spec_file,
-            epochs,
-            batch_size,
-            lr,
-            seed,
-            threads,
-            output,
-            resume,
-            overwrite,
-            log_path,
-            log_grad_norms,
-            quiet,
-        )
+    with distributed.failing_together(sync):  # from here an error on one rank ends every rank
+        code = _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet)
         if sync is not None:  # no rank exits (non-zero ends the job) before rank 0 has written and said all
             sync.barrier()
     sys.exit(code)
 
 
-def _train(
-    sync, spec_file, epochs, batch_size, lr, seed, threads, output, resume, overwrite, log_path, log_grad_norms, quiet
-):
-    """The train command's body; returns its exit code (0, 130 interrupted, 1 diverged)."""
+def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
+    """The train command's body after the spec; returns its exit code (0, 130 interrupted,
+    1 diverged)."""
     from . import run
     from .dashboard import Dashboard, PlainProgress
 
-    if spec_file is None:
-        s, _ = run.spec_or_checkpoint(resume)
-    else:
-        s = run.load_spec(spec_file)
-    s = run.apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     speaks = sync is None or sync.rank == 0  # under MPI rank 0 alone prints
     if quiet or not speaks:
         display = None

@@ -61,6 +61,12 @@ def detect(environ=None) -> Launch | None:
     return None
 
 
+def launch_rank(environ=None) -> int:
+    """This process's rank as the launcher's environment gives it (0 without a launcher)."""
+    launch = detect(environ)
+    return launch.rank if launch is not None else 0
+
+
 def several_ranks(environ=None) -> int:
     """The number of ranks when the launcher started more than one (else 0): for the
     commands that run in one process only."""
@@ -76,7 +82,7 @@ def refuse_several_ranks(command):
     n = several_ranks()
     if not n:
         return
-    if detect().rank == 0:
+    if launch_rank() == 0:
         print(
             f"Error: `dlcli {command}` runs in one process; it was launched as {n} MPI ranks. "
             f"Run it without mpirun/srun (only `dlcli train` trains across ranks).",

@@ -151,6 +151,17 @@ def test_single_process_commands_refuse_several_ranks(command):
     assert r.exit_code == 2 and r.output == ""  # rank 0 alone says it
 
 
+def test_a_bad_spec_under_a_launcher_is_said_once(tmp_path):
+    """Every rank reads the same spec, before MPI starts: rank 0 alone prints the error."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MLP.replace("batch_size: 20", "batch_size: -1"))
+    for rank, said in (("0", 1), ("1", 0)):
+        env = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": rank}
+        r = CliRunner().invoke(main, ["train", str(bad)], env=env)
+        assert r.exit_code == 2
+        assert r.output.count("Error: ") == said and (not said or "batch_size" in r.output)
+
+
 # ---------------------------------------------------------------- mpirun -n 2
 
 
