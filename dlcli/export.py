@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checkpoint
 from .errors import DlcliError, ExportError, OutputError
 from .files import atomic_path
 from .layers.conv import resolve_padding
@@ -327,8 +327,9 @@ def output_meaning(pred):
     return "output", "the model's raw outputs (regression)"
 
 
-def build(pred, opset=DEFAULT_OPSET):
-    """The ONNX ModelProto for an opened checkpoint (`predict.open_model`)."""
+def build(pred, opset=DEFAULT_OPSET, vocabulary=None):
+    """The ONNX ModelProto for an opened checkpoint (`predict.open_model`); a text model's
+    `vocabulary` (the checkpoint's metadata entry) goes into the model's metadata."""
     onnx = _onnx()
     helper = onnx.helper
     newest = onnx.defs.onnx_opset_version()
@@ -387,7 +388,10 @@ def build(pred, opset=DEFAULT_OPSET):
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="dlcli", producer_version=__version__)
     model.ir_version = helper.find_min_ir_version_for(opsets)  # the oldest runtime that can read it
-    helper.set_model_props(model, metadata(pred, name, meaning))
+    props = metadata(pred, name, meaning)
+    if vocabulary:
+        props["vocabulary"] = json.dumps(vocabulary)
+    helper.set_model_props(model, props)
     return model
 
 
@@ -447,7 +451,7 @@ def to_onnx(checkpoint_path, output=None, opset=DEFAULT_OPSET, run_check=False, 
     if output.exists() and not overwrite:
         raise OutputError(f"{output} already exists; pass --overwrite to replace it, or -o a new path")
     pred = open_model(checkpoint_path)
-    model = build(pred, opset)
+    model = build(pred, opset, vocabulary=checkpoint.load(checkpoint_path).meta.get("text"))
     found = check(model, pred) if run_check else None
     if found is not None and found.max_diff is not None and found.max_diff > TOLERANCE * max(1.0, found.scale):
         raise DlcliError(

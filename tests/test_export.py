@@ -104,6 +104,9 @@ def test_sample_config_exports_and_matches_predict(path, tmp_path):
     result = invoke("export", ckpt, "-o", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output
     pred, model = compare(ckpt, tmp_path / "m.onnx")
+    text = checkpoint.load(ckpt).meta.get("text")
+    props = {p.key: p.value for p in model.metadata_props}
+    assert (json.loads(props["vocabulary"]) if text else None) == text  # a text model's tokens travel along
     # and against the predict command itself, on a file, as a user would
     x = raw_inputs(pred, 37, 7)
     np.save(tmp_path / "x.npy", x)
