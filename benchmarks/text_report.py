@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
 def validation_bpc(model, loss, dataset, batch_size=256):

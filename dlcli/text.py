@@ -85,10 +85,6 @@ class Vocabulary:
         return cls(meta["level"], list(meta["tokens"]), meta.get("unk", "<unk>"))
 
 
-def is_text(data_spec):
-    return data_spec.text is not None
-
-
 def read(spec):
     """(text, description) of a spec's text source."""
     ds = spec.data

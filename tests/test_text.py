@@ -12,7 +12,7 @@ from dlcli import checkpoint, data, losses, run, spec, text
 from dlcli.cli import main
 from dlcli.datasets.text import Arithmetic
 from dlcli.errors import DataError, SpecError
-from dlcli.generate import Stepper, encode_prompt, next_token, open_text_model
+from dlcli.generate import Stepper, encode_prompt, generate, next_token, open_text_model
 
 CORPUS = "the cat sat on the mat. the dog sat on the log.\n" * 12 + "a cat! zq"
 
@@ -273,3 +273,40 @@ def test_inspect_gradients_and_gradcheck_work_on_a_text_model(corpus_spec):
     g = CliRunner().invoke(main, ["gradcheck", p, "--samples", "5", "--batch-size", "2"])
     assert g.exit_code == 0, g.output
     assert "not differentiable" in g.output and "n/a" in g.output
+
+
+def test_dashboard_and_plain_progress_show_bits_per_character(corpus_spec, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from dlcli.dashboard import Dashboard
+
+    r = CliRunner().invoke(main, ["train", str(corpus_spec()), "-o", str(tmp_path / "plain.npz")])
+    assert r.exit_code == 0, r.output
+    assert re.search(r"epoch 1/1 .*val_bpc \d\.\d{3} val_ppl \d", r.output), r.output
+    console = Console(file=io.StringIO(), record=True, width=160, force_terminal=True, color_system=None)
+    dash = Dashboard(console=console)
+    run.train(spec.load(corpus_spec()), output=tmp_path / "dash.npz", display=dash)
+    frame = Console(file=io.StringIO(), record=True, width=160, color_system=None)
+    frame.print(dash.render())
+    shown = frame.export_text()
+    assert re.search(r"loss \d\.\d+ +bpc \d\.\d{3}", shown) and re.search(r"val bpc \d\.\d{3} +val ppl", shown), shown
+
+
+def test_word_level_model_trains_logs_bits_per_word_and_generates_words(corpus_spec, tmp_path):
+    p = corpus_spec(**{"text: {seq_len: 8, stride: 4}": "text: {level: word, seq_len: 6, stride: 2, min_count: 2}"})
+    s = spec.load(p)
+    vocab = text.vocabulary(s)
+    assert "cat" in vocab.index and " " in vocab.index and "zq" not in vocab.index
+    assert "!" not in vocab.index  # seen once in the training part: below min_count
+    log = tmp_path / "w.jsonl"
+    r = CliRunner().invoke(main, ["train", str(p), "-o", str(tmp_path / "w.npz"), "--log", str(log), "-q"])
+    assert r.exit_code == 0, r.output
+    epoch = json.loads(log.read_text().splitlines()[-1])
+    assert epoch["val_bits_per_word"] == pytest.approx(epoch["val_loss"] / math.log(2), rel=1e-5)
+    g = CliRunner().invoke(main, ["generate", str(tmp_path / "w.npz"), "--prompt", "the cat", "--length", "5"])
+    assert g.exit_code == 0 and g.output.startswith("the cat")
+    tokens = list(generate(open_text_model(tmp_path / "w.npz"), "the cat", length=5))
+    assert len(tokens) == 5 and all(t in vocab.index and t != "<unk>" for t in tokens)
+    assert g.output == "the cat" + "".join(tokens) + "\n"  # the command streams the same tokens (seed 0)
