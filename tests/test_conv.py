@@ -234,6 +234,7 @@ train: {epochs: 1, batch_size: 16}
 """
 
 
+@pytest.mark.slow  # 18-23 s each on a loaded machine
 @pytest.mark.parametrize("fuse", [False, True])
 def test_cnn_model_gradients(fuse, rng):
     from dlcli import run, spec

@@ -39,7 +39,7 @@ def opt_spec(text):
     return spec.parse("data: builtin:xor\nmodel: {input: [2], layers: [dense: 2]}\noptimizer: " + text).optimizer
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32])  # training's dtype (see test_kernels_core.PARAM_DTYPES)
 @pytest.mark.parametrize(
     "text",
     [
@@ -381,6 +381,7 @@ def test_ctrl_c_handler_sets_the_flag_then_interrupts():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.slow
 def test_spirals_sample_config_reaches_97_percent(tmp_path):
     """The issue's acceptance criterion, on the sample config with fewer epochs (the full 40
     take ~25 s on this machine; they reach 100%, see the report)."""
