@@ -33,6 +33,8 @@ def open_text_model(path) -> TextModel:
             f"{path}: not a text model (it was not trained on a text source, so it has no vocabulary)"
         )
     spec, model = checkpoint.build_model(ckpt)
+    if not model.is_chain():
+        raise CheckpointError(f"{path}: a graph model (named inputs, merges): generate runs a plain stack of layers")
     first = model.trained[0]
     if not first.INTEGER_INPUT:
         raise CheckpointError(f"{path}: not a text model (its first layer, {first.name}, does not take token ids)")

@@ -230,6 +230,21 @@ def test_generate_bad_input_is_one_line_exit_2(trained, tmp_path):
     assert r.exit_code == 2 and "not a text model" in r.output and r.output.count("\n") == 1
 
 
+def test_generate_refuses_a_graph_model(tmp_path):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    p = tmp_path / "graph.yaml"
+    p.write_text(
+        "data: {source: corpus.txt, text: {seq_len: 8}}\n"
+        "model:\n  layers:\n    - embedding: 4\n    - {lstm: {units: 8, return_sequences: true}, name: h}\n"
+        "    - {dense: 8, name: f}\n    - {add: null, input: [h, f]}\n    - dense: vocab\n"
+        "train: {epochs: 1, batch_size: 16}\n"
+    )
+    r = CliRunner().invoke(main, ["train", str(p), "-o", str(tmp_path / "g.npz"), "-q"])
+    assert r.exit_code == 0, r.output
+    g = CliRunner().invoke(main, ["generate", str(tmp_path / "g.npz")])
+    assert g.exit_code == 2 and "a graph model" in g.output and g.output.count("\n") == 1, g.output
+
+
 def test_encode_prompt_maps_unknown_characters_to_unk_on_request():
     v = text.Vocabulary.build(list("abc"), "char")
     with pytest.raises(DataError):
