@@ -22,3 +22,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # when it loads, so it must be set before NumPy is imported; `dlcli` is imported first by
 # the command line and by the benchmarks.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def _user_kernel_cache():
+    """Numba caches compiled kernels next to their source. Installed into a site-packages
+    the user cannot write (a system or shared install), that fails, and every run would
+    compile again (tens of seconds): then cache in the user's own cache folder. Set before
+    Numba is imported; a NUMBA_CACHE_DIR the user set wins."""
+    if "NUMBA_CACHE_DIR" in os.environ:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.access(here, os.W_OK):
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(base, "dlcli", "numba")
+
+
+_user_kernel_cache()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import math
+import mmap
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +57,7 @@ def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
         check_values(y, "y", path)
         classes = []
     elif suffix == ".npy":
-        x = _load_npy(path)
+        x = _load_npy(path, mmap=True)
         check_values(x, "the array", path)
         targets = resolve(data_spec.targets, spec_path)
         y = _load_npy(targets)
@@ -67,10 +70,10 @@ def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
     return x, y, classes, f"{path.name}, {len(x)} samples"
 
 
-def check_values(a, name, where, rows=1 << 16):
+def check_values(a, name, where, rows=None):
     """Refuse an array a model cannot take: not numbers, a single number, or a NaN or an
     infinity, named by its file, array and first bad row (training would otherwise stop
-    much later with "diverged"). Checked `rows` at a time, so a memory-mapped file is
+    much later with "diverged"). Checked a chunk at a time, so a memory-mapped file is
     never read whole."""
     if a.dtype.kind not in "fiub":
         raise DataError(f"{where}: {name} holds {a.dtype} values, not numbers")
@@ -78,6 +81,7 @@ def check_values(a, name, where, rows=1 << 16):
         raise DataError(f"{where}: {name} is a single number, not an array of samples")
     if a.dtype.kind != "f":
         return
+    rows = rows or chunk_rows(a)
     for start in range(0, len(a), rows):
         block = np.asarray(a[start : start + rows])
         finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
@@ -85,6 +89,23 @@ def check_values(a, name, where, rows=1 << 16):
             row = int(np.argmin(finite))
             value = block[row][~np.isfinite(block[row])].flat[0]
             raise DataError(f"{where}: {name} has {value} in row {start + row} (counting from 0); data must be finite")
+        drop_read_pages(a)
+
+
+def chunk_rows(a, budget=4 << 20):
+    """How many rows of `a` fit in `budget` bytes (at least one, and as float64): the unit
+    in which a whole array is scanned without holding it."""
+    row_bytes = 8 * math.prod(a.shape[1:])
+    return max(1, budget // max(row_bytes, 1))
+
+
+def drop_read_pages(a):
+    """Let go of the pages of a memory-mapped array read so far. They stay in the page
+    cache, but no longer count in this process's resident memory, which would otherwise
+    grow to the file's size over an epoch. A no-op for an array in memory."""
+    mapped = getattr(a, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _load_npy(path, mmap=False):
@@ -96,7 +117,9 @@ def _load_npy(path, mmap=False):
         raise DataError(f"{path}: not a readable .npy array ({e})") from None
 
 
-def _load_npz(path, keys=("x", "y")):
+def _load_npz(path, keys=("x", "y"), mmap_first=True):
+    """The arrays `keys` of a .npz; the first memory-mapped when the file stores it
+    uncompressed (np.savez), so a large x is read a batch at a time."""
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in keys if k not in f.files]
@@ -105,11 +128,35 @@ def _load_npz(path, keys=("x", "y")):
                     f"{path}: no array named '{missing[0]}'; a .npz data file needs keys "
                     f"{', '.join(keys)} (found: {', '.join(f.files) or 'none'})"
                 )
-            return tuple(f[k] for k in keys)
+            first = _map_npz_member(path, keys[0]) if mmap_first else None
+            return (f[keys[0]] if first is None else first,) + tuple(f[k] for k in keys[1:])
     except FileNotFoundError:
         raise DataError(f"data file not found: {path}") from None
     except LOAD_ERRORS as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def _map_npz_member(path, key):
+    """A read-only memory map of array `key` of a .npz, or None when the member is
+    compressed (np.savez_compressed) and so must be read whole."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(key + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local file header: its name and extra field lengths differ per file
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    if dtype.hasobject or math.prod(shape) == 0:
+        return None
+    return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
 
 
 def load_csv(path, label, classification=True, need_label=True):
@@ -226,7 +273,7 @@ def _test_arrays(ds, spec_path, classification, classes):
     path = resolve(ds.test, spec_path)
     if path.suffix.lower() == ".npz":
         keys = ("x_test", "y_test") if _npz_has(path, "x_test", "y_test") else ("x", "y")
-        x, y = _load_npz(path, keys)
+        x, y = _load_npz(path, keys, mmap_first=False)
         check_values(x, keys[0], path)
         check_values(y, keys[1], path)
         desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
@@ -252,6 +299,90 @@ def _npz_has(path, *keys):
         return False
 
 
+class MappedRows:
+    """The samples `rows` of a memory-mapped array, read only when a batch asks for them:
+    each batch is gathered in file order (sorted indices) and put back in the order asked
+    for, then shaped, converted and standardised exactly as an in-memory array is, so a
+    run is bit-identical either way and its memory stays a few batches, whatever the file's
+    size. Slicing stays lazy; np.asarray or an index array reads."""
+
+    def __init__(self, source, rows, shape_batch, mean=None, std=None):
+        self.source, self.rows, self.shape_batch = source, rows, shape_batch
+        self.mean, self.std = mean, std
+        self.shape = (len(rows),) + shape_batch(source[:0]).shape[1:]
+        self.ndim, self.dtype = len(self.shape), np.dtype(np.float32)
+
+    def _view(self, rows, mean, std):
+        return MappedRows(self.source, rows, self.shape_batch, mean, std)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self._view(self.rows[key], self.mean, self.std)
+        wanted = self.rows[np.asarray(key)]
+        file_order = np.argsort(wanted, kind="stable")
+        batch = np.empty((len(wanted),) + self.shape[1:], np.float32)
+        batch[file_order] = self.shape_batch(self._read(wanted[file_order]))
+        return batch if self.mean is None else standardize(batch, self.mean, self.std)
+
+    def _read(self, rows):
+        """Rows (sorted) of the file, each run of consecutive rows in one read. Read, not
+        paged in through the map: the kernel maps whole page-cache folios (up to 2 MB) per
+        touched row, so a random batch of 256 rows put ~80 MB of a 96 MB file in the
+        resident set (measured); read into a fresh array, a batch costs only itself."""
+        src = self.source
+        if not src.flags.c_contiguous:  # a Fortran-ordered file: rows are not contiguous
+            out = np.asarray(src[rows])
+            drop_read_pages(src)
+            return out
+        out = np.empty((len(rows),) + src.shape[1:], src.dtype)
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        row_bytes = flat.shape[1] if len(rows) else 0
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)
+        ends = np.append(starts[1:], len(rows))
+        with open(src.filename, "rb", buffering=0) as f:
+            for a, b in zip(starts, ends):
+                want = (b - a) * row_bytes
+                got = os.preadv(f.fileno(), [flat[a:b].reshape(-1)], src.offset + int(rows[a]) * row_bytes)
+                if got != want:
+                    raise DataError(f"{src.filename}: the file ended early (truncated while training?)")
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        batch = self[np.arange(len(self))]
+        return batch if dtype is None else batch.astype(dtype, copy=False)
+
+    def select(self, indices):
+        """These rows' subset, still unread."""
+        return self._view(self.rows[indices], self.mean, self.std)
+
+    def standardized(self, mean, std):
+        return self._view(self.rows, mean, std)
+
+
+def column_stats(x, rows=None):
+    """Per-feature mean and standard deviation (+1e-8) of x as float32, accumulated in
+    float64 a chunk (`rows`) at a time (Chan et al.'s pairwise update), so a memory-mapped split is
+    never read whole; in-memory arrays take the same path so both give the same model."""
+    n, mean, m2 = 0, 0.0, 0.0
+    rows = rows or chunk_rows(x)
+    for start in range(0, len(x), rows):
+        block = np.asarray(x[start : start + rows]).astype(np.float64)
+        k = len(block)
+        block_mean = block.mean(axis=0)
+        block -= block_mean  # in place: the chunk's only float64 copy
+        block *= block
+        block_m2 = block.sum(axis=0)
+        delta = block_mean - mean
+        mean = mean + delta * (k / (n + k))
+        m2 = m2 + block_m2 + delta**2 * (n * k / (n + k))
+        n += k
+    std = np.sqrt(m2 / n) + 1e-8
+    return np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+
 def load(spec, loss, output_shape, vocab=None) -> Dataset:
     """The spec's data, split into training, validation and (optionally) test, checked
     against the model. The test split is cut first, so adding one leaves the validation
@@ -268,7 +399,14 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         memory.require({"dataset": need}, f"{ds.source} with {samples} samples")
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
-    x = fit_input(np.asarray(x), spec.model.input, where, ds.layout).astype(np.float32, copy=False)
+
+    def shape_batch(raw):
+        return fit_input(np.asarray(raw), spec.model.input, where, ds.layout).astype(np.float32, copy=False)
+
+    if isinstance(x, np.memmap):
+        x = MappedRows(x, np.arange(len(x)), shape_batch)  # checks the shape now, reads nothing
+    else:
+        x = shape_batch(x)
     y = loss.check_targets(np.asarray(y), output_shape, where)
     rng = np.random.default_rng([spec.seed, 1])
     order = rng.permutation(len(x)) if ds.shuffle else np.arange(len(x))
@@ -281,22 +419,26 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
             + f" leave no training samples of {len(x)}"
         )
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    d = Dataset(x[train], y[train], x[val], y[val], classes, description=description)
+    pick = x.select if isinstance(x, MappedRows) else x.__getitem__
+    d = Dataset(pick(train), y[train], pick(val), y[val], classes, description=description)
     if n_test:
-        d.x_test, d.y_test = x[test], y[test]
+        d.x_test, d.y_test = pick(test), y[test]
         d.test_description = f"test_split {ds.test_split} of {description.split(',')[0]}, {n_test} samples"
     elif ds.test:
         tx, ty, d.test_description = _test_arrays(ds, spec.path, loss.classification, classes)
         d.x_test = fit_input(np.asarray(tx), spec.model.input, ds.test, ds.layout).astype(np.float32, copy=False)
         d.y_test = loss.check_targets(np.asarray(ty), output_shape, ds.test)
     if ds.standardize:
-        d.mean = d.x_train.mean(axis=0)
-        d.std = d.x_train.std(axis=0) + 1e-8
-        d.x_train = standardize(d.x_train, d.mean, d.std)
-        d.x_val = standardize(d.x_val, d.mean, d.std)
+        d.mean, d.std = column_stats(d.x_train)
+        d.x_train = _standardized(d.x_train, d.mean, d.std)
+        d.x_val = _standardized(d.x_val, d.mean, d.std)
         if d.x_test is not None:
-            d.x_test = standardize(d.x_test, d.mean, d.std)
+            d.x_test = _standardized(d.x_test, d.mean, d.std)
     return d
+
+
+def _standardized(x, mean, std):
+    return x.standardized(mean, std) if isinstance(x, MappedRows) else standardize(x, mean, std)
 
 
 def standardize(x, mean, std):
@@ -314,7 +456,7 @@ def batches(x, y, batch_size, rng=None, share=None):
             a, b = share(hi - lo)
             lo, hi = lo + a, lo + b
         if order is None:
-            yield x[lo:hi], y[lo:hi]
+            yield np.asarray(x[lo:hi]), y[lo:hi]
         else:
             idx = order[lo:hi]
             yield x[idx], y[idx]
