@@ -31,7 +31,7 @@ format: $(BIN)/dlcli
 	$(BIN)/ruff format .
 
 bench: $(BIN)/dlcli
-	$(BIN)/python benchmarks/bench_mlp.py
+	$(BIN)/python benchmarks/bench_table.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

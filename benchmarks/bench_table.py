@@ -1,0 +1,148 @@
+"""`make bench`: every reference model of the benchmark scripts in one table, bounded.
+
+For each model (mlp, cnn from bench_mlp/bench_cnn; rnn, lstm, gru from bench_rnn) and
+1 and 2 threads: dlcli's and PyTorch's training samples/s (each the scripts' own child
+process, so the models are theirs), the ratio, and each child's peak RSS; then, per
+model, the cold (empty NUMBA_CACHE_DIR) and warm time to the first training step, and
+what each kernel family (module of dlcli/kernels) cost to compile in the cold run.
+
+    python benchmarks/bench_table.py [--rounds 1] [--seconds 1] [--threads 1,2]
+
+Numbers from a shared machine vary: run it more than once and compare ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import HERE, torch_available  # noqa: E402
+
+MODELS = {  # name: (script, extra arguments of its child)
+    "mlp": ("bench_mlp.py", []),
+    "cnn": ("bench_cnn.py", []),
+    "rnn": ("bench_rnn.py", ["--cells", "rnn"]),
+    "lstm": ("bench_rnn.py", ["--cells", "lstm"]),
+    "gru": ("bench_rnn.py", ["--cells", "gru"]),
+}
+
+
+def child(args, env=None, timeout=600):
+    """(the JSON a child prints last, its peak RSS in MB): ru_maxrss of that child alone."""
+    proc = subprocess.Popen(
+        [sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{args[0]} timed out")
+        time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out, err = proc.stdout.read(), proc.stderr.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+FIRST_STEP = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {here!r})
+import dlcli
+import numba.core.event as event
+import numpy as np
+import {module} as bench
+from dlcli import optim, run, spec
+from dlcli.train import train_step
+
+with event.install_recorder("numba:compile") as recorder:
+    s = spec.parse({text}, "first_step.yaml")
+    model, loss = run.build(s)
+    opt = optim.for_model(s.optimizer, model)
+    n = s.train.batch_size
+    x = np.zeros((n, *s.model.input), np.float32)
+    train_step(model, loss, opt, x, np.zeros(n, np.int64), 0.01)
+seconds = time.perf_counter() - t0
+families, open_ = {{}}, []
+for stamp, ev in recorder.buffer:  # outermost compilations only: nested ones are inside them
+    if ev.is_start:
+        open_.append(stamp)
+    else:
+        began = open_.pop()
+        if not open_:
+            module = ev.data["dispatcher"].py_func.__module__.rsplit(".", 1)[-1]
+            families[module] = families.get(module, 0.0) + stamp - began
+print(json.dumps({{"seconds": seconds, "families": families}}))
+"""
+
+
+def first_step(name, cache_dir):
+    script, extra = MODELS[name]
+    module = script[:-3]
+    text = f"bench.spec_text({extra[1]!r})" if extra else "bench.SPEC"
+    code = FIRST_STEP.format(here=HERE, module=module, text=text)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    return child(["-c", code], env=env)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds per figure (best kept)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per child")
+    ap.add_argument("--models", default=",".join(MODELS))
+    a = ap.parse_args()
+    names = a.models.split(",")
+    have_torch = torch_available()
+    started = time.perf_counter()
+    rows = []
+    for name in names:
+        script, extra = MODELS[name]
+        for threads in map(int, a.threads.split(",")):
+            best = {"dlcli": (0.0, 0.0), "torch": (0.0, 0.0)}
+            for _ in range(a.rounds):
+                for who in ("dlcli", "torch") if have_torch else ("dlcli",):
+                    args = [os.path.join(HERE, script), "--child", who, *extra]
+                    rate, rss = child([*args, "--threads", threads, "--seconds", a.seconds])
+                    if rate > best[who][0]:
+                        best[who] = (rate, rss)
+            rows.append((name, threads, best))
+    print(f"training samples/s, best of {a.rounds} round(s) of {a.seconds:g} s; peak RSS of each child")
+    print(f"{'model':<6} {'thr':>3} {'dlcli/s':>10} {'PyTorch/s':>10} {'ratio':>6} {'dlcli MB':>9} {'PyTorch MB':>10}")
+    for name, threads, best in rows:
+        (ours, our_rss), (theirs, their_rss) = best["dlcli"], best["torch"]
+        ratio = f"{ours / theirs:6.2f}" if theirs else "     -"
+        theirs_text = f"{theirs:>10,.0f}" if theirs else f"{'-':>10}"
+        their_rss_text = f"{their_rss:>10.0f}" if theirs else f"{'-':>10}"
+        print(f"{name:<6} {threads:>3} {ours:>10,.0f} {theirs_text} {ratio} {our_rss:>9.0f} {their_rss_text}")
+    if not have_torch:
+        print("PyTorch not installed: its columns are skipped (pip install torch, CPU build)")
+    print()
+    print("time to the first training step (interpreter start to end of step), and compile seconds per kernel family")
+    for name in names:
+        cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
+        try:
+            (cold, cold_rss), (warm, _) = first_step(name, cache), first_step(name, cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        families = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cold["families"].items(), key=lambda kv: -kv[1]))
+        print(
+            f"{name:<6} cold {cold['seconds']:6.2f} s (peak {cold_rss:.0f} MB), warm {warm['seconds']:5.2f} s; "
+            f"compile: {families}"
+        )
+    print(f"\nwhole table: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
