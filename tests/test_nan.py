@@ -348,7 +348,9 @@ train: {epochs: 3, batch_size: 8}
 )
 def test_a_nan_in_the_data_stops_training_with_the_last_good_checkpoint(tmp_path, text, shape, index):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", x=rng.standard_normal((32,) + shape), y=rng.integers(0, 2, 32))
+    # compressed: read into memory, where the callback can poison it (np.savez's
+    # uncompressed arrays are memory-mapped read-only)
+    np.savez_compressed(tmp_path / "data.npz", x=rng.standard_normal((32,) + shape), y=rng.integers(0, 2, 32))
     (tmp_path / "s.yaml").write_text(text)
     out = tmp_path / "n.npz"
     s = spec.load(tmp_path / "s.yaml")
