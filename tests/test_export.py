@@ -96,7 +96,7 @@ def small(path, samples=48):
     return spec.parse(yaml.safe_dump(doc, sort_keys=False), str(path))
 
 
-@pytest.mark.slow  # 3-5 s each, the recurrent text samples 25-55 s
+@pytest.mark.slow  # 3-5 s each on a loaded machine
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
 def test_sample_config_exports_and_matches_predict(path, tmp_path):
     from dlcli import run
