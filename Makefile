@@ -15,7 +15,7 @@ demo: $(BIN)/dlcli
 	$(BIN)/dlcli train sample_configs/spirals_mlp.yaml   # runs/spirals_mlp.npz, or -2, -3 ... when it exists
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --durations=15
 
 # The fuzz tests with a long budget (DLCLI_FUZZ_EXAMPLES examples per test, default 2000);
 # `make test` runs the same tests with a small, derandomized one.
