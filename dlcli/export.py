@@ -21,6 +21,7 @@ import numpy as np
 from . import __version__, checkpoint
 from .errors import DlcliError, ExportError, OutputError
 from .files import atomic_path
+from .gradcheck import random_input
 from .layers.conv import resolve_padding
 from .losses import Loss
 from .model import MODEL_INPUT
@@ -423,8 +424,9 @@ def check(model, pred, samples=38, seed=0):
     except ImportError:
         return result
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((samples, *pred.input_shape)).astype(np.float32)
-    if pred.mean is not None:
+    first = pred.model.trained[0]
+    x = random_input(first, (samples, *pred.input_shape), rng).astype(np.float32)  # token ids for a text model
+    if pred.mean is not None and not first.INTEGER_INPUT:
         x = (x * pred.std + pred.mean).astype(np.float32)
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -297,6 +297,9 @@ train: {epochs: 1, batch_size: 8}
     _, model = compare(tmp_path / "t.npz", exported.path)
     ops = [n.op_type for n in model.graph.node]
     assert ops[:2] == ["Cast", "Gather"], ops
+    checked = invoke("export", tmp_path / "t.npz", "-o", tmp_path / "c.onnx", "--check")  # feeds token ids
+    assert checked.exit_code == 0, checked.output
+    assert "largest difference" in checked.output
 
 
 def test_permute_maps_to_transpose(tmp_path):
