@@ -50,9 +50,11 @@ train: {epochs: 1, batch_size: 64}
 
 
 def _model(threads):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+
+    # isort: split
     import numpy as np
 
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
 
     runtime.set_threads(threads)

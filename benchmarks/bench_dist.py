@@ -61,9 +61,11 @@ MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 def measure(name, threads, seconds, overlap=True):
     """In this process (a rank under mpirun, or alone): the best window's samples/s of the
     global batch, and per step the seconds blocked in MPI and the compute seconds."""
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+
+    # isort: split
     import numpy as np
 
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import distributed, optim, run, runtime, spec
     from dlcli.train import train_step
 

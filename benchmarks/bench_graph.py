@@ -62,9 +62,11 @@ def spec_text(name):
 
 
 def dlcli_rate(name, threads, seconds):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+
+    # isort: split
     import numpy as np
 
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
     from dlcli.train import train_step
 

@@ -41,9 +41,11 @@ train: {epochs: 1, batch_size: 128}
 
 
 def dlcli_rate(threads, seconds):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+
+    # isort: split
     import numpy as np
 
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
     from dlcli.train import train_step
 

@@ -44,9 +44,11 @@ def batch(rng):
 
 
 def dlcli_rate(threads, seconds):
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+
+    # isort: split
     import numpy as np
 
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
     from dlcli import optim, run, runtime, spec
 
     runtime.set_threads(threads)

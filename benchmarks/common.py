@@ -44,10 +44,11 @@ def best_rate(step, samples_per_step, seconds=2.0, warmup=3):
 def gemm_gflops(threads, seconds=1.0, n=1024):
     """GFLOP/s of one large float32 n x n x n product through NumPy's BLAS on `threads`
     cores: the machine's practical peak, to set a kernel's GFLOP/s against."""
+    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
+
+    # isort: split
     import numpy as np
     from threadpoolctl import threadpool_limits
-
-    import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
 
     threadpool_limits(threads, "blas")
     rng = np.random.default_rng(0)
