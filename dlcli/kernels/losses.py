@@ -1,10 +1,15 @@
-"""Loss kernels: each returns the summed loss and fills the gradient, scaled by `scale`."""
+"""Loss kernels: each returns the summed loss and fills the gradient, scaled by `scale`.
+
+Serial, like the dense passes (kernels/dense.py says why): a loss touches each output
+once, and as `parallel=True` kernels they took 2-3 s each to compile cold; a serial sum
+is also the same for every thread count.
+"""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def softmax_cross_entropy(logits, labels, grad, scale):
     """Cross-entropy of softmax(logits) against integer labels, via log-sum-exp.
 
@@ -12,9 +17,9 @@ def softmax_cross_entropy(logits, labels, grad, scale):
     grad = (softmax - onehot) * scale.
     """
     n, c = logits.shape
-    losses = np.empty(n)
-    hits = np.zeros(n, dtype=np.int64)
-    for i in prange(n):
+    total = 0.0
+    hits = 0
+    for i in range(n):
         m = logits[i, 0]
         best = 0
         for j in range(1, c):
@@ -27,27 +32,27 @@ def softmax_cross_entropy(logits, labels, grad, scale):
             grad[i, j] = e
             s += e
         label = labels[i]
-        losses[i] = np.log(s) + m - logits[i, label]
+        total += np.log(s) + m - logits[i, label]
         for j in range(c):
             grad[i, j] = grad[i, j] / s * scale
         grad[i, label] -= scale
         if best == label:
-            hits[i] = 1
-    return losses.sum(), hits.sum()
+            hits += 1
+    return total, hits
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def squared_error(pred, target, grad, scale):
     """Sum of squared errors over flat arrays; grad = 2 (pred - target) * scale."""
     total = 0.0
-    for i in prange(pred.size):
+    for i in range(pred.size):
         d = pred[i] - target[i]
         grad[i] = 2 * d * scale
         total += d * d
     return total
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def sigmoid_binary_cross_entropy(logits, target, grad, scale):
     """BCE of sigmoid(logits) against 0/1 targets, in the stable log1p form.
 
@@ -55,7 +60,7 @@ def sigmoid_binary_cross_entropy(logits, target, grad, scale):
     """
     total = 0.0
     hits = 0
-    for i in prange(logits.size):
+    for i in range(logits.size):
         z = logits[i]
         t = target[i]
         total += max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
