@@ -112,22 +112,26 @@ def log_scale(values):
     return lo, max(math.ceil(math.log10(max(finite))), lo + 1)
 
 
-def log_bars(names, values, width=30, scale=None):
+def log_bars(names, values, width=30, scale=None, notes=None):
     """Horizontal bars on a log10 scale, one per layer, with the value printed. `scale`
     (from `log_scale`) fixes the decades, so that bars in two tables compare. The name and
-    value columns never shrink: a narrow terminal gets shorter bars, not "0.…"."""
-    texts = [fmt(v) for v in values]
+    value columns never shrink: a narrow terminal gets shorter bars, not "0.…". A row with
+    a note (a merge point of a graph) shows the note in place of a bar."""
+    notes = notes or [None] * len(names)
+    texts = ["" if note is not None else fmt(v) for v, note in zip(values, notes)]
     table = Table.grid(padding=(0, 1))
     table.add_column(justify="left", no_wrap=True, min_width=max(map(len, names), default=0))
     table.add_column(no_wrap=True, width=width)
     table.add_column(justify="right", no_wrap=True, min_width=max(map(len, texts), default=1))
     scale = scale or log_scale(values)
-    if scale is None:
-        for n in names:
+    lo, hi = scale or (0, 1)
+    for n, v, t, note in zip(names, values, texts, notes):
+        if note is not None:
+            table.add_row(n, Text(note, style="magenta", overflow="ellipsis", no_wrap=True), "")
+            continue
+        if scale is None:
             table.add_row(n, "", "-")
-        return table
-    lo, hi = scale
-    for n, v, t in zip(names, values, texts):
+            continue
         if v is None or not math.isfinite(v) or v <= 0:
             table.add_row(n, Text("", style="red"), Text(t, style="red"))
             continue
@@ -169,6 +173,26 @@ def summary_table(model, title=None):
     blank = [""] * (2 if graph else 0)
     table.add_row("", *blank[:1], "total", *blank[1:], "", f"{total_p:,}", f"{total_f:,}", style="bold")
     return table
+
+
+def gradient_rows(model):
+    """The gradient panel's rows in graph order: (name, k) for the k-th layer with
+    parameters and, in a graph, (name, "add: a + b") for each merge point, so a residual
+    connection shows between the norms on either side of it."""
+    rows, k = [], 0
+    with_params = set(model.param_layers)
+    graph = not model.is_chain()
+    for i, layer in enumerate(model.layers):
+        if i in with_params:
+            rows.append((layer.name, k))
+            k += 1
+        elif graph and len(model.inputs[i]) > 1:
+            sources = [
+                "input" if j < 0 else model.labels[j] or model.layers[j].name.split()[0] for j in model.inputs[i]
+            ]
+            joint = " + " if layer.kind == "add" else ", "
+            rows.append((layer.name, f"{layer.kind}: {joint.join(sources)}"))
+    return rows
 
 
 def processes_note(sync, elapsed):
@@ -246,7 +270,8 @@ class Dashboard(Callback):
     def on_start(self, trainer):
         self.trainer = trainer
         m = trainer.model
-        self.layer_names = [f"{m.layers[i].name}" for i in m.param_layers]
+        self.grad_rows = gradient_rows(m)
+        self.layer_names = [name for name, what in self.grad_rows if not isinstance(what, str)]
         self.steps, self.losses = [], []
         self.val_steps, self.val_losses = [], []
         self.last = None
@@ -309,8 +334,13 @@ class Dashboard(Callback):
         """The renderables of `frame` for a terminal of width x height cells."""
         status = self._status(frame, width)
         room = height - len(status) - 1  # Live keeps one row for the cursor
-        names = self.layer_names
-        norms = list(frame.last.layer_grad_norms) if frame.last is not None else [None] * len(names)
+        layer_norms = frame.last.layer_grad_norms if frame.last is not None else None
+        names = [name for name, _ in self.grad_rows]
+        notes = [what if isinstance(what, str) else None for _, what in self.grad_rows]
+        norms = [
+            None if note is not None or layer_norms is None else float(layer_norms[what])
+            for (_, what), note in zip(self.grad_rows, notes)
+        ]
         name_w = max(map(len, names), default=0)
         value_w = max((len(fmt(v)) for v in norms), default=1)
         bars_fixed = name_w + value_w + 2 + 4  # grid gaps, panel border and padding
@@ -322,7 +352,7 @@ class Dashboard(Callback):
             bars_w = bars_fixed + bar_w
             chart_rows = max(min(room - 3, self.CHART_ROWS), 2)
             chart = self._chart_panel(frame, width - bars_w - 2, chart_rows)
-            bars = self._bars_panel(names, norms, bar_w, bars_w, room - 2)
+            bars = self._bars_panel(names, norms, notes, bar_w, bars_w, room - 2)
             grid = Table.grid(padding=(0, 2))
             grid.add_column(no_wrap=True)
             grid.add_column(no_wrap=True)
@@ -335,7 +365,7 @@ class Dashboard(Callback):
             rows_left = room - chart_rows - 3
             bar_w = min(24, width - bars_fixed)
             if names and rows_left >= 3 and bar_w >= 4:
-                panels.append(self._bars_panel(names, norms, bar_w, width, rows_left - 2))
+                panels.append(self._bars_panel(names, norms, notes, bar_w, width, rows_left - 2))
         return Group(*panels, *status)
 
     def _chart_panel(self, frame, width, rows):
@@ -349,10 +379,10 @@ class Dashboard(Callback):
         chart = line_chart(series, height=rows, log=True, fit_width=width - 4)
         return Panel(chart, title="loss (log scale)", border_style="blue", width=width)
 
-    def _bars_panel(self, names, norms, bar_w, width, rows):
-        """One row per layer while they fit; then the first ones and "+N more"."""
+    def _bars_panel(self, names, norms, notes, bar_w, width, rows):
+        """One row per layer (and merge point) while they fit; then the first ones and "+N more"."""
         shown = len(names) if len(names) <= rows else max(rows - 1, 0)
-        bars = log_bars(names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms))
+        bars = log_bars(names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms), notes=notes[:shown])
         if shown < len(names):
             bars.add_row(Text(f"+{len(names) - shown} more", style="dim"), "", "")
         inner = width - 4

@@ -195,6 +195,43 @@ def test_dashboard_on_a_tiny_terminal_keeps_the_status_lines(trained_dashboard):
     assert "epoch 2/2" in text and "┤" not in text  # no room for the chart: not a broken one
 
 
+RESIDUAL = """\
+name: res
+data: {source: builtin:xor, options: {samples: 200}, validation_split: 0.2}
+model:
+  input: [2]
+  layers:
+    - {dense: 8, name: stem}
+    - residual: [{dense: 8}, relu, {dense: 8}]
+    - {name: wide, dense: 8}
+    - {name: both, concat: null, input: [wide, stem]}
+    - dense: 2
+train: {epochs: 1, batch_size: 16}
+"""
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_dashboard_shows_the_merge_points_of_a_graph_between_the_layers(tmp_path, width):
+    dash = Dashboard(console=recorded_console())
+    run.train(spec.parse(RESIDUAL, "res.yaml"), output=tmp_path / "r.npz", display=dash)
+    text = frame_text(dash, width, 40)
+    lines = text.splitlines()
+    assert max(cell_len(ln) for ln in lines) <= width
+
+    def row(pattern):
+        found = [k for k, ln in enumerate(lines) if re.search(pattern, ln)]
+        assert found, (pattern, text)
+        return found[0]
+
+    # in graph order: the residual's two dense layers, its add (of the stem and the
+    # block's output), the branch from the stem, the concat, the head; each layer with its norm
+    norms = dict(zip(dash.layer_names, dash.last.layer_grad_norms))
+    order = [row(re.escape(name) + r" .* " + re.escape(fmt(v)) + r" +│") for name, v in norms.items()]
+    add, concat = row(r"add: stem \+ "), row(r"concat: wide, stem")
+    assert order == sorted(order) and len(norms) == 5
+    assert order[2] < add < order[3] < concat < order[4]
+
+
 class Boom(Callback):
     def on_step(self, trainer, e):
         if e.step == 3:
