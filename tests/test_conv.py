@@ -39,6 +39,7 @@ CASES = [
     ((2, 11, 10), 3, (3, 2), (2, 3), "valid", (2, 1), 2),  # dilation, odd sizes
     ((3, 6, 7), 5, (4, 3), (1, 2), 2, (1, 2), 2),  # integer padding
     ((2, 5, 5), 1, (1, 1), (1, 1), "valid", (1, 1), 4),
+    ((1, 28, 28), 6, (5, 5), (1, 1), "valid", (1, 1), 5),  # the reference CNN's first layer
 ]
 
 
@@ -95,10 +96,13 @@ def test_im2col_col2im_match_reference(case, dtype, rng):
     np.testing.assert_allclose(np.sum(dx.astype(np.float64) * x), np.sum(c.astype(np.float64) * expected), rtol=tol)
 
 
+@pytest.mark.parametrize("path", ["chosen", "im2col"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fuse_relu", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}-b{c[6]}")
-def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, rng):
+def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, path, rng):
+    """Both paths on every case: the one the layer chooses (direct kernels for stride 1
+    with C_in * KH * KW <= 32, else im2col + GEMM) and im2col forced."""
     shape, filters, kernel, stride, padding, dilation, batch = case
     layer = make_layer(
         "conv2d",
@@ -111,6 +115,9 @@ def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, rng):
         dilation=list(dilation),
         fuse_relu=fuse_relu,
     )
+    assert layer.direct == (stride == (1, 1) and shape[0] * kernel[0] * kernel[1] <= 32)
+    if path == "im2col":
+        layer.direct = False
     layer.params["bias"][...] = rng.standard_normal(filters)
     pad = _geometry(shape, kernel, stride, padding, dilation)
     x = rng.standard_normal((batch,) + shape).astype(dtype)

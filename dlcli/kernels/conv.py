@@ -23,6 +23,9 @@ from numba import njit, prange
 
 from . import FAST
 
+# Direct-convolution kernels run in threads, one per shard: they release the GIL.
+SHARD = dict(FAST, nogil=True)
+
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
 # 5.5x slower than the same loop over views). Hot loops here therefore index small views
@@ -204,3 +207,117 @@ def conv_grad_output(dy, y, relu, dycn, dbias):
                 for p in range(p1 - p0):
                     dst[p, b] = src[b, p]
         dbias[co] = s
+
+
+# ---------------------------------------------------------------- direct convolution
+# For stride 1 and few input values per output (C_in * KH * KW small, as a first layer on
+# 1-channel images), im2col is all memory traffic: for the reference CNN's first layer
+# (1 -> 16, 5x5 on 28x28, batch 64) it writes a 25-row column matrix 25x the input's size
+# and the GEMM has only K = 25 to amortise it (17 GFLOP/s). The direct kernels below read
+# the input where it is.
+#
+# "Wide" rows make each tap one contiguous loop: output position (p, q) is computed at
+# t = p * Wp + q over the padded input width Wp, so tap (c, i, j) adds w * xpad[c, i*dh*Wp
+# + j*dw + t] for every t in [0, OH*Wp), a run of OH*Wp elements that vectorises, and the
+# q >= OW columns (computed, then dropped) cost Wp/OW - 1 extra (17% for 28 -> 24). The
+# padded planes (xpad, length Hp*Wp + (KW-1)*dw, zeros around the input and after it)
+# come from the layer. Kernels run on one shard (lo..hi) in a thread and release the GIL.
+
+
+@njit(**SHARD)
+def direct_forward(xpad, w, bias, dh, dw, wp, relu, out, lo, hi):
+    """out[b, co, p, q] = bias[co] + sum_{c,i,j} w[co, c, i, j] * xpad[b, c, (p + i*dh)*wp + q + j*dw],
+    then max(., 0) when relu, for samples b in lo..hi. xpad is (B, C, L); out (B, Co, OH, OW)."""
+    nco, nc, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    run = oh * wp
+    acc = np.empty(run, out.dtype)
+    for b in range(lo, hi):
+        for co in range(nco):
+            acc[:] = bias[co]
+            for c in range(nc):
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[co, c, i, j]
+                        s = i * dh * wp + j * dw
+                        src = xpad[b, c, s : s + run]
+                        for t in range(run):
+                            acc[t] += wv * src[t]
+            for p in range(oh):
+                row = acc[p * wp : p * wp + ow]
+                dst = out[b, co, p]
+                if relu:
+                    for q in range(ow):
+                        v = row[q]
+                        dst[q] = 0 if v <= 0 else v  # NaN passes through
+                else:
+                    for q in range(ow):
+                        dst[q] = row[q]
+
+
+@njit(**SHARD)
+def _wide_grad(dy, y, relu, wp, g):
+    """g[p*wp + q] = dy[p, q] (masked by y > 0 when relu), zero for q >= OW; returns sum(g)."""
+    oh, ow = dy.shape
+    g[:] = 0
+    s = g.dtype.type(0)
+    for p in range(oh):
+        row = g[p * wp : p * wp + ow]
+        d = dy[p]
+        a = y[p]
+        for q in range(ow):
+            v = d[q]
+            if relu and a[q] <= 0:
+                v = 0
+            row[q] = v
+            s += v
+    return s
+
+
+@njit(**SHARD)
+def direct_grad_weight(xpad, dy, y, relu, dh, dw, wp, dwt, dbias, lo, hi):
+    """dwt[co] and dbias[co] for output channels co in lo..hi: each a sum over the batch
+    in sample order, so the result is the same for any number of shards. When relu, dy is
+    masked by y > 0 (the fused ReLU's backward)."""
+    nb = dy.shape[0]
+    nco, nc, kh, kw = dwt.shape
+    oh = dy.shape[2]
+    run = oh * wp
+    g = np.empty(run, dy.dtype)
+    for co in range(lo, hi):
+        dwt[co] = 0
+        sb = dy.dtype.type(0)
+        for b in range(nb):
+            sb += _wide_grad(dy[b, co], y[b, co], relu, wp, g)
+            for c in range(nc):
+                for i in range(kh):
+                    for j in range(kw):
+                        s = i * dh * wp + j * dw
+                        src = xpad[b, c, s : s + run]
+                        acc = dy.dtype.type(0)
+                        for t in range(run):
+                            acc += g[t] * src[t]
+                        dwt[co, c, i, j] += acc
+        dbias[co] = sb
+
+
+@njit(**SHARD)
+def direct_grad_input(dy, y, relu, w, dh, dw, wp, dxpad, lo, hi):
+    """dxpad[b] = the adjoint of direct_forward for samples b in lo..hi (the padded planes;
+    the layer crops them): every tap scatters w * g back over its run."""
+    nco, nc, kh, kw = w.shape
+    oh = dy.shape[2]
+    run = oh * wp
+    g = np.empty(run, dy.dtype)
+    for b in range(lo, hi):
+        dxpad[b] = 0
+        for co in range(nco):
+            _wide_grad(dy[b, co], y[b, co], relu, wp, g)
+            for c in range(nc):
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[co, c, i, j]
+                        s = i * dh * wp + j * dw
+                        dst = dxpad[b, c, s : s + run]
+                        for t in range(run):
+                            dst[t] += wv * g[t]

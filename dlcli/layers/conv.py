@@ -15,9 +15,15 @@ import math
 
 import numpy as np
 
+from .. import runtime
 from ..errors import ShapeError
 from ..options import Opt, boolean, choice, int_tuple, positive_int
 from .base import INITS, Layer, initialise
+
+
+# Largest C_in * KH * KW for which a stride-1 convolution runs the direct kernels rather
+# than im2col + GEMM: the reference CNN's first layer (1 x 5 x 5) and 3x3 kernels on RGB.
+DIRECT_MAX_TAPS = 32
 
 
 def padding(n):
@@ -111,6 +117,12 @@ class _Conv(Layer):
         if self.planning:
             return self.output_shape
         self.zeros_like_params()
+        # Direct kernels (no im2col) for stride 1 with few input values per output
+        # (kernels/conv.py: direct convolution); the padded planes are (KH-1)*dh rows
+        # taller and (KW-1)*dw columns wider than the output.
+        self.direct = self.s2 == (1, 1) and cin * self.k2[0] * self.k2[1] <= DIRECT_MAX_TAPS
+        self.hp = self.o2[0] + (self.k2[0] - 1) * self.d2[0]
+        self.wp = self.o2[1] + (self.k2[1] - 1) * self.d2[1]
         self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
         self.bias_scratch = np.zeros(cout, self.dtype)
         self.scratch = {}  # batch size -> cols, ycn, xt (, dcols); internal only, reused across steps
@@ -120,6 +132,18 @@ class _Conv(Layer):
         """The im2col columns and their gradient, besides the output."""
         columns = self.in2[0] * math.prod(self.k2) * math.prod(self.o2)
         return 2 * columns + super().work_entries(output_shape) + math.prod(self.in2)
+
+    def _direct_buffers(self, n):
+        """The zero-padded input planes (zeros stay around the interior each forward
+        writes) and their gradient's scratch, per batch size."""
+        buf = self.scratch.get(n)
+        if buf is None:
+            length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1]
+            buf = {"xpad": np.zeros((n, self.in2[0], length), self.dtype)}
+            if len(self.scratch) > 4:
+                self.scratch.clear()
+            self.scratch[n] = buf
+        return buf
 
     def _buffers(self, n):
         buf = self.scratch.get(n)
@@ -148,6 +172,8 @@ class _Conv(Layer):
         x4 = x.reshape((n,) + self.in2)
         if not x4.flags.c_contiguous or x4.dtype != self.dtype:
             x4 = np.ascontiguousarray(x4, dtype=self.dtype)
+        if self.direct:
+            return self._direct_forward(x4, n)
         buf = self._buffers(n)
         cols, ycn, xt = buf["cols"], buf["ycn"], buf["xt"]
         cin = self.in2[0]
@@ -162,8 +188,58 @@ class _Conv(Layer):
         self.n, self.cols, self.y = n, cols, out
         return out.reshape((n,) + self.output_shape)
 
+    def _direct_forward(self, x4, n):
+        cin, h, w = self.in2
+        cout = self.options["filters"]
+        (ph, pw), (dh, dw) = self.p2, self.d2
+        xpad = self._direct_buffers(n)["xpad"]
+        planes = xpad[:, :, : self.hp * self.wp].reshape(n, cin, self.hp, self.wp)
+        rows, cols = min(h, self.hp - ph), min(w, self.wp - pw)
+        planes[:, :, ph : ph + rows, pw : pw + cols] = x4[:, :, :rows, :cols]
+        out = np.empty((n, cout) + self.o2, self.dtype)
+        weight = self.params["weight"].reshape(cout, cin, *self.k2)
+        b = self.params.get("bias", self.zero_bias)
+        wp, relu = self.wp, self.fuse_relu
+        bounds = runtime.shard_bounds(n)
+        runtime.run_shards(
+            lambda k: self.K.direct_forward(xpad, weight, b, dh, dw, wp, relu, out, *bounds[k]), len(bounds)
+        )
+        self.n, self.xpad, self.y = n, xpad, out
+        return out.reshape((n,) + self.output_shape)
+
+    def _direct_backward(self, dy4, need_dx):
+        n, (cin, h, w), cout = self.n, self.in2, self.options["filters"]
+        (ph, pw), (dh, dw), wp = self.p2, self.d2, self.wp
+        weight = self.params["weight"].reshape(cout, cin, *self.k2)
+        dweight = self.grads["weight"].reshape(cout, cin, *self.k2)
+        dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
+        y, relu, xpad = self.y, self.fuse_relu, self.xpad
+        bounds = runtime.shard_bounds(cout)
+        runtime.run_shards(
+            lambda k: self.K.direct_grad_weight(xpad, dy4, y, relu, dh, dw, wp, dweight, dbias, *bounds[k]),
+            len(bounds),
+        )
+        if not need_dx:
+            return None
+        buf = self._direct_buffers(n)
+        dxpad = buf.get("dxpad")
+        if dxpad is None:
+            dxpad = buf["dxpad"] = np.empty_like(xpad)
+        bounds = runtime.shard_bounds(n)
+        runtime.run_shards(
+            lambda k: self.K.direct_grad_input(dy4, y, relu, weight, dh, dw, wp, dxpad, *bounds[k]), len(bounds)
+        )
+        planes = dxpad[:, :, : self.hp * self.wp].reshape(n, cin, self.hp, self.wp)
+        dx = np.zeros((n,) + self.in2, self.dtype)  # input rows no window reads get no gradient
+        rows, cols = min(h, self.hp - ph), min(w, self.wp - pw)
+        dx[:, :, :rows, :cols] = planes[:, :, ph : ph + rows, pw : pw + cols]
+        return dx.reshape((n,) + self.input_shape)
+
     def backward(self, dy, need_dx=True):
         n, cout = self.n, self.options["filters"]
+        if self.direct:
+            dy4 = np.ascontiguousarray(dy.reshape((n, cout) + self.o2), dtype=self.dtype)
+            return self._direct_backward(dy4, need_dx)
         dy3 = dy.reshape(n, cout, -1)
         if not dy3.flags.c_contiguous:
             dy3 = np.ascontiguousarray(dy3)
