@@ -20,7 +20,6 @@ from ..errors import ShapeError
 from ..options import Opt, boolean, choice, int_tuple, positive_int
 from .base import INITS, Layer, initialise
 
-
 # Largest C_in * KH * KW for which a stride-1 convolution runs the direct kernels rather
 # than im2col + GEMM: the reference CNN's first layer (1 x 5 x 5) and 3x3 kernels on RGB.
 DIRECT_MAX_TAPS = 32
