@@ -21,26 +21,42 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import best_rate, ratio_line, run_child, torch_available  # noqa: E402
 
-SIZES = (784, 512, 256, 10)
+# name: (layer sizes, hidden activation). "sigmoid10" is deep_sigmoid.yaml's shape (10
+# hidden layers of 256 sigmoid units) on MNIST-sized input: activation passes, not GEMMs.
+MODELS = {"relu": ((784, 512, 256, 10), "relu"), "sigmoid10": ((784,) + (256,) * 10 + (10,), "sigmoid")}
+SIZES = MODELS["relu"][0]
 BATCH = 128
-# forward multiply-adds x2, backward twice that (the first layer's input gradient is skipped)
-FWD = sum(2 * a * b for a, b in zip(SIZES, SIZES[1:]))
-TRAIN_FLOPS = 3 * FWD - 2 * SIZES[0] * SIZES[1]
 
-SPEC = """
-name: bench_mlp
+
+def train_flops(sizes):
+    """Forward multiply-adds x2, backward twice that (the first layer's input gradient is skipped)."""
+    fwd = sum(2 * a * b for a, b in zip(sizes, sizes[1:]))
+    return 3 * fwd - 2 * sizes[0] * sizes[1]
+
+
+TRAIN_FLOPS = train_flops(SIZES)
+
+
+def spec_text(model="relu"):
+    sizes, act = MODELS[model]
+    layers = ", ".join(f"{{dense: {n}}}, {act}" for n in sizes[1:-1]) + f", {{dense: {sizes[-1]}}}"
+    return f"""
+name: bench_mlp_{model}
 seed: 0
-data: {source: builtin:spirals}
+data: {{source: builtin:spirals}}
 model:
-  input: [784]
-  layers: [{dense: 512}, relu, {dense: 256}, relu, {dense: 10}]
+  input: [{sizes[0]}]
+  layers: [{layers}]
 loss: cross_entropy
-optimizer: {name: sgd, lr: 0.01, momentum: 0.9}
-train: {epochs: 1, batch_size: 128}
+optimizer: {{name: sgd, lr: 0.01, momentum: 0.9}}
+train: {{epochs: 1, batch_size: {BATCH}}}
 """
 
 
-def dlcli_rate(threads, seconds):
+SPEC = spec_text()
+
+
+def dlcli_rate(threads, seconds, model="relu"):
     import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
 
     # isort: split
@@ -50,15 +66,16 @@ def dlcli_rate(threads, seconds):
     from dlcli.train import train_step
 
     runtime.set_threads(threads)
-    s = spec.parse(SPEC, "bench_mlp.yaml")
-    model, loss = run.build(s)
-    opt = optim.for_model(s.optimizer, model)
+    sizes = MODELS[model][0]
+    s = spec.parse(spec_text(model), "bench_mlp.yaml")
+    net, loss = run.build(s)
+    opt = optim.for_model(s.optimizer, net)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
-    y = rng.integers(0, SIZES[-1], BATCH)
+    x = rng.standard_normal((BATCH, sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[-1], BATCH)
 
     def step():
-        train_step(model, loss, opt, x, y, 0.01)
+        train_step(net, loss, opt, x, y, 0.01)
 
     return best_rate(step, BATCH, seconds)
 
@@ -117,10 +134,11 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--model", choices=sorted(MODELS), default="relu", help="relu: 784-512-256-10 (the default)")
     ap.add_argument("--child", choices=["dlcli", "torch", "gemm"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child == "dlcli":
-        print(json.dumps(dlcli_rate(a.threads, a.seconds)))
+        print(json.dumps(dlcli_rate(a.threads, a.seconds, a.model)))
         return
     if a.child == "gemm":
         print(json.dumps(gemm_ceiling(a.threads, a.seconds)))
@@ -128,8 +146,11 @@ def main():
     if a.child == "torch":
         from torch_peers import torch_mlp_rate
 
-        print(json.dumps(torch_mlp_rate(SIZES, BATCH, a.threads, a.seconds)))
+        sizes, act = MODELS[a.model]
+        print(json.dumps(torch_mlp_rate(sizes, BATCH, a.threads, a.seconds, act)))
         return
+    if a.model != "relu":
+        sys.exit("--model other than relu is for bench_table.py's children")
 
     have_torch = torch_available()
     print(

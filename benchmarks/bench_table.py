@@ -1,6 +1,7 @@
 """`make bench`: every reference model of the benchmark scripts in one table, bounded.
 
-For each model (mlp, cnn from bench_mlp/bench_cnn; rnn, lstm, gru from bench_rnn) and
+For each model (mlp and sigm10, the 10-layer sigmoid MLP, from bench_mlp; cnn from
+bench_cnn; rnn, lstm, gru from bench_rnn) and
 1 and 2 threads: dlcli's and PyTorch's training samples/s (each the scripts' own child
 process, so the models are theirs), the ratio, and each child's peak RSS; then, per
 model, the cold (empty NUMBA_CACHE_DIR) and warm time to the first training step, and
@@ -28,6 +29,7 @@ from common import HERE, torch_available  # noqa: E402
 
 MODELS = {  # name: (script, extra arguments of its child)
     "mlp": ("bench_mlp.py", []),
+    "sigm10": ("bench_mlp.py", ["--model", "sigmoid10"]),
     "cnn": ("bench_cnn.py", []),
     "rnn": ("bench_rnn.py", ["--cells", "rnn"]),
     "lstm": ("bench_rnn.py", ["--cells", "lstm"]),
@@ -91,7 +93,7 @@ print(json.dumps({{"seconds": seconds, "families": families}}))
 def first_step(name, cache_dir):
     script, extra = MODELS[name]
     module = script[:-3]
-    text = f"bench.spec_text({extra[1]!r})" if extra else "bench.SPEC"
+    text = f"bench.spec_text({extra[1]!r})" if extra else "bench.SPEC"  # bench_mlp and bench_rnn have one
     code = FIRST_STEP.format(here=HERE, module=module, text=text)
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     return child(["-c", code], env=env)

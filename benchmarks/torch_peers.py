@@ -7,7 +7,7 @@ import sys
 from common import best_rate
 
 
-def torch_mlp_rate(sizes, batch, threads, seconds):
+def torch_mlp_rate(sizes, batch, threads, seconds, activation="relu"):
     import torch
 
     torch.set_num_threads(threads)
@@ -16,7 +16,7 @@ def torch_mlp_rate(sizes, batch, threads, seconds):
     for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append(torch.nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
+            layers.append(torch.nn.ReLU() if activation == "relu" else torch.nn.Sigmoid())
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()

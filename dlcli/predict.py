@@ -81,12 +81,10 @@ class Predictor:
 
     def raw(self, xb, where="input"):
         """The trained graph's outputs (logits for fused losses) for one batch; a copy.
-        A small batch runs on one thread (`runtime.one_thread`): below SERIAL_FLOPS of
+        A small batch runs on one thread (`runtime.serial`): below SERIAL_FLOPS of
         work, waking the other cores costs more than sharing it saves."""
         x = self.prepare(xb, where)
-        if len(x) == 1 or len(x) * self.flops_per_sample < SERIAL_FLOPS:
-            with runtime.one_thread():
-                return self.model.forward(x, training=False).copy()
+        runtime.serial(len(x) == 1 or len(x) * self.flops_per_sample < SERIAL_FLOPS)
         return self.model.forward(x, training=False).copy()
 
     @functools.cached_property

@@ -1,7 +1,6 @@
 """Process-wide settings: how many cores Numba, BLAS and our own threads may use."""
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 _blas_limit = None
@@ -11,7 +10,7 @@ _pool = None
 
 def set_threads(n=None):
     """Use n cores (all when None) for Numba's parallel loops, BLAS and shard threads."""
-    global _blas_limit, _threads
+    global _blas_limit, _threads, _serial
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -19,6 +18,7 @@ def set_threads(n=None):
     numba.set_num_threads(n)
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
     _threads = n
+    _serial = False
     return n
 
 
@@ -61,31 +61,30 @@ def run_shards(fn, n):
 _blas_libraries = None
 
 
-@contextmanager
-def one_thread():
-    """Numba's parallel loops and BLAS on the calling thread only, for the block. For work
-    too small to share (predicting one sample) waking the other cores' sleeping threads
-    costs more than they save (batch-1 forward of the reference CNN on a loaded 2-core
-    machine: 10.6-63.6 ms threaded, 1.8-2.8 ms on one thread). Switching costs ~30 us, so
-    only small batches ask."""
-    global _blas_libraries
+_serial = False  # True while `serial(True)` holds Numba and BLAS to one thread
+
+
+def serial(on):
+    """Numba's parallel loops and BLAS on the calling thread only (on=True), or back on
+    the `set_threads` count. For work too small to share (predicting one sample) waking
+    the other cores' sleeping threads costs more than they save (batch-1 forward of the
+    reference CNN on a loaded 2-core machine: 10.6-63.6 ms threaded, 1.8-2.8 ms on one
+    thread). A switch costs ~20 us, a third of a batch-1 MLP prediction, so it happens
+    only when the mode changes: a stream of small batches switches once."""
+    global _blas_libraries, _serial
+    if on == _serial:
+        return
     import numba
 
     if _blas_libraries is None:
         from threadpoolctl import ThreadpoolController
 
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-    numba_threads = numba.get_num_threads()
-    blas_threads = [lib.get_num_threads() for lib in _blas_libraries]
-    numba.set_num_threads(1)
+    n = 1 if on else threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     for lib in _blas_libraries:
-        lib.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(numba_threads)
-        for lib, n in zip(_blas_libraries, blas_threads):
-            lib.set_num_threads(n)
+        lib.set_num_threads(n)
+    _serial = on
 
 
 def _cached(module):

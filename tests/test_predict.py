@@ -423,39 +423,41 @@ def test_bad_evaluation_input(models, make, message):
 
 
 def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypatch):
-    """Below SERIAL_FLOPS of work a batch runs under runtime.one_thread (waking the other
-    cores costs more than it saves); the outputs are those of the threaded pass, and the
-    thread counts come back afterwards."""
+    """Below SERIAL_FLOPS of work a batch runs on one thread (runtime.serial: waking the
+    other cores costs more than it saves); the outputs are those of the threaded pass, and
+    a big batch gets every thread back."""
     import numba
     from threadpoolctl import threadpool_info
 
     from dlcli import predict as predict_mod
     from dlcli import runtime
 
+    def counts():
+        return numba.get_num_threads(), {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
     runtime.set_threads(2)
     seen = []
-    real = runtime.one_thread
+    real_forward = None
 
-    def spy():
-        seen.append((numba.get_num_threads(), [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]))
-        return real()
-
-    monkeypatch.setattr(runtime, "one_thread", spy)
     pred = predict_mod.open_model(models["spirals"])
+    real_forward = pred.model.forward
+
+    def spy(x, training=False):
+        seen.append(counts())
+        return real_forward(x, training=training)
+
     x = np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32)
     threaded = pred.model.forward(pred.prepare(x, "x"), training=False).copy()
+    monkeypatch.setattr(pred.model, "forward", spy)
     np.testing.assert_allclose(pred.raw(x[:1]), threaded[:1], rtol=1e-6, atol=1e-7)
-    assert len(seen) == 1  # one sample: always one thread
+    assert seen[-1] == (1, {1})  # one sample: always one thread
     assert pred.flops_per_sample * 300 < predict_mod.SERIAL_FLOPS
     np.testing.assert_allclose(pred.raw(x), threaded, rtol=1e-6, atol=1e-7)
-    assert len(seen) == 2  # a tiny model: 300 samples are still small work
+    assert seen[-1] == (1, {1})  # a tiny model: 300 samples are still small work
     monkeypatch.setattr(predict_mod, "SERIAL_FLOPS", 0)
     np.testing.assert_allclose(pred.raw(x), threaded, rtol=1e-6, atol=1e-7)
-    assert len(seen) == 2  # big work: all threads
-    # inside the block one thread each; afterwards what was set before
-    with real():
-        assert numba.get_num_threads() == 1
-        assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
-    assert numba.get_num_threads() == 2
-    assert all(i["num_threads"] == 2 for i in threadpool_info() if i["user_api"] == "blas")
+    assert seen[-1] == (2, {2})  # big work: all threads again
+    runtime.serial(True)
+    runtime.set_threads(2)  # setting the threads ends serial mode
+    assert counts() == (2, {2})
     runtime.set_threads(None)
