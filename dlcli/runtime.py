@@ -1,21 +1,23 @@
-"""Process-wide settings: how many cores Numba, BLAS and our own threads may use."""
+"""Process-wide settings: how many cores BLAS and our own shard threads may use, and the
+shard threads themselves. No kernel uses Numba's `parallel=True` (kernels/conv.py says
+why): each is a serial nogil kernel over a range of tasks, and `sharded` runs one range
+per core in these threads."""
 
 import os
+import threading
 from pathlib import Path
 
 _blas_limit = None
 _threads = None
-_pool = None
+_serial = False  # True while `serial(True)` holds BLAS and the shards to one thread
 
 
 def set_threads(n=None):
-    """Use n cores (all when None) for Numba's parallel loops, BLAS and shard threads."""
+    """Use n cores (all when None) for BLAS and the shard threads."""
     global _blas_limit, _threads, _serial
-    import numba
     from threadpoolctl import threadpool_limits
 
-    n = min(n or os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n)
+    n = n or os.cpu_count() or 1
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
     _threads = n
     _serial = False
@@ -23,7 +25,10 @@ def set_threads(n=None):
 
 
 def threads():
-    """The number of cores set by `set_threads` (all of them if it was never called)."""
+    """The number of cores set by `set_threads` (all of them if it was never called; one
+    under `serial(True)`)."""
+    if _serial:
+        return 1
     return _threads or os.cpu_count() or 1
 
 
@@ -35,9 +40,59 @@ def shard_bounds(n_rows, n_shards=None):
     return list(zip(edges[:-1], edges[1:]))
 
 
+class _Worker:
+    """A thread that runs one task at a time, handed over with two locks. Cheaper than
+    an executor (futures, a queue, a condition per task): a two-shard call of a trivial
+    kernel measured 16-18 us against 27-33 us through ThreadPoolExecutor, and 13-14 us
+    for a Numba `prange` loop over OpenMP."""
+
+    def __init__(self, index):
+        self.go, self.done = threading.Lock(), threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
+        self.task = None
+        self.result = None
+        threading.Thread(target=self._loop, name=f"dlcli-shard-{index}", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self.go.acquire()
+            try:
+                self.result = (self.task(), None)
+            except BaseException as e:  # handed to the caller, which raises it
+                self.result = (None, e)
+            self.task = None
+            self.done.release()
+
+    def start(self, task):
+        self.task = task
+        self.go.release()
+
+    def wait(self):
+        """The task's result (its exception raised here). A Ctrl-C while waiting is held
+        until the task is done, so no task still writes into buffers after the call."""
+        interrupted = None
+        while True:
+            try:
+                self.done.acquire()
+                break
+            except KeyboardInterrupt as e:
+                interrupted = e
+        if interrupted is not None:
+            raise interrupted
+        value, error = self.result
+        self.result = None
+        if error is not None:
+            raise error
+        return value
+
+
+_workers = []
+
+
 def _forget_pool():
-    global _pool
-    _pool = None  # a forked child has none of the parent's threads: make a new pool there
+    global _workers
+    _workers = []  # a forked child has none of the parent's threads: make new ones there
 
 
 if hasattr(os, "register_at_fork"):
@@ -46,27 +101,52 @@ if hasattr(os, "register_at_fork"):
 
 def run_shards(fn, n):
     """fn(k) for k in 0..n-1 at once and their results: shard 0 in the calling thread, the
-    others in pool threads. fn must release the GIL (call a nogil Numba kernel) for the
+    others in worker threads. fn must release the GIL (call a nogil Numba kernel) for the
     shards to overlap."""
-    global _pool
-    if n > 1 and (_pool is None or _pool._max_workers < n - 1):
-        from concurrent.futures import ThreadPoolExecutor
+    while len(_workers) < n - 1:
+        _workers.append(_Worker(len(_workers) + 1))
+    for k in range(1, n):
+        _workers[k - 1].start(lambda k=k: fn(k))
+    try:
+        first = fn(0)
+    finally:
+        rest = []
+        error = None
+        for k in range(1, n):
+            try:
+                rest.append(_workers[k - 1].wait())
+            except BaseException as e:
+                error = error or e
+    if error is not None:
+        raise error
+    return [first] + rest
 
-        _pool = ThreadPoolExecutor(max_workers=max(n - 1, (os.cpu_count() or 1) - 1), thread_name_prefix="dlcli-shard")
-    futures = [_pool.submit(fn, k) for k in range(1, n)]
-    first = fn(0)
-    return [first] + [f.result() for f in futures]
+
+# Below this many elements of work a pass runs on the calling thread alone: handing a
+# shard to another thread costs ~16 us, about what one core needs for 16-64k elements of
+# a memory-bound pass.
+SHARD_MIN_WORK = 32768
+
+
+def sharded(kernel, n_tasks, *args, work=None):
+    """kernel(*args, lo, hi) over tasks 0..n_tasks cut into one contiguous range per core
+    (`shard_bounds`), the ranges at once. Every kernel called so writes disjoint outputs
+    per task, so the result does not depend on the number of shards. `work` (elements
+    touched) below SHARD_MIN_WORK keeps the call on this thread."""
+    if work is not None and work < SHARD_MIN_WORK:
+        return kernel(*args, 0, n_tasks)
+    bounds = shard_bounds(n_tasks)
+    if len(bounds) == 1:
+        return kernel(*args, 0, n_tasks)
+    run_shards(lambda k: kernel(*args, *bounds[k]), len(bounds))
 
 
 _blas_libraries = None
 
 
-_serial = False  # True while `serial(True)` holds Numba and BLAS to one thread
-
-
 def serial(on):
-    """Numba's parallel loops and BLAS on the calling thread only (on=True), or back on
-    the `set_threads` count. For work too small to share (predicting one sample) waking
+    """BLAS and the shards on the calling thread only (on=True), or back on the
+    `set_threads` count. For work too small to share (predicting one sample) waking
     the other cores' sleeping threads costs more than they save (batch-1 forward of the
     reference CNN on a loaded 2-core machine: 10.6-63.6 ms threaded, 1.8-2.8 ms on one
     thread). A switch costs ~20 us, a third of a batch-1 MLP prediction, so it happens
@@ -74,14 +154,12 @@ def serial(on):
     global _blas_libraries, _serial
     if on == _serial:
         return
-    import numba
-
     if _blas_libraries is None:
         from threadpoolctl import ThreadpoolController
 
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    _serial = False
     n = 1 if on else threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     for lib in _blas_libraries:
         lib.set_num_threads(n)
     _serial = on

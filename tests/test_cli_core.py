@@ -208,7 +208,6 @@ def test_resume_from_the_checkpoint_alone(write_spec):
 
 
 def test_threads_1(write_spec):
-    import numba
     from threadpoolctl import threadpool_info
 
     from dlcli import runtime
@@ -217,7 +216,7 @@ def test_threads_1(write_spec):
     try:
         out = invoke("train", p, "--threads", 1, "-o", "t.npz")
         assert out.exit_code == 0, out.output
-        assert numba.get_num_threads() == 1
+        assert runtime.threads() == 1
         assert runtime.shard_bounds(32) == [(0, 32)]  # recurrent layers: one shard, no threads
         assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
         again = invoke("train", p, "--threads", 2, "-o", "t2.npz")

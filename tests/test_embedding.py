@@ -1,7 +1,6 @@
 """Embedding layer (issue 18): kernels against the NumPy reference, determinism of the
 scatter-add across thread counts, gradient checks; the recurrent layers' one-step path."""
 
-import numba
 import numpy as np
 import pytest
 import reference as ref
@@ -50,7 +49,7 @@ def test_scatter_add_is_bitwise_the_same_for_any_thread_count(rng):
     ids = np.minimum(rng.geometric(0.2, size=(64, 64)) - 1, 29)
     dy = rng.standard_normal((64, 64, 33)).astype(np.float32) * 10.0 ** rng.integers(-3, 4, size=(64, 64, 1))
     grads = []
-    before = numba.get_num_threads()
+    before = runtime.threads()
     try:
         for n in sorted({1, before}):
             runtime.set_threads(n)

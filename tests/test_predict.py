@@ -426,14 +426,13 @@ def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypat
     """Below SERIAL_FLOPS of work a batch runs on one thread (runtime.serial: waking the
     other cores costs more than it saves); the outputs are those of the threaded pass, and
     a big batch gets every thread back."""
-    import numba
     from threadpoolctl import threadpool_info
 
     from dlcli import predict as predict_mod
     from dlcli import runtime
 
     def counts():
-        return numba.get_num_threads(), {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        return runtime.threads(), {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
     runtime.set_threads(2)
     seen = []

@@ -1,12 +1,17 @@
-"""Convolution arithmetic: parallel im2col/col2im in Numba around one BLAS GEMM per batch.
+"""Convolution arithmetic: im2col/col2im in Numba around one BLAS GEMM per batch.
 
 Layout: activations are NCHW (conv1d is conv2d with H = 1). Inside the layer the batch axis
 goes last: the input is first transposed to "CHWN" (C, H, W, B), and the column matrix is
 (C*KH*KW, OH*OW*B) with column (p*OW + q)*B + b. The forward product W (Cout, C*KH*KW) @ cols
-gives the output as (Cout, OH*OW*B); a parallel pass moves it to NCHW while adding the bias
+gives the output as (Cout, OH*OW*B); a pass moves it to NCHW while adding the bias
 (and applying a fused ReLU); the backward pass does the reverse move, fused with the ReLU mask
-and the bias gradient. The products themselves are NumPy `matmul` calls made by the layer;
-parallel kernels are never called from jitted code, the layer calls them one after the other.
+and the bias gradient. The products themselves are NumPy `matmul` calls made by the layer.
+
+Threads: each pass is a serial nogil kernel over a range of tasks (`_name(..., lo, hi)`),
+and its public wrapper cuts the tasks into one range per core (`runtime.sharded`). Tasks
+write disjoint outputs, so the result is the same for any thread count. As Numba
+`parallel=True` kernels these passes took 0.8-2.6 s each to compile from an empty cache,
+against 0.3-0.9 s serial, and their OpenMP workers took turns with BLAS's threads.
 
 Why batch-last: with stride 1, one (row, output row p) of the column matrix is a single
 contiguous run of OW*B elements of the CHWN input (512 floats for 16->32 5x5 on 12x12,
@@ -19,8 +24,9 @@ columns); positions outside the input read zero (padding after the input is impl
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from ..runtime import sharded
 from . import FAST
 
 # Direct-convolution kernels run in threads, one per shard: they release the GIL.
@@ -52,12 +58,17 @@ def _valid_range(n_out, n_in, stride, offset):
     return lo, hi
 
 
-@njit(parallel=True, **FAST)
 def to_batch_last(x, xt):
     """xt[c, t, b] = x[b, c, t]: (B, C, P) -> (C, P, B), in blocks of positions."""
+    nblk = (x.shape[2] + _TBLK - 1) // _TBLK
+    sharded(_to_batch_last, x.shape[1] * nblk, x, xt, work=x.size)
+
+
+@njit(**SHARD)
+def _to_batch_last(x, xt, lo, hi):
     nb, nc, npos = x.shape
     nblk = (npos + _TBLK - 1) // _TBLK
-    for task in prange(nc * nblk):
+    for task in range(lo, hi):
         c = task // nblk
         t0 = (task % nblk) * _TBLK
         t1 = min(t0 + _TBLK, npos)
@@ -80,17 +91,20 @@ def _add(dst, src):
         dst[k] += src[k]
 
 
-@njit(parallel=True, **FAST)
 def im2col(xt, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
     """cols[(c*KH + i)*KW + j, (p*OW + q)*B + b] = xt[c, p*sh - ph + i*dh, q*sw - pw + j*dw, b].
 
-    xt is the batch-last input (C, H, W, B). Parallel over (row, output row p); with
+    xt is the batch-last input (C, H, W, B). Sharded over (row, output row p); with
     sw == 1 each task is one contiguous copy of (valid q) * B elements, zeros around it."""
+    sharded(_im2col, cols.shape[0] * oh, xt, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols, work=cols.size)
+
+
+@njit(**SHARD)
+def _im2col(xt, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols, lo, hi):
     nc, h, w, nb = xt.shape
-    nrows = nc * kh * kw
     run = ow * nb
     xf = xt.reshape(-1)
-    for task in prange(nrows * oh):
+    for task in range(lo, hi):
         row = task // oh
         p = task % oh
         c = row // (kh * kw)
@@ -115,16 +129,20 @@ def im2col(xt, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, cols):
                 _copy(dst[q * nb : (q + 1) * nb], xf[s : s + nb])
 
 
-@njit(parallel=True, **FAST)
 def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dxt, dx):
     """The adjoint of im2col, written out as NCHW: dxt (C, H, W, B) is scratch,
     dxt = 0, then dxt[c, ih, iw, b] += dcols[row, col] over all windows, then dx[b, c] = dxt[c, ..., b].
 
-    Parallel over channels: a task owns dxt[c] (H*W*B elements, cache-resident) and dx[:, c];
+    Sharded over channels: a task owns dxt[c] (H*W*B elements, cache-resident) and dx[:, c];
     with sw == 1 each (row, p) adds one contiguous run."""
+    sharded(_col2im, dxt.shape[0], dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dxt, dx, work=dcols.size)
+
+
+@njit(**SHARD)
+def _col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dxt, dx, lo, hi):
     nc, h, w, nb = dxt.shape
     run = ow * nb
-    for c in prange(nc):
+    for c in range(lo, hi):
         plane = dxt[c].reshape(-1)
         plane[:] = 0
         for i in range(kh):
@@ -153,13 +171,18 @@ def col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, dxt, dx):
                 out[b, t] = src[t, b]
 
 
-@njit(parallel=True, **FAST)
 def conv_output(ycn, bias, relu, out):
     """out[b, co, p] = ycn[co, p*B + b] + bias[co], then max(., 0) when relu: batch-last -> NCHW.
     out is (B, Cout, P) (the output viewed with its spatial axes flattened)."""
+    nblk = (out.shape[2] + _TBLK - 1) // _TBLK
+    sharded(_conv_output, out.shape[1] * nblk, ycn, bias, relu, out, work=out.size)
+
+
+@njit(**SHARD)
+def _conv_output(ycn, bias, relu, out, lo, hi):
     nb, nco, npos = out.shape
     nblk = (npos + _TBLK - 1) // _TBLK
-    for task in prange(nco * nblk):
+    for task in range(lo, hi):
         co = task // nblk
         p0 = (task % nblk) * _TBLK
         p1 = min(p0 + _TBLK, npos)
@@ -176,7 +199,6 @@ def conv_output(ycn, bias, relu, out):
                     dst[b, p] = src[p, b] + bv
 
 
-@njit(parallel=True, **FAST)
 def conv_grad_output(dy, y, relu, dycn, dbias):
     """dycn[co, p*B + b] = dy[b, co, p] * (y[b, co, p] > 0 if relu else 1): NCHW -> batch-last,
     and dbias[co] = the sum of those over the batch and positions. dy, y are (B, Cout, P).
@@ -184,9 +206,14 @@ def conv_grad_output(dy, y, relu, dycn, dbias):
     Overwrites dy with the masked gradient: the mask is applied in a contiguous pass (which
     vectorises to selects; inside the transpose it compiled to mispredicted branches,
     measured 6 ms instead of 0.3 ms on 64x16x24x24), then the transpose is a plain copy."""
+    sharded(_conv_grad_output, dy.shape[1], dy, y, relu, dycn, dbias, work=dy.size)
+
+
+@njit(**SHARD)
+def _conv_grad_output(dy, y, relu, dycn, dbias, lo, hi):
     nb, nco, npos = dy.shape
     zero = np.zeros(1, dy.dtype)[0]
-    for co in prange(nco):
+    for co in range(lo, hi):
         s = zero
         for b in range(nb):
             gb = dy[b, co]  # contiguous views: the select vectorises

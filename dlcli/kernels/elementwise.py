@@ -1,30 +1,41 @@
 """Elementwise and reduction kernels: activations, optimizer updates, gradient norms.
 
-They work on flat (1-D, contiguous) views; callers pass `a.reshape(-1)`.
+They work on flat (1-D, contiguous) views; callers pass `a.reshape(-1)`. Each is a
+serial nogil kernel over a range (`_name(..., lo, hi)`) and a wrapper that cuts the
+range into one shard per core (`runtime.sharded`; kernels/conv.py says why not Numba's
+`parallel=True`); every task writes its own outputs, so results do not depend on the
+thread count.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from ..runtime import sharded
 from . import FAST
 
+UPDATE = dict(FAST, nogil=True)
 
-@njit(cache=True, parallel=True)
-def relu_forward(x, out):
-    for i in prange(x.size):
+
+# Flat passes: a serial nogil kernel over elements lo..hi and a wrapper that shards it.
+ELEMENTS = dict(cache=True, nogil=True)  # no fast-math: exp and the NaN tests stay exact
+
+
+@njit(**ELEMENTS)
+def _relu_forward(x, out, lo, hi):
+    for i in range(lo, hi):
         v = x[i]
         out[i] = 0 if v <= 0 else v  # NaN passes through, so the loss sees it
 
 
-@njit(cache=True, parallel=True)
-def relu_backward(x, dy, dx):
-    for i in prange(x.size):
+@njit(**ELEMENTS)
+def _relu_backward(x, dy, dx, lo, hi):
+    for i in range(lo, hi):
         dx[i] = 0 if x[i] <= 0 else dy[i]  # as PyTorch: a NaN input passes dy
 
 
-@njit(cache=True, parallel=True)
-def sigmoid_forward(x, out):
-    for i in prange(x.size):
+@njit(**ELEMENTS)
+def _sigmoid_forward(x, out, lo, hi):
+    for i in range(lo, hi):
         v = x[i]
         if v >= 0:
             out[i] = 1 / (1 + np.exp(-v))
@@ -33,29 +44,62 @@ def sigmoid_forward(x, out):
             out[i] = e / (1 + e)
 
 
-@njit(cache=True, parallel=True)
-def sigmoid_backward(y, dy, dx):
-    for i in prange(y.size):
+@njit(**ELEMENTS)
+def _sigmoid_backward(y, dy, dx, lo, hi):
+    for i in range(lo, hi):
         dx[i] = dy[i] * y[i] * (1 - y[i])
 
 
-@njit(cache=True, parallel=True)
-def tanh_forward(x, out):
-    for i in prange(x.size):
+@njit(**ELEMENTS)
+def _tanh_forward(x, out, lo, hi):
+    for i in range(lo, hi):
         out[i] = np.tanh(x[i])
 
 
-@njit(cache=True, parallel=True)
-def tanh_backward(y, dy, dx):
-    for i in prange(y.size):
+@njit(**ELEMENTS)
+def _tanh_backward(y, dy, dx, lo, hi):
+    for i in range(lo, hi):
         dx[i] = dy[i] * (1 - y[i] * y[i])
 
 
-@njit(cache=True, parallel=True)
-def softmax_rows(x, out):
-    """Row-wise softmax of a 2-D array, max-subtracted for stability."""
+@njit(**ELEMENTS)
+def _dropout_apply(x, mask, out, lo, hi):
+    for i in range(lo, hi):
+        out[i] = x[i] * mask[i]
+
+
+def relu_forward(x, out):
+    sharded(_relu_forward, x.size, x, out, work=x.size)
+
+
+def relu_backward(x, dy, dx):
+    sharded(_relu_backward, x.size, x, dy, dx, work=x.size)
+
+
+def sigmoid_forward(x, out):
+    sharded(_sigmoid_forward, x.size, x, out, work=8 * x.size)  # exp: ~8x a copy's cost
+
+
+def sigmoid_backward(y, dy, dx):
+    sharded(_sigmoid_backward, y.size, y, dy, dx, work=y.size)
+
+
+def tanh_forward(x, out):
+    sharded(_tanh_forward, x.size, x, out, work=8 * x.size)
+
+
+def tanh_backward(y, dy, dx):
+    sharded(_tanh_backward, y.size, y, dy, dx, work=y.size)
+
+
+def dropout_apply(x, mask, out):
+    sharded(_dropout_apply, x.size, x, mask, out, work=x.size)
+
+
+@njit(**ELEMENTS)
+def _softmax_rows(x, out, lo, hi):
     n, c = x.shape
-    for i in prange(n):
+    for i in range(lo, hi):
         m = x[i, 0]
         for j in range(1, c):
             m = max(m, x[i, j])
@@ -68,10 +112,15 @@ def softmax_rows(x, out):
             out[i, j] /= s
 
 
-@njit(cache=True, parallel=True)
-def softmax_rows_backward(y, dy, dx):
+def softmax_rows(x, out):
+    """Row-wise softmax of a 2-D array, max-subtracted for stability."""
+    sharded(_softmax_rows, x.shape[0], x, out, work=8 * x.size)
+
+
+@njit(**ELEMENTS)
+def _softmax_rows_backward(y, dy, dx, lo, hi):
     n, c = y.shape
-    for i in prange(n):
+    for i in range(lo, hi):
         dot = 0.0
         for j in range(c):
             dot += dy[i, j] * y[i, j]
@@ -79,21 +128,23 @@ def softmax_rows_backward(y, dy, dx):
             dx[i, j] = y[i, j] * (dy[i, j] - dot)
 
 
-@njit(cache=True, parallel=True)
-def dropout_apply(x, mask, out):
-    for i in prange(x.size):
-        out[i] = x[i] * mask[i]
+def softmax_rows_backward(y, dy, dx):
+    sharded(_softmax_rows_backward, y.shape[0], y, dy, dx, work=y.size)
 
 
 # ---------------------------------------------------------------- gradient norms
 
 
-@njit(cache=True, parallel=True)
 def chunk_sums_of_squares(a, chunks, out):
-    """out[c] = sum of squares of a[chunks[c, 0]:chunks[c, 1]], in one parallel pass. With
+    """out[c] = sum of squares of a[chunks[c, 0]:chunks[c, 1]], the chunks sharded. With
     the chunks of `optim.segment_chunks` their sums per segment are the per-layer norms
     (the same cut as the optimizer's pass, so a big layer is spread over the cores)."""
-    for c in prange(chunks.shape[0]):
+    sharded(_chunk_sums_of_squares, chunks.shape[0], a, chunks, out, work=a.size)
+
+
+@njit(**ELEMENTS)
+def _chunk_sums_of_squares(a, chunks, out, lo, hi):
+    for c in range(lo, hi):
         s = 0.0
         for i in range(chunks[c, 0], chunks[c, 1]):
             s += a[i] * a[i]
@@ -145,9 +196,14 @@ def _sgd_chunk(p, g, velocity, lr, momentum, weight_decay, nesterov, scale):
     return s
 
 
-@njit(parallel=True, **FAST)
 def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq):
-    for c in prange(chunks.shape[0]):
+    args = (p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq)
+    sharded(_sgd_update, chunks.shape[0], *args, work=2 * p.size)
+
+
+@njit(**UPDATE)
+def _sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq, lo, hi):
+    for c in range(lo, hi):
         a, b = chunks[c, 0], chunks[c, 1]
         chunk_sumsq[c] = _sgd_chunk(p[a:b], g[a:b], velocity[a:b], lr, momentum, weight_decay, nesterov, scale)
 
@@ -179,10 +235,17 @@ def _adam_chunk(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, 
     return s
 
 
-@njit(parallel=True, **FAST)
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale, chunks, chunk_sumsq):
     """c1, c2: the bias corrections 1 - beta1**t and 1 - beta2**t."""
-    for c in prange(chunks.shape[0]):
+    args = (p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale, chunks, chunk_sumsq)
+    sharded(_adam_update, chunks.shape[0], *args, work=4 * p.size)
+
+
+@njit(**UPDATE)
+def _adam_update(
+    p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale, chunks, chunk_sumsq, lo, hi
+):
+    for c in range(lo, hi):
         a, b = chunks[c, 0], chunks[c, 1]
         chunk_sumsq[c] = _adam_chunk(
             p[a:b], g[a:b], m[a:b], v[a:b], lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale
@@ -214,9 +277,16 @@ def _rmsprop_chunk(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, mom
     return s
 
 
-@njit(parallel=True, **FAST)
 def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq):
-    for c in prange(chunks.shape[0]):
+    args = (p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq)
+    sharded(_rmsprop_update, chunks.shape[0], *args, work=4 * p.size)
+
+
+@njit(**UPDATE)
+def _rmsprop_update(
+    p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq, lo, hi
+):
+    for c in range(lo, hi):
         a, b = chunks[c, 0], chunks[c, 1]
         chunk_sumsq[c] = _rmsprop_chunk(
             p[a:b], g[a:b], square_avg[a:b], velocity[a:b], lr, alpha, eps, weight_decay, momentum, scale

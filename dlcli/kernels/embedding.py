@@ -1,25 +1,34 @@
 """Embedding lookup and its gradient, a scatter-add with no races.
 
-Forward is a gather: out[n] = weight[ids[n]], rows in parallel.
+Forward is a gather: out[n] = weight[ids[n]], rows sharded over the cores
+(`runtime.sharded`, as in kernels/conv.py).
 
 Backward adds each output gradient row into the weight row its token came from. Many
 positions share a token (spaces, 'e'), so adding in parallel over positions would race, and
 atomics or per-thread partial sums would make the float sum depend on the thread count
 (the project's rule: a seed repeats across thread counts, bit for bit). Instead the
 positions are grouped by token first (a stable counting sort, serial: it is O(N) integer
-work), then each vocabulary row is summed by one thread, over its positions in their
+work), then each vocabulary row is summed by one shard, over its positions in their
 original order. Each row's sum is therefore the same sequence of additions whatever the
 thread count, and rows never share memory. No dense (N x V) one-hot product anywhere.
 """
 
-from numba import njit, prange
+from numba import njit
+
+from ..runtime import sharded
+
+SHARD = dict(cache=True, nogil=True)
 
 
-@njit(cache=True, parallel=True)
 def gather_rows(weight, ids, out):
     """out[n] = weight[ids[n]] for flat ids (N,), out (N, D)."""
+    sharded(_gather_rows, ids.size, weight, ids, out, work=out.size)
+
+
+@njit(**SHARD)
+def _gather_rows(weight, ids, out, lo, hi):
     d = weight.shape[1]
-    for n in prange(ids.size):
+    for n in range(lo, hi):
         row = ids[n]
         for j in range(d):
             out[n, j] = weight[row, j]
@@ -42,12 +51,16 @@ def group_by_row(ids, n_rows, offsets, order):
         fill[v] += 1
 
 
-@njit(cache=True, parallel=True)
 def scatter_add_rows(dy, order, offsets, dweight):
     """dweight[v] = sum of dy[n] over the positions n of token v (zero when none), one
     vocabulary row per iteration: deterministic for any thread count."""
+    sharded(_scatter_add_rows, dweight.shape[0], dy, order, offsets, dweight, work=dy.size + dweight.size)
+
+
+@njit(**SHARD)
+def _scatter_add_rows(dy, order, offsets, dweight, lo, hi):
     d = dweight.shape[1]
-    for v in prange(dweight.shape[0]):
+    for v in range(lo, hi):
         for j in range(d):
             dweight[v, j] = 0
         for k in range(offsets[v], offsets[v + 1]):

@@ -1,11 +1,14 @@
-"""Pooling arithmetic over NCHW arrays (1-D pooling is 2-D with H = 1), parallel over
-batch x channels. Windows start at p*stride with no padding; the output size is
+"""Pooling arithmetic over NCHW arrays (1-D pooling is 2-D with H = 1), sharded over
+batch x channels (`runtime.sharded`, as in kernels/conv.py). Windows start at p*stride with no padding; the output size is
 floor((n - size) / stride) + 1, so trailing positions a window never reaches are dropped.
 """
 
-from numba import njit, prange
+from numba import njit
 
+from ..runtime import sharded
 from . import FAST
+
+SHARD = dict(FAST, nogil=True)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})
@@ -95,14 +98,18 @@ def _maxpool2x2_plane(x, y, idx):
             idx[p, q] = 2 * p * w + 2 * q + arg
 
 
-@njit(parallel=True, **FAST)
 def maxpool_forward(x, kh, kw, sh, sw, y, idx):
     """y[b, c, p, q] = max of the window; idx keeps the argmax as a flat index into the
     (H, W) plane (the first maximum on ties, the first NaN if there is one) for the
     backward pass."""
-    nb, nc = x.shape[0], x.shape[1]
+    sharded(_maxpool_forward, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, y, idx, work=x.size)
+
+
+@njit(**SHARD)
+def _maxpool_forward(x, kh, kw, sh, sw, y, idx, lo, hi):
+    nc = x.shape[1]
     fast = kh == 2 and kw == 2 and sh == 2 and sw == 2
-    for bc in prange(nb * nc):
+    for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
         if not _all_finite(x[b, c]):
@@ -113,14 +120,18 @@ def maxpool_forward(x, kh, kw, sh, sw, y, idx):
             _maxpool_plane(x[b, c], kh, kw, sh, sw, y[b, c], idx[b, c])
 
 
-@njit(parallel=True, **FAST)
 def maxpool_backward(dy, idx, dx):
     """dx = 0, then each output's gradient goes to its window's argmax. (A 2x2 variant
     writing each input once without the zeroing pass measured 2.5x slower: stores at
     stride 2 do not vectorise.)"""
+    sharded(_maxpool_backward, dx.shape[0] * dx.shape[1], dy, idx, dx, work=dx.size)
+
+
+@njit(**SHARD)
+def _maxpool_backward(dy, idx, dx, lo, hi):
     nb, nc, h, w = dx.shape
     _, _, oh, ow = dy.shape
-    for bc in prange(nb * nc):
+    for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
         for i in range(h):
@@ -132,13 +143,17 @@ def maxpool_backward(dy, idx, dx):
                 dx[b, c, k // w, k % w] += dy[b, c, p, q]
 
 
-@njit(parallel=True, **FAST)
 def avgpool_forward(x, kh, kw, sh, sw, y):
     """y[b, c, p, q] = mean of the window x[b, c, p*sh : p*sh + kh, q*sw : q*sw + kw]."""
+    sharded(_avgpool_forward, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, y, work=x.size)
+
+
+@njit(**SHARD)
+def _avgpool_forward(x, kh, kw, sh, sw, y, lo, hi):
     nb, nc, h, w = x.shape
     _, _, oh, ow = y.shape
     scale = 1.0 / (kh * kw)
-    for bc in prange(nb * nc):
+    for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
         for p in range(oh):
@@ -150,13 +165,17 @@ def avgpool_forward(x, kh, kw, sh, sw, y):
                 y[b, c, p, q] = s * scale
 
 
-@njit(parallel=True, **FAST)
 def avgpool_backward(dy, kh, kw, sh, sw, dx):
     """dx = 0, then each output's gradient spread evenly over its window."""
+    sharded(_avgpool_backward, dx.shape[0] * dx.shape[1], dy, kh, kw, sh, sw, dx, work=dx.size)
+
+
+@njit(**SHARD)
+def _avgpool_backward(dy, kh, kw, sh, sw, dx, lo, hi):
     nb, nc, h, w = dx.shape
     _, _, oh, ow = dy.shape
     scale = 1.0 / (kh * kw)
-    for bc in prange(nb * nc):
+    for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
         for i in range(h):

@@ -198,11 +198,7 @@ class _Conv(Layer):
         out = np.empty((n, cout) + self.o2, self.dtype)
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
-        wp, relu = self.wp, self.fuse_relu
-        bounds = runtime.shard_bounds(n)
-        runtime.run_shards(
-            lambda k: self.K.direct_forward(xpad, weight, b, dh, dw, wp, relu, out, *bounds[k]), len(bounds)
-        )
+        runtime.sharded(self.K.direct_forward, n, xpad, weight, b, dh, dw, self.wp, self.fuse_relu, out)
         self.n, self.xpad, self.y = n, xpad, out
         return out.reshape((n,) + self.output_shape)
 
@@ -213,21 +209,14 @@ class _Conv(Layer):
         dweight = self.grads["weight"].reshape(cout, cin, *self.k2)
         dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
         y, relu, xpad = self.y, self.fuse_relu, self.xpad
-        bounds = runtime.shard_bounds(cout)
-        runtime.run_shards(
-            lambda k: self.K.direct_grad_weight(xpad, dy4, y, relu, dh, dw, wp, dweight, dbias, *bounds[k]),
-            len(bounds),
-        )
+        runtime.sharded(self.K.direct_grad_weight, cout, xpad, dy4, y, relu, dh, dw, wp, dweight, dbias)
         if not need_dx:
             return None
         buf = self._direct_buffers(n)
         dxpad = buf.get("dxpad")
         if dxpad is None:
             dxpad = buf["dxpad"] = np.empty_like(xpad)
-        bounds = runtime.shard_bounds(n)
-        runtime.run_shards(
-            lambda k: self.K.direct_grad_input(dy4, y, relu, weight, dh, dw, wp, dxpad, *bounds[k]), len(bounds)
-        )
+        runtime.sharded(self.K.direct_grad_input, n, dy4, y, relu, weight, dh, dw, wp, dxpad)
         planes = dxpad[:, :, : self.hp * self.wp].reshape(n, cin, self.hp, self.wp)
         dx = np.zeros((n,) + self.in2, self.dtype)  # input rows no window reads get no gradient
         rows, cols = min(h, self.hp - ph), min(w, self.wp - pw)
