@@ -97,8 +97,11 @@ class Add(Layer):
 
     def backward(self, dy, need_dx=True):
         n = len(self.input_shape)
-        if self.fuse_relu:
-            dy = np.where(self.y > 0, dy, 0).astype(self.dtype, copy=False)
+        if self.fuse_relu:  # a masked copy: dy itself may be another node's gradient too
+            from ..kernels.dense import relu_mask_inplace
+
+            dy = np.array(dy, dtype=self.dtype, order="C", copy=True)
+            relu_mask_inplace(self.y, dy)
         dxs = [np.array(dy, copy=True) for _ in range(n - 1)] + [dy]  # no two share memory
         if self.projection is not None:
             dxs[0] = self.projection.backward(dxs[0], need_dx=need_dx)
