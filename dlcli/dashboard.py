@@ -228,8 +228,17 @@ def compile_notice(trainer):
 
 
 def start_lines(trainer):
-    """Where the run writes and, when it continues a checkpoint, what changed."""
+    """How many processes and threads train, where the run writes and, when it continues
+    a checkpoint, what changed."""
     out = []
+    if trainer.sync is not None:
+        from . import runtime
+
+        n = runtime.threads()
+        out.append(
+            f"{trainer.sync.size} processes x {n} thread{'s' if n > 1 else ''}, each on its share of every "
+            f"global batch of {trainer.batch_size}"
+        )
     if trainer.output is not None:
         out.append(f"checkpoint: {trainer.output}")
     r = trainer.resumed

@@ -196,6 +196,8 @@ def test_mlp_across_process_counts_and_resumes(tmp_path):
     assert [r["step"] for r in rows if r["event"] == "step"] == list(range(1, 21))
     assert out.count("final:") == 1 and out.endswith("checkpoint: two1.npz\n")  # rank 0 alone prints
     assert "2 processes" in out and "of the time in communication" in out
+    threads = max(1, os.cpu_count() // 2)  # by default the node's cores shared among its ranks
+    assert f"2 processes x {threads} thread{'s' if threads > 1 else ''}, each on its share" in out
     written = ["log.jsonl", "one1.best.npz", "one1.npz", "one2.best.npz", "one2.npz", "spec.yaml"]
     assert sorted(f.name for f in tmp_path.iterdir()) == sorted(written + ["two1.best.npz", "two1.npz"])
 
