@@ -8,7 +8,10 @@ model, the cold (empty NUMBA_CACHE_DIR) and warm time to the first training step
 what each kernel family (module of dlcli/kernels) cost to compile in the cold run; last,
 training samples/s from a memory-mapped .npy against the same data in memory.
 
-    python benchmarks/bench_table.py [--rounds 1] [--seconds 1] [--threads 1,2]
+    python benchmarks/bench_table.py [--runs 1] [--rounds 1] [--seconds 1] [--threads 1,2]
+
+With --runs N the whole table is measured N times and each figure is printed as the
+min-max over the runs.
 
 Numbers from a shared machine vary: run it more than once and compare ranges.
 """
@@ -146,50 +149,90 @@ def mapped_vs_memory(samples=8192):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def span(values, fmt="{:,.0f}"):
+    """'lo-hi' of the values (one value alone when they agree or there is one)."""
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
+
+
+def speed_rows(names, threads, rounds, seconds, have_torch):
+    """{(model, threads): {"dlcli": (rate, rss), "torch": (rate, rss)}}, best of the rounds."""
+    rows = {}
+    for name in names:
+        script, extra = MODELS[name]
+        for t in threads:
+            best = {"dlcli": (0.0, 0.0), "torch": (0.0, 0.0)}
+            for _ in range(rounds):
+                for who in ("dlcli", "torch") if have_torch else ("dlcli",):
+                    args = [os.path.join(HERE, script), "--child", who, *extra]
+                    rate, rss = child([*args, "--threads", t, "--seconds", seconds])
+                    if rate > best[who][0]:
+                        best[who] = (rate, rss)
+            rows[name, t] = best
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--rounds", type=int, default=1, help="rounds per figure (best kept)")
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per child")
+    ap.add_argument("--runs", type=int, default=1, help="whole runs of the table; ranges are min-max over them")
     ap.add_argument("--models", default=",".join(MODELS))
     a = ap.parse_args()
     names = a.models.split(",")
+    threads = list(map(int, a.threads.split(",")))
     have_torch = torch_available()
     started = time.perf_counter()
-    rows = []
+    runs, firsts = [], {name: [] for name in names}
+    for _ in range(a.runs):
+        runs.append(speed_rows(names, threads, a.rounds, a.seconds, have_torch))
+        for name in names:
+            cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
+            try:
+                firsts[name].append((first_step(name, cache), first_step(name, cache)))
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+    print(
+        f"training samples/s, best of {a.rounds} round(s) of {a.seconds:g} s per run, min-max over {a.runs} run(s); "
+        "peak RSS of each child (largest)"
+    )
+    print(f"{'model':<6} {'thr':>3} {'dlcli/s':>15} {'PyTorch/s':>15} {'ratio':>11} {'dlcli MB':>9} {'PyTorch MB':>10}")
     for name in names:
-        script, extra = MODELS[name]
-        for threads in map(int, a.threads.split(",")):
-            best = {"dlcli": (0.0, 0.0), "torch": (0.0, 0.0)}
-            for _ in range(a.rounds):
-                for who in ("dlcli", "torch") if have_torch else ("dlcli",):
-                    args = [os.path.join(HERE, script), "--child", who, *extra]
-                    rate, rss = child([*args, "--threads", threads, "--seconds", a.seconds])
-                    if rate > best[who][0]:
-                        best[who] = (rate, rss)
-            rows.append((name, threads, best))
-    print(f"training samples/s, best of {a.rounds} round(s) of {a.seconds:g} s; peak RSS of each child")
-    print(f"{'model':<6} {'thr':>3} {'dlcli/s':>10} {'PyTorch/s':>10} {'ratio':>6} {'dlcli MB':>9} {'PyTorch MB':>10}")
-    for name, threads, best in rows:
-        (ours, our_rss), (theirs, their_rss) = best["dlcli"], best["torch"]
-        ratio = f"{ours / theirs:6.2f}" if theirs else "     -"
-        theirs_text = f"{theirs:>10,.0f}" if theirs else f"{'-':>10}"
-        their_rss_text = f"{their_rss:>10.0f}" if theirs else f"{'-':>10}"
-        print(f"{name:<6} {threads:>3} {ours:>10,.0f} {theirs_text} {ratio} {our_rss:>9.0f} {their_rss_text}")
+        for t in threads:
+            ours = [r[name, t]["dlcli"][0] for r in runs]
+            our_rss = max(r[name, t]["dlcli"][1] for r in runs)
+            line = f"{name:<6} {t:>3} {span(ours):>15}"
+            if have_torch:
+                theirs = [r[name, t]["torch"][0] for r in runs]
+                ratios = [o / p for o, p in zip(ours, theirs)]
+                their_rss = max(r[name, t]["torch"][1] for r in runs)
+                line += f" {span(theirs):>15} {span(ratios, '{:.2f}'):>11} {our_rss:>9.0f} {their_rss:>10.0f}"
+            else:
+                line += f" {'-':>15} {'-':>11} {our_rss:>9.0f} {'-':>10}"
+            print(line)
     if not have_torch:
         print("PyTorch not installed: its columns are skipped (pip install torch, CPU build)")
+    if len(threads) > 1:
+        lo, hi = threads[0], threads[-1]
+        gains = ", ".join(
+            f"{name} {span([r[name, hi]['dlcli'][0] / r[name, lo]['dlcli'][0] for r in runs], '{:.2f}')}x"
+            for name in names
+        )
+        print(f"dlcli from {lo} to {hi} threads: {gains}")
     print()
-    print("time to the first training step (interpreter start to end of step), and compile seconds per kernel family")
+    print("time to the first training step (interpreter start to end of step), min-max over the runs,")
+    print("and compile seconds per kernel family in the cold run of the last one")
     for name in names:
-        cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
-        try:
-            (cold, cold_rss), (warm, _) = first_step(name, cache), first_step(name, cache)
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
-        families = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cold["families"].items(), key=lambda kv: -kv[1]))
+        pairs = firsts[name]  # per run: ((cold result, its peak RSS), (warm result, its peak RSS))
+        cold = [c[0]["seconds"] for c, _ in pairs]
+        warm = [w[0]["seconds"] for _, w in pairs]
+        cold_rss = max(c[1] for c, _ in pairs)
+        families = pairs[-1][0][0]["families"]
+        listed = ", ".join(f"{k} {v:.1f}" for k, v in sorted(families.items(), key=lambda kv: -kv[1]))
         print(
-            f"{name:<6} cold {cold['seconds']:6.2f} s (peak {cold_rss:.0f} MB), warm {warm['seconds']:5.2f} s; "
-            f"compile: {families}"
+            f"{name:<6} cold {span(cold, '{:.1f}'):>9} s (peak {cold_rss:.0f} MB), warm {span(warm, '{:.2f}')} s; "
+            f"compile: {listed}"
         )
     r = mapped_vs_memory()
     print(

@@ -93,7 +93,7 @@ def relu_backward(x, dy, dx):
 
 
 def sigmoid_forward(x, out):
-    sharded(_sigmoid_forward, x.size, x, out, work=8 * x.size)  # exp: ~8x a copy's cost
+    sharded(_sigmoid_forward, x.size, x, out, work=20 * x.size)  # exp: 4.6 ns per element, ~20x a copy
 
 
 def sigmoid_backward(y, dy, dx):
@@ -101,7 +101,7 @@ def sigmoid_backward(y, dy, dx):
 
 
 def tanh_forward(x, out):
-    sharded(_tanh_forward, x.size, x, out, work=8 * x.size)
+    sharded(_tanh_forward, x.size, x, out, work=20 * x.size)
 
 
 def tanh_backward(y, dy, dx):
@@ -130,7 +130,7 @@ def _softmax_rows(x, out, lo, hi):
 
 def softmax_rows(x, out):
     """Row-wise softmax of a 2-D array, max-subtracted for stability."""
-    sharded(_softmax_rows, x.shape[0], x, out, work=8 * x.size)
+    sharded(_softmax_rows, x.shape[0], x, out, work=20 * x.size)
 
 
 @njit(**ELEMENTS)
