@@ -1,4 +1,6 @@
-"""Numba kernels only: module-level functions over arrays, `cache=True`.
+"""Numba kernels: module-level functions over arrays, `cache=True`, serial. A kernel
+worth sharing over the cores takes a task range (lo, hi) and releases the GIL; a Python
+wrapper with the public name runs one range per core through `runtime.sharded`.
 
 Importing `dlcli` does not import this package's modules; layers import them on first
 use, so `dlcli --help` compiles nothing. Every kernel works for float32 and float64
