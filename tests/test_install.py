@@ -49,6 +49,12 @@ def as_user():
         os.setgid(user.pw_gid)
         os.setuid(user.pw_uid)
 
+    # The child imports dlcli's dependencies from this environment: 'nobody' must be able
+    # to read it (a checkout under a private folder, such as mktemp -d's 0700, is not).
+    deps = sysconfig.get_paths()["purelib"]
+    probe = subprocess.run([str(base), "-c", f"import os; os.listdir({deps!r})"], preexec_fn=drop, capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"running as root, and 'nobody' cannot read this environment's packages ({deps})")
     return user, drop, str(base)
 
 
