@@ -112,16 +112,18 @@ def log_scale(values):
     return lo, max(math.ceil(math.log10(max(finite))), lo + 1)
 
 
-def log_bars(names, values, width=30, scale=None, notes=None):
+def log_bars(names, values, width=30, scale=None, notes=None, room=None):
     """Horizontal bars on a log10 scale, one per layer, with the value printed. `scale`
     (from `log_scale`) fixes the decades, so that bars in two tables compare. The name and
     value columns never shrink: a narrow terminal gets shorter bars, not "0.…". A row with
-    a note (a merge point of a graph) shows the note in place of a bar."""
+    a note (a merge point of a graph) shows the note in place of a bar; the bar column
+    widens up to `room` cells for it."""
     notes = notes or [None] * len(names)
     texts = ["" if note is not None else fmt(v) for v, note in zip(values, notes)]
+    longest_note = max((len(n) for n in notes if n is not None), default=0)
     table = Table.grid(padding=(0, 1))
     table.add_column(justify="left", no_wrap=True, min_width=max(map(len, names), default=0))
-    table.add_column(no_wrap=True, width=width)
+    table.add_column(no_wrap=True, width=max(width, min(longest_note, room or width)))
     table.add_column(justify="right", no_wrap=True, min_width=max(map(len, texts), default=1))
     scale = scale or log_scale(values)
     lo, hi = scale or (0, 1)
@@ -391,7 +393,11 @@ class Dashboard(Callback):
     def _bars_panel(self, names, norms, notes, bar_w, width, rows):
         """One row per layer (and merge point) while they fit; then the first ones and "+N more"."""
         shown = len(names) if len(names) <= rows else max(rows - 1, 0)
-        bars = log_bars(names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms), notes=notes[:shown])
+        texts = [fmt(v) for v, note in zip(norms, notes) if note is None]
+        room = width - 4 - max(map(len, names), default=0) - max(map(len, texts), default=1) - 2
+        bars = log_bars(
+            names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms), notes=notes[:shown], room=room
+        )
         if shown < len(names):
             bars.add_row(Text(f"+{len(names) - shown} more", style="dim"), "", "")
         inner = width - 4
