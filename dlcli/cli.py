@@ -80,7 +80,7 @@ def single_process(command):
 
 
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), help="CPU cores for Numba and BLAS (default: all)."
+    "--threads", type=click.IntRange(min=1), help="CPU cores for BLAS and dlcli's own threads (default: all)."
 )
 
 
