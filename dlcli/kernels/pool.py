@@ -101,23 +101,36 @@ def _maxpool2x2_plane(x, y, idx):
 def maxpool_forward(x, kh, kw, sh, sw, y, idx):
     """y[b, c, p, q] = max of the window; idx keeps the argmax as a flat index into the
     (H, W) plane (the first maximum on ties, the first NaN if there is one) for the
-    backward pass."""
-    sharded(_maxpool_forward, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, y, idx, work=x.size)
+    backward pass. The common 2x2 stride-2 case is its own kernel, so a run compiles only
+    the plane kernels it uses."""
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+        sharded(_maxpool2x2_forward, x.shape[0] * x.shape[1], x, y, idx, work=x.size)
+    else:
+        sharded(_maxpool_forward, x.shape[0] * x.shape[1], x, kh, kw, sh, sw, y, idx, work=x.size)
+
+
+@njit(**SHARD)
+def _maxpool2x2_forward(x, y, idx, lo, hi):
+    nc = x.shape[1]
+    for bc in range(lo, hi):
+        b = bc // nc
+        c = bc % nc
+        if _all_finite(x[b, c]):
+            _maxpool2x2_plane(x[b, c], y[b, c], idx[b, c])
+        else:
+            _maxpool_plane_nonfinite(x[b, c], 2, 2, 2, 2, y[b, c], idx[b, c])
 
 
 @njit(**SHARD)
 def _maxpool_forward(x, kh, kw, sh, sw, y, idx, lo, hi):
     nc = x.shape[1]
-    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2
     for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
-        if not _all_finite(x[b, c]):
-            _maxpool_plane_nonfinite(x[b, c], kh, kw, sh, sw, y[b, c], idx[b, c])
-        elif fast:
-            _maxpool2x2_plane(x[b, c], y[b, c], idx[b, c])
-        else:
+        if _all_finite(x[b, c]):
             _maxpool_plane(x[b, c], kh, kw, sh, sw, y[b, c], idx[b, c])
+        else:
+            _maxpool_plane_nonfinite(x[b, c], kh, kw, sh, sw, y[b, c], idx[b, c])
 
 
 def maxpool_backward(dy, idx, dx):
