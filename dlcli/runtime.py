@@ -88,11 +88,13 @@ class _Worker:
 
 
 _workers = []
+_busy = threading.Lock()  # held while the workers run one call's shards
 
 
 def _forget_pool():
-    global _workers
+    global _workers, _busy
     _workers = []  # a forked child has none of the parent's threads: make new ones there
+    _busy = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -102,21 +104,27 @@ if hasattr(os, "register_at_fork"):
 def run_shards(fn, n):
     """fn(k) for k in 0..n-1 at once and their results: shard 0 in the calling thread, the
     others in worker threads. fn must release the GIL (call a nogil Numba kernel) for the
-    shards to overlap."""
-    while len(_workers) < n - 1:
-        _workers.append(_Worker(len(_workers) + 1))
-    for k in range(1, n):
-        _workers[k - 1].start(lambda k=k: fn(k))
+    shards to overlap. While the workers are busy (a call from another thread, or from
+    inside a shard) the shards run one after the other in the calling thread instead."""
+    if n < 2 or not _busy.acquire(blocking=False):
+        return [fn(k) for k in range(n)]
     try:
-        first = fn(0)
-    finally:
-        rest = []
-        error = None
+        while len(_workers) < n - 1:
+            _workers.append(_Worker(len(_workers) + 1))
         for k in range(1, n):
-            try:
-                rest.append(_workers[k - 1].wait())
-            except BaseException as e:
-                error = error or e
+            _workers[k - 1].start(lambda k=k: fn(k))
+        try:
+            first = fn(0)
+        finally:
+            rest = []
+            error = None
+            for k in range(1, n):
+                try:
+                    rest.append(_workers[k - 1].wait())
+                except BaseException as e:
+                    error = error or e
+    finally:
+        _busy.release()
     if error is not None:
         raise error
     return [first] + rest
