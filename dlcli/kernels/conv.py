@@ -259,24 +259,54 @@ def _conv_grad_output(dy, y, relu, dycn, dbias, lo, hi):
 
 
 @njit(**SHARD)
+def _tap_offsets(nc, kh, kw, dh, dw, wp, length):
+    """Where each tap (c, i, j), in weight order, starts in a sample's flattened padded
+    planes (C * length)."""
+    offs = np.empty(nc * kh * kw, np.int64)
+    k = 0
+    for c in range(nc):
+        for i in range(kh):
+            for j in range(kw):
+                offs[k] = c * length + i * dh * wp + j * dw
+                k += 1
+    return offs
+
+
+@njit(**SHARD)
 def direct_forward(xpad, w, bias, dh, dw, wp, relu, out, lo, hi):
     """out[b, co, p, q] = bias[co] + sum_{c,i,j} w[co, c, i, j] * xpad[b, c, (p + i*dh)*wp + q + j*dw],
-    then max(., 0) when relu, for samples b in lo..hi. xpad is (B, C, L); out (B, Co, OH, OW)."""
+    then max(., 0) when relu, for samples b in lo..hi. xpad is (B, C, L); out (B, Co, OH, OW).
+
+    Taps go four at a time: one load and store of the accumulator per four multiply-adds.
+    For the reference CNN's first layer (batch 64, one core) one tap at a time took
+    1.19-1.24 ms, four 0.82 ms, eight 0.78 ms (not worth its code)."""
     nco, nc, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     run = oh * wp
+    ntaps = nc * kh * kw
+    offs = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
     acc = np.empty(run, out.dtype)
     for b in range(lo, hi):
+        xb = xpad[b].reshape(-1)
         for co in range(nco):
+            wf = w[co].reshape(-1)
             acc[:] = bias[co]
-            for c in range(nc):
-                for i in range(kh):
-                    for j in range(kw):
-                        wv = w[co, c, i, j]
-                        s = i * dh * wp + j * dw
-                        src = xpad[b, c, s : s + run]
-                        for t in range(run):
-                            acc[t] += wv * src[t]
+            k = 0
+            while k + 4 <= ntaps:
+                w0, w1, w2, w3 = wf[k], wf[k + 1], wf[k + 2], wf[k + 3]
+                s0 = xb[offs[k] : offs[k] + run]
+                s1 = xb[offs[k + 1] : offs[k + 1] + run]
+                s2 = xb[offs[k + 2] : offs[k + 2] + run]
+                s3 = xb[offs[k + 3] : offs[k + 3] + run]
+                for t in range(run):
+                    acc[t] += w0 * s0[t] + w1 * s1[t] + w2 * s2[t] + w3 * s3[t]
+                k += 4
+            while k < ntaps:
+                wv = wf[k]
+                src = xb[offs[k] : offs[k] + run]
+                for t in range(run):
+                    acc[t] += wv * src[t]
+                k += 1
             for p in range(oh):
                 row = acc[p * wp : p * wp + ow]
                 dst = out[b, co, p]
@@ -312,26 +342,48 @@ def _wide_grad(dy, y, relu, wp, g):
 def direct_grad_weight(xpad, dy, y, relu, dh, dw, wp, dwt, dbias, lo, hi):
     """dwt[co] and dbias[co] for output channels co in lo..hi: each a sum over the batch
     in sample order, so the result is the same for any number of shards. When relu, dy is
-    masked by y > 0 (the fused ReLU's backward)."""
+    masked by y > 0 (the fused ReLU's backward). Four taps' dot products share each load
+    of the gradient (reference CNN's first layer, one core: 1.42-1.44 -> 1.16 ms)."""
     nb = dy.shape[0]
     nco, nc, kh, kw = dwt.shape
     oh = dy.shape[2]
     run = oh * wp
+    ntaps = nc * kh * kw
+    offs = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
+    zero = dy.dtype.type(0)
     g = np.empty(run, dy.dtype)
     for co in range(lo, hi):
-        dwt[co] = 0
-        sb = dy.dtype.type(0)
+        dwf = dwt[co].reshape(-1)
+        dwf[:] = 0
+        sb = zero
         for b in range(nb):
             sb += _wide_grad(dy[b, co], y[b, co], relu, wp, g)
-            for c in range(nc):
-                for i in range(kh):
-                    for j in range(kw):
-                        s = i * dh * wp + j * dw
-                        src = xpad[b, c, s : s + run]
-                        acc = dy.dtype.type(0)
-                        for t in range(run):
-                            acc += g[t] * src[t]
-                        dwt[co, c, i, j] += acc
+            xb = xpad[b].reshape(-1)
+            k = 0
+            while k + 4 <= ntaps:
+                s0 = xb[offs[k] : offs[k] + run]
+                s1 = xb[offs[k + 1] : offs[k + 1] + run]
+                s2 = xb[offs[k + 2] : offs[k + 2] + run]
+                s3 = xb[offs[k + 3] : offs[k + 3] + run]
+                a0 = a1 = a2 = a3 = zero
+                for t in range(run):
+                    gt = g[t]
+                    a0 += gt * s0[t]
+                    a1 += gt * s1[t]
+                    a2 += gt * s2[t]
+                    a3 += gt * s3[t]
+                dwf[k] += a0
+                dwf[k + 1] += a1
+                dwf[k + 2] += a2
+                dwf[k + 3] += a3
+                k += 4
+            while k < ntaps:
+                src = xb[offs[k] : offs[k] + run]
+                acc = zero
+                for t in range(run):
+                    acc += g[t] * src[t]
+                dwf[k] += acc
+                k += 1
         dbias[co] = sb
 
 
