@@ -21,3 +21,6 @@ and has a plain-NumPy twin in `tests/reference.py`.
 # count, so results stay bitwise the same for any --threads.
 FAST_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
 FAST = dict(cache=True, error_model="numpy", fastmath=set(FAST_FLAGS))
+# FAST for kernels that run in shard threads (`runtime.sharded`, `runtime.run_shards`):
+# they must release the GIL for the shards to overlap.
+SHARD = dict(FAST, nogil=True)

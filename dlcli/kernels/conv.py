@@ -27,10 +27,7 @@ import numpy as np
 from numba import njit
 
 from ..runtime import sharded
-from . import FAST
-
-# Direct-convolution kernels run in threads, one per shard: they release the GIL.
-SHARD = dict(FAST, nogil=True)
+from . import FAST, SHARD
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured

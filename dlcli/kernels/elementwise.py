@@ -11,15 +11,12 @@ import numpy as np
 from numba import njit
 
 from ..runtime import sharded
-from . import FAST
+from . import FAST, SHARD
 
-UPDATE = dict(FAST, nogil=True)
-
-
-# Flat passes: a serial nogil kernel over elements lo..hi and a wrapper that shards it.
-# FAST (kernels/__init__.py) lets the compare-and-select of relu vectorise: without it
-# relu's backward on random signs ran at 7 ns per element (a mispredicted branch each).
-ELEMENTS = dict(FAST, nogil=True)
+# Flat passes: a serial nogil kernel over elements lo..hi (SHARD) and a wrapper that
+# shards it. FAST's flags (kernels/__init__.py) let the compare-and-select of relu
+# vectorise: without them relu's backward on random signs ran at 7 ns per element (a
+# mispredicted branch each).
 
 
 # Each flat kernel loops from 0 over views of its range: an index that starts at `lo`
@@ -28,7 +25,7 @@ ELEMENTS = dict(FAST, nogil=True)
 # reason (a load under a condition cannot be vectorised).
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _relu_forward(x, out, lo, hi):
     xs, os = x[lo:hi], out[lo:hi]
     for i in range(xs.size):
@@ -36,7 +33,7 @@ def _relu_forward(x, out, lo, hi):
         os[i] = 0 if v <= 0 else v  # NaN passes through, so the loss sees it
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _relu_backward(x, dy, dx, lo, hi):
     xs, gs, ds = x[lo:hi], dy[lo:hi], dx[lo:hi]
     for i in range(xs.size):
@@ -44,7 +41,7 @@ def _relu_backward(x, dy, dx, lo, hi):
         ds[i] = 0 if xs[i] <= 0 else g  # as PyTorch: a NaN input passes dy
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _sigmoid_forward(x, out, lo, hi):
     xs, os = x[lo:hi], out[lo:hi]
     for i in range(xs.size):
@@ -56,28 +53,28 @@ def _sigmoid_forward(x, out, lo, hi):
             os[i] = e / (1 + e)
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _sigmoid_backward(y, dy, dx, lo, hi):
     ys, gs, ds = y[lo:hi], dy[lo:hi], dx[lo:hi]
     for i in range(ys.size):
         ds[i] = gs[i] * ys[i] * (1 - ys[i])
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _tanh_forward(x, out, lo, hi):
     xs, os = x[lo:hi], out[lo:hi]
     for i in range(xs.size):
         os[i] = np.tanh(xs[i])
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _tanh_backward(y, dy, dx, lo, hi):
     ys, gs, ds = y[lo:hi], dy[lo:hi], dx[lo:hi]
     for i in range(ys.size):
         ds[i] = gs[i] * (1 - ys[i] * ys[i])
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _dropout_apply(x, mask, out, lo, hi):
     xs, ms, os = x[lo:hi], mask[lo:hi], out[lo:hi]
     for i in range(xs.size):
@@ -112,7 +109,7 @@ def dropout_apply(x, mask, out):
     sharded(_dropout_apply, x.size, x, mask, out, work=x.size)
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _softmax_rows(x, out, lo, hi):
     n, c = x.shape
     for i in range(lo, hi):
@@ -133,7 +130,7 @@ def softmax_rows(x, out):
     sharded(_softmax_rows, x.shape[0], x, out, work=20 * x.size)
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _softmax_rows_backward(y, dy, dx, lo, hi):
     n, c = y.shape
     for i in range(lo, hi):
@@ -158,7 +155,7 @@ def chunk_sums_of_squares(a, chunks, out):
     sharded(_chunk_sums_of_squares, chunks.shape[0], a, chunks, out, work=a.size)
 
 
-@njit(**ELEMENTS)
+@njit(**SHARD)
 def _chunk_sums_of_squares(a, chunks, out, lo, hi):
     for c in range(lo, hi):
         part = a[chunks[c, 0] : chunks[c, 1]]
@@ -218,7 +215,7 @@ def sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chun
     sharded(_sgd_update, chunks.shape[0], *args, work=2 * p.size)
 
 
-@njit(**UPDATE)
+@njit(**SHARD)
 def _sgd_update(p, g, velocity, lr, momentum, weight_decay, nesterov, scale, chunks, chunk_sumsq, lo, hi):
     for c in range(lo, hi):
         a, b = chunks[c, 0], chunks[c, 1]
@@ -258,7 +255,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, 
     sharded(_adam_update, chunks.shape[0], *args, work=4 * p.size)
 
 
-@njit(**UPDATE)
+@njit(**SHARD)
 def _adam_update(
     p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2, scale, chunks, chunk_sumsq, lo, hi
 ):
@@ -299,7 +296,7 @@ def rmsprop_update(p, g, square_avg, velocity, lr, alpha, eps, weight_decay, mom
     sharded(_rmsprop_update, chunks.shape[0], *args, work=4 * p.size)
 
 
-@njit(**UPDATE)
+@njit(**SHARD)
 def _rmsprop_update(
     p, g, square_avg, velocity, lr, alpha, eps, weight_decay, momentum, scale, chunks, chunk_sumsq, lo, hi
 ):

@@ -21,9 +21,7 @@ import numpy as np
 from numba import njit
 
 from ..runtime import sharded
-from . import FAST
-
-SHARD = dict(FAST, nogil=True)
+from . import FAST, SHARD
 
 BLOCKS = 32  # fixed (not the thread count): a cacheable kernel, and sums independent of the threads
 

@@ -6,9 +6,7 @@ floor((n - size) / stride) + 1, so trailing positions a window never reaches are
 from numba import njit
 
 from ..runtime import sharded
-from . import FAST
-
-SHARD = dict(FAST, nogil=True)
+from . import FAST, SHARD
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc"})

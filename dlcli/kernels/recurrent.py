@@ -39,11 +39,7 @@ Gate orders (columns of W_ih, W_hh and bias, in blocks of H):
 import numpy as np
 from numba import njit
 
-from . import FAST
-
-# Whole-sequence kernels run in threads, one per shard of the batch: they release the GIL.
-SHARD = dict(FAST, nogil=True)
-
+from . import FAST, SHARD  # whole-sequence kernels run in shard threads
 
 # ---------------------------------------------------------------- nonlinearities
 
