@@ -27,9 +27,7 @@ def set_threads(n=None):
 def threads():
     """The number of cores set by `set_threads` (all of them if it was never called; one
     under `serial(True)`)."""
-    if _serial:
-        return 1
-    return _threads or os.cpu_count() or 1
+    return 1 if _serial else _threads or os.cpu_count() or 1
 
 
 def shard_bounds(n_rows, n_shards=None):
@@ -142,12 +140,11 @@ def sharded(kernel, n_tasks, *args, work=None):
     (`shard_bounds`), the ranges at once. Every kernel called so writes disjoint outputs
     per task, so the result does not depend on the number of shards. `work` (elements
     touched) below SHARD_MIN_WORK keeps the call on this thread."""
-    if work is not None and work < SHARD_MIN_WORK:
-        return kernel(*args, 0, n_tasks)
-    bounds = shard_bounds(n_tasks)
-    if len(bounds) == 1:
-        return kernel(*args, 0, n_tasks)
-    run_shards(lambda k: kernel(*args, *bounds[k]), len(bounds))
+    bounds = shard_bounds(n_tasks) if work is None or work >= SHARD_MIN_WORK else [(0, n_tasks)]
+    if len(bounds) == 1:  # no closure, no hand-off: the common case of small passes
+        kernel(*args, 0, n_tasks)
+    else:
+        run_shards(lambda k: kernel(*args, *bounds[k]), len(bounds))
 
 
 _blas_libraries = None
@@ -167,11 +164,9 @@ def serial(on):
         from threadpoolctl import ThreadpoolController
 
         _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-    _serial = False
-    n = 1 if on else threads()
-    for lib in _blas_libraries:
-        lib.set_num_threads(n)
     _serial = on
+    for lib in _blas_libraries:
+        lib.set_num_threads(threads())
 
 
 def _cached(module):
