@@ -132,33 +132,42 @@ class _Conv(Layer):
         columns = self.in2[0] * math.prod(self.k2) * math.prod(self.o2)
         return 2 * columns + super().work_entries(output_shape) + math.prod(self.in2)
 
+    def _scratch(self, n, make):
+        """The internal buffers for batch size n, made by make(n) the first time; a few
+        batch sizes are kept, reused across steps."""
+        buf = self.scratch.get(n)
+        if buf is None:
+            if len(self.scratch) > 4:
+                self.scratch.clear()
+            buf = self.scratch[n] = make(n)
+        return buf
+
     def _direct_buffers(self, n):
         """The zero-padded input planes (zeros stay around the interior each forward
         writes) and their gradient's scratch, per batch size."""
-        buf = self.scratch.get(n)
-        if buf is None:
-            length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1]
-            buf = {"xpad": np.zeros((n, self.in2[0], length), self.dtype)}
-            if len(self.scratch) > 4:
-                self.scratch.clear()
-            self.scratch[n] = buf
-        return buf
+        length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1]
+        return self._scratch(n, lambda n: {"xpad": np.zeros((n, self.in2[0], length), self.dtype)})
+
+    def _interior(self, padded):
+        """(the view of padded planes (N, C, L) that holds the input, its rows, its
+        columns): the input rows and columns some window reads."""
+        n, (cin, h, w), (ph, pw) = len(padded), self.in2, self.p2
+        planes = padded[:, :, : self.hp * self.wp].reshape(n, cin, self.hp, self.wp)
+        rows, cols = min(h, self.hp - ph), min(w, self.wp - pw)
+        return planes[:, :, ph : ph + rows, pw : pw + cols], rows, cols
 
     def _buffers(self, n):
-        buf = self.scratch.get(n)
-        if buf is None:
-            cout = self.options["filters"]
-            rows = self.in2[0] * self.k2[0] * self.k2[1]
-            npos = n * self.o2[0] * self.o2[1]
-            buf = {
-                "cols": np.empty((rows, npos), self.dtype),
-                "ycn": np.empty((cout, npos), self.dtype),
-                "xt": np.empty(self.in2 + (n,), self.dtype),  # batch-last input; col2im's scratch backward
-            }
-            if len(self.scratch) > 4:
-                self.scratch.clear()
-            self.scratch[n] = buf
-        return buf
+        """im2col's column matrix, the GEMM output and the batch-last input, per batch size."""
+        return self._scratch(n, self._make_buffers)
+
+    def _make_buffers(self, n):
+        rows = self.in2[0] * self.k2[0] * self.k2[1]
+        npos = n * self.o2[0] * self.o2[1]
+        return {
+            "cols": np.empty((rows, npos), self.dtype),
+            "ycn": np.empty((self.options["filters"], npos), self.dtype),
+            "xt": np.empty(self.in2 + (n,), self.dtype),  # batch-last input; col2im's scratch backward
+        }
 
     def _args(self):
         (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = self.k2, self.s2, self.p2, self.d2, self.o2
@@ -188,13 +197,10 @@ class _Conv(Layer):
         return out.reshape((n,) + self.output_shape)
 
     def _direct_forward(self, x4, n):
-        cin, h, w = self.in2
-        cout = self.options["filters"]
-        (ph, pw), (dh, dw) = self.p2, self.d2
+        cin, cout, (dh, dw) = self.in2[0], self.options["filters"], self.d2
         xpad = self._direct_buffers(n)["xpad"]
-        planes = xpad[:, :, : self.hp * self.wp].reshape(n, cin, self.hp, self.wp)
-        rows, cols = min(h, self.hp - ph), min(w, self.wp - pw)
-        planes[:, :, ph : ph + rows, pw : pw + cols] = x4[:, :, :rows, :cols]
+        interior, rows, cols = self._interior(xpad)
+        interior[...] = x4[:, :, :rows, :cols]
         out = np.empty((n, cout) + self.o2, self.dtype)
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
@@ -203,8 +209,8 @@ class _Conv(Layer):
         return out.reshape((n,) + self.output_shape)
 
     def _direct_backward(self, dy4, need_dx):
-        n, (cin, h, w), cout = self.n, self.in2, self.options["filters"]
-        (ph, pw), (dh, dw), wp = self.p2, self.d2, self.wp
+        n, cin, cout = self.n, self.in2[0], self.options["filters"]
+        (dh, dw), wp = self.d2, self.wp
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         dweight = self.grads["weight"].reshape(cout, cin, *self.k2)
         dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
@@ -217,10 +223,9 @@ class _Conv(Layer):
         if dxpad is None:
             dxpad = buf["dxpad"] = np.empty_like(xpad)
         runtime.sharded(self.K.direct_grad_input, n, dy4, y, relu, weight, dh, dw, wp, dxpad)
-        planes = dxpad[:, :, : self.hp * self.wp].reshape(n, cin, self.hp, self.wp)
+        interior, rows, cols = self._interior(dxpad)
         dx = np.zeros((n,) + self.in2, self.dtype)  # input rows no window reads get no gradient
-        rows, cols = min(h, self.hp - ph), min(w, self.wp - pw)
-        dx[:, :, :rows, :cols] = planes[:, :, ph : ph + rows, pw : pw + cols]
+        dx[:, :, :rows, :cols] = interior
         return dx.reshape((n,) + self.input_shape)
 
     def backward(self, dy, need_dx=True):
