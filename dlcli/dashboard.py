@@ -363,7 +363,7 @@ class Dashboard(Callback):
             bars_w = bars_fixed + bar_w
             chart_rows = max(min(room - 3, self.CHART_ROWS), 2)
             chart = self._chart_panel(frame, width - bars_w - 2, chart_rows)
-            bars = self._bars_panel(names, norms, notes, bar_w, bars_w, room - 2)
+            bars = self._bars_panel(names, norms, notes, bar_w, bars_w, room - 2, bars_w - bars_fixed)
             grid = Table.grid(padding=(0, 2))
             grid.add_column(no_wrap=True)
             grid.add_column(no_wrap=True)
@@ -376,7 +376,7 @@ class Dashboard(Callback):
             rows_left = room - chart_rows - 3
             bar_w = min(24, width - bars_fixed)
             if names and rows_left >= 3 and bar_w >= 4:
-                panels.append(self._bars_panel(names, norms, notes, bar_w, width, rows_left - 2))
+                panels.append(self._bars_panel(names, norms, notes, bar_w, width, rows_left - 2, width - bars_fixed))
         return Group(*panels, *status)
 
     def _chart_panel(self, frame, width, rows):
@@ -390,11 +390,10 @@ class Dashboard(Callback):
         chart = line_chart(series, height=rows, log=True, fit_width=width - 4)
         return Panel(chart, title="loss (log scale)", border_style="blue", width=width)
 
-    def _bars_panel(self, names, norms, notes, bar_w, width, rows):
-        """One row per layer (and merge point) while they fit; then the first ones and "+N more"."""
+    def _bars_panel(self, names, norms, notes, bar_w, width, rows, room):
+        """One row per layer (and merge point) while they fit; then the first ones and "+N more".
+        `room`: the cells the panel leaves for the bar column (a merge point's note may use them)."""
         shown = len(names) if len(names) <= rows else max(rows - 1, 0)
-        texts = [fmt(v) for v, note in zip(norms, notes) if note is None]
-        room = width - 4 - max(map(len, names), default=0) - max(map(len, texts), default=1) - 2
         bars = log_bars(
             names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms), notes=notes[:shown], room=room
         )

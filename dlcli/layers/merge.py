@@ -25,11 +25,15 @@ class Add(Layer):
     kind = "add"
     MERGE = True
     FUSES_RELU = True  # a residual block's relu after the sum: applied in place, masked in backward
+    KERNELS = ("dense",)  # the fused relu's mask in backward
     OPTIONS = {"projection": Opt(boolean, False, "project the first input to the others' shape when they differ")}
     EXAMPLE = {"options": {"projection": True}, "input": [(3,), (4,)]}
     projection = None
 
     def build(self, input_shapes):
+        from ..kernels import dense as K
+
+        self.K = K
         shapes = [tuple(s) for s in input_shapes]
         target = shapes[1] if self.options.get("projection") else shapes[0]
         for i, s in enumerate(shapes):
@@ -98,10 +102,8 @@ class Add(Layer):
     def backward(self, dy, need_dx=True):
         n = len(self.input_shape)
         if self.fuse_relu:  # a masked copy: dy itself may be another node's gradient too
-            from ..kernels.dense import relu_mask_inplace
-
             dy = np.array(dy, dtype=self.dtype, order="C", copy=True)
-            relu_mask_inplace(self.y, dy)
+            self.K.relu_mask_inplace(self.y, dy)
         dxs = [np.array(dy, copy=True) for _ in range(n - 1)] + [dy]  # no two share memory
         if self.projection is not None:
             dxs[0] = self.projection.backward(dxs[0], need_dx=need_dx)
@@ -130,6 +132,9 @@ class Concat(Layer):
     EXAMPLE = {"options": {}, "input": [(2, 3), (4, 3)]}
 
     def build(self, input_shapes):
+        from ..kernels import dense as K
+
+        self.K = K
         shapes = [tuple(s) for s in input_shapes]
         over = self.options.get("over", "auto")
         if over == "auto":
