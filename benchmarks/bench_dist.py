@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, run_child  # noqa: E402
+from common import HERE, run_child, span  # noqa: E402
 
 MODELS = {
     "mlp": dict(
@@ -142,11 +142,6 @@ def run_ranks(name, seconds, overlap):
 
 def ring_allreduce_s(nodes, nbytes, gbit, latency):
     return 2 * (nodes - 1) / nodes * nbytes * 8 / (gbit * 1e9) + 2 * (nodes - 1) * latency
-
-
-def span(values, fmt="{:,.0f}"):
-    lo, hi = min(values), max(values)
-    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
 def main():

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_rate, run_child, torch_available  # noqa: E402
+from common import best_rate, run_child, span, torch_available  # noqa: E402
 
 THROUGHPUT_BATCH, LATENCY_BATCH = 256, 1
 
@@ -152,11 +152,6 @@ CHILDREN = {"dlcli": dlcli_child, "dlcli1": dlcli_one_thread_child, "ort": ort_c
 LABELS = {"dlcli": "dlcli", "dlcli1": "dlcli 1 thread", "ort": "ONNX Runtime", "torch": "PyTorch"}
 
 
-def span(values, fmt):
-    lo, hi = min(values), max(values)
-    return f"{fmt(lo)}-{fmt(hi)}" if fmt(lo) != fmt(hi) else fmt(lo)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -193,10 +188,7 @@ def main():
                     lat[e].append(us)
             print(f"{name}:")
             for e in engines:
-                line = (
-                    f"  {LABELS[e]:<13} {span(rates[e], lambda v: f'{v:,.0f}'):>17} samples/s   "
-                    f"{span(lat[e], lambda v: f'{v:,.0f}'):>13} us"
-                )
+                line = f"  {LABELS[e]:<13} {span(rates[e]):>17} samples/s   {span(lat[e]):>13} us"
                 if e not in ("dlcli", "dlcli1"):
                     line += (
                         f"   dlcli/{LABELS[e]}: throughput {max(rates['dlcli']) / max(rates[e]):.2f}x, "

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, torch_available  # noqa: E402
+from common import HERE, span, torch_available  # noqa: E402
 
 MODELS = {  # name: (script, extra arguments of its child)
     "mlp": ("bench_mlp.py", []),
@@ -147,12 +147,6 @@ def mapped_vs_memory(samples=8192):
         return rates
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def span(values, fmt="{:,.0f}"):
-    """'lo-hi' of the values (one value alone when they agree or there is one)."""
-    lo, hi = min(values), max(values)
-    return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
 def speed_rows(names, threads, rounds, seconds, have_torch):

@@ -71,6 +71,12 @@ def run_child(script, args, timeout=300, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def span(values, fmt="{:,.0f}"):
+    """'lo-hi' of the values as `fmt` prints them (one figure when both print alike)."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def ratio_line(name, ours, theirs, flops_per_sample=None):
     """One printed row: dlcli samples/s, PyTorch samples/s, ratio, and GFLOP/s of each."""
     parts = [f"{name:<10} dlcli {ours:>10,.0f} samples/s"]
