@@ -12,22 +12,18 @@ mode printing samples/s as its last line (bench_mlp, bench_cnn, bench_rnn, bench
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import HERE, run_child  # noqa: E402
 
 
 def child(root, script, threads, seconds, extra):
+    """samples/s of `script --child dlcli` of the checkout at root, its dlcli first on the path."""
+    args = ["--child", "dlcli", "--threads", threads, "--seconds", seconds, *extra]
     env = dict(os.environ, PYTHONPATH=root)
-    args = [sys.executable, os.path.join(root, "benchmarks", script), "--child", "dlcli"]
-    args += ["--threads", str(threads), "--seconds", str(seconds), *extra]
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"{script} in {root} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(script, args, timeout=600, env=env, folder=os.path.join(root, "benchmarks"))
 
 
 def main():

@@ -57,10 +57,10 @@ def gemm_gflops(threads, seconds=1.0, n=1024):
     return best_rate(lambda: np.matmul(a, b, out=out), 1, seconds) * 2 * n**3 / 1e9
 
 
-def run_child(script, args, timeout=300, env=None):
-    """Run `python script args...` and return the JSON it prints on its last line."""
+def run_child(script, args, timeout=300, env=None, folder=HERE):
+    """Run `python folder/script args...` and return the JSON it prints on its last line."""
     out = subprocess.run(
-        [sys.executable, os.path.join(HERE, script), *map(str, args)],
+        [sys.executable, os.path.join(folder, script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
