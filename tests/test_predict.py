@@ -436,8 +436,6 @@ def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypat
 
     runtime.set_threads(2)
     seen = []
-    real_forward = None
-
     pred = predict_mod.open_model(models["spirals"])
     real_forward = pred.model.forward
 
