@@ -141,6 +141,8 @@ def build_model(ckpt: Checkpoint, dtype=np.float32, fuse=True):
     spec = ckpt.spec()
     vocab = checkpoint_vocabulary(ckpt)
     size = vocab.size if vocab is not None else None
-    model = Model.from_spec(spec.model, dtype=dtype, seed=spec.seed, loss=spec.loss, fuse=fuse, vocab_size=size)
+    model = Model.from_spec(
+        spec.model, dtype=dtype, seed=spec.seed, loss=spec.loss, fuse=fuse, vocab_size=size, loading=True
+    )
     model.load_state(ckpt.params, source=ckpt.path)
     return spec, model

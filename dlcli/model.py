@@ -110,9 +110,10 @@ class Plan:
         }
 
 
-def _nodes(model_spec, dtype=np.float32, seed=0, vocab_size=None):
+def _nodes(model_spec, dtype=np.float32, seed=0, vocab_size=None, loading=False):
     """(layers, inputs, where) of a model spec: fresh layer objects, not yet built.
-    `vocab_size` fills in options written as `vocab` (text models)."""
+    `vocab_size` fills in options written as `vocab` (text models); `loading`: a checkpoint
+    fills every parameter, so none is initialised."""
     layers, inputs, where = [], [], []
     file = getattr(model_spec, "file", None)
     for ls in model_spec.layers:
@@ -120,6 +121,7 @@ def _nodes(model_spec, dtype=np.float32, seed=0, vocab_size=None):
         options = {k: (vocab_size if v == VOCAB and vocab_size is not None else v) for k, v in ls.options.items()}
         layer = LAYERS[ls.kind](dtype=dtype, rng=rng, name=f"layers[{ls.index}] {ls.kind}", **options)
         layer.label = getattr(ls, "name", None)
+        layer.loading = loading
         layers.append(layer)
         given = getattr(ls, "inputs", None)
         inputs.append(tuple(given) if given is not None else (ls.index - 1,))
@@ -176,9 +178,10 @@ class Model:
         self._params_upstream = upstream
 
     @classmethod
-    def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True, vocab_size=None):
-        """`vocab_size` fills in options written as `vocab` (text models)."""
-        layers, inputs, where = _nodes(model_spec, dtype, seed, vocab_size)
+    def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True, vocab_size=None, loading=False):
+        """`vocab_size` fills in options written as `vocab` (text models); `loading`: the
+        caller loads a checkpoint into every parameter next, so nothing is initialised."""
+        layers, inputs, where = _nodes(model_spec, dtype, seed, vocab_size, loading)
         return cls(layers, model_spec.input, dtype=dtype, loss=loss, fuse=fuse, inputs=inputs, where=where)
 
     def source_name(self, j):

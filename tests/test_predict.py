@@ -458,3 +458,38 @@ def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypat
     runtime.set_threads(2)  # setting the threads ends serial mode
     assert counts() == (2, {2})
     runtime.set_threads(None)
+
+
+ADDING_LSTM = """\
+name: adding
+seed: 0
+data: {source: builtin:adding, options: {length: 6, samples: 64}}
+model:
+  input: [6, 2]
+  layers: [{lstm: {units: 4}}, {dense: {units: 1}}]
+loss: mse
+optimizer: {name: adam, lr: 0.01}
+train: {epochs: 1, batch_size: 32}
+"""
+
+
+def test_loading_a_checkpoint_draws_no_initial_values(tmp_path, monkeypatch):
+    """A loaded model's parameters all come from the checkpoint, so the (costly, for a
+    recurrent layer) initialisation is skipped; the loaded values are the saved ones."""
+    from dlcli.layers import recurrent
+    from dlcli.predict import open_model
+
+    (tmp_path / "a.yaml").write_text(ADDING_LSTM)
+    ok(invoke("train", tmp_path / "a.yaml", "-o", tmp_path / "a.npz", "-q"))
+
+    def refuse(*args):
+        raise AssertionError("initialised a parameter the checkpoint overwrites")
+
+    monkeypatch.setattr(recurrent, "orthogonal", refuse)
+    pred = open_model(tmp_path / "a.npz")
+    saved = checkpoint.load(tmp_path / "a.npz").params
+    state = pred.model.state()
+    assert set(state) == set(saved)
+    for k, v in state.items():
+        np.testing.assert_array_equal(v, saved[k])
+    assert np.abs(state[next(k for k in state if "w_recurrent" in k)]).sum() > 0

@@ -69,6 +69,9 @@ class Layer:
     # When set, `build` only counts the entries of the parameters and buffers it would
     # create (in `planned`) and allocates nothing: the memory estimate runs it first.
     planning = False
+    # When set, a checkpoint will overwrite every parameter and buffer: `build` allocates
+    # zeros instead of drawing initial values (an LSTM's orthogonal init costs a second).
+    loading = False
 
     def __init__(self, dtype=np.float32, rng=None, name=None, **options):
         self.dtype = np.dtype(dtype)
@@ -138,6 +141,8 @@ class Layer:
     def _add(self, kind, name, shape, make):
         if self.planning:  # entries by kind; Python ints, so a huge size never overflows
             self.planned[kind] = self.planned.get(kind, 0) + math.prod(int(n) for n in shape)
+        elif self.loading:
+            getattr(self, kind)[name] = np.zeros(shape, self.dtype)
         else:
             getattr(self, kind)[name] = make()
 

@@ -86,6 +86,7 @@ class Add(Layer):
                 f"{self.name}: cannot project the skip path's {shape}{_source(self, 0)} to the block's {target}"
             )
         layer.planning, layer.planned = self.planning, self.planned if self.planning else {}
+        layer.loading = self.loading
         layer.build(shape)  # when planning, it counts its weight into this layer's plan
         return layer
 
