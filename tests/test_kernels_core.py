@@ -75,6 +75,33 @@ def test_relu_mask_inplace(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_mask_into_leaves_dy_alone(rng, dtype):
+    y = ref.relu(rand(rng, (13, 7), dtype))
+    y[0, 0] = np.nan  # as PyTorch: a NaN output passes its gradient
+    dy = rand(rng, (13, 7), dtype)
+    before = dy.copy()
+    out = np.full_like(dy, 5.0)
+    KD.relu_mask_into(y, dy, out)
+    np.testing.assert_array_equal(out, np.where(y > 0, dy, 0) + np.where(np.isnan(y), dy, 0))
+    np.testing.assert_array_equal(dy, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (33, 65), (2, 3, 5, 4)])
+def test_add_act_matches_reference(rng, dtype, relu, shape):
+    a, b = rand(rng, shape, dtype), rand(rng, shape, dtype)
+    a.reshape(-1)[0] = np.nan
+    out = np.full(shape, 9.0, dtype)
+    KD.add_act(a, b, out, relu)
+    expected = ref.relu(a + b) if relu else a + b
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))  # NaN passes through
+    np.testing.assert_allclose(out, expected, **tol(dtype))
+    KD.add_act(out, b, out, False)  # in place, as a merge of three inputs runs it
+    np.testing.assert_allclose(out, expected + b, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size", [1, 7, 1000, 4099])
 def test_activation_kernels(rng, dtype, size):
     x = rand(rng, size, dtype, scale=4)

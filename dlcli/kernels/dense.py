@@ -27,17 +27,24 @@ def column_sums(a, out):
             out[j] += a[i, j]
 
 
+# The ReLU masks below store a select of two unconditional loads on every element: a
+# store under a condition (`if y <= 0: dy = 0`) did not vectorise, 16.7 against 3.5 us over
+# 128 x 256 float32. Masking a row and then summing it keeps both loops vectorised; one
+# fused loop ran at 14.7 us against 5.9.
+
+
 @njit(**FAST)
 def relu_mask_column_sums(y, dy, out):
     """dy *= (y > 0), then out = column sums of dy: the backward of a fused dense+ReLU
-    up to the products, in one pass over dy."""
+    up to the products, one row at a time while it is in cache."""
     n, m = dy.shape
     out[:] = 0
     for i in range(n):
+        yr, dr = y[i], dy[i]
         for j in range(m):
-            v = 0 if y[i, j] <= 0 else dy[i, j]  # as PyTorch: a NaN output passes dy
-            dy[i, j] = v
-            out[j] += v
+            dr[j] = 0 if yr[j] <= 0 else dr[j]  # as PyTorch: a NaN output passes dy
+        for j in range(m):
+            out[j] += dr[j]
 
 
 @njit(**FAST)
@@ -46,8 +53,29 @@ def relu_mask_inplace(y, dy):
     flat_y = y.reshape(-1)
     flat_dy = dy.reshape(-1)
     for i in range(flat_y.size):
-        if flat_y[i] <= 0:
-            flat_dy[i] = 0
+        flat_dy[i] = 0 if flat_y[i] <= 0 else flat_dy[i]
+
+
+@njit(**FAST)
+def relu_mask_into(y, dy, out):
+    """out = dy * (y > 0), dy untouched: a merge's ReLU backward when dy is shared."""
+    flat_y, flat_dy, flat_out = y.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    for i in range(flat_y.size):
+        flat_out[i] = 0 if flat_y[i] <= 0 else flat_dy[i]
+
+
+@njit(**FAST)
+def add_act(a, b, out, relu):
+    """out = a + b, then max(out, 0) when relu, in one pass (np.maximum took 16.7 us over
+    128 x 256 float32, this whole pass ~3). NaN passes through."""
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    if relu:
+        for i in range(fo.size):
+            v = fa[i] + fb[i]
+            fo[i] = 0 if v <= 0 else v
+    else:
+        for i in range(fo.size):
+            fo[i] = fa[i] + fb[i]
 
 
 @njit(**FAST)

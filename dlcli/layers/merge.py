@@ -92,19 +92,20 @@ class Add(Layer):
 
     def forward(self, xs, training=False):
         first = self.projection.forward(xs[0], training) if self.projection is not None else xs[0]
-        out = np.add(first, xs[1])
-        for x in xs[2:]:
-            out += x
+        terms = [np.ascontiguousarray(x, dtype=self.dtype) for x in (first, *xs[1:])]
+        out = np.empty(terms[0].shape, self.dtype)
+        for k in range(1, len(terms)):  # the relu goes with the last term's pass
+            self.K.add_act(terms[0] if k == 1 else out, terms[k], out, self.fuse_relu and k == len(terms) - 1)
         if self.fuse_relu:
-            np.maximum(out, 0, out=out)  # NaN stays NaN
             self.y = out
         return out
 
     def backward(self, dy, need_dx=True):
         n = len(self.input_shape)
         if self.fuse_relu:  # a masked copy: dy itself may be another node's gradient too
-            dy = np.array(dy, dtype=self.dtype, order="C", copy=True)
-            self.K.relu_mask_inplace(self.y, dy)
+            masked = np.empty(self.y.shape, self.dtype)
+            self.K.relu_mask_into(self.y, np.ascontiguousarray(dy, dtype=self.dtype).reshape(self.y.shape), masked)
+            dy = masked
         dxs = [np.array(dy, copy=True) for _ in range(n - 1)] + [dy]  # no two share memory
         if self.projection is not None:
             dxs[0] = self.projection.backward(dxs[0], need_dx=need_dx)
