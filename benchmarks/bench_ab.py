@@ -2,7 +2,9 @@
 and of this one alternate, round after round, so both see the same machine; prints each
 round's samples/s and the per-round ratio (this / base).
 
-    python benchmarks/bench_ab.py BASE bench_cnn.py [--threads 2] [--rounds 5] [--seconds 1.5] [-- extra args]
+    python benchmarks/bench_ab.py [--threads 2] [--rounds 5] [--seconds 1.5] BASE bench_cnn.py [-- extra args]
+
+(options before BASE: after the two names, everything goes to the script's child)
 
 BASE is another checkout (e.g. `git worktree add /tmp/base HEAD~3`); its own benchmark
 script runs with its own dlcli first on the path. The script must have a `--child dlcli`
