@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 from . import checkpoint
@@ -19,10 +20,35 @@ def _clean(v):
     return None if v is None else round(float(v), 6)
 
 
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _appendable_log(path, limit=1 << 20):
+    """True if `path` is missing, empty, or starts with a JSON line of a dlcli event: the
+    files `--log` may append to. A checkpoint or someone's notes are left alone."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(limit)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return True  # check_writable has said what is wrong with it
+    if not head.strip():
+        return True
+    try:
+        first = json.loads(head.split(b"\n", 1)[0])
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(first, dict) and "event" in first
+
+
 class MetricsLog(Callback):
     """JSON lines: one object per step ({"event": "step", ...}) and per epoch.
 
-    Step fields: event, epoch (1-based), step, loss, acc, lr, grad_norm, samples_per_s,
+    Each run appends, after a start line (event, spec, output, time), so one log can hold
+    several runs, told apart by their start lines; a file that is not such a log is never
+    appended to. Step fields: event, epoch (1-based), step, loss, acc, lr, grad_norm, samples_per_s,
     and with `grad_norms=True` also layer_grad_norms (a name -> norm mapping).
     Epoch fields: event, epoch, step, train_loss, train_acc, val_loss, val_acc, lr,
     samples_per_s, elapsed_s. Also, once each when they happen: resume (from, epoch,
@@ -38,12 +64,19 @@ class MetricsLog(Callback):
             check_writable(self.path, OutputError)
         except OutputError as e:
             raise OutputError(f"the metrics log: {e}") from None
+        if not _appendable_log(self.path):
+            raise OutputError(
+                f"the metrics log: {self.path} exists and is not a dlcli metrics log; "
+                "give --log a new file (or an earlier run's log to add to it)"
+            )
         self.grad_norms = grad_norms
         self.f = None
 
     def on_start(self, trainer):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a")
+        output = str(trainer.output) if trainer.output is not None else None
+        self._write({"event": "start", "spec": trainer.spec.name, "output": output, "time": _now()})
         self.names = [trainer.model.layers[i].name for i in trainer.model.param_layers]
         vocab = trainer.dataset.vocab
         self.text_level = vocab.level if vocab is not None else None

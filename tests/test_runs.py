@@ -143,6 +143,29 @@ def test_output_that_is_a_symlink_or_fifo_is_refused(write_spec, tmp_path):
     assert not os.path.isfile("pipe.npz")
 
 
+def test_log_appends_only_to_a_metrics_log_and_marks_each_run(write_spec):
+    p = write_spec(TEXT)
+    ok(invoke("train", p, "-o", "m.npz", "-q"))
+    before = open("m.npz", "rb").read()
+    line = one_line_error(invoke("train", p, "--log", "m.npz", "-o", "n.npz", "-q"))
+    assert "m.npz exists and is not a dlcli metrics log" in line
+    assert open("m.npz", "rb").read() == before and not os.path.exists("n.npz")
+    with open("notes.txt", "w") as f:
+        f.write("hello\n")
+    one_line_error(invoke("train", p, "--log", "notes.txt", "-o", "n.npz", "-q"))
+    assert open("notes.txt").read() == "hello\n"
+    # an earlier run's log takes the next run after a start line of its own
+    ok(invoke("train", p, "--log", "m.jsonl", "-o", "a.npz", "-q"))
+    ok(invoke("train", p, "--log", "m.jsonl", "-o", "b.npz", "-q"))
+    rows = log_rows("m.jsonl")
+    starts = [i for i, r in enumerate(rows) if r["event"] == "start"]
+    assert starts[0] == 0 and len(starts) == 2
+    assert [rows[i]["output"] for i in starts] == ["a.npz", "b.npz"] and rows[0]["spec"] == "runs"
+    assert len([r for r in rows if r["event"] == "epoch"]) == 2
+    open("empty.jsonl", "w").close()
+    ok(invoke("train", p, "--log", "empty.jsonl", "-o", "c.npz", "-q"))
+
+
 # ---------------------------------------------------------------- bug 4: stale temporaries
 
 
