@@ -177,11 +177,11 @@ def _cached(module):
 
 
 def kernel_cache_dirs():
-    """Where Numba keeps compiled kernels: beside the sources, or NUMBA_CACHE_DIR."""
-    places = [Path(__file__).parent / "kernels" / "__pycache__"]
+    """Where Numba keeps compiled kernels: NUMBA_CACHE_DIR when set (Numba then looks
+    nowhere else, so kernels beside the sources do not count), else beside the sources."""
     if os.environ.get("NUMBA_CACHE_DIR"):
-        places.append(Path(os.environ["NUMBA_CACHE_DIR"]))
-    return places
+        return [Path(os.environ["NUMBA_CACHE_DIR"])]
+    return [Path(__file__).parent / "kernels" / "__pycache__"]
 
 
 def uncompiled_kernels(model):

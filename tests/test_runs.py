@@ -387,6 +387,18 @@ model: {{input: {input}, layers: [flatten, {{dense: 2}}]}}
 # ---------------------------------------------------------------- the first run says it compiles
 
 
+def test_with_numba_cache_dir_set_only_that_folder_counts(tmp_path, monkeypatch):
+    """Numba reads NUMBA_CACHE_DIR alone when it is set: kernels compiled beside the
+    sources do not make an empty NUMBA_CACHE_DIR warm."""
+    from dlcli import runtime
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert runtime.kernel_cache_dirs() == [tmp_path]
+    assert not runtime._cached("dense")
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    assert [p.name for p in runtime.kernel_cache_dirs()] == ["__pycache__"]
+
+
 def test_an_empty_kernel_cache_is_announced(write_spec, tmp_path, monkeypatch):
     import io
 
