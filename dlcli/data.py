@@ -399,9 +399,11 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         memory.require({"dataset": need}, f"{ds.source} with {samples} samples")
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
+    input_at = spec.where("model", "input")  # a shape that does not fit names model.input's line
 
     def shape_batch(raw):
-        return fit_input(np.asarray(raw), spec.model.input, where, ds.layout).astype(np.float32, copy=False)
+        x = fit_input(np.asarray(raw), spec.model.input, f"{input_at}: {where}", ds.layout)
+        return x.astype(np.float32, copy=False)
 
     if isinstance(x, np.memmap):
         x = MappedRows(x, np.arange(len(x)), shape_batch)  # checks the shape now, reads nothing
@@ -426,7 +428,8 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         d.test_description = f"test_split {ds.test_split} of {description.split(',')[0]}, {n_test} samples"
     elif ds.test:
         tx, ty, d.test_description = _test_arrays(ds, spec.path, loss.classification, classes)
-        d.x_test = fit_input(np.asarray(tx), spec.model.input, ds.test, ds.layout).astype(np.float32, copy=False)
+        d.x_test = fit_input(np.asarray(tx), spec.model.input, f"{input_at}: {ds.test}", ds.layout)
+        d.x_test = d.x_test.astype(np.float32, copy=False)
         d.y_test = loss.check_targets(np.asarray(ty), output_shape, ds.test)
     if ds.standardize:
         d.mean, d.std = column_stats(d.x_train)

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .datasets import BUILTIN
-from .errors import SpecError
+from .errors import SpecError, location
 from .layers import LAYERS
 from .losses import LOSSES
 from .optim import OPTIMIZERS, SCHEDULES
@@ -136,6 +136,15 @@ class Spec:
     path: str = "<spec>"
     text: str = ""
     overrides: dict = field(default_factory=dict)  # what the command line set (for the record)
+    positions: _Positions | None = field(default=None, repr=False, compare=False)  # of `text`'s fields
+
+    def where(self, *path):
+        """`file:line:column` of the field at `path` (e.g. "model", "input"), for an error
+        found after parsing, when the data is read: in the file the spec was parsed from (a
+        checkpoint's embedded spec is the checkpoint's)."""
+        if self.positions is None:
+            return self.path
+        return location(self.positions.file, *self.positions.of(path))
 
 
 # Every optimizer has a name and a learning rate; the rest is in its class's OPTIONS.
@@ -272,8 +281,8 @@ def read_yaml(text_, file):
 class _Positions:
     """Line/column of every path in a YAML document (1-based, as editors show them)."""
 
-    def __init__(self, root):
-        self.marks = {}
+    def __init__(self, root, file=None):
+        self.marks, self.file = {}, file
         if root is not None:
             self._walk(root, ())
 
@@ -379,7 +388,7 @@ def load(path) -> Spec:
 
 def parse(text_: str, file: str = "<spec>") -> Spec:
     doc, root = read_yaml(text_, file)
-    reader = SpecReader(file, _Positions(root))
+    reader = SpecReader(file, _Positions(root, file))
     if not isinstance(doc, dict):
         raise reader.error((), "a spec must be a YAML mapping with at least 'model' and 'data'")
     for key in doc:
@@ -418,7 +427,7 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
         stopping = reader.options(("train", "early_stopping"), train_values["early_stopping"], EARLY_STOPPING_OPTIONS)
         train_values["early_stopping"] = EarlyStoppingSpec(**stopping)
     train = TrainSpec(**train_values)
-    return Spec(name, seed, data, model, loss, optimizer, train, file, text_)
+    return Spec(name, seed, data, model, loss, optimizer, train, file, text_, positions=reader.positions)
 
 
 def _parse_optimizer(reader, opt_map):

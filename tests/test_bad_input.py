@@ -421,6 +421,12 @@ def test_bad_metrics_log(content, fragments):
     check_refused(invoke(["inspect-gradients", "--log", "m.jsonl"]), 2, fragments, before, snapshot("."))
 
 
+def test_a_sample_shape_that_does_not_fit_names_model_input_in_the_spec():
+    Path("s.yaml").write_text("name: s\ndata: builtin:spirals\nmodel:\n  input: [3]\n  layers: [{dense: 2}]\n")
+    line = check_refused(invoke(["train", "s.yaml"]), 2)
+    assert line == "Error: s.yaml:4:10: builtin:spirals: samples have shape (2,), but model.input is [3]"
+
+
 # --------------------------------------------------------------------------- real processes
 @pytest.mark.parametrize(
     "name,content,args,fragment",
