@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .data import missing_file
 from .datasets import BUILTIN
 from .errors import SpecError, location
 from .layers import LAYERS
@@ -485,6 +486,10 @@ def _check_data(reader, data: DataSpec):
                 "must be builtin:<name> or a .npz, .npy or .csv file (or any text file, with a data.text block)",
                 data.source,
             )
+        if suffix == ".csv" and not data.label or suffix == ".npy" and not data.targets:
+            missing = missing_file("source", data.source, reader.file)
+            if missing:  # the first thing to fix: a label or targets would not make it readable
+                raise reader.error(("data", "source"), missing)
         if suffix == ".csv" and not data.label:
             raise reader.error(("data",), "data.label must name the label column of a .csv file")
         if suffix == ".npy" and not data.targets:
