@@ -51,8 +51,9 @@ class MetricsLog(Callback):
     appended to. Step fields: event, epoch (1-based), step, loss, acc, lr, grad_norm, samples_per_s,
     and with `grad_norms=True` also layer_grad_norms (a name -> norm mapping).
     Epoch fields: event, epoch, step, train_loss, train_acc, val_loss, val_acc, lr,
-    samples_per_s, elapsed_s. Also, once each when they happen: resume (from, epoch,
-    changes: {setting: [old, new]}), stop (epoch, step, reason: early stopping) and test
+    samples_per_s, elapsed_s. Also, once each when they happen: resume (from; epoch,
+    epoch_step and step: the epochs, batches of the next epoch and steps done, so it goes
+    on at step + 1; changes: {setting: [old, new]}), stop (epoch, step, reason: early stopping) and test
     (loss, acc, samples, epoch and checkpoint: the kept checkpoint's epoch and best|last).
     Text models add bits per character (`bpc`, or `bits_per_word`) and `perplexity`: per
     step, and as train_/val_ fields per epoch.
@@ -83,7 +84,16 @@ class MetricsLog(Callback):
         if trainer.resumed:
             r = trainer.resumed
             changes = {k: list(v) for k, v in r["changes"].items()}
-            self._write({"event": "resume", "from": r["from"], "epoch": r["epoch"], "changes": changes})
+            self._write(
+                {
+                    "event": "resume",
+                    "from": r["from"],
+                    "epoch": r["epoch"],
+                    "epoch_step": r["epoch_step"],
+                    "step": r["step"],
+                    "changes": changes,
+                }
+            )
 
     def _text_scores(self, loss, prefix=""):
         if self.text_level is None:

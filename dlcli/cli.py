@@ -182,6 +182,8 @@ def final_lines(result, saved, trainer):
             parts.append(f"val_loss {last.val_loss:.4f}")
         if last.val_acc is not None:
             parts.append(f"val_acc {last.val_acc:.4f}")
+        if result.stopped == "interrupted" and result.step > last.step:  # partway through the next epoch
+            parts.insert(1, f"(stopped in epoch {last.epoch + 2} at step {result.step})")
         out.append(" ".join(parts))
     if result.stopped == "early_stopped":
         out.append(f"stopped: {result.message}")

@@ -246,8 +246,17 @@ def start_lines(trainer):
     r = trainer.resumed
     if r:
         changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changes"].items())
-        out.append(f"resuming {r['from']} after epoch {r['epoch']}" + (f"; changed: {changed}" if changed else ""))
+        out.append(f"resuming {r['from']} {resume_point(r)}" + (f"; changed: {changed}" if changed else ""))
     return out
+
+
+def resume_point(resumed):
+    """Where a resumed run goes on: 'after epoch 3' from an epoch's end, 'at epoch 4, step
+    295' (the global step, as 'Stopped: interrupted at epoch 4, step 294' counts) from
+    inside an interrupted epoch."""
+    if resumed.get("epoch_step"):
+        return f"at epoch {resumed['epoch'] + 1}, step {resumed['step'] + 1}"
+    return f"after epoch {resumed['epoch']}"
 
 
 def text_scores(trainer, loss, label=""):

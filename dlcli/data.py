@@ -44,6 +44,29 @@ def resolve(source, spec_path=None):
     return Path(spec_path).parent / p
 
 
+def missing_file(key, value, spec_path=None):
+    """The one-line problem with data.`key` when the file it names (`value`, resolved as
+    `resolve` does) is not there, saying where it was looked for; None when it is there."""
+    path = resolve(value, spec_path)
+    if path.exists():
+        return None
+    looked = os.path.abspath(path)
+    return f"data.{key}: data file not found: {value}" + (f" (looked for {looked})" if looked != value else "")
+
+
+def check_files(spec):
+    """Every data file the spec names is there, else an error at that field of the spec
+    (before any of them is read, so the user is told the field to fix, not just a path)."""
+    ds = spec.data
+    for key in ("source", "targets", "test"):
+        value = getattr(ds, key)
+        if value is None or (key == "source" and ds.builtin is not None):
+            continue
+        problem = missing_file(key, value, spec.path)
+        if problem:
+            raise DataError(f"{spec.where('data', key)}: {problem}")
+
+
 def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
     """(x, y, classes, description) for a data spec, before splitting."""
     if data_spec.builtin:
@@ -389,6 +412,7 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
     split of a seed unchanged only when test_split is 0. Text sources go to dlcli/text.py
     (`vocab`: use this vocabulary, e.g. a checkpoint's)."""
     ds = spec.data
+    check_files(spec)
     if ds.text is not None:
         from . import text  # here: text imports this module
 
@@ -399,9 +423,11 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         memory.require({"dataset": need}, f"{ds.source} with {samples} samples")
     x, y, classes, description = load_arrays(ds, spec.path, loss.classification, spec.seed)
     where = ds.source
+    input_at = spec.where("model", "input")  # a shape that does not fit names model.input's line
 
     def shape_batch(raw):
-        return fit_input(np.asarray(raw), spec.model.input, where, ds.layout).astype(np.float32, copy=False)
+        x = fit_input(np.asarray(raw), spec.model.input, f"{input_at}: {where}", ds.layout)
+        return x.astype(np.float32, copy=False)
 
     if isinstance(x, np.memmap):
         x = MappedRows(x, np.arange(len(x)), shape_batch)  # checks the shape now, reads nothing
@@ -426,7 +452,8 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         d.test_description = f"test_split {ds.test_split} of {description.split(',')[0]}, {n_test} samples"
     elif ds.test:
         tx, ty, d.test_description = _test_arrays(ds, spec.path, loss.classification, classes)
-        d.x_test = fit_input(np.asarray(tx), spec.model.input, ds.test, ds.layout).astype(np.float32, copy=False)
+        d.x_test = fit_input(np.asarray(tx), spec.model.input, f"{input_at}: {ds.test}", ds.layout)
+        d.x_test = d.x_test.astype(np.float32, copy=False)
         d.y_test = loss.check_targets(np.asarray(ty), output_shape, ds.test)
     if ds.standardize:
         d.mean, d.std = column_stats(d.x_train)

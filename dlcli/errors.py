@@ -17,12 +17,17 @@ class SpecError(DlcliError):
         super().__init__(str(self))
 
     def __str__(self):
-        where = self.file or "<spec>"
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        return f"{where}: {self.message}"
+        return f"{location(self.file, self.line, self.column)}: {self.message}"
+
+
+def location(file, line=None, column=None):
+    """`file:line:column` as editors take it (the parts known)."""
+    where = file or "<spec>"
+    if line is not None:
+        where += f":{line}"
+        if column is not None:
+            where += f":{column}"
+    return where
 
 
 class DataError(DlcliError):

@@ -278,7 +278,13 @@ def train(
         trainer.output = output if writer else None
         trainer.compiling = compiling
         if ckpt is not None:
-            trainer.resumed = {"from": str(resume), "epoch": start_epoch, "changes": changes}
+            trainer.resumed = {
+                "from": str(resume),
+                "epoch": start_epoch,  # epochs done
+                "epoch_step": skip,  # batches of the next epoch done (an interrupted epoch)
+                "step": trainer.step,  # steps done: it goes on at step + 1
+                "changes": changes,
+            }
             if s.train.keep_best and best_path(output).exists():
                 trainer.best_params = checkpoint.load(best_path(output)).params
         result = trainer.fit()

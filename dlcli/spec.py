@@ -14,8 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from .data import missing_file
 from .datasets import BUILTIN
-from .errors import SpecError
+from .errors import SpecError, location
 from .layers import LAYERS
 from .losses import LOSSES
 from .optim import OPTIMIZERS, SCHEDULES
@@ -136,6 +137,15 @@ class Spec:
     path: str = "<spec>"
     text: str = ""
     overrides: dict = field(default_factory=dict)  # what the command line set (for the record)
+    positions: _Positions | None = field(default=None, repr=False, compare=False)  # of `text`'s fields
+
+    def where(self, *path):
+        """`file:line:column` of the field at `path` (e.g. "model", "input"), for an error
+        found after parsing, when the data is read: in the file the spec was parsed from (a
+        checkpoint's embedded spec is the checkpoint's)."""
+        if self.positions is None:
+            return self.path
+        return location(self.positions.file, *self.positions.of(path))
 
 
 # Every optimizer has a name and a learning rate; the rest is in its class's OPTIONS.
@@ -272,8 +282,8 @@ def read_yaml(text_, file):
 class _Positions:
     """Line/column of every path in a YAML document (1-based, as editors show them)."""
 
-    def __init__(self, root):
-        self.marks = {}
+    def __init__(self, root, file=None):
+        self.marks, self.file = {}, file
         if root is not None:
             self._walk(root, ())
 
@@ -379,7 +389,7 @@ def load(path) -> Spec:
 
 def parse(text_: str, file: str = "<spec>") -> Spec:
     doc, root = read_yaml(text_, file)
-    reader = SpecReader(file, _Positions(root))
+    reader = SpecReader(file, _Positions(root, file))
     if not isinstance(doc, dict):
         raise reader.error((), "a spec must be a YAML mapping with at least 'model' and 'data'")
     for key in doc:
@@ -418,7 +428,7 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
         stopping = reader.options(("train", "early_stopping"), train_values["early_stopping"], EARLY_STOPPING_OPTIONS)
         train_values["early_stopping"] = EarlyStoppingSpec(**stopping)
     train = TrainSpec(**train_values)
-    return Spec(name, seed, data, model, loss, optimizer, train, file, text_)
+    return Spec(name, seed, data, model, loss, optimizer, train, file, text_, positions=reader.positions)
 
 
 def _parse_optimizer(reader, opt_map):
@@ -476,6 +486,10 @@ def _check_data(reader, data: DataSpec):
                 "must be builtin:<name> or a .npz, .npy or .csv file (or any text file, with a data.text block)",
                 data.source,
             )
+        if suffix == ".csv" and not data.label or suffix == ".npy" and not data.targets:
+            missing = missing_file("source", data.source, reader.file)
+            if missing:  # the first thing to fix: a label or targets would not make it readable
+                raise reader.error(("data", "source"), missing)
         if suffix == ".csv" and not data.label:
             raise reader.error(("data",), "data.label must name the label column of a .csv file")
         if suffix == ".npy" and not data.targets:

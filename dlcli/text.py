@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import Dataset, resolve
+from .data import Dataset, check_files, resolve
 from .datasets import BUILTIN
 from .errors import CheckpointError, DataError
 from .options import Opt, choice, optional, positive_int, text
@@ -91,6 +91,7 @@ def read(spec):
     if ds.builtin:
         gen = BUILTIN[ds.builtin]
         return gen.generate_text(ds.options, np.random.default_rng(spec.seed)), gen.describe(ds.options)
+    check_files(spec)
     path = resolve(ds.source, spec.path)
     try:
         with open(path, encoding="utf-8", newline="") as f:

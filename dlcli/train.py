@@ -132,7 +132,7 @@ class Trainer:
         self.state = {}  # JSON-able state of callbacks and schedules, saved in checkpoints
         self.stop_reason = None  # a callback sets it to end training after this epoch
         self.best_params = None  # the best epoch's parameters (keep_best)
-        self.resumed = None  # {"from", "epoch", "changes"} when continuing a checkpoint
+        self.resumed = None  # {"from", "epoch", "epoch_step", "step", "changes"} when continuing a checkpoint
         self.output = None  # the checkpoint path
         self.compiling = []  # layer kinds whose kernels the first step compiles (empty cache)
         self.schedule = optim.schedule(spec.optimizer)

@@ -103,8 +103,9 @@ SPECS = [
     ("noise-inf", spec_with("data: {source: builtin:moons, options: {noise: .inf}}"), ["noise"]),
     ("val-split-one", spec_with("data: {source: builtin:moons, validation_split: 1}"), ["validation_split"]),
     ("options-on-file", spec_with("data: {source: d.npz, options: {samples: 3}}"), ["built-in"]),
-    ("csv-without-label", spec_with("data: {source: d.csv}"), ["data.label"]),
-    ("npy-without-targets", spec_with("data: {source: x.npy}"), ["data.targets"]),
+    # the missing file first: a label or targets would not make it readable
+    ("csv-missing-without-label", spec_with("data: {source: d.csv}"), ["spec.yaml:6:", "data.source", "not found"]),
+    ("npy-missing-without-targets", spec_with("data: {source: x.npy}"), ["spec.yaml:6:", "data.source", "not found"]),
     ("input-empty", spec_with("model: {input: [], layers: [{dense: 2}]}"), ["model.input"]),
     ("input-zero", spec_with("model: {input: [0], layers: [{dense: 2}]}"), ["model.input"]),
     ("input-text", spec_with("model: {input: abc, layers: [{dense: 2}]}"), ["model.input"]),
@@ -283,9 +284,10 @@ DATA_FILES = [
     ("npz-length-mismatch", {"d.npz": npz_bytes(x=X, y=Y[:10])}, NPZ, ["16 samples", "10"]),
     ("npz-label-out-of-range", {"d.npz": npz_bytes(x=X, y=Y + 5)}, NPZ, ["labels run from"]),
     ("npz-fractional-labels", {"d.npz": npz_bytes(x=X, y=Y + 0.5)}, NPZ, ["integer class labels"]),
-    ("npz-missing", {}, NPZ, ["not found", "d.npz"]),
+    ("npz-missing", {}, NPZ, ["s.yaml:3:16: data.source: data file not found: d.npz (looked for /"]),
     ("npy-x-nan", {"x.npy": npy_bytes(x_with(np.nan, 7)), "y.npy": npy_bytes(Y)}, NPY, ["x.npy", "row 7"]),
-    ("npy-targets-missing", {"x.npy": npy_bytes(X)}, NPY, ["y.npy", "not found"]),
+    ("npy-targets-missing", {"x.npy": npy_bytes(X)}, NPY, ["s.yaml:3:", "data.targets", "not found: y.npy"]),
+    ("npy-without-targets", {"x.npy": npy_bytes(X)}, spec_for("x.npy"), ["data.targets"]),
     ("npy-garbage", {"x.npy": b"\x93NUMPY garbage", "y.npy": npy_bytes(Y)}, NPY, ["x.npy", "not a readable"]),
     (
         "npy-huge-header",
@@ -305,6 +307,7 @@ DATA_FILES = [
     ("csv-not-numeric", {"d.csv": "a,b,label\n1,x,0\n"}, CSV, ["d.csv:2", "not numeric"]),
     ("csv-ragged", {"d.csv": "a,b,label\n1,2,0\n1,2\n"}, CSV, ["d.csv:3", "2 values"]),
     ("csv-no-label-column", {"d.csv": "a,b,c\n1,2,0\n"}, CSV, ["no column named 'label'"]),
+    ("csv-without-label", {"d.csv": "a,b,label\n1,2,0\n"}, spec_for("d.csv"), ["data.label"]),
     ("csv-empty", {"d.csv": ""}, CSV, ["header row"]),
     ("csv-binary", {"d.csv": bytes(range(256))}, CSV, ["d.csv"]),
 ]
@@ -419,6 +422,30 @@ def test_bad_metrics_log(content, fragments):
         Path("m.jsonl").write_bytes(content if isinstance(content, bytes) else content.encode())
     before = snapshot(".")
     check_refused(invoke(["inspect-gradients", "--log", "m.jsonl"]), 2, fragments, before, snapshot("."))
+
+
+def test_a_sample_shape_that_does_not_fit_names_model_input_in_the_spec():
+    Path("s.yaml").write_text("name: s\ndata: builtin:spirals\nmodel:\n  input: [3]\n  layers: [{dense: 2}]\n")
+    line = check_refused(invoke(["train", "s.yaml"]), 2)
+    assert line == "Error: s.yaml:4:10: builtin:spirals: samples have shape (2,), but model.input is [3]"
+
+
+def test_a_missing_data_file_names_the_field_and_where_it_was_looked_for():
+    Path("sub").mkdir()
+    Path("sub/s.yaml").write_text(
+        spec_for("nothere.npz").replace("{source: nothere.npz, ", "\n  {source: nothere.npz, ")
+    )
+    line = check_refused(invoke(["train", "sub/s.yaml"]), 2)
+    looked = Path.cwd() / "sub" / "nothere.npz"
+    assert line == f"Error: sub/s.yaml:4:12: data.source: data file not found: nothere.npz (looked for {looked})"
+    # a test file too, and a .csv without a label: the missing file is what to fix first
+    np.savez("sub/d.npz", x=X, y=Y)
+    Path("sub/s.yaml").write_text(spec_for("d.npz", ", test: t.npz"))
+    line = check_refused(invoke(["train", "sub/s.yaml"]), 2)
+    assert line.startswith("Error: sub/s.yaml:3:") and "data.test: data file not found: t.npz" in line
+    Path("sub/s.yaml").write_text(spec_for("d.csv"))
+    line = check_refused(invoke(["summary", "sub/s.yaml"]), 2)
+    assert line.startswith("Error: sub/s.yaml:3:16: data.source: data file not found: d.csv")
 
 
 # --------------------------------------------------------------------------- real processes

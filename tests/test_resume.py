@@ -7,6 +7,7 @@
   never a torn one; the next run leaves no temporary file behind.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -32,11 +33,11 @@ train: {{epochs: {epochs}, batch_size: 16}}
 """
 
 
-def dlcli_train(*args, sigint_at=None, wait=True):
+def dlcli_train(*args, sigint_at=None, wait=True, quiet=True):
     env = {k: v for k, v in os.environ.items() if k != "DLCLI_TEST_SIGINT_AT_STEP"}
     if sigint_at is not None:
         env["DLCLI_TEST_SIGINT_AT_STEP"] = str(sigint_at)
-    cmd = [sys.executable, "-m", "dlcli", "train", *map(str, args), "-q", "--threads", "1"]
+    cmd = [sys.executable, "-m", "dlcli", "train", *map(str, args), *(["-q"] if quiet else []), "--threads", "1"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
         return p
@@ -89,6 +90,23 @@ def test_stop_anywhere_then_resume_gives_the_same_bits(tmp_path, straight):
     code, _, err = dlcli_train("--resume", out)
     assert code == 0, err
     assert_same_bits(out, reference)
+
+
+def test_the_run_says_where_it_stopped_and_where_it_goes_on(tmp_path):
+    """Stopped inside epoch 2, the final line says so, and the resumed run says it goes on
+    inside epoch 2 (on screen and in the log); stopped at an epoch's end, 'after epoch N'."""
+    spec, out, log = tmp_path / "r.yaml", tmp_path / "r.npz", tmp_path / "m.jsonl"
+    spec.write_text(SPEC.format(samples=60, epochs=3))  # 48 training samples: 3 steps an epoch
+    code, stdout, err = dlcli_train(spec, "-o", out, sigint_at=4)
+    assert code == 130 and "Stopped: interrupted at epoch 2, step 4." in err, err
+    assert "final: epoch 1/3 (stopped in epoch 2 at step 4) train_loss " in stdout, stdout
+    code, stdout, err = dlcli_train("--resume", out, "--log", log, sigint_at=6, quiet=False)
+    assert code == 130 and f"resuming {out} at epoch 2, step 5\n" in stdout, stdout
+    resume = json.loads(log.read_text().splitlines()[0])
+    assert resume == {"event": "resume", "from": str(out), "epoch": 1, "epoch_step": 1, "step": 4, "changes": {}}
+    assert "final: epoch 2/3 train_loss " in stdout, stdout  # stopped after epoch 2's last step
+    code, stdout, err = dlcli_train("--resume", out, quiet=False)
+    assert code == 0 and f"resuming {out} after epoch 2\n" in stdout, stdout
 
 
 def test_a_ctrl_c_from_outside_then_resume_gives_the_same_bits(tmp_path, straight):

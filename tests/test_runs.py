@@ -84,6 +84,8 @@ def test_resume_applies_a_new_option_and_says_what_changed(write_spec):
             "event": "resume",
             "from": "r.npz",
             "epoch": 1,
+            "epoch_step": 0,
+            "step": 5,
             "changes": {"optimizer.lr": [0.005, 0.001], "train.epochs": [1, 2]},
         }
     ]

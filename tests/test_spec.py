@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dlcli import spec
@@ -198,8 +199,9 @@ def error_of(write_spec, text):
             "2:37",
             ["model.layers[0].dense.units is required"],
         ),
-        ("data: data.csv\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["data.label must name the label column"]),
-        ("data: x.npy\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["data.targets must name the .npy file"]),
+        # a missing file is said before the missing label or targets: it is the first thing to fix
+        ("data: data.csv\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["data.source: data file not found"]),
+        ("data: x.npy\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["data.source: data file not found: x.npy"]),
         ("data: data.txt\nmodel: {input: [2], layers: [dense: 2]}\n", "1:7", ["must be builtin:<name> or a .npz"]),
     ],
 )
@@ -209,6 +211,15 @@ def test_errors_name_file_line_column_and_field(write_spec, text, where, fragmen
     for f in fragments:
         assert f in msg, msg
     assert "\n" not in msg
+
+
+def test_a_data_file_without_its_label_or_targets(write_spec, tmp_path):
+    (tmp_path / "data.csv").write_text("a,b,label\n1,2,0\n")
+    msg, p = error_of(write_spec, "data: data.csv\nmodel: {input: [2], layers: [dense: 2]}\n")
+    assert msg.startswith(f"{p}:1:7: ") and "data.label must name the label column" in msg
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    msg, p = error_of(write_spec, "data: x.npy\nmodel: {input: [2], layers: [dense: 2]}\n")
+    assert msg.startswith(f"{p}:1:7: ") and "data.targets must name the .npy file" in msg
 
 
 def test_invalid_yaml_gives_its_position(write_spec):
