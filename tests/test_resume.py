@@ -102,7 +102,7 @@ def test_the_run_says_where_it_stopped_and_where_it_goes_on(tmp_path):
     assert "final: epoch 1/3 (stopped in epoch 2 at step 4) train_loss " in stdout, stdout
     code, stdout, err = dlcli_train("--resume", out, "--log", log, sigint_at=6, quiet=False)
     assert code == 130 and f"resuming {out} at epoch 2, step 5\n" in stdout, stdout
-    resume = json.loads(log.read_text().splitlines()[0])
+    (resume,) = [r for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "resume"]
     assert resume == {"event": "resume", "from": str(out), "epoch": 1, "epoch_step": 1, "step": 4, "changes": {}}
     assert "final: epoch 2/3 train_loss " in stdout, stdout  # stopped after epoch 2's last step
     code, stdout, err = dlcli_train("--resume", out, quiet=False)
