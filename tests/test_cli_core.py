@@ -139,7 +139,8 @@ def test_metrics_log_has_the_documented_fields(write_spec):
     )
     assert invoke("train", reg, "--log", "r.jsonl").exit_code == 0
     rows = [json.loads(ln) for ln in open("r.jsonl")]
-    assert "layer_grad_norms" not in rows[0] and rows[0]["acc"] is None and rows[-1]["val_acc"] is None
+    assert rows[0]["event"] == "start" and rows[1]["event"] == "step"
+    assert "layer_grad_norms" not in rows[1] and rows[1]["acc"] is None and rows[-1]["val_acc"] is None
 
 
 def one_line_error(out, code=2):

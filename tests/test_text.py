@@ -176,7 +176,7 @@ def test_training_logs_bits_per_character_and_stores_the_vocabulary(trained):
     assert epoch["val_bpc"] == pytest.approx(epoch["val_loss"] / math.log(2), rel=1e-5)
     assert epoch["val_perplexity"] == pytest.approx(math.exp(epoch["val_loss"]), rel=1e-5)
     assert epoch["train_bpc"] == pytest.approx(epoch["train_loss"] / math.log(2), rel=1e-5)
-    assert "bpc" in rows[0] and rows[0]["event"] == "step"
+    assert rows[0]["event"] == "start" and rows[1]["event"] == "step" and "bpc" in rows[1]
     ck = checkpoint.load(ckpt_path)
     assert ck.meta["text"]["tokens"][0] == "<unk>"
     assert set(ck.meta["text"]["tokens"][1:]) == set(CORPUS[: -round(len(CORPUS) * 0.2)])
