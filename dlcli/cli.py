@@ -172,14 +172,14 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
 def final_lines(result, saved, trainer):
     """What `train` prints at the end: the last epoch, why it stopped early, the test score
     and where the checkpoints are."""
-    from .dashboard import fmt
+    from .dashboard import fmt, fmt_metric
 
     out = []
     last = result.history[-1] if result.history else None
     if last is not None:
-        parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {last.train_loss:.4f}"]
+        parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {fmt(last.train_loss)}"]
         if last.val_loss is not None:
-            parts.append(f"val_loss {last.val_loss:.4f}")
+            parts.append(f"val_loss {fmt(last.val_loss)}")
         if last.val_acc is not None:
             parts.append(f"val_acc {last.val_acc:.4f}")
         out.append(" ".join(parts))
@@ -189,7 +189,9 @@ def final_lines(result, saved, trainer):
     if saved and best and best.get("epoch"):
         from .run import best_path
 
-        out.append(f"best: epoch {best['epoch']}, {best['monitor']} {best['value']:.4f} -> {best_path(saved)}")
+        out.append(
+            f"best: epoch {best['epoch']}, {best['monitor']} {fmt_metric(best['monitor'], best['value'])} -> {best_path(saved)}"
+        )
     if result.test is not None:
         t = result.test
         acc = f" test_acc {t['acc']:.4f}" if t["acc"] is not None else ""
@@ -211,7 +213,7 @@ def summary(source, no_data):
     from rich.console import Console
 
     from . import data, run
-    from .dashboard import summary_table
+    from .dashboard import fmt_metric, summary_table
 
     s, ckpt = run.spec_or_checkpoint(source)
     model, loss = run.build(s, checkpoint=ckpt)
@@ -227,7 +229,7 @@ def summary(source, no_data):
         console.print(
             f"checkpoint: {meta.get('epochs_done', 0)} epochs, step {meta.get('step', 0)}, "
             f"dlcli {meta.get('dlcli_version')}"
-            + (f"; the best epoch ({best['monitor']} {best['value']:.4f})" if best else "")
+            + (f"; the best epoch ({best['monitor']} {fmt_metric(best['monitor'], best['value'])})" if best else "")
             + (f"; set on the command line: {meta['overrides']}" if meta.get("overrides") else "")
         )
     if not no_data:

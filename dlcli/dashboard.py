@@ -31,6 +31,12 @@ def fmt(v, digits=4):
     return f"{v:.{digits}f}"
 
 
+def fmt_metric(name, v):
+    """A monitored metric (val_loss, val_acc) as the epoch lines print it: a loss by `fmt`,
+    so a tiny loss keeps its digits instead of showing 0.0000; an accuracy with 4 decimals."""
+    return fmt(v) if name.endswith("loss") else f"{v:.4f}"
+
+
 def fmt_duration(seconds):
     if seconds is None or not math.isfinite(seconds):
         return "-"
