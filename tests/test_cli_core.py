@@ -263,3 +263,14 @@ def test_tiny_losses_keep_their_digits_in_the_final_and_early_stopping_lines():
     trainer = SimpleNamespace(state={"early_stopping": {"best": 3.2e-9, "best_epoch": 4, "wait": 0}})
     stop.on_epoch(trainer, SimpleNamespace(val_loss=1e-8, epoch=5, epochs=10))
     assert trainer.stop_reason.endswith("(best 3.20e-09 at epoch 4)")
+
+
+def test_summary_into_a_pipe_is_not_wrapped_at_80_columns(write_spec):
+    """Rich would break these lines at 80 columns when stdout is not a terminal."""
+    p = write_spec(TEXT.replace("name: cli", "name: a_model_with_a_rather_long_name"))
+    out = invoke("summary", p)
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert any(ln.startswith("loss: cross_entropy") and ln.endswith("seed: 1") for ln in lines), out.output
+    assert any(ln.startswith("data: ") and ln.endswith("2 classes") for ln in lines), out.output
+    assert not [ln for ln in lines if ln.endswith(" ") and not ln.startswith("model: ")], out.output
