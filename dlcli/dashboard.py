@@ -515,9 +515,18 @@ class PlainProgress(Callback):
         if self.show_summary:
             m = trainer.model
             self.echo(f"model {trainer.spec.name}: {m.n_params():,} parameters")
-            for row in m.summary():
-                detail = f" ({row.detail})" if row.detail else ""
-                self.echo(f"  {row.index:>2} {row.kind}{detail:<24} -> {list(row.output_shape)}  params {row.params:,}")
+            rows = [
+                (
+                    str(r.index),
+                    r.kind + (f" ({r.detail})" if r.detail else ""),
+                    str(list(r.output_shape)),
+                    f"{r.params:,}",
+                )
+                for r in m.summary()
+            ]
+            w = [max(len(row[k]) for row in rows) for k in range(4)]  # columns as wide as their longest cell
+            for index, layer, shape, params in rows:
+                self.echo(f"  {index:>{w[0]}} {layer:<{w[1]}} -> {shape:<{w[2]}}  params {params:>{w[3]}}")
         for line in start_lines(trainer):
             self.echo(line)
         if compile_notice(trainer):

@@ -102,11 +102,25 @@ def test_plain_progress_lines():
         display=PlainProgress(lines.append, lines_per_epoch=2, min_interval=0),
     )
     assert lines[0] == "model dash: 56 parameters"
+    layers = lines[1:6]
+    assert layers[0] == "  0 dense (6 units, relu fused in) -> [6]  params 18"
+    assert len({ln.index(" -> ") for ln in layers}) == 1 and len({len(ln) for ln in layers}) == 1, layers
     epochs = [ln for ln in lines if "train_loss" in ln]
     assert [ln.split()[1] for ln in epochs] == ["1/3", "2/3", "3/3"]
     assert all("val_acc" in ln and "samples/s" in ln for ln in epochs)
     steps = [ln for ln in lines if " step " in ln]
     assert len(steps) == 3 * 1 and all(re.search(r"step 5/10 loss \S+ acc \S+ [\d,]+ samples/s", s) for s in steps)
+
+
+def test_a_fused_relu_reads_the_same_after_every_layer_type():
+    text = """\
+name: conv
+data: {source: builtin:shapes}
+model: {input: [1, 8, 8], layers: [{conv2d: {filters: 2, kernel: 3}}, relu, flatten, {dense: 4}, relu, {dense: 4}]}
+"""
+    model, _ = run.build(spec.parse(text, "conv.yaml"))
+    details = [r.detail for r in model.summary() if r.kind in ("conv2d", "dense")]
+    assert details == ["2 filters 3x3, relu fused in", "4 units, relu fused in", "4 units"]
 
 
 def test_cli_prints_plain_lines_when_stdout_is_not_a_terminal(write_spec):
