@@ -135,6 +135,9 @@ def test_rnn_vs_lstm_chart_and_verdicts(write_spec):
     )
     assert "  suggestion: use lstm or gru: their gates keep gradients through time" in lines
     assert max(map(len, lines)) < 200
+    # one spelling for people: the table's verdict row as the text says it
+    assert any(ln.startswith("│ verdict ") and "│ vanishing through time │" in ln for ln in lines), result.output
+    assert "vanishing_through_time" not in result.output
 
 
 def test_from_a_checkpoint_and_a_training_log(write_spec, tmp_path):
