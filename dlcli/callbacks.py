@@ -189,10 +189,12 @@ class EarlyStopping(Callback):
             return
         state["wait"] += 1
         if state["wait"] >= self.spec.patience and e.epoch + 1 < e.epochs:
+            from .dashboard import fmt_metric
+
             state["stopped"] = True
             trainer.stop_reason = (
                 f"early stopping: {self.spec.monitor} has not improved for {self.spec.patience} epochs "
-                f"(best {state['best']:.6g} at epoch {state['best_epoch']})"
+                f"(best {fmt_metric(self.spec.monitor, state['best'])} at epoch {state['best_epoch']})"
             )
 
 

@@ -17,6 +17,30 @@ def one_line(message):
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+def stdout_console():
+    """The Rich console a command prints its report on. A terminal gets the report fitted
+    to its width. A pipe or a file has no width, and Rich's default of 80 columns would
+    break sentences and crop table cells ("global_a…"): there, each thing printed is as
+    wide as its content (a Group's parts each on their own, so that a panel is as wide as
+    what it holds, not the whole line)."""
+    from rich.console import Console, Group
+
+    if sys.stdout.isatty():
+        return Console()
+
+    class AsWideAsItsContent(Console):
+        def print(self, *objects, **kwargs):
+            if len(objects) == 1 and isinstance(objects[0], Group):
+                for part in objects[0].renderables:
+                    self.print(part, **kwargs)
+                return
+            if objects and kwargs.get("width") is None:
+                kwargs["width"] = sum(self.measure(o).maximum for o in objects) + len(objects) - 1
+            super().print(*objects, **kwargs)
+
+    return AsWideAsItsContent(width=1_000_000)
+
+
 def friendly_errors(fn):
     """Turn a DlcliError into one clear line with Click's exit codes (2 = bad input)."""
 
@@ -172,14 +196,14 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
 def final_lines(result, saved, trainer):
     """What `train` prints at the end: the last epoch, why it stopped early, the test score
     and where the checkpoints are."""
-    from .dashboard import fmt
+    from .dashboard import fmt, fmt_metric
 
     out = []
     last = result.history[-1] if result.history else None
     if last is not None:
-        parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {last.train_loss:.4f}"]
+        parts = [f"final: epoch {last.epoch + 1}/{last.epochs}", f"train_loss {fmt(last.train_loss)}"]
         if last.val_loss is not None:
-            parts.append(f"val_loss {last.val_loss:.4f}")
+            parts.append(f"val_loss {fmt(last.val_loss)}")
         if last.val_acc is not None:
             parts.append(f"val_acc {last.val_acc:.4f}")
         if result.stopped == "interrupted" and result.step > last.step:  # partway through the next epoch
@@ -191,7 +215,9 @@ def final_lines(result, saved, trainer):
     if saved and best and best.get("epoch"):
         from .run import best_path
 
-        out.append(f"best: epoch {best['epoch']}, {best['monitor']} {best['value']:.4f} -> {best_path(saved)}")
+        out.append(
+            f"best: epoch {best['epoch']}, {best['monitor']} {fmt_metric(best['monitor'], best['value'])} -> {best_path(saved)}"
+        )
     if result.test is not None:
         t = result.test
         acc = f" test_acc {t['acc']:.4f}" if t["acc"] is not None else ""
@@ -210,14 +236,12 @@ def final_lines(result, saved, trainer):
 def summary(source, no_data):
     """Validate a spec (or read a checkpoint) and show the model: layers, shapes,
     parameters and FLOPs. Errors are exactly those `train` would give."""
-    from rich.console import Console
-
     from . import data, run
-    from .dashboard import summary_table
+    from .dashboard import fmt_metric, summary_table
 
     s, ckpt = run.spec_or_checkpoint(source)
     model, loss = run.build(s, checkpoint=ckpt)
-    console = Console()
+    console = stdout_console()
     console.print(summary_table(model, title=f"model: {s.name}  (input {list(s.model.input)})"))
     console.print(
         f"loss: {s.loss}   optimizer: {s.optimizer.name} (lr {s.optimizer.lr})   "
@@ -229,7 +253,7 @@ def summary(source, no_data):
         console.print(
             f"checkpoint: {meta.get('epochs_done', 0)} epochs, step {meta.get('step', 0)}, "
             f"dlcli {meta.get('dlcli_version')}"
-            + (f"; the best epoch ({best['monitor']} {best['value']:.4f})" if best else "")
+            + (f"; the best epoch ({best['monitor']} {fmt_metric(best['monitor'], best['value'])})" if best else "")
             + (f"; set on the command line: {meta['overrides']}" if meta.get("overrides") else "")
         )
     if not no_data:
@@ -316,12 +340,16 @@ def gradcheck(spec_file, kinds, all_kinds, eps, rtol, atol, samples, batch_size,
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        from rich.console import Console
-
-        console = Console()
+        console = stdout_console()
         for table in gc.report_tables(report):
             console.print(table)
-        console.print(report.summary_line(), style="green" if report.passed else "bold red", soft_wrap=True)
+        from rich.text import Text
+
+        from .dashboard import pack
+
+        style = "green" if report.passed else "bold red"
+        for line in pack([Text(p) for p in report.summary_pieces()], console.width, sep=" "):
+            console.print(line, style=style)
     sys.exit(0 if report.passed else 1)
 
 
@@ -459,9 +487,7 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads)
     if as_json:
         click.echo(json.dumps(r.as_dict(), indent=2))
         return
-    from rich.console import Console
-
-    console = Console()
+    console = stdout_console()
     for renderable in predict_mod.evaluation_report(r):
         console.print(renderable)
 
@@ -603,10 +629,9 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
         return
     from pathlib import Path
 
-    from rich.console import Console
     from rich.panel import Panel
 
-    console = Console()
+    console = stdout_console()
     if len(runs) == 2:
         console.print(ig.render_compare(*runs))
     elif runs:

@@ -31,6 +31,12 @@ def fmt(v, digits=4):
     return f"{v:.{digits}f}"
 
 
+def fmt_metric(name, v):
+    """A monitored metric (val_loss, val_acc) as the epoch lines print it: a loss by `fmt`,
+    so a tiny loss keeps its digits instead of showing 0.0000; an accuracy with 4 decimals."""
+    return fmt(v) if name.endswith("loss") else f"{v:.4f}"
+
+
 def fmt_duration(seconds):
     if seconds is None or not math.isfinite(seconds):
         return "-"
@@ -217,6 +223,18 @@ def pack(pieces, width, sep="  "):
         line.truncate(width)  # a single piece wider than the terminal: crop it, never wrap
         line.no_wrap = True
     return lines
+
+
+def one_line_len(pieces, sep="  "):
+    """Cells `pieces` take side by side on one line."""
+    return sum(p.cell_len for p in pieces) + len(sep) * max(len(pieces) - 1, 0)
+
+
+def fitting(variants, width, sep="  "):
+    """The first of `variants` (lists of pieces, fullest first) that fits on one line of
+    `width` cells, else the last: an 80-column terminal gets shorter labels on one line
+    rather than a lone piece wrapped onto the next."""
+    return next((v for v in variants if one_line_len(v, sep) <= width), variants[-1])
 
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
@@ -429,18 +447,22 @@ class Dashboard(Callback):
         rate = done / elapsed if done and elapsed > 0 else None
         eta = (self.total_steps - step) / rate if rate else None
         frac = step / max(self.total_steps, 1)
-        bar_w = max(10, min(30, width - 8))
+        pieces = [Text(f"epoch {(e.epoch + 1) if e else tr.start_epoch + 1}/{tr.epochs}")]
+        if e:
+            pieces.append(Text(f"step {e.epoch_step}/{e.steps_per_epoch}"))
+            sps = done * tr.batch_size / elapsed if elapsed > 0 and done else e.samples_per_s
+            pieces.append(Text(f"{sps:,.0f} samples/s"))
+        eta = Text(f"ETA {fmt_duration(eta)}")
+        # beside a bar of at least 10 cells and " 100.0%"; elapsed is the first to go (ETA says more)
+        pieces = fitting([pieces + [Text(f"elapsed {fmt_duration(elapsed)}"), eta], pieces + [eta]], width - 19)
+        room = width - one_line_len(pieces) - 9
+        bar_w = min(30, room) if room >= 10 else max(10, min(30, width - 8))  # else the pieces re-flow
         filled = int(frac * bar_w)
         bar = Text()
         bar.append("━" * filled, style="green")
         bar.append("━" * (bar_w - filled), style="grey35")
         bar.append(f" {frac * 100:5.1f}%")
-        progress = [bar, Text(f"epoch {(e.epoch + 1) if e else tr.start_epoch + 1}/{tr.epochs}")]
-        if e:
-            progress.append(Text(f"step {e.epoch_step}/{e.steps_per_epoch}"))
-            sps = done * tr.batch_size / elapsed if elapsed > 0 and done else e.samples_per_s
-            progress.append(Text(f"{sps:,.0f} samples/s"))
-        progress += [Text(f"elapsed {fmt_duration(elapsed)}"), Text(f"ETA {fmt_duration(eta)}")]
+        progress = [bar, *pieces]
         if tr.sync is not None:
             progress.append(Text(processes_note(tr.sync, elapsed), style="dim"))
         lines = pack(progress, width)
@@ -457,14 +479,20 @@ class Dashboard(Callback):
             lines += pack(stats, width)
         ep = frame.last_epoch
         if ep:
-            summary = [Text(f"epoch {ep.epoch + 1}: train loss {fmt(ep.train_loss)}", style="bold")]
-            if ep.train_acc is not None:
-                summary.append(Text(f"train acc {ep.train_acc:.3f}", style="bold"))
+            val = []
             if ep.val_loss is not None:
-                summary.append(Text(f"val loss {fmt(ep.val_loss)}", style="bold"))
+                val.append(f"val loss {fmt(ep.val_loss)}")
             if ep.val_acc is not None:
-                summary.append(Text(f"val acc {ep.val_acc:.3f}", style="bold"))
-            summary += [Text(t, style="bold") for t in text_scores(tr, ep.val_loss, "val ")]
+                val.append(f"val acc {ep.val_acc:.3f}")
+            val += text_scores(tr, ep.val_loss, "val ")
+            variants = []
+            for label in ("train ", ""):  # "epoch 230: loss ...  acc ..." when the long form does not fit
+                train = [f"epoch {ep.epoch + 1}: {label}loss {fmt(ep.train_loss)}"]
+                if ep.train_acc is not None:
+                    train.append(f"{label}acc {ep.train_acc:.3f}")
+                variants.append(train + val)
+            variants.append(["  ".join(train), "  ".join(val)] if val else train)  # two lines: train, val
+            summary = fitting([[Text(t, style="bold") for t in v] for v in variants], width)
             lines += pack(summary, width)
         return lines
 
@@ -496,9 +524,18 @@ class PlainProgress(Callback):
         if self.show_summary:
             m = trainer.model
             self.echo(f"model {trainer.spec.name}: {m.n_params():,} parameters")
-            for row in m.summary():
-                detail = f" ({row.detail})" if row.detail else ""
-                self.echo(f"  {row.index:>2} {row.kind}{detail:<24} -> {list(row.output_shape)}  params {row.params:,}")
+            rows = [
+                (
+                    str(r.index),
+                    r.kind + (f" ({r.detail})" if r.detail else ""),
+                    str(list(r.output_shape)),
+                    f"{r.params:,}",
+                )
+                for r in m.summary()
+            ]
+            w = [max(len(row[k]) for row in rows) for k in range(4)]  # columns as wide as their longest cell
+            for index, layer, shape, params in rows:
+                self.echo(f"  {index:>{w[0]}} {layer:<{w[1]}} -> {shape:<{w[2]}}  params {params:>{w[3]}}")
         for line in start_lines(trainer):
             self.echo(line)
         if compile_notice(trainer):

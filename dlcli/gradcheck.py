@@ -289,16 +289,22 @@ class Report:
         return c
 
     def summary_line(self):
+        return " ".join(self.summary_pieces())
+
+    def summary_pieces(self):
+        """The summary line in the pieces a narrow terminal may break it between: the
+        counts stay together, so a wrapped line never leaves "FAIL" on its own."""
         c = self.counts()
-        n = len(self.results)
         entries = sum(r.checked for r in self.results)
         verdict = "all gradients match" if self.passed else "gradient check FAILED"
         what = "layer type" if self.per_kind else "graph"
-        return (
-            f"{verdict}: {n} tensors ({entries} entries) in {len(self.sections)} "
-            f"{what}{'s' if len(self.sections) != 1 else ''}: {c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL"
-            + (f", {c['n/a']} not differentiable" if c["n/a"] else "")
-        )
+        counts = f"{c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL"
+        return [
+            f"{verdict}:",
+            f"{len(self.results)} tensors ({entries} entries)",
+            f"in {len(self.sections)} {what}{'s' if len(self.sections) != 1 else ''}:",
+            *([counts + ",", f"{c['n/a']} not differentiable"] if c["n/a"] else [counts]),
+        ]
 
     def to_dict(self):
         rows = []
@@ -445,14 +451,14 @@ def report_tables(report):
 
     def new_table(title, first):
         t = Table(title=title, title_justify="left", header_style="bold")
-        t.add_column(first, justify="left" if report.per_kind else "right")
+        t.add_column(first, justify="left" if report.per_kind else "right", no_wrap=True)
         if not report.per_kind:
             t.add_column("layer")
         t.add_column("tensor")
         t.add_column("checked", justify="right")
         t.add_column("max abs err", justify="right")
         t.add_column("max rel err", justify="right")
-        t.add_column("status")
+        t.add_column("status", no_wrap=True)  # never cropped: the row's verdict
         if report.per_kind:
             t.add_column("example: batch x input (options)", overflow="fold")
         return t

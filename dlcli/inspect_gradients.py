@@ -40,6 +40,12 @@ class Verdict:
     message: str
     suggestion: str
 
+    @property
+    def label(self):
+        """The kind as people read it, as the message spells it: "vanishing through time"
+        (the JSON keeps the identifier)."""
+        return self.kind.replace("_", " ")
+
     def to_dict(self):
         return dict(self.__dict__)
 
@@ -583,7 +589,7 @@ def render_compare(a: Inspection, b: Inspection):
         t.add_row("||dL/dh_1|| / ||dL/dh_T||", fmt(ta[0] / ta[-1]) if ta else "-", fmt(tb[0] / tb[-1]) if tb else "-")
         da, db = (x.time_steps[0]["decades_per_step"] if x.time_steps else None for x in (a, b))
         t.add_row("decades lost per step back", fmt(da), fmt(db))
-    t.add_row("verdict", ", ".join(v.kind for v in a.verdicts), ", ".join(v.kind for v in b.verdicts))
+    t.add_row("verdict", ", ".join(v.label for v in a.verdicts), ", ".join(v.label for v in b.verdicts))
     from rich.columns import Columns
 
     norms = [[l["grad_norm"]["mean"] for l in x.param_layers] for x in (a, b)]

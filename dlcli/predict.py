@@ -545,7 +545,9 @@ def evaluation_report(r):
     confusion matrix (rows: true class), as Rich renderables."""
     from rich.table import Table
 
-    line = f"{r.scored}: {r.samples} samples   {r.loss_name} loss {r.loss:.4g}"  # significant digits: MSE can be tiny
+    from .dashboard import fmt
+
+    line = f"{r.scored}: {r.samples} samples   {r.loss_name} loss {fmt(r.loss)}"  # as training prints it
     if r.accuracy is not None:
         line += f"   accuracy {r.accuracy:.4f}"
     out = [line]

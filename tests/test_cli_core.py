@@ -242,3 +242,36 @@ def test_summary(write_spec):
     assert invoke("train", p, "-o", "s.npz").exit_code == 0
     out = invoke("summary", "s.npz")
     assert out.exit_code == 0 and "checkpoint: 2 epochs" in out.output
+
+
+def test_tiny_losses_keep_their_digits_in_the_final_and_early_stopping_lines():
+    """A loss near zero prints as the epoch lines print it (4.73e-10), never 0.0000."""
+    from types import SimpleNamespace
+
+    from dlcli.callbacks import EarlyStopping
+    from dlcli.cli import final_lines
+
+    last = SimpleNamespace(epoch=229, epochs=300, train_loss=4.73e-10, val_loss=9.14e-7, val_acc=1.0)
+    result = SimpleNamespace(history=[last], stopped="early_stopped", message="early stopping", test=None)
+    trainer = SimpleNamespace(state={"best": {"monitor": "val_loss", "value": 2.5e-8, "epoch": 200}})
+    lines = final_lines(result, "r.npz", trainer)
+    assert lines[0] == "final: epoch 230/300 train_loss 4.73e-10 val_loss 9.14e-07 val_acc 1.0000"
+    assert "best: epoch 200, val_loss 2.50e-08 -> r.best.npz" in lines
+    trainer.state["best"] = {"monitor": "val_acc", "value": 0.96, "epoch": 200}
+    assert "best: epoch 200, val_acc 0.9600 -> r.best.npz" in final_lines(result, "r.npz", trainer)
+
+    stop = EarlyStopping(SimpleNamespace(monitor="val_loss", min_delta=0.0, patience=1))
+    trainer = SimpleNamespace(state={"early_stopping": {"best": 3.2e-9, "best_epoch": 4, "wait": 0}})
+    stop.on_epoch(trainer, SimpleNamespace(val_loss=1e-8, epoch=5, epochs=10))
+    assert trainer.stop_reason.endswith("(best 3.20e-09 at epoch 4)")
+
+
+def test_summary_into_a_pipe_is_not_wrapped_at_80_columns(write_spec):
+    """Rich would break these lines at 80 columns when stdout is not a terminal."""
+    p = write_spec(TEXT.replace("name: cli", "name: a_model_with_a_rather_long_name"))
+    out = invoke("summary", p)
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert any(ln.startswith("loss: cross_entropy") and ln.endswith("seed: 1") for ln in lines), out.output
+    assert any(ln.startswith("data: ") and ln.endswith("2 classes") for ln in lines), out.output
+    assert not [ln for ln in lines if ln.endswith(" ") and not ln.startswith("model: ")], out.output

@@ -102,11 +102,25 @@ def test_plain_progress_lines():
         display=PlainProgress(lines.append, lines_per_epoch=2, min_interval=0),
     )
     assert lines[0] == "model dash: 56 parameters"
+    layers = lines[1:6]
+    assert layers[0] == "  0 dense (6 units, relu fused in) -> [6]  params 18"
+    assert len({ln.index(" -> ") for ln in layers}) == 1 and len({len(ln) for ln in layers}) == 1, layers
     epochs = [ln for ln in lines if "train_loss" in ln]
     assert [ln.split()[1] for ln in epochs] == ["1/3", "2/3", "3/3"]
     assert all("val_acc" in ln and "samples/s" in ln for ln in epochs)
     steps = [ln for ln in lines if " step " in ln]
     assert len(steps) == 3 * 1 and all(re.search(r"step 5/10 loss \S+ acc \S+ [\d,]+ samples/s", s) for s in steps)
+
+
+def test_a_fused_relu_reads_the_same_after_every_layer_type():
+    text = """\
+name: conv
+data: {source: builtin:shapes}
+model: {input: [1, 8, 8], layers: [{conv2d: {filters: 2, kernel: 3}}, relu, flatten, {dense: 4}, relu, {dense: 4}]}
+"""
+    model, _ = run.build(spec.parse(text, "conv.yaml"))
+    details = [r.detail for r in model.summary() if r.kind in ("conv2d", "dense")]
+    assert details == ["2 filters 3x3, relu fused in", "4 units, relu fused in", "4 units"]
 
 
 def test_cli_prints_plain_lines_when_stdout_is_not_a_terminal(write_spec):
@@ -187,6 +201,28 @@ def test_dashboard_shows_extreme_values_whole(trained_dashboard):
         text = frame_text(dash, width, 40)
         for name, v in zip(dash.layer_names, values):
             assert re.search(re.escape(name) + r" .* " + re.escape(fmt(v)) + r" +│", text), (name, fmt(v), text)
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_long_status_lines_fit_an_80_column_terminal(trained_dashboard, monkeypatch, width):
+    """A late epoch of a long run: at 80 columns the progress and the epoch's figures each
+    stay on one line (shorter labels, no elapsed); at 60 they break between whole pieces."""
+    dash = trained_dashboard
+    monkeypatch.setattr(dash.trainer, "epochs", 300)
+    monkeypatch.setattr(dash, "last", replace(dash.last, epoch=229, epoch_step=75, steps_per_epoch=75))
+    ep = replace(dash.last_epoch, epoch=229, train_loss=1.1e-7, train_acc=1.0, val_loss=9.14e-7, val_acc=1.0)
+    monkeypatch.setattr(dash, "last_epoch", ep)
+    lines = frame_text(dash, width, 24).rstrip("\n").split("\n")
+    assert max(cell_len(ln) for ln in lines) <= width, "\n".join(lines)
+    text = "\n".join(lines)
+    for piece in ("epoch 230/300", "step 75/75", "samples/s", "ETA ", "loss 1.10e-07", "val loss 9.14e-07"):
+        assert piece in text, piece
+    epoch = [ln for ln in lines if ln.startswith("epoch 230:")][0]
+    if width == 80:
+        assert "val acc 1.000" in epoch and "acc 1.000  val" in epoch, text
+        assert any("%" in ln and "ETA " in ln and "samples/s" in ln for ln in lines), text
+    else:  # the train figures on one line, the validation figures on the next
+        assert epoch.endswith("acc 1.000") and "val loss 9.14e-07  val acc 1.000" in text, text
 
 
 def test_dashboard_on_a_tiny_terminal_keeps_the_status_lines(trained_dashboard):

@@ -1,6 +1,7 @@
 """`dlcli gradcheck`: the command (through CliRunner) and the helper every layer test uses."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -144,3 +145,31 @@ def test_bad_usage_is_one_line():
     assert result.exit_code == 2
     assert "unknown layer type 'nope'" in result.output and "Traceback" not in result.output
     assert run().exit_code == 2  # neither a spec nor --layer/--all
+
+
+def test_tables_into_a_pipe_keep_every_cell_whole():
+    """Not a terminal: no 80-column limit, so no cell is cropped ("global_a…") or folded."""
+    result = run("--layer", "global_avgpool", "--layer", "embedding")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    assert "│ global_avgpool │" in result.output and "input (token ids: not differentiable)" in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("all gradients match:") and last.endswith("1 not differentiable")
+
+
+def test_an_80_column_terminal_keeps_every_verdict(monkeypatch):
+    """Cells may be cropped to fit, but never a status, and the summary line breaks
+    between whole pieces: "FAIL" keeps its count."""
+    from rich.console import Console
+
+    from dlcli import cli
+
+    monkeypatch.setattr(cli, "stdout_console", lambda: Console(width=80, color_system=None))
+    result = run("--layer", "dense", "--layer", "global_avgpool", "--layer", "embedding", "--rtol", 0, "--atol", 0)
+    assert result.exit_code == 1, result.output
+    lines = result.output.rstrip("\n").splitlines()
+    assert max(map(len, lines)) <= 80 and "│ global_avgpool │" in result.output
+    statuses = [ln.split("│")[6].strip() for ln in lines if ln.startswith("│") and ln.split("│")[3].strip().isdigit()]
+    assert statuses and all(s.startswith(("FAIL", "pass", "kink", "n/a")) for s in statuses), statuses
+    summary = lines[lines.index([ln for ln in lines if ln.startswith("gradient check FAILED")][0]) :]
+    assert len(summary) == 2 and re.search(r"\d+ pass, \d+ kink, \d+ FAIL, 1 not differentiable$", summary[1])

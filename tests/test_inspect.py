@@ -128,6 +128,16 @@ def test_rnn_vs_lstm_chart_and_verdicts(write_spec):
     assert result.exit_code == 0, result.output
     assert "||dL/dh_t||" in result.output and "rnn_long verdict:" in result.output
     assert "lstm_long verdict:" in result.output and "gates keep gradients through time" in result.output
+    # into a pipe: each verdict and suggestion on one line, the panels as wide as their content
+    lines = result.output.splitlines()
+    assert any(
+        ln.startswith("rnn_long verdict: vanishing through time:") and ln.endswith("barely learn") for ln in lines
+    )
+    assert "  suggestion: use lstm or gru: their gates keep gradients through time" in lines
+    assert max(map(len, lines)) < 200
+    # one spelling for people: the table's verdict row as the text says it
+    assert any(ln.startswith("│ verdict ") and "│ vanishing through time │" in ln for ln in lines), result.output
+    assert "vanishing_through_time" not in result.output
 
 
 def test_from_a_checkpoint_and_a_training_log(write_spec, tmp_path):

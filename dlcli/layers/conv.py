@@ -268,7 +268,7 @@ class _Conv(Layer):
             parts.append(f"pad {o['padding'] if isinstance(o['padding'], str) else list(o['padding'])}")
         if any(d != 1 for d in o["dilation"]):
             parts.append("dil " + "x".join(map(str, o["dilation"])))
-        return ", ".join(parts) + (" + relu (fused)" if self.fuse_relu else "")
+        return ", ".join(parts) + (", relu fused in" if self.fuse_relu else "")
 
 
 def _options(n):
