@@ -289,4 +289,4 @@ def test_an_exception_mid_run_closes_the_dashboard_and_the_log(tmp_path):
     live.stop()
     # the log has every step before the failure, flushed and closed
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["event"] for r in rows] == ["start", "step", "step"] and [r["step"] for r in rows[1:]] == [1, 2]
