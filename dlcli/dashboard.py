@@ -7,6 +7,7 @@ console in tests exactly as it appears on a terminal.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 from rich.console import Console, Group
@@ -247,6 +248,18 @@ def compile_notice(trainer):
     return f"compiling kernels for {', '.join(trainer.compiling)} (first run only)"
 
 
+# The cache check sees whether a layer's kernels were ever compiled, not for which dtype:
+# after `gradcheck` (float64) a float32 run still compiles for seconds. So a first step
+# that keeps the reader waiting this long is explained even when the cache looked warm.
+FIRST_STEP_PATIENCE = 2.0
+FIRST_STEP_NOTICE = "waiting for the first step (a kernel's first use compiles it, once)"
+
+
+def waiting_notice(trainer, waited):
+    """The line that explains the wait for the first step, or '' (see FIRST_STEP_PATIENCE)."""
+    return compile_notice(trainer) or (FIRST_STEP_NOTICE if waited >= FIRST_STEP_PATIENCE else "")
+
+
 def start_lines(trainer):
     """How many processes and threads train, where the run writes and, when it continues
     a checkpoint, what changed."""
@@ -466,8 +479,8 @@ class Dashboard(Callback):
         if tr.sync is not None:
             progress.append(Text(processes_note(tr.sync, elapsed), style="dim"))
         lines = pack(progress, width)
-        notice = compile_notice(tr)
-        if notice and not e:  # the first step waits for the compiler: say so, with a spinner
+        notice = "" if e else waiting_notice(tr, elapsed)
+        if notice:  # the first step waits for the compiler: say so, with a spinner
             spin = SPINNER[int(time.perf_counter() * 10) % len(SPINNER)]
             lines += pack([Text(f"{spin} {notice}", style="yellow")], width)
         if e:
@@ -519,6 +532,15 @@ class PlainProgress(Callback):
         self.lines_per_epoch = lines_per_epoch
         self.show_summary = show_summary
         self.min_interval = min_interval
+        self.waiting = None  # a timer that explains a long wait for the first step
+
+    def _stop_waiting(self):
+        if self.waiting is not None:
+            self.waiting.cancel()
+            self.waiting = None
+
+    def close(self):
+        self._stop_waiting()
 
     def on_start(self, trainer):
         if self.show_summary:
@@ -540,11 +562,16 @@ class PlainProgress(Callback):
             self.echo(line)
         if compile_notice(trainer):
             self.echo(compile_notice(trainer) + " ...")
+        else:  # a cache that looked warm may still lack this run's variants: say so if it waits
+            self.waiting = threading.Timer(FIRST_STEP_PATIENCE, lambda: self.echo(FIRST_STEP_NOTICE + " ..."))
+            self.waiting.daemon = True
+            self.waiting.start()
         self.every = max(1, trainer.steps_per_epoch // self.lines_per_epoch)
         self.start = self.last_line = time.perf_counter()
         self.epoch_t0, self.samples = self.last_line, 0
 
     def on_step(self, trainer, e):
+        self._stop_waiting()
         if e.epoch_step == 1:
             self.epoch_t0, self.samples = time.perf_counter(), 0
         self.samples += trainer.batch_size

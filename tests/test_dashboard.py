@@ -112,6 +112,45 @@ def test_plain_progress_lines():
     assert len(steps) == 3 * 1 and all(re.search(r"step 5/10 loss \S+ acc \S+ [\d,]+ samples/s", s) for s in steps)
 
 
+def test_a_long_wait_for_the_first_step_is_explained_even_with_a_warm_looking_cache(monkeypatch):
+    """The cache check cannot see which dtype a kernel was compiled for, so a first step
+    slower than FIRST_STEP_PATIENCE gets a line (plain) or a spinner line (dashboard)."""
+    import time as _time
+
+    from dlcli import dashboard, runtime
+    from dlcli.train import Trainer
+
+    monkeypatch.setattr(runtime, "uncompiled_kernels", lambda model: [])  # the cache looks warm
+    monkeypatch.setattr(dashboard, "FIRST_STEP_PATIENCE", 0.05)
+    real_step = Trainer.train_step
+
+    def slow_first(self, *args):
+        if self.step == 0:
+            _time.sleep(0.5)  # a first step that compiles
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", slow_first)
+    lines = []
+    run.train(spec.parse(TEXT, "dash.yaml"), output="w.npz", display=PlainProgress(lines.append))
+    waits = [i for i, ln in enumerate(lines) if ln.startswith(dashboard.FIRST_STEP_NOTICE)]
+    first_epoch = next(i for i, ln in enumerate(lines) if "train_loss" in ln)
+    assert len(waits) == 1 and waits[0] < first_epoch, lines
+    # no wait, no line: the timer is cancelled by the first step
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.setattr(dashboard, "FIRST_STEP_PATIENCE", 2.0)
+    lines = []
+    run.train(spec.parse(TEXT, "dash.yaml"), output="v.npz", display=PlainProgress(lines.append))
+    _time.sleep(0.1)
+    assert not any(dashboard.FIRST_STEP_NOTICE in ln for ln in lines)
+
+    class Waiting:
+        compiling = []
+
+    assert dashboard.waiting_notice(Waiting, 0.01) == ""
+    monkeypatch.setattr(dashboard, "FIRST_STEP_PATIENCE", 0.05)
+    assert dashboard.waiting_notice(Waiting, 0.5) == dashboard.FIRST_STEP_NOTICE
+
+
 def test_a_fused_relu_reads_the_same_after_every_layer_type():
     text = """\
 name: conv
