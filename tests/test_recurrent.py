@@ -228,9 +228,12 @@ def test_tanh_approximation_accuracy():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m,k,n,lo,hi", [(9, 13, 7, 0, 9), (9, 13, 7, 2, 9), (12, 40, 10, 3, 11), (5, 1, 1, 4, 5)])
+@pytest.mark.parametrize(
+    "m,k,n,lo,hi",
+    [(9, 13, 7, 0, 9), (9, 13, 7, 4, 9), (12, 40, 10, 4, 11), (5, 1, 1, 4, 5), (1, 33, 9, 0, 1), (3, 8, 12, 0, 3)],
+)
 def test_recurrent_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
-    """gemm_rows_nt: full 4x2 tiles and every kind of leftover row and column."""
+    """gemm_rows_nt: full 4x2 tiles, the 1x4 tiles of the last rows, leftover columns."""
     from dlcli.kernels.recurrent import gemm_rows_nt
 
     a = rng.standard_normal((m, k)).astype(dtype)
@@ -278,6 +281,11 @@ def test_shards_split_rows_evenly():
 
     assert shard_bounds(5, 2) == [(0, 2), (2, 5)]
     assert shard_bounds(2, 4) == [(0, 1), (1, 2)]
+    # the recurrent layers' shards start on a row quad: 1x4 tiles only in the batch's last rows
+    assert shard_bounds(10, 2, align=4) == [(0, 4), (4, 10)]
+    assert shard_bounds(10, 3, align=4) == [(0, 4), (4, 8), (8, 10)]
+    assert shard_bounds(1, 2, align=4) == [(0, 1)]
+    assert shard_bounds(32, 2, align=4) == [(0, 16), (16, 32)]
     assert shard_bounds(32, 1) == [(0, 32)]
 
 

@@ -131,7 +131,7 @@ class _Recurrent(Layer):
         h = self._work("h", (T + 1, B, H))
         h[0] = 0 if state is None else state[0]
         self.xt, self.h = xt, h
-        self.bounds = runtime.shard_bounds(B, self.shards)  # backward cuts the batch alike
+        self.bounds = runtime.shard_bounds(B, self.shards, align=self.K.ROW_TILE)  # backward cuts alike
         self.cell_forward(xp, h, B, T, state)
 
     # -------------------------------------------------------------- one step at a time
