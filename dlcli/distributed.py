@@ -111,7 +111,7 @@ def world(environ=None):
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return None
-    return World(comm)
+    return World(comm, overlap=(environ or os.environ).get("DLCLI_ALLREDUCE", "blocking") == "overlap")
 
 
 class Terminated(Exception):
@@ -126,14 +126,20 @@ class World:
     """This process's place among the ranks and the collectives training needs. Also the
     gradient synchroniser `train.train_step` calls: `global_loss`, `layer_done`, `finish`."""
 
-    def __init__(self, comm, overlap=True):
+    def __init__(self, comm, overlap=False):
         from mpi4py import MPI
 
         self.MPI = MPI
         self.comm = comm
         self.size = comm.Get_size()
         self.rank = comm.Get_rank()
-        self.overlap = overlap  # False: one blocking allreduce after backward (for benchmarks)
+        # One blocking allreduce of all gradients after backward (the default), or one
+        # non-blocking allreduce per layer started as backward writes it (DLCLI_ALLREDUCE=
+        # overlap). Open MPI moves a non-blocking collective only inside MPI calls, so on
+        # one machine overlap hid nothing and cost: MLP 25,279-36,700 samples/s against
+        # 40,918-46,002 blocking (bench_dist.py, 2 ranks x 1 thread, 3 rounds).
+        self.overlap = overlap
+        self.stop_agreed = False  # some rank asked to stop (Ctrl-C), as of the last step's loss
         self.comm_seconds = 0.0  # time blocked in MPI calls, all steps so far
         self.grad_bytes = 0  # bytes of gradient each rank contributes per step
         self.nonfinite_rank = None  # the first rank whose loss was NaN or infinite
@@ -184,10 +190,6 @@ class World:
         """Rank 0's value (a small Python object) on every rank."""
         return self.comm.bcast(value, root=0)
 
-    def any(self, flag):
-        """True on every rank when it is true on any."""
-        return self.sum(1.0 if flag else 0.0)[0] > 0
-
     def barrier(self):
         """Wait for every rank (output flushed first)."""
         sys.stdout.flush()
@@ -201,14 +203,19 @@ class World:
         self.comm.Abort(code)
 
     # ------------------------------------------------------------------ one training step
-    def global_loss(self, model, loss, hits, dout, rows, global_rows):
+    def global_loss(self, model, loss, hits, dout, rows, global_rows, stop=False):
         """The global batch's mean loss and hits, the same on every rank (a NaN anywhere is
         a NaN everywhere, so every rank returns early together). Scales dout in place by
         this rank's share of the rows: the loss is a mean over the batch, so each rank's
-        gradient counts rows/global_rows of the global mean's gradient."""
+        gradient counts rows/global_rows of the global mean's gradient. `stop` (Ctrl-C
+        here) rides along, so asking whether any rank wants to stop (`stop_agreed`) costs
+        no collective of its own."""
         self._start(model)
         local_bad = rows > 0 and not np.isfinite(loss)
-        total, total_hits, bad = self.sum(loss * rows if rows else 0.0, hits or 0, float(local_bad))
+        total, total_hits, bad, stops = self.sum(
+            loss * rows if rows else 0.0, hits or 0, float(local_bad), 1.0 if stop else 0.0
+        )
+        self.stop_agreed = stops > 0
         if bad:
             first = self.comm.allreduce(self.rank if local_bad else self.size, op=self.MPI.MIN)
             self.nonfinite_rank = first

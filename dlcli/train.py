@@ -86,16 +86,17 @@ class Callback:
         """Give back what on_start took (the terminal, a file); runs however the run ended."""
 
 
-def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None, sync=None, global_rows=None):
+def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None, sync=None, global_rows=None, stop=False):
     """One step: forward, loss, backward, allreduce (under MPI), clip, update.
     Returns (loss, hits, global grad norm, per-layer grad norms); a non-finite loss or
     gradient returns before the update, so the parameters stay the last good ones.
     `sync` (a distributed.World) makes xb this rank's share of a global batch of
-    `global_rows`: the loss and the gradients become the global batch's on every rank."""
+    `global_rows`: the loss and the gradients become the global batch's on every rank;
+    `stop` (this rank was asked to stop) is shared with the loss (`sync.stop_agreed`)."""
     out = model.forward(xb, training=True)
     loss, dout, hits = loss_fn(out, yb)
     if sync is not None:  # a NaN on any rank is a NaN on all: they return early together
-        loss, hits = sync.global_loss(model, loss, hits, dout, len(xb), global_rows)
+        loss, hits = sync.global_loss(model, loss, hits, dout, len(xb), global_rows, stop)
     if not np.isfinite(loss):
         return loss, hits, float("nan"), None
     model.backward(dout, layer_done=sync.layer_done if sync is not None else None)
@@ -143,12 +144,15 @@ class Trainer:
 
     def train_step(self, xb, yb, lr, global_rows=None):
         clip = self.spec.train.clip_norm
-        return train_step(self.model, self.loss, self.optimizer, xb, yb, lr, clip, self.sync, global_rows)
+        stop = bool(self.interrupt.get("stop"))
+        return train_step(self.model, self.loss, self.optimizer, xb, yb, lr, clip, self.sync, global_rows, stop)
 
     def stop_requested(self):
-        """Ctrl-C was pressed (under MPI: on any rank; every rank agrees before it stops)."""
-        stop = bool(self.interrupt.get("stop"))
-        return self.sync.any(stop) if self.sync is not None else stop
+        """Ctrl-C was pressed. Under MPI: on any rank, as the last step's loss allreduce
+        told every rank alike (so they stop at the same step, one step after the key)."""
+        if self.sync is not None:
+            return self.sync.stop_agreed
+        return bool(self.interrupt.get("stop"))
 
     def evaluate(self, x, y, batch_size=1024):
         """Mean loss and accuracy (None for regression) over a whole split (under MPI each

@@ -56,11 +56,11 @@ train: {epochs: 1, batch_size: 9, clip_norm: 1.0}
 """
 
 
-def mpirun(args, cwd, n=2, program=None):
+def mpirun(args, cwd, n=2, program=None, env=None):
     """Start `mpirun -n N dlcli ARGS` (or another program) in the background."""
     program = program or (str(BIN / "dlcli"),)
     cmd = [str(BIN / "mpirun"), "-n", str(n), "--oversubscribe", *program, *map(str, args)]
-    env = {**os.environ, **MPI_ENV, "FAULT_TIME_FILE": str(Path(cwd) / "fault_time")}
+    env = {**os.environ, **MPI_ENV, "FAULT_TIME_FILE": str(Path(cwd) / "fault_time"), **(env or {})}
     p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.started = time.time()
     return p
@@ -166,13 +166,17 @@ def test_a_bad_spec_under_a_launcher_is_said_once(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, text", [("cnn", CNN), ("lstm", LSTM)])
-def test_two_ranks_take_the_single_process_steps(tmp_path, name, text):
+@pytest.mark.parametrize("name, text, allreduce", [("cnn", CNN, "blocking"), ("lstm", LSTM, "overlap")])
+def test_two_ranks_take_the_single_process_steps(tmp_path, name, text, allreduce):
+    """Either way of summing the gradients (one blocking allreduce, the default, or one
+    non-blocking allreduce per layer during backward) gives the single-process steps."""
     (tmp_path / "spec.yaml").write_text(text)
-    p = mpirun(["train", "spec.yaml", "-o", "two.npz", "-q"], tmp_path)
+    p = mpirun(["train", "spec.yaml", "-o", "two.npz"], tmp_path, env={"DLCLI_ALLREDUCE": allreduce})
     train_one(text, tmp_path / "one.npz")  # while the ranks run
     rc, out, err = finish(p)
     assert rc == 0, err
+    said = "during backward, layer by layer" if allreduce == "overlap" else "in one allreduce after backward"
+    assert f"gradients summed {said}" in out, out
     assert_same_params(tmp_path / "two.npz", tmp_path / "one.npz")
     assert checkpoint.load(tmp_path / "two.npz").meta["step"] == 20
 
