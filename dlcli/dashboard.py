@@ -586,14 +586,16 @@ class PlainProgress(Callback):
             self.last_line = now
             acc = f" acc {e.acc:.3f}" if e.acc is not None else ""
             rate = self.samples / max(now - self.epoch_t0, 1e-9)
+            bits = "".join(f" {t}" for t in text_scores(trainer, e.loss)[:1])
             self.echo(
                 f"epoch {e.epoch + 1}/{trainer.epochs} step {e.epoch_step}/{e.steps_per_epoch} "
-                f"loss {fmt(e.loss)}{acc} {rate:,.0f} samples/s"
+                f"loss {fmt(e.loss)}{bits}{acc} {rate:,.0f} samples/s"
             )
 
     def on_epoch(self, trainer, e):
         self.last_line = time.perf_counter()
         parts = [f"epoch {e.epoch + 1}/{e.epochs}", f"train_loss {fmt(e.train_loss)}"]
+        parts += text_scores(trainer, e.train_loss, "train_")[:1]  # bits per character (or word)
         if e.train_acc is not None:
             parts.append(f"train_acc {e.train_acc:.4f}")
         if e.val_loss is not None:

@@ -299,7 +299,7 @@ def test_dashboard_and_plain_progress_show_bits_per_character(corpus_spec, tmp_p
 
     r = CliRunner().invoke(main, ["train", str(corpus_spec()), "-o", str(tmp_path / "plain.npz")])
     assert r.exit_code == 0, r.output
-    assert re.search(r"epoch 1/1 .*val_bpc \d\.\d{3} val_ppl \d", r.output), r.output
+    assert re.search(r"epoch 1/1 train_loss \S+ train_bpc \d\.\d{3} .*val_bpc \d\.\d{3} val_ppl \d", r.output), r.output
     console = Console(file=io.StringIO(), record=True, width=160, force_terminal=True, color_system=None)
     dash = Dashboard(console=console)
     run.train(spec.load(corpus_spec()), output=tmp_path / "dash.npz", display=dash)
