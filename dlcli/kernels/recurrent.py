@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit
 
 from . import FAST, SHARD  # whole-sequence kernels run in shard threads
+from .dense import dot4
 
 # ---------------------------------------------------------------- nonlinearities
 
@@ -280,18 +281,8 @@ def gemm_rows_nt(a, b, out, lo, hi):
 def _row_nt(u, b, out, n4):
     """out = b @ u for one row u: a 1x4 tile (4 vector accumulators, 5 loads per 4 FMAs),
     the last N % 4 outputs as plain dot products."""
-    K = u.size
-    z = u.dtype.type(0)
     for j in range(0, n4, 4):
-        b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
-        c0 = c1 = c2 = c3 = z
-        for k in range(K):
-            x = u[k]
-            c0 += x * b0[k]
-            c1 += x * b1[k]
-            c2 += x * b2[k]
-            c3 += x * b3[k]
-        out[j], out[j + 1], out[j + 2], out[j + 3] = c0, c1, c2, c3
+        out[j], out[j + 1], out[j + 2], out[j + 3] = dot4(u, b[j], b[j + 1], b[j + 2], b[j + 3])
     for j in range(n4, b.shape[0]):
         out[j] = _dot(u, b[j])
 
