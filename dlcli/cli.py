@@ -543,7 +543,7 @@ def export(checkpoint_path, output, opset, check, overwrite):
 )
 @click.option(
     "--temperature",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=1.0,
     show_default=True,
     help="Below 1 more predictable, above 1 more random; 0 always takes the likeliest token.",

@@ -99,7 +99,7 @@ def check_values(a, name, where, rows=None):
     much later with "diverged"). Checked a chunk at a time, so a memory-mapped file is
     never read whole."""
     if a.dtype.kind not in "fiub":
-        raise DataError(f"{where}: {name} holds {a.dtype} values, not numbers")
+        raise DataError(f"{where}: {name} holds {a.dtype} values, not real numbers")
     if a.ndim == 0:
         raise DataError(f"{where}: {name} is a single number, not an array of samples")
     if a.dtype.kind != "f":

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__, checkpoint
 from .errors import DlcliError, ExportError, OutputError
-from .files import atomic_path
+from .files import atomic_path, check_not_an_input
 from .gradcheck import random_input
 from .layers.conv import resolve_padding
 from .losses import Loss
@@ -450,6 +450,7 @@ def to_onnx(checkpoint_path, output=None, opset=DEFAULT_OPSET, run_check=False, 
     An existing file at the output path is replaced only with `overwrite`."""
     _onnx()  # before loading the checkpoint: the missing package is the first thing to say
     output = Path(output) if output else Path(checkpoint_path).with_suffix(".onnx")
+    check_not_an_input(output, [("the checkpoint being exported", checkpoint_path)])
     if output.exists() and not overwrite:
         raise OutputError(f"{output} already exists; pass --overwrite to replace it, or -o a new path")
     pred = open_model(checkpoint_path)

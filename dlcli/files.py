@@ -39,6 +39,21 @@ def _umask():
     return mask
 
 
+def check_not_an_input(path, inputs):
+    """Refuse to write `path` when it is one of `inputs` ((what, path) pairs), the same file
+    by any name: --overwrite replaces an earlier output, never what the command reads
+    (`export m.npz -o m.npz --overwrite` replaced the checkpoint with its ONNX file)."""
+    for what, src in inputs:
+        if src is None:
+            continue
+        try:
+            same = os.path.samefile(path, src)
+        except OSError:  # either is missing (or unreadable): not the same existing file
+            continue
+        if same:
+            raise OutputError(f"{path} is {what}; write the output to another path")
+
+
 def check_target(path):
     """Refuse to write over anything but a regular file (or a new path): renaming onto a
     symlink, a FIFO or a device node would replace it with a regular file."""

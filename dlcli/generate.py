@@ -91,7 +91,7 @@ def encode_prompt(vocab, prompt, unknown="error"):
     tokens = tokenize(prompt, vocab.level)
     missing = vocab.unknown(tokens)
     if missing and unknown == "error":
-        what = "characters" if vocab.level == "char" else "words"
+        what = ("character" if vocab.level == "char" else "word") + ("s" if len(missing) > 1 else "")
         shown = ", ".join(repr(t) for t in missing[:8]) + (", ..." if len(missing) > 8 else "")
         raise DataError(
             f"--prompt: {len(missing)} {what} not in the model's vocabulary of {vocab.size} tokens: {shown}; "

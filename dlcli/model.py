@@ -318,7 +318,7 @@ class Model:
                     f"{source}: parameter {k} has shape {a.shape}, the spec's model needs {view.shape}"
                 )
             if a.dtype.kind not in "fiu":
-                raise CheckpointError(f"{source}: parameter {k} holds {a.dtype} values, not numbers")
+                raise CheckpointError(f"{source}: parameter {k} holds {a.dtype} values, not real numbers")
             if not np.isfinite(a).all():  # training never saves a NaN: this file was damaged
                 bad = int(np.flatnonzero(~np.isfinite(a.ravel()))[0])
                 raise CheckpointError(

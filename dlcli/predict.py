@@ -23,7 +23,7 @@ import numpy as np
 
 from . import checkpoint, data, losses, runtime
 from .errors import CheckpointError, DataError
-from .files import atomic_path
+from .files import atomic_path, check_not_an_input
 
 OUTPUT_FORMATS = (".csv", ".json", ".npy")
 # Forward work below which a batch runs on one thread: ~0.1-0.3 ms on one core, about what
@@ -270,6 +270,7 @@ def predict(
         ext = Path(output).suffix.lower()
         if ext not in OUTPUT_FORMATS:
             raise DataError(f"{output}: unknown output type '{ext}' (use .csv, .json or .npy)")
+        check_not_an_input(output, [("the input being predicted", input_path), ("the checkpoint", model_path)])
     pred = open_model(model_path)
     mode = _mode(pred, proba, top_k)
     x, _ = load_inputs(pred, input_path, need_labels=False, label=label)

@@ -15,7 +15,7 @@ from . import checkpoint, data, losses, memory, optim, runtime, text
 from . import spec as spec_mod
 from .callbacks import Checkpointer, EarlyStopping, MetricsLog, SigintAtStep
 from .errors import CheckpointError, DataError, OutputError
-from .files import WriterLock, check_target, check_writable
+from .files import WriterLock, check_not_an_input, check_target, check_writable
 from .model import Model, Plan
 from .train import Trainer
 
@@ -132,6 +132,16 @@ def _taken(path):
     return path.exists() or path.is_symlink() or best_path(path).exists()
 
 
+def run_inputs(s):
+    """(what, path) of the files a run reads: a checkpoint path must not be one of them."""
+    files = [("the spec file", s.path if Path(s.path).is_file() else None)]
+    for key in ("source", "targets", "test"):
+        value = getattr(s.data, key)
+        if value is not None and not (key == "source" and s.data.builtin is not None):
+            files.append((f"the data file of data.{key}", data.resolve(value, s.path)))
+    return files
+
+
 def choose_output(s, output=None, resume=None, overwrite=False):
     """(checkpoint path, lock held on it). A run never replaces an existing checkpoint
     unless it continues it (--resume) or is told to (--overwrite): the default
@@ -156,6 +166,7 @@ def choose_output(s, output=None, resume=None, overwrite=False):
         raise OutputError(f"no free run name beside {base}; pass -o PATH or --overwrite")
     path = Path(output) if output is not None else default_checkpoint_path(s)
     check_target(path)
+    check_not_an_input(path, run_inputs(s))
     continuing = resume is not None and same(path, resume)
     if not continuing and not overwrite and _taken(path):
         what = path if path.exists() or path.is_symlink() else best_path(path)

@@ -188,7 +188,7 @@ CHECKPOINTS = [
     (
         "ckpt-param-text",
         {"bad.npz": checkpoint_bytes(param__layers__2__bias=np.array(["a", "b"]))},
-        ["layers.2.bias", "not numbers"],
+        ["layers.2.bias", "not real numbers"],
     ),
     ("not-found", {}, ["not found"]),
 ]
@@ -273,8 +273,8 @@ DATA_FILES = [
     ("npz-x-minus-inf", {"d.npz": npz_bytes(x=x_with(-np.inf, 0, 0), y=Y)}, NPZ, ["row 0"]),
     ("npz-x-float64-nan", {"d.npz": npz_bytes(x=x_with(np.nan, 15).astype(np.float64), y=Y)}, NPZ, ["row 15"]),
     ("npz-y-nan", {"d.npz": npz_bytes(x=X, y=np.where(np.arange(16) == 3, np.nan, 1.0))}, NPZ, ["y has nan in row 3"]),
-    ("npz-x-text", {"d.npz": npz_bytes(x=X.astype(str), y=Y)}, NPZ, ["x holds", "not numbers"]),
-    ("npz-x-complex", {"d.npz": npz_bytes(x=X.astype(np.complex64), y=Y)}, NPZ, ["complex64", "not numbers"]),
+    ("npz-x-text", {"d.npz": npz_bytes(x=X.astype(str), y=Y)}, NPZ, ["x holds", "not real numbers"]),
+    ("npz-x-complex", {"d.npz": npz_bytes(x=X.astype(np.complex64), y=Y)}, NPZ, ["complex64", "not real numbers"]),
     ("npz-x-scalar", {"d.npz": npz_bytes(x=np.float32(1), y=Y)}, NPZ, ["single number"]),
     ("npz-x-object", {"d.npz": npz_bytes(x=np.array([1, "a"], dtype=object), y=Y)}, NPZ, ["d.npz", "not a readable"]),
     ("npz-no-y", {"d.npz": npz_bytes(x=X)}, NPZ, ["no array named 'y'"]),

@@ -168,6 +168,31 @@ def test_log_appends_only_to_a_metrics_log_and_marks_each_run(write_spec):
     ok(invoke("train", p, "--log", "empty.jsonl", "-o", "c.npz", "-q"))
 
 
+def test_no_command_writes_over_a_file_it_reads(write_spec, tmp_path):
+    """--overwrite replaces an earlier output, never an input: the spec, a data file, the
+    checkpoint being exported or the file being predicted (by any name)."""
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.standard_normal((40, 2)).astype(np.float32), y=rng.integers(0, 2, 40))
+    p = write_spec(f"data: {{source: {data}}}\nmodel: {{input: [2], layers: [{{dense: 2}}]}}\ntrain: {{epochs: 1}}\n")
+    before = {f: open(f, "rb").read() for f in (p, data)}
+    line = one_line_error(invoke("train", p, "-o", p, "--overwrite", "-q"))
+    assert "is the spec file" in line
+    line = one_line_error(invoke("train", p, "-o", data, "--overwrite", "-q"))
+    assert "is the data file of data.source" in line
+    os.symlink(data, "alias.npz")  # the same file by another name
+    line = one_line_error(invoke("train", p, "-o", "alias.npz", "--overwrite", "-q"))
+    assert "symbolic link" in line or "is the data file" in line
+    assert all(open(f, "rb").read() == b for f, b in before.items())
+    ok(invoke("train", p, "-o", "m.npz", "-q"))
+    saved = open("m.npz", "rb").read()
+    line = one_line_error(invoke("export", "m.npz", "-o", "m.npz", "--overwrite"))
+    assert "m.npz is the checkpoint being exported" in line and open("m.npz", "rb").read() == saved
+    np.save("x.npy", rng.standard_normal((5, 2)).astype(np.float32))
+    line = one_line_error(invoke("predict", "m.npz", "x.npy", "-o", "x.npy"))
+    assert "x.npy is the input being predicted" in line and np.load("x.npy").shape == (5, 2)
+
+
 # ---------------------------------------------------------------- bug 4: stale temporaries
 
 

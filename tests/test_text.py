@@ -220,6 +220,9 @@ def test_generate_bad_input_is_one_line_exit_2(trained, tmp_path):
     assert r.output.strip().count("\n") == 0
     assert "2 characters not in the model's vocabulary" in r.output and "'z'" in r.output
     assert "--unknown unk" in r.output
+    for bad in ("nan", "inf"):  # sampling with them raised a traceback from NumPy
+        r = CliRunner().invoke(main, ["generate", ckpt, "--temperature", bad, "--length", "3"])
+        assert r.exit_code == 2 and "not a finite number" in r.output and "Traceback" not in r.output
     ok = CliRunner().invoke(main, ["generate", ckpt, "--prompt", "the zq", "--unknown", "unk", "--length", "3"])
     assert ok.exit_code == 0 and ok.output.startswith("the zq")
     # A checkpoint that is not a text model.
