@@ -86,6 +86,8 @@ def load_arrays(data_spec, spec_path=None, classification=True, seed=0):
         y = _load_npy(targets)
         check_values(y, "the array", targets)
         classes = []
+        if len(x) != len(y):
+            raise DataError(f"{path} has {len(x)} samples but its targets {targets} have {len(y)}")
     else:
         x, y, classes = load_csv(path, data_spec.label, classification)
     if len(x) != len(y):
@@ -433,7 +435,8 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         x = MappedRows(x, np.arange(len(x)), shape_batch)  # checks the shape now, reads nothing
     else:
         x = shape_batch(x)
-    y = loss.check_targets(np.asarray(y), output_shape, where)
+    labels_from = ds.targets if ds.targets is not None else where  # a label problem names the labels' file
+    y = loss.check_targets(np.asarray(y), output_shape, labels_from)
     rng = np.random.default_rng([spec.seed, 1])
     order = rng.permutation(len(x)) if ds.shuffle else np.arange(len(x))
     n_test = int(round(len(x) * ds.test_split))

@@ -202,9 +202,10 @@ def _load_csv(pred, path, need_labels, label):
             )
         unknown = [n for n in names if n not in known]
         if unknown:
+            row = int(np.argmax(np.asarray(y) == names.index(unknown[0])))
             raise DataError(
-                f"{path}: label '{unknown[0]}' in column '{label}' is not a class the model knows "
-                f"(classes: {', '.join(known)})"
+                f"{path}: label '{unknown[0]}' in column '{label}' (row {row}, counting from 0) is not a class "
+                f"the model knows (classes: {', '.join(known)})"
             )
         y = np.asarray([known[names[i]] for i in y], np.int64)
     return x, _check_labels(pred, y, str(path))

@@ -287,6 +287,10 @@ DATA_FILES = [
     ("npz-missing", {}, NPZ, ["s.yaml:3:16: data.source: data file not found: d.npz (looked for /"]),
     ("npy-x-nan", {"x.npy": npy_bytes(x_with(np.nan, 7)), "y.npy": npy_bytes(Y)}, NPY, ["x.npy", "row 7"]),
     ("npy-targets-missing", {"x.npy": npy_bytes(X)}, NPY, ["s.yaml:3:", "data.targets", "not found: y.npy"]),
+    # a problem with the labels names the labels' file, not the features'
+    ("npy-targets-out-of-range", {"x.npy": npy_bytes(X), "y.npy": npy_bytes(Y + 5)}, NPY, ["y.npy: labels run from"]),
+    ("npy-targets-float", {"x.npy": npy_bytes(X), "y.npy": npy_bytes(Y + 0.5)}, NPY, ["y.npy: cross_entropy"]),
+    ("npy-targets-short", {"x.npy": npy_bytes(X), "y.npy": npy_bytes(Y[:-3])}, NPY, ["its targets", "y.npy have"]),
     ("npy-without-targets", {"x.npy": npy_bytes(X)}, spec_for("x.npy"), ["data.targets"]),
     ("npy-garbage", {"x.npy": b"\x93NUMPY garbage", "y.npy": npy_bytes(Y)}, NPY, ["x.npy", "not a readable"]),
     (

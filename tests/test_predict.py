@@ -413,7 +413,7 @@ def test_bad_prediction_options(models, args, message):
         (lambda: _write("a.csv", "w,h,d\n1,2,3\n"), "no column named 'kind'"),
         (
             lambda: _write("a.csv", "w,h,d,kind\n1,2,3,apple\n1,2,3,kiwi\n"),
-            "label 'kiwi' in column 'kind' is not a class",
+            "label 'kiwi' in column 'kind' (row 1, counting from 0) is not a class",
         ),
         (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "2 feature columns (w, h), but the model takes 3 inputs"),
     ],
