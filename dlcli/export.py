@@ -392,6 +392,7 @@ def build(pred, opset=DEFAULT_OPSET, vocabulary=None):
     props = metadata(pred, name, meaning)
     if vocabulary:
         props["vocabulary"] = json.dumps(vocabulary)
+        props["classes"] = json.dumps(list(vocabulary["tokens"]))  # a text model's class i is token i
     helper.set_model_props(model, props)
     return model
 

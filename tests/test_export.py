@@ -108,6 +108,8 @@ def test_sample_config_exports_and_matches_predict(path, tmp_path):
     text = checkpoint.load(ckpt).meta.get("text")
     props = {p.key: p.value for p in model.metadata_props}
     assert (json.loads(props["vocabulary"]) if text else None) == text  # a text model's tokens travel along
+    if text:  # and name its classes: output i is the probability of token i
+        assert json.loads(props["classes"]) == text["tokens"]
     # and against the predict command itself, on a file, as a user would
     x = raw_inputs(pred, 37, 7)
     np.save(tmp_path / "x.npy", x)
