@@ -259,6 +259,9 @@ class World:
         return f" on rank {self.nonfinite_rank}" if self.nonfinite_rank is not None else ""
 
 
+SECOND_VOICE_S = 2.0  # how long a rank other than 0 waits before reporting its own error
+
+
 @contextmanager
 def failing_together(world):
     """Run a command body so that an error on one rank ends every rank at once (the others
@@ -276,13 +279,19 @@ def failing_together(world):
     except Terminated:
         if world.rank == 0:
             print(
-                "Error: stopped by the MPI launcher (Ctrl-C to mpirun, or another rank ended); "
-                "the last checkpoint written is kept",
+                "Error: stopped by the MPI launcher (Ctrl-C to mpirun, or another rank ended: see its "
+                "error); any checkpoint already written is kept",
                 file=sys.stderr,
             )
         sys.stderr.flush()
         os._exit(143)
     except DlcliError as e:
+        if world.rank != 0:
+            # An input every rank reads (a missing data file, a finished checkpoint) fails on
+            # every rank alike: rank 0's line and abort come first, and end this rank before
+            # it repeats the error. A fault of this rank alone is said after the pause.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            time.sleep(SECOND_VOICE_S)
         print(f"Error: rank {world.rank}: {e}", file=sys.stderr)
         world.abort(e.exit_code)
     except KeyboardInterrupt:

@@ -230,6 +230,20 @@ def assert_checkpoint_of_epoch_one(path):
     assert ck.meta["epochs_done"] == 1 and ck.meta["step"] == 20
 
 
+def test_an_input_error_every_rank_hits_is_said_once(tmp_path):
+    """A data file missing for every rank: rank 0 says so and ends the job, before the
+    others repeat it (or blame the launcher)."""
+    (tmp_path / "spec.yaml").write_text(
+        MLP.replace("builtin:spirals", "missing.npz").replace("options: {classes: 3, samples: 500}, ", "")
+    )
+    # rank 0 starts a second late, so rank 1 meets the error first: the worst case
+    late_rank0 = ("sh", "-c", 'test "$OMPI_COMM_WORLD_RANK" = 0 && sleep 1; exec "$0" "$@"', str(BIN / "dlcli"))
+    rc, out, err = finish(mpirun(["train", "spec.yaml", "-q"], tmp_path, program=late_rank0), timeout=120)
+    lines = [line.strip("\x00 ") for line in err.splitlines() if "Error:" in line]  # Open MPI may put a NUL first
+    assert rc != 0 and len(lines) == 1, err
+    assert lines[0].startswith("Error: rank 0: ") and "data file not found: missing.npz" in lines[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["nan", "raise", "kill"])
 def test_a_fault_on_one_rank_ends_every_rank(tmp_path, fault):
