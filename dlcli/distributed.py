@@ -259,6 +259,17 @@ class World:
         return f" on rank {self.nonfinite_rank}" if self.nonfinite_rank is not None else ""
 
 
+def _from_terminate(e):
+    """True if `e` is, or was raised while handling or because of, a Terminated."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, Terminated):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 SECOND_VOICE_S = 2.0  # how long a rank other than 0 waits before reporting its own error
 
 
@@ -298,6 +309,9 @@ def failing_together(world):
         print(f"Error: rank {world.rank}: interrupted", file=sys.stderr)
         world.abort(130)
     except BaseException as e:  # a bug: its traceback, then the job ends
+        if _from_terminate(e):  # SIGTERM landed where Python wraps exceptions (an import, __set_name__)
+            sys.stderr.flush()
+            os._exit(143)
         import traceback
 
         traceback.print_exc()
