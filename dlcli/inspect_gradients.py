@@ -311,11 +311,13 @@ def verdicts(r: Inspection):
                 "set train.clip_norm (clipping tames explosions), lower the learning rate or the initial weights",
             )
         )
+    through_time = []  # (layer name, ||dL/dh_1|| / ||dL/dh_T||) of each recurrent layer
     for t in r.time_steps:
         g = t["grad_norms"]
         if len(g) < 2 or not g[-1] > 0:
             continue
         tr = g[0] / g[-1]
+        through_time.append((t["name"], tr))
         gated = t["kind"] in ("lstm", "gru")
         if tr < VANISHING:
             out.append(
@@ -367,6 +369,8 @@ def verdicts(r: Inspection):
         msg = "healthy: gradients reach the first layer at a scale comparable to the last"
         if ratio is not None:
             msg += f" (ratio {ratio:.2g})"
+        for name, tr in through_time:  # a close call shows as one (the vanishing line is VANISHING)
+            msg += f"; through time ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {name} (vanishing below {VANISHING:.0e})"
         out.append(Verdict("healthy", None, msg + "; no dead or saturated units", "nothing to change"))
     return out
 
