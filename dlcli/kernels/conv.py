@@ -28,7 +28,6 @@ from numba import njit
 
 from ..runtime import sharded
 from . import FAST, SHARD
-from .dense import dot4
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
@@ -363,7 +362,13 @@ def direct_grad_weight(xpad, dy, y, relu, dh, dw, wp, dwt, dbias, lo, hi):
                 s1 = xb[offs[k + 1] : offs[k + 1] + run]
                 s2 = xb[offs[k + 2] : offs[k + 2] + run]
                 s3 = xb[offs[k + 3] : offs[k + 3] + run]
-                a0, a1, a2, a3 = dot4(g, s0, s1, s2, s3)
+                a0 = a1 = a2 = a3 = zero
+                for t in range(run):
+                    gt = g[t]
+                    a0 += gt * s0[t]
+                    a1 += gt * s1[t]
+                    a2 += gt * s2[t]
+                    a3 += gt * s3[t]
                 dwf[k] += a0
                 dwf[k + 1] += a1
                 dwf[k + 2] += a2

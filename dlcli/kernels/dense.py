@@ -91,19 +91,3 @@ def bias_act(out, b, relu):
         for i in range(n):
             for j in range(m):
                 out[i, j] += b[j]
-
-
-@njit(**FAST)
-def dot4(u, v0, v1, v2, v3):
-    """The dot products of u with v0..v3 (all of u's length), each load of u shared by four
-    multiply-adds: the recurrent product's last rows and the direct convolution's weight
-    gradient use it."""
-    z = u.dtype.type(0)
-    c0 = c1 = c2 = c3 = z
-    for k in range(u.size):
-        x = u[k]
-        c0 += x * v0[k]
-        c1 += x * v1[k]
-        c2 += x * v2[k]
-        c3 += x * v3[k]
-    return c0, c1, c2, c3

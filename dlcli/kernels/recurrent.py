@@ -40,7 +40,6 @@ import numpy as np
 from numba import njit
 
 from . import FAST, SHARD  # whole-sequence kernels run in shard threads
-from .dense import dot4
 
 # ---------------------------------------------------------------- nonlinearities
 
@@ -241,10 +240,11 @@ def gemm_rows_nt(a, b, out, lo, hi):
 
     Each output is a dot product over contiguous rows of a and b, which LLVM vectorises
     along k. A 4x2 tile of outputs shares its loads: 8 vector accumulators, 6 loads per 8
-    FMAs. The batch's last rows (fewer than 4) take a 1x4 tile each: repeating a row to
-    fill a 4x2 tile made a batch-1 LSTM step do four times its work (predict latency
-    800-956 us against ONNX Runtime's 261-299). An odd last column takes the plain dot
-    product."""
+    FMAs. The batch's last rows (fewer than 4) take one dot product per output: repeating
+    a row to fill a 4x2 tile made a batch-1 LSTM step do four times its work (predict
+    latency 800-956 us against ONNX Runtime's 261-299). One row is bound by reading b
+    (7.2 us for 128 x 512, as fast as a 1x4 tile, which took ~1 s more to compile per
+    recurrent kernel family). An odd last column takes the plain dot product too."""
     K = a.shape[1]
     N = b.shape[0]
     n2 = N - N % 2
@@ -272,19 +272,9 @@ def gemm_rows_nt(a, b, out, lo, hi):
         for r in range(i, i + 4):
             for j in range(n2, N):
                 out[r, j] = _dot(a[r], b[j])
-    n4 = N - N % 4
     for r in range(quads_end, hi):
-        _row_nt(a[r], b, out[r], n4)
-
-
-@njit(**SHARD)
-def _row_nt(u, b, out, n4):
-    """out = b @ u for one row u: a 1x4 tile (4 vector accumulators, 5 loads per 4 FMAs),
-    the last N % 4 outputs as plain dot products."""
-    for j in range(0, n4, 4):
-        out[j], out[j + 1], out[j + 2], out[j + 3] = dot4(u, b[j], b[j + 1], b[j + 2], b[j + 3])
-    for j in range(n4, b.shape[0]):
-        out[j] = _dot(u, b[j])
+        for j in range(N):
+            out[r, j] = _dot(a[r], b[j])
 
 
 # ---------------------------------------------------------------- whole-sequence kernels

@@ -64,7 +64,7 @@ def resolve_padding(padding_opt, size, kernel, stride, dilation):
 
 
 class _Conv(Layer):
-    KERNELS = ("conv", "dense")  # dense: dot4, in the direct weight gradient
+    KERNELS = ("conv",)
     ndim = 2
     SHORTHAND = "filters"
     FUSES_RELU = True
