@@ -134,9 +134,6 @@ class Concat(Layer):
     EXAMPLE = {"options": {}, "input": [(2, 3), (4, 3)]}
 
     def build(self, input_shapes):
-        from ..kernels import dense as K
-
-        self.K = K
         shapes = [tuple(s) for s in input_shapes]
         over = self.options.get("over", "auto")
         if over == "auto":
