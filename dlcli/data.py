@@ -54,14 +54,18 @@ def missing_file(key, value, spec_path=None):
     return f"data.{key}: data file not found: {value}" + (f" (looked for {looked})" if looked != value else "")
 
 
+def named_files(spec):
+    """(key, value) of each data file the spec names: data.source (unless built in),
+    data.targets and data.test, as written (`resolve` finds them)."""
+    ds = spec.data
+    keys = ("targets", "test") if ds.builtin is not None else ("source", "targets", "test")
+    return [(key, getattr(ds, key)) for key in keys if getattr(ds, key) is not None]
+
+
 def check_files(spec):
     """Every data file the spec names is there, else an error at that field of the spec
     (before any of them is read, so the user is told the field to fix, not just a path)."""
-    ds = spec.data
-    for key in ("source", "targets", "test"):
-        value = getattr(ds, key)
-        if value is None or (key == "source" and ds.builtin is not None):
-            continue
+    for key, value in named_files(spec):
         problem = missing_file(key, value, spec.path)
         if problem:
             raise DataError(f"{spec.where('data', key)}: {problem}")

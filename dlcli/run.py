@@ -135,11 +135,7 @@ def _taken(path):
 def run_inputs(s):
     """(what, path) of the files a run reads: a checkpoint path must not be one of them."""
     files = [("the spec file", s.path if Path(s.path).is_file() else None)]
-    for key in ("source", "targets", "test"):
-        value = getattr(s.data, key)
-        if value is not None and not (key == "source" and s.data.builtin is not None):
-            files.append((f"the data file of data.{key}", data.resolve(value, s.path)))
-    return files
+    return files + [(f"the data file of data.{key}", data.resolve(v, s.path)) for key, v in data.named_files(s)]
 
 
 def choose_output(s, output=None, resume=None, overwrite=False):
