@@ -30,10 +30,8 @@ def _appendable_log(path, limit=1 << 20):
     try:
         with open(path, "rb") as f:
             head = f.read(limit)
-    except FileNotFoundError:
+    except OSError:  # missing: a new log; else check_writable has said what is wrong with it
         return True
-    except OSError:
-        return True  # check_writable has said what is wrong with it
     if not head.strip():
         return True
     try:

@@ -467,9 +467,10 @@ class Dashboard(Callback):
             pieces.append(Text(f"step {e.epoch_step}/{e.steps_per_epoch}"))
             sps = done * tr.batch_size / elapsed if elapsed > 0 and done else e.samples_per_s
             pieces.append(Text(f"{sps:,.0f} samples/s"))
-        eta = Text(f"ETA {fmt_duration(eta)}")
+        eta_text = Text(f"ETA {fmt_duration(eta)}")
         # beside a bar of at least 10 cells and " 100.0%"; elapsed is the first to go (ETA says more)
-        pieces = fitting([pieces + [Text(f"elapsed {fmt_duration(elapsed)}"), eta], pieces + [eta]], width - 19)
+        elapsed_text = Text(f"elapsed {fmt_duration(elapsed)}")
+        pieces = fitting([pieces + [elapsed_text, eta_text], pieces + [eta_text]], width - 19)
         room = width - one_line_len(pieces) - 9
         bar_w = min(30, room) if room >= 10 else max(10, min(30, width - 8))  # else the pieces re-flow
         filled = int(frac * bar_w)
