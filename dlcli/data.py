@@ -418,11 +418,11 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
     split of a seed unchanged only when test_split is 0. Text sources go to dlcli/text.py
     (`vocab`: use this vocabulary, e.g. a checkpoint's)."""
     ds = spec.data
-    check_files(spec)
     if ds.text is not None:
         from . import text  # here: text imports this module
 
-        return text.load(spec, loss, output_shape, vocab)
+        return text.load(spec, loss, output_shape, vocab)  # text.read checks the files
+    check_files(spec)
     samples = ds.options.get("samples") if ds.builtin else None
     if samples is not None:
         need = memory.dataset_bytes(samples, spec.model.input, math.prod(output_shape))
