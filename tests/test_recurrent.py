@@ -244,6 +244,35 @@ def test_recurrent_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
     assert np.all(out[:lo] == -7.0) and np.all(out[hi:] == -7.0)  # rows outside the shard untouched
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m,k,n,lo,hi", [(9, 13, 7, 0, 9), (9, 13, 7, 4, 9), (3, 8, 12, 0, 3), (1, 128, 512, 0, 1), (6, 7, 5, 4, 6)])
+def test_forward_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
+    """gemm_rows_fwd: quads through the tile on b.T, the last rows through the row kernel on
+    b; a shard with no quad never reads b.T (an empty stand-in here)."""
+    from dlcli.kernels.recurrent import gemm_rows_fwd
+
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    b_t = np.ascontiguousarray(b.T) if hi - lo >= 4 else np.empty((0, k), dtype)
+    out = np.full((m, n), -7.0, dtype)
+    gemm_rows_fwd(a, b_t, b, out, lo, hi)
+    np.testing.assert_allclose(out[lo:hi], a[lo:hi].astype(np.float64) @ b.astype(np.float64), **TOL[dtype])
+    assert np.all(out[:lo] == -7.0) and np.all(out[hi:] == -7.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,m", [(1, 1), (3, 5), (8, 8), (16, 24), (9, 17), (128, 512), (13, 8), (8, 13)])
+def test_transpose_matches_numpy(dtype, n, m, rng):
+    """The blocked transpose behind the forward's W_hh^T: whole 8x8 blocks and the ragged
+    edges on either side."""
+    from dlcli.kernels.recurrent import transpose
+
+    a = rng.standard_normal((n, m)).astype(dtype)
+    out = np.full((m, n), np.nan, dtype)
+    transpose(a, out)
+    assert np.array_equal(out, a.T)
+
+
 @pytest.mark.parametrize("cls,opts", CELLS)
 def test_results_do_not_depend_on_shards(cls, opts, rng):
     """Same bits with 1, 2 or 3 shards (batch 10: ragged tiles at different rows), so a

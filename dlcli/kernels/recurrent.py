@@ -235,16 +235,11 @@ ROW_TILE = 4
 
 
 @njit(**SHARD)
-def gemm_rows_nt(a, b, out, lo, hi):
-    """out[lo:hi] = a[lo:hi] @ b.T, all C-contiguous; lo a multiple of ROW_TILE.
-
-    Each output is a dot product over contiguous rows of a and b, which LLVM vectorises
-    along k. A 4x2 tile of outputs shares its loads: 8 vector accumulators, 6 loads per 8
-    FMAs. The batch's last rows (fewer than 4) take one dot product per output: repeating
-    a row to fill a 4x2 tile made a batch-1 LSTM step do four times its work (predict
-    latency 800-956 us against ONNX Runtime's 261-299). One row is bound by reading b
-    (7.2 us for 128 x 512, as fast as a 1x4 tile, which took ~1 s more to compile per
-    recurrent kernel family). An odd last column takes the plain dot product too."""
+def _quads_nt(a, b, out, lo, hi):
+    """out[i] = a[i] @ b.T for the rows of lo..hi that fill whole quads; returns where the
+    quads end. Each output is a dot product over contiguous rows of a and b, which LLVM
+    vectorises along k. A 4x2 tile of outputs shares its loads: 8 vector accumulators, 6
+    loads per 8 FMAs. An odd last column takes the plain dot product."""
     K = a.shape[1]
     N = b.shape[0]
     n2 = N - N % 2
@@ -272,9 +267,68 @@ def gemm_rows_nt(a, b, out, lo, hi):
         for r in range(i, i + 4):
             for j in range(n2, N):
                 out[r, j] = _dot(a[r], b[j])
+    return quads_end
+
+
+@njit(**SHARD)
+def gemm_rows_nt(a, b, out, lo, hi):
+    """out[lo:hi] = a[lo:hi] @ b.T, all C-contiguous; lo a multiple of ROW_TILE. The
+    batch's last rows (fewer than 4) take one dot product per output (the backward's
+    product, K = 4H long, runs 15 % faster so than as `_row_nn`)."""
+    quads_end = _quads_nt(a, b, out, lo, hi)
     for r in range(quads_end, hi):
-        for j in range(N):
+        for j in range(b.shape[0]):
             out[r, j] = _dot(a[r], b[j])
+
+
+@njit(**SHARD)
+def _row_nn(a, b, out):
+    """out = a @ b for one row a (K,) and b (K, N): four rows of b scaled and added to out
+    at a time, vectorised along N. For the forward's short K (128 by 128 x 512) this took
+    2.8 us against 4.3 as 512 dot products, each ending in a horizontal sum (measured
+    2026-11); a fifth to eighth row of b per pass gained nothing."""
+    K, N = b.shape
+    k4 = K - K % 4
+    out[:] = 0
+    for k in range(0, k4, 4):
+        a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
+        b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+        for j in range(N):
+            out[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
+    for k in range(k4, K):
+        ak, bk = a[k], b[k]
+        for j in range(N):
+            out[j] += ak * bk[j]
+
+
+@njit(**SHARD)
+def gemm_rows_fwd(a, b_t, b, out, lo, hi):
+    """out[lo:hi] = a[lo:hi] @ b for the forward's h_{t-1} @ W_hh: whole quads of rows
+    through the tile on b_t = b.T, the batch's last rows (fewer than 4) through `_row_nn`
+    on b itself. Repeating a row to fill a 4x2 tile made a batch-1 LSTM step do four
+    times its work (predict latency 800-956 us against ONNX Runtime's 261-299). A batch
+    of fewer than 4 rows never reads b_t: the layer then skips the transpose."""
+    quads_end = _quads_nt(a, b_t, out, lo, hi)
+    for r in range(quads_end, hi):
+        _row_nn(a[r], b, out[r])
+
+
+@njit(**FAST)
+def transpose(a, out):
+    """out = a.T for 2-D C-contiguous arrays, in 8x8 blocks whose fixed trip counts LLVM
+    unrolls into register shuffles. The forward pass needs W_hh transposed on every call:
+    NumPy's strided copy took 145 us for 128 x 512 (a quarter of a batch-1 LSTM
+    prediction), this 22 us (measured 2026-11)."""
+    n, m = a.shape
+    n8, m8 = n - n % 8, m - m % 8
+    for i0 in range(0, n8, 8):
+        for j0 in range(0, m8, 8):
+            for j in range(8):
+                for i in range(8):
+                    out[j0 + j, i0 + i] = a[i0 + i, j0 + j]
+    for i in range(n):
+        for j in range(m8 if i < n8 else 0, m):
+            out[j, i] = a[i, j]
 
 
 # ---------------------------------------------------------------- whole-sequence kernels
@@ -283,14 +337,15 @@ def gemm_rows_nt(a, b, out, lo, hi):
 # until the sequence is done (dlcli/runtime.py: run_shards). Buffers come from the
 # caller; nothing is allocated per step. h (and c) have T+1 entries: index 0 is the
 # initial (zero) state, index t+1 is step t. w_hh_t is W_hh transposed (G*H, H),
-# contiguous; backward uses W_hh itself, whose rows are what dh_{t-1} = da_t @ W_hh^T dots.
+# contiguous (any (0, H) array when the batch has fewer than 4 rows; forward reads W_hh for
+# the last rows); backward uses W_hh itself, whose rows are what dh_{t-1} = da_t @ W_hh^T dots.
 # sq[t] receives this shard's share of |dL/dh_t|^2 when record.
 
 
 @njit(**SHARD)
-def rnn_seq_forward(xp, w_hh_t, b, h, hh, relu, lo, hi):
+def rnn_seq_forward(xp, w_hh_t, w_hh, b, h, hh, relu, lo, hi):
     for t in range(xp.shape[0]):
-        gemm_rows_nt(h[t], w_hh_t, hh, lo, hi)
+        gemm_rows_fwd(h[t], w_hh_t, w_hh, hh, lo, hi)
         for i in range(lo, hi):
             _rnn_row_fwd(xp[t, i], hh[i], b, h[t + 1, i], relu)
 
@@ -308,9 +363,9 @@ def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, sq, record, lo, hi):
 
 
 @njit(**SHARD)
-def lstm_seq_forward(xp, w_hh_t, b, h, c, gates, tc, hh, lo, hi):
+def lstm_seq_forward(xp, w_hh_t, w_hh, b, h, c, gates, tc, hh, lo, hi):
     for t in range(xp.shape[0]):
-        gemm_rows_nt(h[t], w_hh_t, hh, lo, hi)
+        gemm_rows_fwd(h[t], w_hh_t, w_hh, hh, lo, hi)
         for i in range(lo, hi):
             _lstm_row_fwd(xp[t, i], hh[i], b, c[t, i], gates[t, i], c[t + 1, i], h[t + 1, i], tc[t, i])
 
@@ -329,9 +384,9 @@ def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, sq, record, lo, h
 
 
 @njit(**SHARD)
-def gru_seq_forward(xp, w_hh_t, b, bhn, h, gates, hn, hh, lo, hi):
+def gru_seq_forward(xp, w_hh_t, w_hh, b, bhn, h, gates, hn, hh, lo, hi):
     for t in range(xp.shape[0]):
-        gemm_rows_nt(h[t], w_hh_t, hh, lo, hi)
+        gemm_rows_fwd(h[t], w_hh_t, w_hh, hh, lo, hi)
         for i in range(lo, hi):
             _gru_row_fwd(xp[t, i], hh[i], b, bhn, h[t, i], gates[t, i], hn[t, i], h[t + 1, i])
 

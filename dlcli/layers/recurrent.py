@@ -107,9 +107,17 @@ class _Recurrent(Layer):
             buf = self._buffers[name] = np.empty(shape, self.dtype)
         return buf
 
-    def _w_hh_t(self):
-        """W_hh transposed, contiguous: the forward product dots rows of h with its rows."""
-        return np.ascontiguousarray(self.params["w_recurrent"].T)
+    def _w_hh(self, batch):
+        """(W_hh transposed and contiguous, W_hh) for the forward product, whose quads of
+        rows dot rows of h with rows of W_hh^T. A batch of fewer than ROW_TILE rows has no
+        quad: it gets an empty stand-in and skips the transpose (a sixth of a batch-1 LSTM
+        prediction)."""
+        w = self.params["w_recurrent"]
+        if batch < self.K.ROW_TILE:
+            return self._work("w_hh_t", (0, w.shape[0])), w
+        w_t = self._work("w_hh_t", w.shape[::-1])
+        self.K.transpose(w, w_t)
+        return w_t, w
 
     # -------------------------------------------------------------- forward
     def forward(self, x, training=False):
@@ -209,8 +217,8 @@ class RNN(_Recurrent):
         K, b = self.K, self._bias()
         relu = self.options["activation"] == "relu"
         hh = self._work("hh", (B, self.units))
-        w_t = self._w_hh_t()
-        self._run_shards(lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, b, h, hh, relu, lo, hi))
+        w_t, w = self._w_hh(B)
+        self._run_shards(lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, w, b, h, hh, relu, lo, hi))
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
         K, w, h = self.K, self.params["w_recurrent"], self.h
@@ -245,8 +253,8 @@ class LSTM(_Recurrent):
         gates = self._work("gates", (T, B, 4 * H))
         tc = self._work("tc", (T, B, H))
         hh = self._work("hh", (B, 4 * H))
-        w_t = self._w_hh_t()
-        self._run_shards(lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, b, h, c, gates, tc, hh, lo, hi))
+        w_t, w = self._w_hh(B)
+        self._run_shards(lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, w, b, h, c, gates, tc, hh, lo, hi))
         self.c, self.gates, self.tc = c, gates, tc
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
@@ -281,8 +289,8 @@ class GRU(_Recurrent):
         gates = self._work("gates", (T, B, 3 * H))
         hn = self._work("hn", (T, B, H))
         hh = self._work("hh", (B, 3 * H))
-        w_t = self._w_hh_t()
-        self._run_shards(lambda k, lo, hi: K.gru_seq_forward(xp, w_t, b, bhn, h, gates, hn, hh, lo, hi))
+        w_t, w = self._w_hh(B)
+        self._run_shards(lambda k, lo, hi: K.gru_seq_forward(xp, w_t, w, b, bhn, h, gates, hn, hh, lo, hi))
         self.gates, self.hn = gates, hn
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
