@@ -245,7 +245,9 @@ def test_recurrent_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("m,k,n,lo,hi", [(9, 13, 7, 0, 9), (9, 13, 7, 4, 9), (3, 8, 12, 0, 3), (1, 128, 512, 0, 1), (6, 7, 5, 4, 6)])
+@pytest.mark.parametrize(
+    "m,k,n,lo,hi", [(9, 13, 7, 0, 9), (9, 13, 7, 4, 9), (3, 8, 12, 0, 3), (1, 128, 512, 0, 1), (6, 7, 5, 4, 6)]
+)
 def test_forward_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
     """gemm_rows_fwd: quads through the tile on b.T, the last rows through the row kernel on
     b; a shard with no quad never reads b.T (an empty stand-in here)."""
