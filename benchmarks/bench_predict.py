@@ -9,7 +9,8 @@ and latency at batch 1 (microseconds per call) of:
   forward, softmax);
 - ONNX Runtime on the exported .onnx file (CPU provider, the same intra-op threads);
 - PyTorch in `torch.inference_mode()` (when installed), the same architecture;
-- dlcli again on one thread, which shows what the threads gain (or cost, on a busy machine).
+- dlcli and ONNX Runtime again on one thread each: what the threads gain (or cost, on a
+  busy machine), and the engines compared without their thread pools.
 
 Each engine runs in its own child process (no shared thread pools); they alternate in
 rounds and the figures are the min-max over rounds of each round's best window. The
@@ -148,8 +149,27 @@ def dlcli_one_thread_child(ckpt, onnx_path, name, threads, seconds):
     return dlcli_child(ckpt, onnx_path, name, 1, seconds)
 
 
-CHILDREN = {"dlcli": dlcli_child, "dlcli1": dlcli_one_thread_child, "ort": ort_child, "torch": torch_child}
-LABELS = {"dlcli": "dlcli", "dlcli1": "dlcli 1 thread", "ort": "ONNX Runtime", "torch": "PyTorch"}
+def ort_one_thread_child(ckpt, onnx_path, name, threads, seconds):
+    """ONNX Runtime on one core: beside dlcli's one-thread row, the engines without their
+    thread pools (ONNX Runtime's threads spin between calls; dlcli's sleep)."""
+    return ort_child(ckpt, onnx_path, name, 1, seconds)
+
+
+CHILDREN = {
+    "dlcli": dlcli_child,
+    "dlcli1": dlcli_one_thread_child,
+    "ort": ort_child,
+    "ort1": ort_one_thread_child,
+    "torch": torch_child,
+}
+LABELS = {
+    "dlcli": "dlcli",
+    "dlcli1": "dlcli 1 thread",
+    "ort": "ONNX Runtime",
+    "ort1": "ORT 1 thread",
+    "torch": "PyTorch",
+}
+ONE_THREAD_PEERS = {"ort1": "dlcli1"}  # compared with dlcli on one thread, not with the pool
 
 
 def main():
@@ -167,7 +187,7 @@ def main():
         return
 
     t0 = time.perf_counter()
-    engines = ["dlcli", "ort"] + (["torch"] if torch_available() else []) + ["dlcli1"]
+    engines = ["dlcli", "ort"] + (["torch"] if torch_available() else []) + ["dlcli1", "ort1"]
     import onnxruntime
 
     print(
@@ -190,9 +210,10 @@ def main():
             for e in engines:
                 line = f"  {LABELS[e]:<13} {span(rates[e]):>17} samples/s   {span(lat[e]):>13} us"
                 if e not in ("dlcli", "dlcli1"):
+                    ours = ONE_THREAD_PEERS.get(e, "dlcli")
                     line += (
-                        f"   dlcli/{LABELS[e]}: throughput {max(rates['dlcli']) / max(rates[e]):.2f}x, "
-                        f"latency {min(lat['dlcli']) / min(lat[e]):.2f}x"
+                        f"   {LABELS[ours]}/{LABELS[e]}: throughput {max(rates[ours]) / max(rates[e]):.2f}x, "
+                        f"latency {min(lat[ours]) / min(lat[e]):.2f}x"
                     )
                 print(line, flush=True)
     print(f"({time.perf_counter() - t0:.0f} s; the machine is shared: compare engines within a model)")
