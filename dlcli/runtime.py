@@ -30,12 +30,11 @@ def threads():
     return 1 if _serial else _threads or os.cpu_count() or 1
 
 
-def shard_bounds(n_rows, n_shards=None, align=1):
+def shard_bounds(n_rows, n_shards=None):
     """Split rows 0..n_rows into at most n_shards (default: one per core) contiguous,
-    near-equal ranges (lo, hi), each starting at a multiple of `align`."""
-    units = -(-n_rows // align)
-    s = max(1, min(n_shards or threads(), units))
-    edges = [min(n_rows, units * k // s * align) for k in range(s + 1)]
+    near-equal ranges (lo, hi)."""
+    s = max(1, min(n_shards or threads(), n_rows))
+    edges = [n_rows * k // s for k in range(s + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
 

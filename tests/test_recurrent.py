@@ -227,39 +227,68 @@ def test_tanh_approximation_accuracy():
     assert np.isnan(out[0]) and out[1] == pytest.approx(1.0) and out[2] == pytest.approx(-1.0)  # NaN is not hidden
 
 
+def panels_of(b):
+    from dlcli.kernels.recurrent import pack_panels, panel_shape
+
+    panels = np.full(panel_shape(b), np.nan, b.dtype)
+    pack_panels(b, panels)
+    return panels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n", [(3, 8), (5, 45), (128, 512), (1, 1)])
+def test_panels_hold_b_a_vector_wide(dtype, k, n, rng):
+    """pack_panels: panel p holds columns p*lanes.. of b, row by row; the columns past the
+    last whole panel are left out (the product reads them from b)."""
+    b = rng.standard_normal((k, n)).astype(dtype)
+    panels = panels_of(b)
+    lanes = 32 // b.itemsize
+    assert panels.shape == (n // lanes, k, lanes)
+    for p in range(n // lanes):
+        assert np.array_equal(panels[p], b[:, p * lanes : (p + 1) * lanes])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "m,k,n,lo,hi",
-    [(9, 13, 7, 0, 9), (9, 13, 7, 4, 9), (12, 40, 10, 4, 11), (5, 1, 1, 4, 5), (1, 33, 9, 0, 1), (3, 8, 12, 0, 3)],
+    [
+        (9, 13, 7, 0, 9),  # narrower than one tile: every column by the plain sum
+        (9, 13, 40, 3, 9),  # a 6-row tile from row 3, wide and one-vector tiles, an edge
+        (12, 40, 32, 1, 11),  # 6 + 4 rows
+        (5, 1, 16, 4, 5),  # K = 1
+        (1, 128, 512, 0, 1),  # one row
+        (16, 128, 512, 0, 16),  # the benchmark's shard: 6 + 6 + 4 rows
+        (3, 8, 12, 0, 3),
+    ],
 )
 def test_recurrent_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
-    """gemm_rows_nt: full 4x2 tiles, the 1x4 tiles of the last rows, leftover columns."""
-    from dlcli.kernels.recurrent import gemm_rows_nt
+    """gemm_rows_nn: 6-row, 4-row and single-row vector tiles, the columns past the last
+    whole tile, and a shard starting on any row."""
+    from dlcli.kernels.recurrent import gemm_rows_nn
 
     a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((n, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
     out = np.full((m, n), -7.0, dtype)
-    gemm_rows_nt(a, b, out, lo, hi)
-    np.testing.assert_allclose(out[lo:hi], a[lo:hi].astype(np.float64) @ b.T.astype(np.float64), **TOL[dtype])
+    gemm_rows_nn(a, b, panels_of(b), out, lo, hi)
+    np.testing.assert_allclose(out[lo:hi], a[lo:hi].astype(np.float64) @ b.astype(np.float64), **TOL[dtype])
     assert np.all(out[:lo] == -7.0) and np.all(out[hi:] == -7.0)  # rows outside the shard untouched
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "m,k,n,lo,hi", [(9, 13, 7, 0, 9), (9, 13, 7, 4, 9), (3, 8, 12, 0, 3), (1, 128, 512, 0, 1), (6, 7, 5, 4, 6)]
-)
-def test_forward_product_matches_numpy(dtype, m, k, n, lo, hi, rng):
-    """gemm_rows_fwd: quads through the tile on b.T, the last rows through the row kernel on
-    b; a shard with no quad never reads b.T (an empty stand-in here)."""
-    from dlcli.kernels.recurrent import gemm_rows_fwd
+def test_a_row_gets_the_same_bits_in_any_tile(dtype, rng):
+    """Rows computed in 6-row, 4-row and single-row tiles (and columns in wide, one-vector
+    and plain-sum parts) agree bit for bit, so a shard may start on any row."""
+    from dlcli.kernels.recurrent import gemm_rows_nn
 
-    a = rng.standard_normal((m, k)).astype(dtype)
-    b = rng.standard_normal((k, n)).astype(dtype)
-    b_t = np.ascontiguousarray(b.T) if hi - lo >= 4 else np.empty((0, k), dtype)
-    out = np.full((m, n), -7.0, dtype)
-    gemm_rows_fwd(a, b_t, b, out, lo, hi)
-    np.testing.assert_allclose(out[lo:hi], a[lo:hi].astype(np.float64) @ b.astype(np.float64), **TOL[dtype])
-    assert np.all(out[:lo] == -7.0) and np.all(out[hi:] == -7.0)
+    a = rng.standard_normal((11, 37)).astype(dtype)
+    b = rng.standard_normal((37, 45)).astype(dtype)
+    panels = panels_of(b)
+    whole = np.empty((11, 45), dtype)
+    gemm_rows_nn(a, b, panels, whole, 0, 11)  # rows 0-5 a 6-row tile, 6-9 a 4-row tile, 10 alone
+    for lo, hi in [(0, 1), (1, 5), (3, 9), (5, 11), (10, 11)]:
+        part = np.empty_like(whole)
+        gemm_rows_nn(a, b, panels, part, lo, hi)
+        assert np.array_equal(part[lo:hi], whole[lo:hi]), (lo, hi)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -312,11 +341,9 @@ def test_shards_split_rows_evenly():
 
     assert shard_bounds(5, 2) == [(0, 2), (2, 5)]
     assert shard_bounds(2, 4) == [(0, 1), (1, 2)]
-    # the recurrent layers' shards start on a row quad: 1x4 tiles only in the batch's last rows
-    assert shard_bounds(10, 2, align=4) == [(0, 4), (4, 10)]
-    assert shard_bounds(10, 3, align=4) == [(0, 4), (4, 8), (8, 10)]
-    assert shard_bounds(1, 2, align=4) == [(0, 1)]
-    assert shard_bounds(32, 2, align=4) == [(0, 16), (16, 32)]
+    assert shard_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert shard_bounds(1, 2) == [(0, 1)]
+    assert shard_bounds(32, 2) == [(0, 16), (16, 32)]
     assert shard_bounds(32, 1) == [(0, 32)]
 
 

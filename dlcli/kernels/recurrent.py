@@ -12,7 +12,7 @@ loop with BLAS on all cores:
 
 The time loop is the sequential part. Batch rows are independent through time, so the
 layer cuts the batch into one shard per core and runs each shard's whole time loop in
-its own thread (`*_seq_*`, nogil), with the recurrent product in `gemm_rows_nt`: no
+its own thread (`*_seq_*`, nogil), with the recurrent product in `gemm_rows_nn`: no
 thread hand-off per step, no BLAS call per step.
 
 History (measured on this 2-core machine, 2026-11, batch 32, LSTM 128 units, T=64):
@@ -39,7 +39,8 @@ Gate orders (columns of W_ih, W_hh and bias, in blocks of H):
 import numpy as np
 from numba import njit
 
-from . import FAST, SHARD  # whole-sequence kernels run in shard threads
+from . import FAST, FAST_FLAGS, SHARD  # whole-sequence kernels run in shard threads
+from .simd import VECTOR_BYTES, lanes, tile_4x1, tile_4x3, tile_6x1, tile_6x2
 
 # ---------------------------------------------------------------- nonlinearities
 
@@ -215,78 +216,36 @@ def _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi):
 # ---------------------------------------------------------------- recurrent product
 # The per-step product is small (batch x 128 by 128 x 512 in the benchmark) and runs 64
 # times per pass with the same weights. OpenBLAS packs the whole weight matrix on every
-# call, which caps it at 38-58 GFLOP/s on one core here; this kernel reads the weights
-# as they are (pre-transposed once per pass) and reaches 60-83 (measured, 2026-11).
+# call, which caps it at 38-58 GFLOP/s on one core here. Dot products of rows of h with
+# rows of W^T in 4x2 tiles (8 scalar accumulators, each ending in a horizontal sum)
+# reached 60 (K = 128) to 79 (K = 512). The vector tiles of kernels/simd.py keep a 6 x 16
+# block of the output in registers and read W as it is stored: 84-96 (measured 2026-11,
+# one core).
 
 
-@njit(**SHARD)
-def _dot(u, v):
-    s = u.dtype.type(0)
-    for k in range(u.size):
-        s += u[k] * v[k]
-    return s
+# The kernels below keep each output's sum in the tiles' order (k = 0, 1, ..., one fused
+# multiply-add each): without 'reassoc', LLVM may not reorder it.
+IN_ORDER = dict(SHARD, fastmath=set(FAST_FLAGS - {"reassoc"}))
 
 
-# Rows of the product go four at a time, in quads counted from row 0 of the batch: a
-# shard's `lo` is a multiple of ROW_TILE (the layer cuts the batch with
-# `runtime.shard_bounds(..., align=ROW_TILE)`), so each row takes the same arithmetic
-# however many shards there are, and results do not depend on the thread count.
-ROW_TILE = 4
-
-
-@njit(**SHARD)
-def _quads_nt(a, b, out, lo, hi):
-    """out[i] = a[i] @ b.T for the rows of lo..hi that fill whole quads; returns where the
-    quads end. Each output is a dot product over contiguous rows of a and b, which LLVM
-    vectorises along k. A 4x2 tile of outputs shares its loads: 8 vector accumulators, 6
-    loads per 8 FMAs. An odd last column takes the plain dot product."""
-    K = a.shape[1]
-    N = b.shape[0]
-    n2 = N - N % 2
-    z = a.dtype.type(0)
-    quads_end = lo + (hi - lo) // 4 * 4
-    for i in range(lo, quads_end, 4):
-        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-        for j in range(0, n2, 2):
-            b0, b1 = b[j], b[j + 1]
-            c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = z
+@njit(**IN_ORDER)
+def _edge_columns(a, b, out, r0, r1, j0):
+    """out[r0:r1, j0:] = a[r0:r1] @ b[:, j0:]: the last columns, fewer than a vector."""
+    K, N = b.shape
+    for r in range(r0, r1):
+        for j in range(j0, N):
+            s = out.dtype.type(0)
             for k in range(K):
-                x0, x1 = b0[k], b1[k]
-                c00 += a0[k] * x0
-                c01 += a0[k] * x1
-                c10 += a1[k] * x0
-                c11 += a1[k] * x1
-                c20 += a2[k] * x0
-                c21 += a2[k] * x1
-                c30 += a3[k] * x0
-                c31 += a3[k] * x1
-            out[i, j], out[i, j + 1] = c00, c01
-            out[i + 1, j], out[i + 1, j + 1] = c10, c11
-            out[i + 2, j], out[i + 2, j + 1] = c20, c21
-            out[i + 3, j], out[i + 3, j + 1] = c30, c31
-        for r in range(i, i + 4):
-            for j in range(n2, N):
-                out[r, j] = _dot(a[r], b[j])
-    return quads_end
+                s += a[r, k] * b[k, j]
+            out[r, j] = s
 
 
-@njit(**SHARD)
-def gemm_rows_nt(a, b, out, lo, hi):
-    """out[lo:hi] = a[lo:hi] @ b.T, all C-contiguous; lo a multiple of ROW_TILE. The
-    batch's last rows (fewer than 4) take one dot product per output (the backward's
-    product, K = 4H long, runs 15 % faster so than as `_row_nn`)."""
-    quads_end = _quads_nt(a, b, out, lo, hi)
-    for r in range(quads_end, hi):
-        for j in range(b.shape[0]):
-            out[r, j] = _dot(a[r], b[j])
-
-
-@njit(**SHARD)
+@njit(**IN_ORDER)
 def _row_nn(a, b, out):
     """out = a @ b for one row a (K,) and b (K, N): four rows of b scaled and added to out
-    at a time, vectorised along N. For the forward's short K (128 by 128 x 512) this took
-    2.8 us against 4.3 as 512 dot products, each ending in a horizontal sum (measured
-    2026-11); a fifth to eighth row of b per pass gained nothing."""
+    per pass, vectorised along N, each output still summed in k order. A row alone is
+    bound by reading b, which this reads as stored: 2.7 us for 128 x 512, against 4.2 in
+    a one-row tile (which walks b a column block at a time) and 4.3 as 512 dot products."""
     K, N = b.shape
     k4 = K - K % 4
     out[:] = 0
@@ -294,31 +253,86 @@ def _row_nn(a, b, out):
         a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
         b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
         for j in range(N):
-            out[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j]
+            t = out[j]
+            t += a0 * b0[j]
+            t += a1 * b1[j]
+            t += a2 * b2[j]
+            t += a3 * b3[j]
+            out[j] = t
     for k in range(k4, K):
         ak, bk = a[k], b[k]
         for j in range(N):
             out[j] += ak * bk[j]
 
 
+def panel_shape(b):
+    """The shape of `pack_panels(b)`: (N // lanes, K, lanes)."""
+    n_lanes = VECTOR_BYTES // b.itemsize
+    return (b.shape[1] // n_lanes, b.shape[0], n_lanes)
+
+
+@njit(**FAST)
+def pack_panels(b, panels):
+    """panels[p, k, l] = b[k, p * lanes + l]: b (K, N) cut into column panels one vector
+    wide, each stored k after k, so a tile reads each of its vectors as one forward
+    stream. Reading b as stored, a tile walks it down a column block (a 2 KB stride for
+    N = 512): 78-82 GFLOP/s, against 96-100 from panels; packing costs 12-18 us per pass
+    of 64 steps (measured 2026-11, one core). Columns past the last whole panel stay in b."""
+    P, K, L = panels.shape
+    for p in range(P):
+        for k in range(K):
+            for l in range(L):
+                panels[p, k, l] = b[k, p * L + l]
+
+
 @njit(**SHARD)
-def gemm_rows_fwd(a, b_t, b, out, lo, hi):
-    """out[lo:hi] = a[lo:hi] @ b for the forward's h_{t-1} @ W_hh: whole quads of rows
-    through the tile on b_t = b.T, the batch's last rows (fewer than 4) through `_row_nn`
-    on b itself. Repeating a row to fill a 4x2 tile made a batch-1 LSTM step do four
-    times its work (predict latency 800-956 us against ONNX Runtime's 261-299). A batch
-    of fewer than 4 rows never reads b_t: the layer then skips the transpose."""
-    quads_end = _quads_nt(a, b_t, out, lo, hi)
-    for r in range(quads_end, hi):
+def gemm_rows_nn(a, b, panels, out, lo, hi):
+    """out[lo:hi] = a[lo:hi] @ b, all C-contiguous; panels = `pack_panels(b)` (any empty
+    array of that type when no shard has 4 rows: tiles are then never used).
+
+    Rows go six at a time through `tile_6x2` (16 float32 columns per tile), then four
+    (two 4-row tiles rather than 6 + 2 rows), then one at a time through `_row_nn`;
+    columns past the last whole tile take one-vector tiles, then a plain sum. Every part
+    sums each output alone, k in order, one fused multiply-add a step, so a row gets the
+    same bits however it is grouped: results do not depend on where the shards cut the
+    batch, nor on the thread count. A row alone is not padded to a tile (padding made a
+    batch-1 LSTM step do four times its work)."""
+    N = b.shape[1]
+    v = lanes(b)
+    sixes, rest = divmod(hi - lo, 6)
+    if sixes > 0 and 2 <= rest <= 3:  # 8 or 9 rows: two 4-row tiles beat a 6-row one and singles
+        sixes -= 1
+        rest += 6
+    i = lo
+    while i < lo + 6 * sixes:
+        j = 0
+        while j + 2 * v <= N:
+            tile_6x2(a, panels, out, i, j)
+            j += 2 * v
+        while j + v <= N:
+            tile_6x1(a, panels, out, i, j)
+            j += v
+        _edge_columns(a, b, out, i, i + 6, j)
+        i += 6
+    while i < hi - rest % 4:
+        j = 0
+        while j + 3 * v <= N:
+            tile_4x3(a, panels, out, i, j)
+            j += 3 * v
+        while j + v <= N:
+            tile_4x1(a, panels, out, i, j)
+            j += v
+        _edge_columns(a, b, out, i, i + 4, j)
+        i += 4
+    for r in range(i, hi):
         _row_nn(a[r], b, out[r])
 
 
 @njit(**FAST)
 def transpose(a, out):
     """out = a.T for 2-D C-contiguous arrays, in 8x8 blocks whose fixed trip counts LLVM
-    unrolls into register shuffles. The forward pass needs W_hh transposed on every call:
-    NumPy's strided copy took 145 us for 128 x 512 (a quarter of a batch-1 LSTM
-    prediction), this 22 us (measured 2026-11)."""
+    unrolls into register shuffles. The backward pass needs W_hh transposed on every call:
+    NumPy's strided copy took 145 us for 128 x 512, this 22 us (measured 2026-11)."""
     n, m = a.shape
     n8, m8 = n - n % 8, m - m % 8
     for i0 in range(0, n8, 8):
@@ -336,22 +350,22 @@ def transpose(a, out):
 # the GIL: the layer runs one shard per core in threads, with no hand-off between them
 # until the sequence is done (dlcli/runtime.py: run_shards). Buffers come from the
 # caller; nothing is allocated per step. h (and c) have T+1 entries: index 0 is the
-# initial (zero) state, index t+1 is step t. w_hh_t is W_hh transposed (G*H, H),
-# contiguous (any (0, H) array when the batch has fewer than 4 rows; forward reads W_hh for
-# the last rows); backward uses W_hh itself, whose rows are what dh_{t-1} = da_t @ W_hh^T dots.
+# initial (zero) state, index t+1 is step t. Forward multiplies by W_hh (H, G*H);
+# backward's dh_{t-1} = da_t @ W_hh^T by w_hh_t, W_hh transposed (G*H, H), contiguous;
+# w_panels is `pack_panels` of the matrix the pass multiplies by.
 # sq[t] receives this shard's share of |dL/dh_t|^2 when record.
 
 
 @njit(**SHARD)
-def rnn_seq_forward(xp, w_hh_t, w_hh, b, h, hh, relu, lo, hi):
+def rnn_seq_forward(xp, w_hh, w_panels, b, h, hh, relu, lo, hi):
     for t in range(xp.shape[0]):
-        gemm_rows_fwd(h[t], w_hh_t, w_hh, hh, lo, hi)
+        gemm_rows_nn(h[t], w_hh, w_panels, hh, lo, hi)
         for i in range(lo, hi):
             _rnn_row_fwd(xp[t, i], hh[i], b, h[t + 1, i], relu)
 
 
 @njit(**SHARD)
-def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, sq, record, lo, hi):
+def rnn_seq_backward(dh_out, seq, w_hh_t, w_panels, h, da, dh, relu, sq, record, lo, hi):
     """da (T, B, H) receives the pre-activation gradients; dh (B, H) is scratch."""
     T = da.shape[0]
     dh[lo:hi] = 0.0
@@ -359,19 +373,19 @@ def rnn_seq_backward(dh_out, seq, w_hh, h, da, dh, relu, sq, record, lo, hi):
         _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi)
         for i in range(lo, hi):
             _rnn_row_bwd(dh[i], h[t + 1, i], da[t, i], relu)
-        gemm_rows_nt(da[t], w_hh, dh, lo, hi)
+        gemm_rows_nn(da[t], w_hh_t, w_panels, dh, lo, hi)
 
 
 @njit(**SHARD)
-def lstm_seq_forward(xp, w_hh_t, w_hh, b, h, c, gates, tc, hh, lo, hi):
+def lstm_seq_forward(xp, w_hh, w_panels, b, h, c, gates, tc, hh, lo, hi):
     for t in range(xp.shape[0]):
-        gemm_rows_fwd(h[t], w_hh_t, w_hh, hh, lo, hi)
+        gemm_rows_nn(h[t], w_hh, w_panels, hh, lo, hi)
         for i in range(lo, hi):
             _lstm_row_fwd(xp[t, i], hh[i], b, c[t, i], gates[t, i], c[t + 1, i], h[t + 1, i], tc[t, i])
 
 
 @njit(**SHARD)
-def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, sq, record, lo, hi):
+def lstm_seq_backward(dh_out, seq, w_hh_t, w_panels, c, gates, tc, dh, dc, sq, record, lo, hi):
     """gates (T, B, 4H) is overwritten with the pre-activation gradients."""
     T = gates.shape[0]
     dh[lo:hi] = 0.0
@@ -380,19 +394,19 @@ def lstm_seq_backward(dh_out, seq, w_hh, c, gates, tc, dh, dc, sq, record, lo, h
         _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi)
         for i in range(lo, hi):
             _lstm_row_bwd(dh[i], dc[i], gates[t, i], c[t, i], tc[t, i])
-        gemm_rows_nt(gates[t], w_hh, dh, lo, hi)
+        gemm_rows_nn(gates[t], w_hh_t, w_panels, dh, lo, hi)
 
 
 @njit(**SHARD)
-def gru_seq_forward(xp, w_hh_t, w_hh, b, bhn, h, gates, hn, hh, lo, hi):
+def gru_seq_forward(xp, w_hh, w_panels, b, bhn, h, gates, hn, hh, lo, hi):
     for t in range(xp.shape[0]):
-        gemm_rows_fwd(h[t], w_hh_t, w_hh, hh, lo, hi)
+        gemm_rows_nn(h[t], w_hh, w_panels, hh, lo, hi)
         for i in range(lo, hi):
             _gru_row_fwd(xp[t, i], hh[i], b, bhn, h[t, i], gates[t, i], hn[t, i], h[t + 1, i])
 
 
 @njit(**SHARD)
-def gru_seq_backward(dh_out, seq, w_hh, h, gates, hn, dah, dh, direct, sq, record, lo, hi):
+def gru_seq_backward(dh_out, seq, w_hh_t, w_panels, h, gates, hn, dah, dh, direct, sq, record, lo, hi):
     """gates (T, B, 3H) is overwritten with the input-side gradients, dah (T, B, 3H)
     receives the recurrent-side ones."""
     T = gates.shape[0]
@@ -401,7 +415,7 @@ def gru_seq_backward(dh_out, seq, w_hh, h, gates, hn, dah, dh, direct, sq, recor
         _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi)
         for i in range(lo, hi):
             _gru_row_bwd(dh[i], gates[t, i], hn[t, i], h[t, i], dah[t, i], direct[i])
-        gemm_rows_nt(dah[t], w_hh, dh, lo, hi)
+        gemm_rows_nn(dah[t], w_hh_t, w_panels, dh, lo, hi)
         for i in range(lo, hi):
             for j in range(dh.shape[1]):
                 dh[i, j] += direct[i, j]

@@ -107,17 +107,19 @@ class _Recurrent(Layer):
             buf = self._buffers[name] = np.empty(shape, self.dtype)
         return buf
 
-    def _w_hh(self, batch):
-        """(W_hh transposed and contiguous, W_hh) for the forward product, whose quads of
-        rows dot rows of h with rows of W_hh^T. A batch of fewer than ROW_TILE rows has no
-        quad: it gets an empty stand-in and skips the transpose (a sixth of a batch-1 LSTM
-        prediction)."""
+    def _weights(self, backward=False):
+        """(the matrix this pass multiplies h or da_t by, its vector panels): forward
+        W_hh (H, G*H) as stored, backward W_hh^T (G*H, H) made contiguous. A batch of
+        fewer than 4 rows has no tile to feed and skips the packing."""
         w = self.params["w_recurrent"]
-        if batch < self.K.ROW_TILE:
-            return self._work("w_hh_t", (0, w.shape[0])), w
-        w_t = self._work("w_hh_t", w.shape[::-1])
-        self.K.transpose(w, w_t)
-        return w_t, w
+        if backward:
+            w_t = self._work("w_hh_t", w.shape[::-1])
+            self.K.transpose(w, w_t)
+            w = w_t
+        shape = self.K.panel_shape(w) if self.h.shape[1] >= 4 else (0,) + self.K.panel_shape(w)[1:]
+        panels = self._work("w_panels_bwd" if backward else "w_panels", shape)
+        self.K.pack_panels(w, panels)
+        return w, panels
 
     # -------------------------------------------------------------- forward
     def forward(self, x, training=False):
@@ -139,7 +141,7 @@ class _Recurrent(Layer):
         h = self._work("h", (T + 1, B, H))
         h[0] = 0 if state is None else state[0]
         self.xt, self.h = xt, h
-        self.bounds = runtime.shard_bounds(B, self.shards, align=self.K.ROW_TILE)  # backward cuts alike
+        self.bounds = runtime.shard_bounds(B, self.shards)  # backward cuts alike
         self.cell_forward(xp, h, B, T, state)
 
     # -------------------------------------------------------------- one step at a time
@@ -217,15 +219,18 @@ class RNN(_Recurrent):
         K, b = self.K, self._bias()
         relu = self.options["activation"] == "relu"
         hh = self._work("hh", (B, self.units))
-        w_t, w = self._w_hh(B)
-        self._run_shards(lambda k, lo, hi: K.rnn_seq_forward(xp, w_t, w, b, h, hh, relu, lo, hi))
+        w, wp = self._weights()
+        self._run_shards(lambda k, lo, hi: K.rnn_seq_forward(xp, w, wp, b, h, hh, relu, lo, hi))
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
-        K, w, h = self.K, self.params["w_recurrent"], self.h
+        K, h = self.K, self.h
+        w_t, wp = self._weights(backward=True)
         relu = self.options["activation"] == "relu"
         da = self._work("da", (T, B, self.units))
         dh = self._work("dh", (B, self.units))
-        self._run_shards(lambda k, lo, hi: K.rnn_seq_backward(dh_out, seq, w, h, da, dh, relu, sq[k], record, lo, hi))
+        self._run_shards(
+            lambda k, lo, hi: K.rnn_seq_backward(dh_out, seq, w_t, wp, h, da, dh, relu, sq[k], record, lo, hi)
+        )
         return da, da
 
     def describe(self):
@@ -253,17 +258,18 @@ class LSTM(_Recurrent):
         gates = self._work("gates", (T, B, 4 * H))
         tc = self._work("tc", (T, B, H))
         hh = self._work("hh", (B, 4 * H))
-        w_t, w = self._w_hh(B)
-        self._run_shards(lambda k, lo, hi: K.lstm_seq_forward(xp, w_t, w, b, h, c, gates, tc, hh, lo, hi))
+        w, wp = self._weights()
+        self._run_shards(lambda k, lo, hi: K.lstm_seq_forward(xp, w, wp, b, h, c, gates, tc, hh, lo, hi))
         self.c, self.gates, self.tc = c, gates, tc
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
-        K, w, H, c, tc = self.K, self.params["w_recurrent"], self.units, self.c, self.tc
+        K, H, c, tc = self.K, self.units, self.c, self.tc
+        w_t, wp = self._weights(backward=True)
         gates = self.gates  # overwritten with the gate gradients
         dh = self._work("dh", (B, H))
         dc = self._work("dc", (B, H))
         self._run_shards(
-            lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w, c, gates, tc, dh, dc, sq[k], record, lo, hi)
+            lambda k, lo, hi: K.lstm_seq_backward(dh_out, seq, w_t, wp, c, gates, tc, dh, dc, sq[k], record, lo, hi)
         )
         self.gates = None  # no longer the activations
         return gates, gates
@@ -289,18 +295,21 @@ class GRU(_Recurrent):
         gates = self._work("gates", (T, B, 3 * H))
         hn = self._work("hn", (T, B, H))
         hh = self._work("hh", (B, 3 * H))
-        w_t, w = self._w_hh(B)
-        self._run_shards(lambda k, lo, hi: K.gru_seq_forward(xp, w_t, w, b, bhn, h, gates, hn, hh, lo, hi))
+        w, wp = self._weights()
+        self._run_shards(lambda k, lo, hi: K.gru_seq_forward(xp, w, wp, b, bhn, h, gates, hn, hh, lo, hi))
         self.gates, self.hn = gates, hn
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
-        K, w, H, h, hn = self.K, self.params["w_recurrent"], self.units, self.h, self.hn
+        K, H, h, hn = self.K, self.units, self.h, self.hn
+        w_t, wp = self._weights(backward=True)
         gates = self.gates
         dah = self._work("dah", (T, B, 3 * H))
         dh = self._work("dh", (B, H))
         direct = self._work("direct", (B, H))
         self._run_shards(
-            lambda k, lo, hi: K.gru_seq_backward(dh_out, seq, w, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi)
+            lambda k, lo, hi: K.gru_seq_backward(
+                dh_out, seq, w_t, wp, h, gates, hn, dah, dh, direct, sq[k], record, lo, hi
+            )
         )
         self.gates = None
         return gates, dah
