@@ -224,8 +224,8 @@ def _incoming_grad(dh, dh_out, t, T, seq, sq, record, lo, hi):
 # call, which caps it at 38-58 GFLOP/s on one core here. Dot products of rows of h with
 # rows of W^T in 4x2 tiles (8 scalar accumulators, each ending in a horizontal sum)
 # reached 60 (K = 128) to 79 (K = 512). The vector tiles of kernels/simd.py keep a 6 x 16
-# block of the output in registers and read W as it is stored: 84-96 (measured 2026-11,
-# one core).
+# block of the output in registers and read W from panels packed once per pass: 95-97
+# (measured 2026-11, one core).
 
 
 # The kernels below keep each output's sum in the tiles' order (k = 0, 1, ..., one fused
@@ -270,6 +270,9 @@ def _row_nn(a, b, out):
             out[j] += ak * bk[j]
 
 
+TILE_ROWS = 4  # the fewest rows a tile takes: shards with fewer never read the panels
+
+
 def panel_shape(b):
     """The shape of `pack_panels(b)`: (N // lanes, K, lanes)."""
     n_lanes = VECTOR_BYTES // b.itemsize
@@ -293,7 +296,7 @@ def pack_panels(b, panels):
 @njit(**SHARD)
 def gemm_rows_nn(a, b, panels, out, lo, hi):
     """out[lo:hi] = a[lo:hi] @ b, all C-contiguous; panels = `pack_panels(b)` (any empty
-    array of that type when no shard has 4 rows: tiles are then never used).
+    array of that type when hi - lo < TILE_ROWS: tiles are then never used).
 
     Rows go six at a time through `tile_6x2` (16 float32 columns per tile), then four
     (two 4-row tiles rather than 6 + 2 rows), then one at a time through `_row_nn`;
@@ -319,7 +322,7 @@ def gemm_rows_nn(a, b, panels, out, lo, hi):
             j += v
         _edge_columns(a, b, out, i, i + 6, j)
         i += 6
-    while i < hi - rest % 4:
+    while i < hi - rest % TILE_ROWS:
         j = 0
         while j + 3 * v <= N:
             tile_4x3(a, panels, out, i, j)

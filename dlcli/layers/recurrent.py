@@ -109,14 +109,16 @@ class _Recurrent(Layer):
 
     def _weights(self, backward=False):
         """(the matrix this pass multiplies h or da_t by, its vector panels): forward
-        W_hh (H, G*H) as stored, backward W_hh^T (G*H, H) made contiguous. A batch of
-        fewer than 4 rows has no tile to feed and skips the packing."""
+        W_hh (H, G*H) as stored, backward W_hh^T (G*H, H) made contiguous. Shards of
+        fewer rows than a tile (a batch of one: predict, generate) skip the packing."""
         w = self.params["w_recurrent"]
         if backward:
             w_t = self._work("w_hh_t", w.shape[::-1])
             self.K.transpose(w, w_t)
             w = w_t
-        shape = self.K.panel_shape(w) if self.h.shape[1] >= 4 else (0,) + self.K.panel_shape(w)[1:]
+        shape = self.K.panel_shape(w)
+        if max(hi - lo for lo, hi in self.bounds) < self.K.TILE_ROWS:
+            shape = (0,) + shape[1:]
         panels = self._work("w_panels_bwd" if backward else "w_panels", shape)
         self.K.pack_panels(w, panels)
         return w, panels
