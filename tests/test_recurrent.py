@@ -317,6 +317,28 @@ def test_transpose_matches_numpy(dtype, n, m, rng):
 
 
 @pytest.mark.parametrize("cls,opts", CELLS)
+@pytest.mark.parametrize("seq", [False, True])
+def test_inference_keeps_one_step_and_gives_the_same_bits(cls, opts, seq, rng):
+    """forward(training=False) keeps one step's gates (and two cell states) instead of
+    all T: the same outputs bit for bit, the same final state for `step`, and backward
+    refuses to run on it rather than use another step's gates."""
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    layer = make(cls, np.float32, T=5, return_sequences=seq, **opts)
+    trained = layer.forward(x, training=True)
+    state_trained = layer.final_state()
+    inferred = layer.forward(x, training=False)
+    assert np.array_equal(trained, inferred)
+    for a, b in zip(state_trained, layer.final_state()):
+        assert np.array_equal(a, b)
+    if cls is not RNN:
+        assert layer.gates.shape[0] == 1
+    with pytest.raises(RuntimeError, match="training=True"):
+        layer.backward(np.ones_like(inferred))
+    layer.forward(x, training=True)
+    layer.backward(np.ones_like(inferred))  # a training forward again: backward runs
+
+
+@pytest.mark.parametrize("cls,opts", CELLS)
 def test_results_do_not_depend_on_shards(cls, opts, rng):
     """Same bits with 1, 2 or 3 shards (batch 10: ragged tiles at different rows), so a
     seeded run repeats whatever the thread count."""

@@ -385,11 +385,14 @@ def rnn_seq_backward(dh_out, seq, w_hh_t, w_panels, h, da, dh, relu, sq, record,
 
 
 @njit(**SHARD)
-def lstm_seq_forward(xp, w_hh, w_panels, b, h, c, gates, tc, hh, lo, hi):
+def lstm_seq_forward(xp, w_hh, w_panels, b, h, c, gates, tc, hh, keep, lo, hi):
+    """keep: gates and tc hold every step (T entries) and c every state (T+1), for backward;
+    else gates and tc hold one step and c two states, used in turn (inference)."""
     for t in range(xp.shape[0]):
+        s, c0, c1 = (t, t, t + 1) if keep else (0, t % 2, (t + 1) % 2)
         gemm_rows_nn(h[t], w_hh, w_panels, hh, lo, hi)
         for i in range(lo, hi):
-            _lstm_row_fwd(xp[t, i], hh[i], b, c[t, i], gates[t, i], c[t + 1, i], h[t + 1, i], tc[t, i])
+            _lstm_row_fwd(xp[t, i], hh[i], b, c[c0, i], gates[s, i], c[c1, i], h[t + 1, i], tc[s, i])
 
 
 @njit(**SHARD)
@@ -406,11 +409,13 @@ def lstm_seq_backward(dh_out, seq, w_hh_t, w_panels, c, gates, tc, dh, dc, sq, r
 
 
 @njit(**SHARD)
-def gru_seq_forward(xp, w_hh, w_panels, b, bhn, h, gates, hn, hh, lo, hi):
+def gru_seq_forward(xp, w_hh, w_panels, b, bhn, h, gates, hn, hh, keep, lo, hi):
+    """keep: gates and hn hold every step (T entries), for backward; else one step's."""
     for t in range(xp.shape[0]):
+        s = t if keep else 0
         gemm_rows_nn(h[t], w_hh, w_panels, hh, lo, hi)
         for i in range(lo, hi):
-            _gru_row_fwd(xp[t, i], hh[i], b, bhn, h[t, i], gates[t, i], hn[t, i], h[t + 1, i])
+            _gru_row_fwd(xp[t, i], hh[i], b, bhn, h[t, i], gates[s, i], hn[s, i], h[t + 1, i])
 
 
 @njit(**SHARD)
