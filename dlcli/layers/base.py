@@ -2,7 +2,9 @@
 
 Methods:
 - `build(input_shape) -> output_shape` creates `params` (seeded initialisation) and `buffers`.
-- `forward(x, training) -> y` keeps what backward needs.
+- `forward(x, training) -> y` keeps what backward needs. Backward follows a training forward;
+  a layer may keep less when `training` is False (recurrent layers keep one step's gates)
+  and then refuses backward.
 - `backward(dy, need_dx=True) -> dx` may overwrite `dy`, and writes each `grads[name]` *in place*: after
   `Model.build` the params and grads are views into the model's two flat buffers, which
   is what lets the optimizer (and, later, an allreduce) treat them as one array.
