@@ -332,6 +332,12 @@ def test_inference_keeps_one_step_and_gives_the_same_bits(cls, opts, seq, rng):
         assert np.array_equal(a, b)
     if cls is not RNN:
         assert layer.gates.shape[0] == 1
+    layer.XP_CHUNK_BYTES = 1  # the input projection two steps at a time: chunks of 2, 2, 1
+    chunked = layer.forward(x, training=False)
+    np.testing.assert_allclose(chunked, trained, rtol=1e-6, atol=1e-7)
+    for a, b in zip(state_trained, layer.final_state()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert layer._buffers["xp_chunk"].shape[0] == 2
     with pytest.raises(RuntimeError, match="training=True"):
         layer.backward(np.ones_like(inferred))
     layer.forward(x, training=True)

@@ -135,21 +135,31 @@ class _Recurrent(Layer):
             return self.h[1:].transpose(1, 0, 2).copy()
         return self.h[T].copy()
 
+    # Without `keep`, the input projection is made XP_CHUNK_BYTES of steps at a time: a
+    # batch of 1024 through the reference LSTM (64 steps, 512 gate columns) needed 134 MB
+    # for it, a long sequence gigabytes.
+    XP_CHUNK_BYTES = 16 << 20
+
     def _sequence(self, xt, state, keep=False):
         """Run the cell over xt (T, B, F) from `state` (None: zeros); fills self.h (T+1, B, H).
         `keep`: store every step's gates and cell states for backward (training). Without
-        it those live in one step's buffers: a batch-256 LSTM prediction wrote 57 MB it
-        never read again, 134 MB at evaluation's batch of 1024."""
+        it those live in one step's buffers (a batch-256 LSTM prediction wrote 57 MB it
+        never read again) and the input projection is made a chunk of steps at a time."""
         T, B, F = xt.shape
         H, G = self.units, self.GATES
-        xp = self._work("xp", (T, B, G * H))
-        np.matmul(xt.reshape(T * B, F), self.params["w_input"], out=xp.reshape(T * B, G * H))
         h = self._work("h", (T + 1, B, H))
         h[0] = 0 if state is None else state[0]
         self.xt, self.h = xt, h
         self.bounds = runtime.shard_bounds(B, self.shards)  # backward cuts alike
         self.kept = keep
-        self.cell_forward(xp, h, B, T, state, keep)
+        weights = self._weights()
+        step_bytes = B * G * H * self.dtype.itemsize
+        chunk = T if keep else max(2, self.XP_CHUNK_BYTES // step_bytes // 2 * 2)  # even: see LSTM
+        xp = self._work("xp" if keep or chunk >= T else "xp_chunk", (min(chunk, T), B, G * H))
+        for t0 in range(0, T, chunk):
+            n = min(chunk, T - t0)
+            np.matmul(xt[t0 : t0 + n].reshape(n * B, F), self.params["w_input"], out=xp[:n].reshape(n * B, G * H))
+            self.cell_forward(xp[:n], h[t0 : t0 + n + 1], B, n, state, keep, weights, t0 == 0)
 
     # -------------------------------------------------------------- one step at a time
     STATES = 1  # arrays in the state: h (the LSTM adds its cell c)
@@ -224,11 +234,11 @@ class RNN(_Recurrent):
     EXAMPLE = {"options": {"units": 4, "return_sequences": True}, "input": (3, 2)}
     ELEMENTWISE = 8
 
-    def cell_forward(self, xp, h, B, T, state, keep):
+    def cell_forward(self, xp, h, B, T, state, keep, weights, start):
         K, b = self.K, self._bias()
         relu = self.options["activation"] == "relu"
         hh = self._work("hh", (B, self.units))
-        w, wp = self._weights()
+        w, wp = weights
         self._run_shards(lambda k, lo, hi: K.rnn_seq_forward(xp, w, wp, b, h, hh, relu, lo, hi))
 
     def cell_backward(self, dh_out, seq, B, T, sq, record):
@@ -260,16 +270,19 @@ class LSTM(_Recurrent):
     def final_state(self):
         return (self.h[-1].copy(), self.c[self.c_last].copy())
 
-    def cell_forward(self, xp, h, B, T, state, keep):
+    def cell_forward(self, xp, h, B, T, state, keep, weights, start):
+        """Without keep: c holds two states used in turn, so a chunk of an even number of
+        steps ends where it started and the next chunk (start False) goes on from there."""
         K, b, H = self.K, self._bias(), self.units
         steps = T if keep else 1  # without keep, step t's gates and c_{t+1} overwrite step t-1's
         kind = "" if keep else "_step"  # own buffers: validation leaves training's in place
         c = self._work("c" + kind, (steps + 1, B, H))
-        c[0] = 0 if state is None else state[1]
+        if start:
+            c[0] = 0 if state is None else state[1]
         gates = self._work("gates" + kind, (steps, B, 4 * H))
         tc = self._work("tc" + kind, (steps, B, H))
         hh = self._work("hh", (B, 4 * H))
-        w, wp = self._weights()
+        w, wp = weights
         self._run_shards(lambda k, lo, hi: K.lstm_seq_forward(xp, w, wp, b, h, c, gates, tc, hh, keep, lo, hi))
         self.c, self.gates, self.tc = c, gates, tc
         self.c_last = T if keep else T % 2
@@ -299,7 +312,7 @@ class GRU(_Recurrent):
         if self.options["bias"]:
             self.add_param("bias_hn", (H,), lambda: np.zeros(H, self.dtype))
 
-    def cell_forward(self, xp, h, B, T, state, keep):
+    def cell_forward(self, xp, h, B, T, state, keep, weights, start):
         K, b, H = self.K, self._bias(), self.units
         bhn = self.params.get("bias_hn")
         if bhn is None:
@@ -309,7 +322,7 @@ class GRU(_Recurrent):
         gates = self._work("gates" + kind, (steps, B, 3 * H))
         hn = self._work("hn" + kind, (steps, B, H))
         hh = self._work("hh", (B, 3 * H))
-        w, wp = self._weights()
+        w, wp = weights
         self._run_shards(lambda k, lo, hi: K.gru_seq_forward(xp, w, wp, b, bhn, h, gates, hn, hh, keep, lo, hi))
         self.gates, self.hn = gates, hn
 
