@@ -141,6 +141,53 @@ def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, path, r
     np.testing.assert_allclose(layer.grads["bias"], edb, **tol)
 
 
+# Stride-1 cases with more taps than DIRECT_MAX_TAPS (training runs them through im2col),
+# and one with 13 filters (6 + 4 + 3 single output channels in the tiles).
+INFERENCE_CASES = [
+    ((16, 12, 12), 32, (5, 5), "valid", (1, 1)),  # the reference CNN's second layer
+    ((5, 9, 8), 13, (3, 3), "same", (1, 1)),
+    ((6, 10, 11), 7, (3, 2), 1, (2, 2)),
+    ((8, 1, 20), 6, (1, 5), "same", (1, 3)),  # a 1-D shape
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fuse_relu", [False, True])
+@pytest.mark.parametrize("case", INFERENCE_CASES, ids=lambda c: f"{c[0]}-f{c[1]}-k{c[2]}-{c[3]}-d{c[4]}")
+def test_small_inference_batches_run_the_direct_kernels(case, fuse_relu, dtype, rng):
+    """forward(training=False) at batches up to DIRECT_INFERENCE_BATCH runs any stride-1
+    convolution through the direct kernels: the reference convolution's values (NaN where
+    a window holds one), and a backward after it is refused (there is no column matrix)."""
+    from dlcli.layers.conv import DIRECT_INFERENCE_BATCH
+
+    shape, filters, kernel, padding, dilation = case
+    layer = make_layer(
+        "conv2d", shape, dtype, filters=filters, kernel=list(kernel), padding=padding, dilation=list(dilation)
+    )
+    layer.fuse_relu = fuse_relu
+    assert not layer.direct
+    layer.params["bias"][...] = rng.standard_normal(filters)
+    pad = _geometry(shape, kernel, (1, 1), padding, dilation)
+    w, b = layer.params["weight"].astype(np.float64), layer.params["bias"].astype(np.float64)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for batch in (1, 3, DIRECT_INFERENCE_BATCH):
+        x = rng.standard_normal((batch,) + shape).astype(dtype)
+        x[0, 0, shape[1] // 2, shape[2] // 2] = np.nan
+        expected = ref.conv2d(x.astype(np.float64), w, b, (1, 1), pad, dilation)
+        if fuse_relu:
+            expected = np.where(np.isnan(expected), np.nan, np.maximum(expected, 0))
+        y = layer.forward(x, training=False)
+        assert layer.by_direct
+        np.testing.assert_allclose(y, expected, **tol)  # NaNs in the same places
+        with pytest.raises(RuntimeError, match="training=True"):
+            layer.backward(np.ones_like(y))
+    big = rng.standard_normal((DIRECT_INFERENCE_BATCH + 1,) + shape).astype(dtype)
+    layer.forward(big, training=False)
+    assert not layer.by_direct  # larger batches go through im2col + GEMM
+    layer.forward(big, training=True)
+    layer.backward(np.ones((len(big),) + layer.output_shape, dtype))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_conv1d_matches_reference(dtype, rng):
     layer = make_layer("conv1d", (3, 13), dtype, filters=4, kernel=4, stride=2, padding="same", dilation=2)

@@ -227,16 +227,20 @@ def test_tanh_approximation_accuracy():
     assert np.isnan(out[0]) and out[1] == pytest.approx(1.0) and out[2] == pytest.approx(-1.0)  # NaN is not hidden
 
 
-def test_recurrent_kernels_name_the_tiles_they_were_compiled_with():
-    """recurrent.SIMD_SOURCE is simd.py's hash: Numba's cache checks only recurrent.py, so
-    a change to the tiles must come with a change here, or cached kernels keep the old ones."""
+@pytest.mark.parametrize("module", ["recurrent", "conv"])
+def test_kernels_name_the_tiles_they_were_compiled_with(module):
+    """Each kernel module that inlines simd.py's tiles holds simd.py's hash in SIMD_SOURCE:
+    Numba's cache checks only the module's own file, so a change to the tiles must come
+    with a change there, or cached kernels keep the old tiles."""
     import hashlib
+    import importlib
 
-    from dlcli.kernels import recurrent, simd
+    from dlcli.kernels import simd
 
     with open(simd.__file__, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    assert recurrent.SIMD_SOURCE == digest, f"simd.py changed: set SIMD_SOURCE = {digest!r} in kernels/recurrent.py"
+    kernels = importlib.import_module(f"dlcli.kernels.{module}")
+    assert kernels.SIMD_SOURCE == digest, f"simd.py changed: set SIMD_SOURCE = {digest!r} in kernels/{module}.py"
 
 
 def panels_of(b):

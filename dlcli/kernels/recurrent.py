@@ -45,7 +45,7 @@ from .simd import VECTOR_BYTES, lanes, tile_4x1, tile_4x3, tile_6x1, tile_6x2
 # Numba's cache checks only the file of a cached function, so the kernels here would keep
 # old copies of simd.py's tiles after simd.py changes. This is simd.py's hash: a test fails
 # until it is updated here, and updating it rewrites this file, which recompiles them.
-SIMD_SOURCE = "e894abd5146956f0"
+SIMD_SOURCE = "245c908c609ac367"
 
 # ---------------------------------------------------------------- nonlinearities
 

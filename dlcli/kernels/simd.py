@@ -38,10 +38,70 @@ def lanes(typingctx, a):
     return types.intp(a), codegen
 
 
+class _Emitter:
+    """LLVM IR for one tile: out[i:i+rows, j:j+W] = sum over k of a[i:i+rows, k] (broadcast)
+    times row k of b (vectors), W = vectors * lanes. Where row k of b lives is the caller's
+    `row_start(k)`: a matrix as stored, panels, or a shifted window of one vector."""
+
+    def __init__(self, context, builder, aty, a, out, oty, i, ity, j, jty):
+        self.context, self.builder = context, builder
+        self.A = context.make_array(aty)(context, builder, a)
+        self.O = context.make_array(oty)(context, builder, out)
+        self.elty = context.get_value_type(aty.dtype)
+        self.size = context.get_abi_sizeof(self.elty)
+        self.lanes = VECTOR_BYTES // self.size
+        self.vty = lir.VectorType(self.elty, self.lanes)
+        self.intp = context.get_value_type(types.intp)
+        self.i0 = context.cast(builder, i, ity, types.intp)
+        self.j0 = context.cast(builder, j, jty, types.intp)
+        self.k_len = cgutils.unpack_tuple(builder, self.A.shape, 2)[1]
+
+    def const(self, n):
+        return lir.Constant(self.intp, n)
+
+    def at(self, base, index):
+        return self.builder.gep(base, [index], inbounds=True)
+
+    def emit(self, rows, vectors, b_vectors):
+        """b_vectors(k) -> pointers to the tile's `vectors` vectors of row k of b."""
+        b, vty, size = self.builder, self.vty, self.size
+        fnty = lir.FunctionType(vty, [vty] * 3)
+        fmuladd = cgutils.get_or_insert_function(b.module, fnty, f"llvm.fmuladd.v{self.lanes}f{8 * size}")
+        i32 = lir.IntType(32)
+        undef = lir.Constant(vty, lir.Undefined)
+        splat = lir.Constant(lir.VectorType(i32, self.lanes), [0] * self.lanes)
+        accs = [cgutils.alloca_once_value(b, lir.Constant(vty, None)) for _ in range(rows * vectors)]
+        a_rows = [self.at(self.A.data, b.mul(b.add(self.i0, self.const(r)), self.k_len)) for r in range(rows)]
+        with cgutils.for_range(b, self.k_len) as loop:
+            k = loop.index
+            bs = [b.load(self._vector(p), align=size, typ=vty) for p in b_vectors(k)]
+            for r in range(rows):
+                x = b.load(self.at(a_rows[r], k), typ=self.elty)
+                s = b.shuffle_vector(b.insert_element(undef, x, lir.Constant(i32, 0)), undef, splat)
+                for c in range(vectors):
+                    acc = accs[r * vectors + c]
+                    b.store(b.call(fmuladd, [s, bs[c], b.load(acc, typ=vty)]), acc)
+        o_cols = cgutils.unpack_tuple(b, self.O.shape, 2)[1]
+        for r in range(rows):
+            o_row = self.at(self.O.data, b.add(b.mul(b.add(self.i0, self.const(r)), o_cols), self.j0))
+            for c in range(vectors):
+                value = b.load(accs[r * vectors + c], typ=vty)
+                b.store(value, self._vector(self.at(o_row, self.const(c * self.lanes))), align=size)
+        return self.context.get_dummy_value()
+
+    def side_by_side(self, start, vectors):
+        """The pointers of `vectors` vectors that follow each other from `start`."""
+        return [self.at(start, self.const(c * self.lanes)) for c in range(vectors)]
+
+    def _vector(self, p):
+        return self.builder.bitcast(p, self.vty.as_pointer())
+
+
 def _tile(rows, vectors):
     """An intrinsic tile(a, b, out, i, j): out[i:i+rows, j:j+W] = a[i:i+rows] @ b[:, j:j+W],
-    W = vectors * lanes, for C-contiguous a (M, K), b (K, N), out (M, N) of one float
-    dtype. No bounds are checked: the caller keeps i + rows <= M and j + W <= N.
+    W = vectors * lanes, for C-contiguous a (M, K), b (K, N) or its panels (`pack_panels`,
+    (N / lanes, K, lanes)), out (M, N) of one float dtype. No bounds are checked: the
+    caller keeps i + rows <= M and j + W <= N.
 
     Each output is its own accumulator, summed over k = 0, 1, ... by one multiply-add
     per step, so every tile shape gives the same bits for the same output."""
@@ -52,66 +112,57 @@ def _tile(rows, vectors):
             return None
         if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
             return None
-        return types.void(a, b, out, i, j), _codegen
+        return types.void(a, b, out, i, j), codegen
 
-    def _codegen(context, builder, signature, args):
+    def codegen(context, builder, signature, args):
         aty, bty, oty, ity, jty = signature.args
-        A, B, O = (context.make_array(t)(context, builder, v) for t, v in zip((aty, bty, oty), args[:3]))
-        elty = context.get_value_type(aty.dtype)
-        size = context.get_abi_sizeof(elty)
-        n_lanes = VECTOR_BYTES // size
-        vty = lir.VectorType(elty, n_lanes)
-        intp = context.get_value_type(types.intp)
-        i0 = context.cast(builder, args[3], ity, types.intp)
-        j0 = context.cast(builder, args[4], jty, types.intp)
-        k_len = cgutils.unpack_tuple(builder, A.shape, 2)[1]
-        o_cols = cgutils.unpack_tuple(builder, O.shape, 2)[1]
-        fnty = lir.FunctionType(vty, [vty] * 3)
-        fmuladd = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fmuladd.v{n_lanes}f{8 * size}")
-        i32 = lir.IntType(32)
-        undef = lir.Constant(vty, lir.Undefined)
-        splat_mask = lir.Constant(lir.VectorType(i32, n_lanes), [0] * n_lanes)
-
-        def const(n):
-            return lir.Constant(intp, n)
-
-        def at(base, index):
-            return builder.gep(base, [index], inbounds=True)
-
-        def vector_ptr(p):
-            return builder.bitcast(p, vty.as_pointer())
-
-        accs = [cgutils.alloca_once_value(builder, lir.Constant(vty, None)) for _ in range(rows * vectors)]
-        a_rows = [at(A.data, builder.mul(builder.add(i0, const(r)), k_len)) for r in range(rows)]
+        e = _Emitter(context, builder, aty, args[0], args[2], oty, args[3], ity, args[4], jty)
+        B = context.make_array(bty)(context, builder, args[1])
         if bty.ndim == 3:  # panels (P, K, lanes): vector c of the tile is panel j / lanes + c, row k
-            panel = builder.sdiv(j0, const(n_lanes))
-            streams = [
-                at(B.data, builder.mul(builder.add(panel, const(c)), builder.mul(k_len, const(n_lanes))))
-                for c in range(vectors)
-            ]
-            step = const(n_lanes)
-        else:  # b (K, N) as stored: the tile's vectors sit side by side in row k
-            b_col = at(B.data, j0)
-            streams = [at(b_col, const(c * n_lanes)) for c in range(vectors)]
-            step = cgutils.unpack_tuple(builder, B.shape, 2)[1]
-        with cgutils.for_range(builder, k_len) as loop:
-            k = loop.index
-            offset = builder.mul(k, step)
-            bs = [builder.load(vector_ptr(at(p, offset)), align=size, typ=vty) for p in streams]
-            for r in range(rows):
-                x = builder.load(at(a_rows[r], k), typ=elty)
-                s = builder.shuffle_vector(builder.insert_element(undef, x, lir.Constant(i32, 0)), undef, splat_mask)
-                for c in range(vectors):
-                    acc = accs[r * vectors + c]
-                    builder.store(builder.call(fmuladd, [s, bs[c], builder.load(acc, typ=vty)]), acc)
-        for r in range(rows):
-            o_row = at(O.data, builder.add(builder.mul(builder.add(i0, const(r)), o_cols), j0))
-            for c in range(vectors):
-                value = builder.load(accs[r * vectors + c], typ=vty)
-                builder.store(value, vector_ptr(at(o_row, const(c * n_lanes))), align=size)
-        return context.get_dummy_value()
+            panel = builder.sdiv(e.j0, e.const(e.lanes))
+            panel_len = builder.mul(e.k_len, e.const(e.lanes))
+            streams = [e.at(B.data, builder.mul(builder.add(panel, e.const(c)), panel_len)) for c in range(vectors)]
+            return e.emit(rows, vectors, lambda k: [e.at(p, builder.mul(k, e.const(e.lanes))) for p in streams])
+        b_cols = cgutils.unpack_tuple(builder, B.shape, 2)[1]  # b (K, N) as stored: row k is k * N on
+        return e.emit(
+            rows, vectors, lambda k: e.side_by_side(e.at(B.data, builder.add(builder.mul(k, b_cols), e.j0)), vectors)
+        )
 
     tile.__name__ = tile.__qualname__ = f"tile_{rows}x{vectors}"
+    return intrinsic(tile)
+
+
+def _shifted_tile(rows, vectors):
+    """An intrinsic tile(a, x, offs, out, i, j) whose b is shifted windows of one vector:
+    b[k, j] = x[offs[k] + j]. For a stride-1 convolution, a (Cout, taps) are the weights,
+    x a sample's padded input planes and offs[k] where tap k starts in them, so out[co, t]
+    is output position t of a "wide" row (kernels/conv.py: direct convolution): the
+    product of im2col, without writing the column matrix. The caller keeps
+    offs[k] + j + W <= len(x)."""
+
+    def tile(typingctx, a, x, offs, out, i, j):
+        x_ok = isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
+        offs_ok = isinstance(offs, types.Array) and offs.ndim == 1 and isinstance(offs.dtype, types.Integer)
+        if not (_is_matrix(a) and x_ok and offs_ok and _is_matrix(out)) or len({a.dtype, x.dtype, out.dtype}) != 1:
+            return None
+        if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+            return None
+        return types.void(a, x, offs, out, i, j), codegen
+
+    def codegen(context, builder, signature, args):
+        aty, xty, fty, oty, ity, jty = signature.args
+        e = _Emitter(context, builder, aty, args[0], args[3], oty, args[4], ity, args[5], jty)
+        X = context.make_array(xty)(context, builder, args[1])
+        F = context.make_array(fty)(context, builder, args[2])
+        x_j = e.at(X.data, e.j0)
+
+        def b_vectors(k):
+            offset = context.cast(builder, builder.load(e.at(F.data, k)), fty.dtype, types.intp)
+            return e.side_by_side(e.at(x_j, offset), vectors)
+
+        return e.emit(rows, vectors, b_vectors)
+
+    tile.__name__ = tile.__qualname__ = f"shifted_tile_{rows}x{vectors}"
     return intrinsic(tile)
 
 
@@ -122,3 +173,7 @@ def _tile(rows, vectors):
 # columns short of two vectors.
 tile_6x2, tile_6x1 = _tile(6, 2), _tile(6, 1)
 tile_4x3, tile_4x1 = _tile(4, 3), _tile(4, 1)
+
+# The tiles of conv.direct_forward: two vectors wide (the layer pads a wide row to whole
+# tiles), 6 or 4 output channels, single channels last.
+shifted_6x2, shifted_4x2, shifted_1x2 = _shifted_tile(6, 2), _shifted_tile(4, 2), _shifted_tile(1, 2)

@@ -23,6 +23,11 @@ from .base import INITS, Layer, initialise
 # Largest C_in * KH * KW for which a stride-1 convolution runs the direct kernels rather
 # than im2col + GEMM: the reference CNN's first layer (1 x 5 x 5) and 3x3 kernels on RGB.
 DIRECT_MAX_TAPS = 32
+# In evaluation and prediction, batches up to this size run every stride-1 convolution
+# directly: no column matrix to write, no batch-last transposes. The reference CNN's
+# second layer (16 -> 32, 5x5) at batch 1: 31 us against 63-70 us through im2col + GEMM;
+# at batch 64 the two were level on one core (2026-11).
+DIRECT_INFERENCE_BATCH = 16
 
 
 def padding(n):
@@ -120,6 +125,7 @@ class _Conv(Layer):
         # (kernels/conv.py: direct convolution); the padded planes are (KH-1)*dh rows
         # taller and (KW-1)*dw columns wider than the output.
         self.direct = self.s2 == (1, 1) and cin * self.k2[0] * self.k2[1] <= DIRECT_MAX_TAPS
+        self.by_direct = False  # the latest forward ran the direct kernels (always, when self.direct)
         self.hp = self.o2[0] + (self.k2[0] - 1) * self.d2[0]
         self.wp = self.o2[1] + (self.k2[1] - 1) * self.d2[1]
         self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
@@ -133,8 +139,8 @@ class _Conv(Layer):
         return 2 * columns + super().work_entries(output_shape) + math.prod(self.in2)
 
     def _scratch(self, n, make):
-        """The internal buffers for batch size n, made by make(n) the first time; a few
-        batch sizes are kept, reused across steps."""
+        """The internal buffers for key n (a batch size; ("direct", n) for the direct
+        kernels'), made by make(n) the first time; a few are kept, reused across steps."""
         buf = self.scratch.get(n)
         if buf is None:
             if len(self.scratch) > 4:
@@ -145,8 +151,16 @@ class _Conv(Layer):
     def _direct_buffers(self, n):
         """The zero-padded input planes (zeros stay around the interior each forward
         writes) and their gradient's scratch, per batch size."""
-        length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1]
-        return self._scratch(n, lambda n: {"xpad": np.zeros((n, self.in2[0], length), self.dtype)})
+        length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1] + self.K.WIDE_TILE
+        width = -(-self.o2[0] * self.wp // self.K.WIDE_TILE) * self.K.WIDE_TILE
+        cout = self.options["filters"]
+        return self._scratch(
+            ("direct", n),  # apart from im2col's: a layer may run both (small inference batches)
+            lambda key: {
+                "xpad": np.zeros((n, self.in2[0], length), self.dtype),
+                "wide": np.empty((n, cout, width), self.dtype),
+            },
+        )
 
     def _interior(self, padded):
         """(the view of padded planes (N, C, L) that holds the input, its rows, its
@@ -180,7 +194,8 @@ class _Conv(Layer):
         x4 = x.reshape((n,) + self.in2)
         if not x4.flags.c_contiguous or x4.dtype != self.dtype:
             x4 = np.ascontiguousarray(x4, dtype=self.dtype)
-        if self.direct:
+        self.by_direct = self.direct or (not training and self.s2 == (1, 1) and n <= DIRECT_INFERENCE_BATCH)
+        if self.by_direct:
             return self._direct_forward(x4, n)
         buf = self._buffers(n)
         cols, ycn, xt = buf["cols"], buf["ycn"], buf["xt"]
@@ -204,7 +219,8 @@ class _Conv(Layer):
         out = np.empty((n, cout) + self.o2, self.dtype)
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
-        runtime.sharded(self.K.direct_forward, n, xpad, weight, b, dh, dw, self.wp, self.fuse_relu, out)
+        wide = self._direct_buffers(n)["wide"]
+        runtime.sharded(self.K.direct_forward, n, xpad, weight, b, dh, dw, self.wp, self.fuse_relu, wide, out)
         self.n, self.xpad, self.y = n, xpad, out
         return out.reshape((n,) + self.output_shape)
 
@@ -229,6 +245,8 @@ class _Conv(Layer):
         return dx.reshape((n,) + self.input_shape)
 
     def backward(self, dy, need_dx=True):
+        if self.by_direct and not self.direct:
+            raise RuntimeError(f"{self.name}: backward needs the column matrix of forward(training=True)")
         n, cout = self.n, self.options["filters"]
         if self.direct:
             dy4 = np.ascontiguousarray(dy.reshape((n, cout) + self.o2), dtype=self.dtype)
