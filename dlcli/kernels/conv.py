@@ -28,9 +28,9 @@ from numba import njit
 
 from ..runtime import sharded
 from . import FAST, SHARD
-from .simd import lanes, shifted_1x2, shifted_4x2, shifted_6x2
+from .simd import lanes, row_groups, shifted_1x2, shifted_4x2, shifted_6x2
 
-SIMD_SOURCE = "245c908c609ac367"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "5c01d3ef23d86ef6"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
@@ -298,11 +298,7 @@ def direct_forward(xpad, w, bias, dh, dw, wp, relu, wide, out, lo, hi):
     offs = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
     width = wide.shape[2]
     step = 2 * lanes(w2)
-    sixes, rest = divmod(nco, 6)
-    if sixes > 0 and 2 <= rest <= 3:  # two 4-row tiles rather than a 6-row one and singles
-        sixes -= 1
-        rest += 6
-    fours = rest // 4
+    sixes, fours, _ = row_groups(nco)
     for b in range(lo, hi):
         xb = xpad[b].reshape(-1)
         wb = wide[b]

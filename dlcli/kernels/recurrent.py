@@ -40,12 +40,12 @@ import numpy as np
 from numba import njit
 
 from . import FAST, FAST_FLAGS, SHARD  # whole-sequence kernels run in shard threads
-from .simd import VECTOR_BYTES, lanes, tile_4x1, tile_4x3, tile_6x1, tile_6x2
+from .simd import VECTOR_BYTES, lanes, row_groups, tile_4x1, tile_4x3, tile_6x1, tile_6x2
 
 # Numba's cache checks only the file of a cached function, so the kernels here would keep
 # old copies of simd.py's tiles after simd.py changes. This is simd.py's hash: a test fails
 # until it is updated here, and updating it rewrites this file, which recompiles them.
-SIMD_SOURCE = "245c908c609ac367"
+SIMD_SOURCE = "5c01d3ef23d86ef6"
 
 # ---------------------------------------------------------------- nonlinearities
 
@@ -307,12 +307,9 @@ def gemm_rows_nn(a, b, panels, out, lo, hi):
     batch-1 LSTM step do four times its work)."""
     N = b.shape[1]
     v = lanes(b)
-    sixes, rest = divmod(hi - lo, 6)
-    if sixes > 0 and 2 <= rest <= 3:  # 8 or 9 rows: two 4-row tiles beat a 6-row one and singles
-        sixes -= 1
-        rest += 6
+    sixes, fours, _ = row_groups(hi - lo)
     i = lo
-    while i < lo + 6 * sixes:
+    for _ in range(sixes):
         j = 0
         while j + 2 * v <= N:
             tile_6x2(a, panels, out, i, j)
@@ -322,7 +319,7 @@ def gemm_rows_nn(a, b, panels, out, lo, hi):
             j += v
         _edge_columns(a, b, out, i, i + 6, j)
         i += 6
-    while i < hi - rest % TILE_ROWS:
+    for _ in range(fours):
         j = 0
         while j + 3 * v <= N:
             tile_4x3(a, panels, out, i, j)

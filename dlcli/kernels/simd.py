@@ -14,11 +14,22 @@ tile's place, so results do not depend on how the rows are cut into shards.
 """
 
 from llvmlite import ir as lir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 VECTOR_BYTES = 32
+
+
+@njit(cache=False)
+def row_groups(m):
+    """How the tiles cover m rows: (sixes, fours, singles), 6-row tiles first; 8 or 9 rows
+    left take two 4-row tiles rather than a 6-row one and 2-3 rows alone."""
+    sixes, rest = divmod(m, 6)
+    if sixes > 0 and 2 <= rest <= 3:
+        sixes -= 1
+        rest += 6
+    return sixes, rest // 4, rest % 4
 
 
 def _is_matrix(t):
