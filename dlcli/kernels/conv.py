@@ -30,7 +30,7 @@ from ..runtime import sharded
 from . import FAST, SHARD
 from .simd import lanes, row_groups, shifted_1x2, shifted_4x2, shifted_6x2
 
-SIMD_SOURCE = "5c01d3ef23d86ef6"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "bc2e29580eb90bd0"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured

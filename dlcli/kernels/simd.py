@@ -50,22 +50,20 @@ def lanes(typingctx, a):
 
 
 class _Emitter:
-    """LLVM IR for one tile: out[i:i+rows, j:j+W] = sum over k of a[i:i+rows, k] (broadcast)
-    times row k of b (vectors), W = vectors * lanes. Where row k of b lives is the caller's
-    `row_start(k)`: a matrix as stored, panels, or a shifted window of one vector."""
+    """LLVM IR for one tile: out[i:i+rows, j:j+W] = sum over k of a[r, k] (broadcast) times
+    row k of b (vectors), W = vectors * lanes. The callers say where row r of a and row k of
+    b live: a matrix as stored, its panels, or windows of one vector at given offsets."""
 
-    def __init__(self, context, builder, aty, a, out, oty, i, ity, j, jty):
+    def __init__(self, context, builder, dtype, out, oty, i, ity, j, jty):
         self.context, self.builder = context, builder
-        self.A = context.make_array(aty)(context, builder, a)
         self.O = context.make_array(oty)(context, builder, out)
-        self.elty = context.get_value_type(aty.dtype)
+        self.elty = context.get_value_type(dtype)
         self.size = context.get_abi_sizeof(self.elty)
         self.lanes = VECTOR_BYTES // self.size
         self.vty = lir.VectorType(self.elty, self.lanes)
         self.intp = context.get_value_type(types.intp)
         self.i0 = context.cast(builder, i, ity, types.intp)
         self.j0 = context.cast(builder, j, jty, types.intp)
-        self.k_len = cgutils.unpack_tuple(builder, self.A.shape, 2)[1]
 
     def const(self, n):
         return lir.Constant(self.intp, n)
@@ -73,17 +71,28 @@ class _Emitter:
     def at(self, base, index):
         return self.builder.gep(base, [index], inbounds=True)
 
-    def emit(self, rows, vectors, b_vectors):
+    def matrix(self, aty, a, rows):
+        """(pointers to rows i.. of the matrix a, its row length K)."""
+        b = self.builder
+        A = self.context.make_array(aty)(self.context, b, a)
+        k_len = cgutils.unpack_tuple(b, A.shape, 2)[1]
+        return [self.at(A.data, b.mul(b.add(self.i0, self.const(r)), k_len)) for r in range(rows)], k_len
+
+    def emit(self, vectors, a_rows, k_len, b_vectors):
         """b_vectors(k) -> pointers to the tile's `vectors` vectors of row k of b."""
-        b, vty, size = self.builder, self.vty, self.size
+        b, vty, size, rows = self.builder, self.vty, self.size, len(a_rows)
         fnty = lir.FunctionType(vty, [vty] * 3)
         fmuladd = cgutils.get_or_insert_function(b.module, fnty, f"llvm.fmuladd.v{self.lanes}f{8 * size}")
         i32 = lir.IntType(32)
         undef = lir.Constant(vty, lir.Undefined)
         splat = lir.Constant(lir.VectorType(i32, self.lanes), [0] * self.lanes)
+        o_cols = cgutils.unpack_tuple(b, self.O.shape, 2)[1]
+        o_rows = [
+            self.at(self.O.data, b.add(b.mul(b.add(self.i0, self.const(r)), o_cols), self.j0)) for r in range(rows)
+        ]
+        out_vectors = [self.side_by_side(o_row, vectors) for o_row in o_rows]
         accs = [cgutils.alloca_once_value(b, lir.Constant(vty, None)) for _ in range(rows * vectors)]
-        a_rows = [self.at(self.A.data, b.mul(b.add(self.i0, self.const(r)), self.k_len)) for r in range(rows)]
-        with cgutils.for_range(b, self.k_len) as loop:
+        with cgutils.for_range(b, k_len) as loop:
             k = loop.index
             bs = [b.load(self._vector(p), align=size, typ=vty) for p in b_vectors(k)]
             for r in range(rows):
@@ -92,12 +101,10 @@ class _Emitter:
                 for c in range(vectors):
                     acc = accs[r * vectors + c]
                     b.store(b.call(fmuladd, [s, bs[c], b.load(acc, typ=vty)]), acc)
-        o_cols = cgutils.unpack_tuple(b, self.O.shape, 2)[1]
         for r in range(rows):
-            o_row = self.at(self.O.data, b.add(b.mul(b.add(self.i0, self.const(r)), o_cols), self.j0))
             for c in range(vectors):
                 value = b.load(accs[r * vectors + c], typ=vty)
-                b.store(value, self._vector(self.at(o_row, self.const(c * self.lanes))), align=size)
+                b.store(value, self._vector(out_vectors[r][c]), align=size)
         return self.context.get_dummy_value()
 
     def side_by_side(self, start, vectors):
@@ -127,17 +134,22 @@ def _tile(rows, vectors):
 
     def codegen(context, builder, signature, args):
         aty, bty, oty, ity, jty = signature.args
-        e = _Emitter(context, builder, aty, args[0], args[2], oty, args[3], ity, args[4], jty)
+        e = _Emitter(context, builder, aty.dtype, args[2], oty, args[3], ity, args[4], jty)
+        a_rows, k_len = e.matrix(aty, args[0], rows)
         B = context.make_array(bty)(context, builder, args[1])
         if bty.ndim == 3:  # panels (P, K, lanes): vector c of the tile is panel j / lanes + c, row k
             panel = builder.sdiv(e.j0, e.const(e.lanes))
-            panel_len = builder.mul(e.k_len, e.const(e.lanes))
+            panel_len = builder.mul(k_len, e.const(e.lanes))
             streams = [e.at(B.data, builder.mul(builder.add(panel, e.const(c)), panel_len)) for c in range(vectors)]
-            return e.emit(rows, vectors, lambda k: [e.at(p, builder.mul(k, e.const(e.lanes))) for p in streams])
+            return e.emit(
+                vectors, a_rows, k_len, lambda k: [e.at(p, builder.mul(k, e.const(e.lanes))) for p in streams]
+            )
         b_cols = cgutils.unpack_tuple(builder, B.shape, 2)[1]  # b (K, N) as stored: row k is k * N on
-        return e.emit(
-            rows, vectors, lambda k: e.side_by_side(e.at(B.data, builder.add(builder.mul(k, b_cols), e.j0)), vectors)
-        )
+
+        def b_vectors(k):
+            return e.side_by_side(e.at(B.data, builder.add(builder.mul(k, b_cols), e.j0)), vectors)
+
+        return e.emit(vectors, a_rows, k_len, b_vectors)
 
     tile.__name__ = tile.__qualname__ = f"tile_{rows}x{vectors}"
     return intrinsic(tile)
@@ -162,7 +174,8 @@ def _shifted_tile(rows, vectors):
 
     def codegen(context, builder, signature, args):
         aty, xty, fty, oty, ity, jty = signature.args
-        e = _Emitter(context, builder, aty, args[0], args[3], oty, args[4], ity, args[5], jty)
+        e = _Emitter(context, builder, aty.dtype, args[3], oty, args[4], ity, args[5], jty)
+        a_rows, k_len = e.matrix(aty, args[0], rows)
         X = context.make_array(xty)(context, builder, args[1])
         F = context.make_array(fty)(context, builder, args[2])
         x_j = e.at(X.data, e.j0)
@@ -171,7 +184,7 @@ def _shifted_tile(rows, vectors):
             offset = context.cast(builder, builder.load(e.at(F.data, k)), fty.dtype, types.intp)
             return e.side_by_side(e.at(x_j, offset), vectors)
 
-        return e.emit(rows, vectors, b_vectors)
+        return e.emit(vectors, a_rows, k_len, b_vectors)
 
     tile.__name__ = tile.__qualname__ = f"shifted_tile_{rows}x{vectors}"
     return intrinsic(tile)
