@@ -30,7 +30,7 @@ from ..runtime import sharded
 from . import FAST, SHARD
 from .simd import lanes, row_groups, shifted_1x2, shifted_4x2, shifted_6x2
 
-SIMD_SOURCE = "bc2e29580eb90bd0"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "f0979ae0a3196ad7"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
@@ -298,7 +298,7 @@ def direct_forward(xpad, w, bias, dh, dw, wp, relu, wide, out, lo, hi):
     offs = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
     width = wide.shape[2]
     step = 2 * lanes(w2)
-    sixes, fours, _ = row_groups(nco)
+    sixes, fours = row_groups(nco)
     for b in range(lo, hi):
         xb = xpad[b].reshape(-1)
         wb = wide[b]

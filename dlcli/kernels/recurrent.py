@@ -45,7 +45,7 @@ from .simd import VECTOR_BYTES, lanes, row_groups, tile_4x1, tile_4x3, tile_6x1,
 # Numba's cache checks only the file of a cached function, so the kernels here would keep
 # old copies of simd.py's tiles after simd.py changes. This is simd.py's hash: a test fails
 # until it is updated here, and updating it rewrites this file, which recompiles them.
-SIMD_SOURCE = "bc2e29580eb90bd0"
+SIMD_SOURCE = "f0979ae0a3196ad7"
 
 # ---------------------------------------------------------------- nonlinearities
 
@@ -299,15 +299,16 @@ def gemm_rows_nn(a, b, panels, out, lo, hi):
     array of that type when hi - lo < TILE_ROWS: tiles are then never used).
 
     Rows go six at a time through `tile_6x2` (16 float32 columns per tile), then four
-    (two 4-row tiles rather than 6 + 2 rows), then one at a time through `_row_nn`;
-    columns past the last whole tile take one-vector tiles, then a plain sum. Every part
+    through `tile_4x3` (24 columns; `simd.row_groups` says how many of each), then one at
+    a time through `_row_nn`; columns past the last whole tile take one-vector tiles, then
+    a plain sum. Every part
     sums each output alone, k in order, one fused multiply-add a step, so a row gets the
     same bits however it is grouped: results do not depend on where the shards cut the
     batch, nor on the thread count. A row alone is not padded to a tile (padding made a
     batch-1 LSTM step do four times its work)."""
     N = b.shape[1]
     v = lanes(b)
-    sixes, fours, _ = row_groups(hi - lo)
+    sixes, fours = row_groups(hi - lo)
     i = lo
     for _ in range(sixes):
         j = 0

@@ -1,13 +1,14 @@
-"""Explicit vector code for the one product Numba's loops cannot make fast: a few rows
-times a weight matrix, as in a recurrent layer's step (batch x 128 by 128 x 512).
+"""Explicit vector code for the products Numba's loops cannot make fast: a few rows times
+a weight matrix, as in a recurrent layer's step (batch x 128 by 128 x 512), and a direct
+convolution's weights times shifted windows of its input.
 
 A fast small product keeps a tile of the output in vector registers for the whole sum
 over k and reads each weight once per tile: rows r of the tile broadcast a[r, k], a row
 of b gives the vectors, and each pair meets in one fused multiply-add. Numba offers no
 vector type, and LLVM's vectoriser does not turn scalar accumulators into such a tile
-(tried: 4-26 GFLOP/s). So `tile4_nn` writes the tile directly in LLVM IR through a
-Numba intrinsic, which is compiled into the calling kernel like any inlined function:
-float32 or float64, vectors of 32 bytes (AVX; LLVM splits them on narrower machines).
+(tried: 4-26 GFLOP/s). So the tiles here are written directly in LLVM IR as Numba
+intrinsics, compiled into the calling kernel like any inlined function: float32 or
+float64, vectors of 32 bytes (AVX; LLVM splits them on narrower machines).
 
 The sum over k runs in the same order for every output (k = 0, 1, ...), whatever the
 tile's place, so results do not depend on how the rows are cut into shards.
@@ -23,13 +24,13 @@ VECTOR_BYTES = 32
 
 @njit(cache=False)
 def row_groups(m):
-    """How the tiles cover m rows: (sixes, fours, singles), 6-row tiles first; 8 or 9 rows
-    left take two 4-row tiles rather than a 6-row one and 2-3 rows alone."""
+    """How the tiles cover m rows: (6-row tiles, 4-row tiles), the rest rows alone; 8 or 9
+    rows left take two 4-row tiles rather than a 6-row one and 2-3 rows alone."""
     sixes, rest = divmod(m, 6)
     if sixes > 0 and 2 <= rest <= 3:
         sixes -= 1
         rest += 6
-    return sixes, rest // 4, rest % 4
+    return sixes, rest // 4
 
 
 def _is_matrix(t):
@@ -193,8 +194,8 @@ def _shifted_tile(rows, vectors):
 # The tiles of recurrent.gemm_rows_nn. 6 rows x 2 vectors is the widest that fits AVX's 16
 # registers (12 accumulators, 2 vectors of b, 1 broadcast): 84-96 GFLOP/s on one core
 # here, where 4 x 2 reached 57-88, 4 x 3 76-85, 8 x 1 68-79 and 2 x 4 53-62 (2026-11, K
-# and N of 96-512). Rows short of six take the 4-row tile; one-vector tiles take the
-# columns short of two vectors.
+# and N of 96-512). Rows short of six take the 4-row tile (three vectors wide); one-vector
+# tiles take the columns short of a whole tile.
 tile_6x2, tile_6x1 = _tile(6, 2), _tile(6, 1)
 tile_4x3, tile_4x1 = _tile(4, 3), _tile(4, 1)
 
