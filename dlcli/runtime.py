@@ -17,6 +17,7 @@ def set_threads(n=None):
     global _blas_limit, _threads, _serial
     from threadpoolctl import threadpool_limits
 
+    keep_freed_memory()
     n = n or os.cpu_count() or 1
     _blas_limit = threadpool_limits(limits=n, user_api="blas")
     _threads = n
@@ -148,6 +149,35 @@ def sharded(kernel, n_tasks, *args, work=None):
 
 
 _blas_libraries = None
+_malloc_set = False
+
+# glibc's malloc hands a large freed block back to the kernel once the free space at the
+# top of its heap passes a threshold that it adapts as the program runs; the next array
+# of that size then takes fresh pages, each a page fault and a zeroed page. A step of the
+# batch-norm CNN benchmark (conv 16 channels at 24x24, batch 64: 2.4 MB activations
+# allocated and freed each step) took 627 page faults and ran 13 % slower than with the
+# memory kept (16.3 -> 14.2-14.3 ms, two runs). Fixed thresholds keep it: arrays up to
+# MMAP_THRESHOLD come from the heap, and up to TRIM_THRESHOLD of free heap stays mapped.
+MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its adaptive threshold
+TRIM_THRESHOLD = 64 << 20
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory for the next step's arrays (once per
+    process; nothing on a C library without mallopt)."""
+    global _malloc_set
+    if _malloc_set:
+        return
+    _malloc_set = True
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def serial(on):
