@@ -141,6 +141,31 @@ def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, path, r
     np.testing.assert_allclose(layer.grads["bias"], edb, **tol)
 
 
+@pytest.mark.parametrize("shape, filters, kernel", [((1, 28, 28), 6, 5), ((2, 9, 9), 13, 3)])
+def test_direct_weight_gradient_has_the_same_bits_for_any_thread_count(shape, filters, kernel, rng):
+    """The weight gradient's vector tiles sum over samples in order in each (channel, tap)
+    and shard over channel groups: 1, 2 or 3 threads give the same bits (several sample
+    chunks at 28x28, one at 9x9)."""
+    from dlcli import runtime
+
+    layer = make_layer("conv2d", shape, np.float32, filters=filters, kernel=[kernel, kernel], fuse_relu=True)
+    assert layer.direct
+    x = rng.standard_normal((7,) + shape).astype(np.float32)
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            runtime.set_threads(threads)
+            layer.backward(dy.copy(), need_dx=False)
+            results.append((layer.grads["weight"].copy(), layer.grads["bias"].copy()))
+    finally:
+        runtime.set_threads(None)
+    for w, b in results[1:]:
+        np.testing.assert_array_equal(w, results[0][0])
+        np.testing.assert_array_equal(b, results[0][1])
+
+
 # Stride-1 cases with more taps than DIRECT_MAX_TAPS (training runs them through im2col),
 # and one with 13 filters (6 + 4 + 3 single output channels in the tiles).
 INFERENCE_CASES = [

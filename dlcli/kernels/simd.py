@@ -202,3 +202,97 @@ tile_4x3, tile_4x1 = _tile(4, 3), _tile(4, 1)
 # The tiles of conv.direct_forward: two vectors wide (the layer pads a wide row to whole
 # tiles), 6 or 4 output channels, single channels last.
 shifted_6x2, shifted_4x2, shifted_1x2 = _shifted_tile(6, 2), _shifted_tile(4, 2), _shifted_tile(1, 2)
+
+
+def _window_dots(rows, taps):
+    """An intrinsic dots(g, x, offs, acc, i, j) for a stride-1 convolution's weight
+    gradient, whose sum runs along the positions, where neither the channels nor the taps
+    lie side by side in memory:
+
+        acc[i + r, j + c] += g[b, r, t : t + L] * x[b].flat[offs[j + c] + t : ... + L]
+
+    lane by lane (L = lanes) over samples b in order and t = 0, L, 2L, ..., for rows r <
+    `rows` of g (output channels: the gradient of each sample's wide output row, zeros
+    where no output is, its length a multiple of L), windows c < `taps` of x (the samples'
+    padded input planes (B, C, length); offs[k] is where tap k starts in a sample's) and
+    acc (channels, taps, L): vector partial sums, summed across lanes by the caller. The
+    sums stay in registers over all samples given. Each (channel, tap) is its own
+    accumulator, so the result does not depend on which tile computes it."""
+
+    def dots(typingctx, g, x, offs, acc, i, j):
+        g_ok = isinstance(g, types.Array) and g.ndim == 3 and g.layout == "C"
+        x_ok = isinstance(x, types.Array) and x.ndim == 3 and x.layout == "C"
+        offs_ok = isinstance(offs, types.Array) and offs.ndim == 1 and isinstance(offs.dtype, types.Integer)
+        acc_ok = isinstance(acc, types.Array) and acc.ndim == 3 and acc.layout == "C"
+        if not (g_ok and x_ok and offs_ok and acc_ok) or len({g.dtype, x.dtype, acc.dtype}) != 1:
+            return None
+        if g.dtype not in (types.float32, types.float64):
+            return None
+        if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+            return None
+        return types.void(g, x, offs, acc, i, j), codegen
+
+    def codegen(context, builder, signature, args):
+        gty, xty, fty, aty, ity, jty = signature.args
+        b = builder
+        elty = context.get_value_type(gty.dtype)
+        size = context.get_abi_sizeof(elty)
+        n_lanes = VECTOR_BYTES // size
+        vty = lir.VectorType(elty, n_lanes)
+        intp = context.get_value_type(types.intp)
+
+        def const(n):
+            return lir.Constant(intp, n)
+
+        def at(base, index):
+            return b.gep(base, [index], inbounds=True)
+
+        def vector(p):
+            return b.bitcast(p, vty.as_pointer())
+
+        G = context.make_array(gty)(context, b, args[0])
+        X = context.make_array(xty)(context, b, args[1])
+        F = context.make_array(fty)(context, b, args[2])
+        A = context.make_array(aty)(context, b, args[3])
+        i0 = context.cast(b, args[4], ity, types.intp)
+        j0 = context.cast(b, args[5], jty, types.intp)
+        n_samples, g_rows, g_len = cgutils.unpack_tuple(b, G.shape, 3)
+        _, x_planes, x_len = cgutils.unpack_tuple(b, X.shape, 3)
+        n_taps = cgutils.unpack_tuple(b, A.shape, 3)[1]
+        offsets = [context.cast(b, b.load(at(F.data, b.add(j0, const(c)))), fty.dtype, types.intp) for c in range(taps)]
+        slots = [
+            [
+                at(A.data, b.mul(b.add(b.mul(b.add(i0, const(r)), n_taps), b.add(j0, const(c))), const(n_lanes)))
+                for c in range(taps)
+            ]
+            for r in range(rows)
+        ]
+        accs = [[cgutils.alloca_once_value(b, b.load(vector(s), align=size)) for s in row] for row in slots]
+        fnty = lir.FunctionType(vty, [vty] * 3)
+        fmuladd = cgutils.get_or_insert_function(b.module, fnty, f"llvm.fmuladd.v{n_lanes}f{8 * size}")
+        with cgutils.for_range(b, n_samples) as samples:
+            x_sample = at(X.data, b.mul(samples.index, b.mul(x_planes, x_len)))
+            windows = [at(x_sample, offset) for offset in offsets]
+            g_sample = at(G.data, b.mul(samples.index, b.mul(g_rows, g_len)))
+            grads = [at(g_sample, b.mul(const(r), g_len)) for r in range(rows)]
+            with cgutils.for_range(b, b.udiv(g_len, const(n_lanes))) as loop:
+                t = b.mul(loop.index, const(n_lanes))
+                xs = [b.load(vector(at(w, t)), align=size) for w in windows]
+                for r in range(rows):
+                    gv = b.load(vector(at(grads[r], t)), align=size)
+                    for c in range(taps):
+                        acc = accs[r][c]
+                        b.store(b.call(fmuladd, [gv, xs[c], b.load(acc, typ=vty)]), acc)
+        for r in range(rows):
+            for c in range(taps):
+                b.store(b.load(accs[r][c], typ=vty), vector(slots[r][c]), align=size)
+        return context.get_dummy_value()
+
+    dots.__name__ = dots.__qualname__ = f"window_dots_{rows}x{taps}"
+    return intrinsic(dots)
+
+
+# The tile of conv.direct_grad_weight: 4 output channels by 3 taps (12 vector sums, 3
+# windows and one gradient vector live: AVX's 16 registers).
+WINDOW_ROWS, WINDOW_TAPS = 4, 3
+window_dots_4x3 = _window_dots(WINDOW_ROWS, WINDOW_TAPS)

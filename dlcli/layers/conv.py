@@ -231,10 +231,15 @@ class _Conv(Layer):
         dweight = self.grads["weight"].reshape(cout, cin, *self.k2)
         dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
         y, relu, xpad = self.y, self.fuse_relu, self.xpad
-        runtime.sharded(self.K.direct_grad_weight, cout, xpad, dy4, y, relu, dh, dw, wp, dweight, dbias)
+        buf = self._direct_buffers(n)
+        acc = buf.get("grad_weight_sums")
+        if acc is None:
+            ntaps = cin * self.k2[0] * self.k2[1]
+            acc = buf["grad_weight_sums"] = np.empty(self.K.grad_weight_sums_shape(cout, ntaps, self.dtype), self.dtype)
+        groups = -(-cout // self.K.WINDOW_ROWS)
+        runtime.sharded(self.K.direct_grad_weight, groups, xpad, dy4, y, relu, dh, dw, wp, acc, dweight, dbias)
         if not need_dx:
             return None
-        buf = self._direct_buffers(n)
         dxpad = buf.get("dxpad")
         if dxpad is None:
             dxpad = buf["dxpad"] = np.empty_like(xpad)
