@@ -40,7 +40,21 @@ CASES = [
     ((3, 6, 7), 5, (4, 3), (1, 2), 2, (1, 2), 2),  # integer padding
     ((2, 5, 5), 1, (1, 1), (1, 1), "valid", (1, 1), 4),
     ((1, 28, 28), 6, (5, 5), (1, 1), "valid", (1, 1), 5),  # the reference CNN's first layer
+    ((16, 12, 12), 5, (5, 5), (1, 1), "valid", (1, 1), 3),  # its second: direct, dx through GEMM
+    ((8, 10, 10), 5, (3, 3), (1, 1), "same", (1, 1), 2),  # 72 taps, wide rows 1.2x: direct
+    ((4, 8, 8), 3, (5, 5), (1, 1), "valid", (1, 1), 2),  # wide rows 2x: im2col
 ]
+
+
+def _chooses_direct(shape, kernel, stride, padding, dilation):
+    """The layer's rule: stride 1, and few taps or wide rows at most 1.5x the output row."""
+    from dlcli.layers.conv import DIRECT_MAX_TAPS, DIRECT_MAX_WASTE
+
+    pads = _geometry(shape, kernel, stride, padding, dilation)
+    ow = shape[2] + pads[2] + pads[3] - dilation[1] * (kernel[1] - 1)
+    wide = ow + (kernel[1] - 1) * dilation[1]
+    few_taps = shape[0] * kernel[0] * kernel[1] <= DIRECT_MAX_TAPS
+    return stride == (1, 1) and (few_taps or wide <= DIRECT_MAX_WASTE * ow)
 
 
 def _geometry(shape, kernel, stride, padding, dilation):
@@ -101,8 +115,9 @@ def test_im2col_col2im_match_reference(case, dtype, rng):
 @pytest.mark.parametrize("fuse_relu", [False, True])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-k{c[2]}-s{c[3]}-{c[4]}-d{c[5]}-b{c[6]}")
 def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, path, rng):
-    """Both paths on every case: the one the layer chooses (direct kernels for stride 1
-    with C_in * KH * KW <= 32, else im2col + GEMM) and im2col forced."""
+    """Both paths on every case: the one the layer chooses (`_chooses_direct`: direct
+    kernels, with the input gradient through GEMM + col2im past 32 taps; else im2col +
+    GEMM) and im2col forced."""
     shape, filters, kernel, stride, padding, dilation, batch = case
     layer = make_layer(
         "conv2d",
@@ -115,7 +130,7 @@ def test_conv2d_forward_backward_match_reference(case, fuse_relu, dtype, path, r
         dilation=list(dilation),
         fuse_relu=fuse_relu,
     )
-    assert layer.direct == (stride == (1, 1) and shape[0] * kernel[0] * kernel[1] <= 32)
+    assert layer.direct == _chooses_direct(shape, kernel, stride, padding, dilation)
     if path == "im2col":
         layer.direct = False
     layer.params["bias"][...] = rng.standard_normal(filters)
@@ -166,8 +181,8 @@ def test_direct_weight_gradient_has_the_same_bits_for_any_thread_count(shape, fi
         np.testing.assert_array_equal(b, results[0][1])
 
 
-# Stride-1 cases with more taps than DIRECT_MAX_TAPS (training runs them through im2col),
-# and one with 13 filters (6 + 4 + 3 single output channels in the tiles).
+# Stride-1 cases with more taps than DIRECT_MAX_TAPS, trained here through im2col, and one
+# with 13 filters (6 + 4 + 3 single output channels in the tiles).
 INFERENCE_CASES = [
     ((16, 12, 12), 32, (5, 5), "valid", (1, 1)),  # the reference CNN's second layer
     ((5, 9, 8), 13, (3, 3), "same", (1, 1)),
@@ -190,7 +205,7 @@ def test_small_inference_batches_run_the_direct_kernels(case, fuse_relu, dtype, 
         "conv2d", shape, dtype, filters=filters, kernel=list(kernel), padding=padding, dilation=list(dilation)
     )
     layer.fuse_relu = fuse_relu
-    assert not layer.direct
+    layer.direct = False  # training through im2col: only small inference batches go direct
     layer.params["bias"][...] = rng.standard_normal(filters)
     pad = _geometry(shape, kernel, (1, 1), padding, dilation)
     w, b = layer.params["weight"].astype(np.float64), layer.params["bias"].astype(np.float64)
