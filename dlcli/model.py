@@ -169,6 +169,9 @@ class Model:
                 (j,) = self.inputs[i] if len(self.inputs[i]) == 1 else (MODEL_INPUT,)
                 if b.kind == "relu" and j >= 0 and layers[j].FUSES_RELU and consumers[j] == [i]:
                     layers[j].fuse_relu, b.fused = True, True
+            for i, b in enumerate(self.trained):
+                if b.POOL_FUSABLE and len(self.inputs[i]) == 1 and self.inputs[i][0] >= 0:
+                    self._fuse_pool(i, b, consumers)
         self._flatten()
         # _params_upstream[i]: does any node feeding trained[i], directly or not, have
         # parameters (so node i must return dL/d(input))?
@@ -176,6 +179,16 @@ class Model:
         for i in range(m):
             upstream.append(any(j >= 0 and (upstream[j] or bool(layers[j].params)) for j in self.inputs[i]))
         self._params_upstream = upstream
+
+    def _fuse_pool(self, i, pool, consumers):
+        """Let the layer before max pool i (before its fused relu) apply the pool in
+        evaluation, when the pool is all that reads its output."""
+        (j,) = self.inputs[i]
+        if self.layers[j].fused and consumers[j] == [i] and len(self.inputs[j]) == 1 and self.inputs[j][0] >= 0:
+            i, (j,) = j, self.inputs[j]  # through the relu the layer before it applies
+        source = self.layers[j]
+        if source.FUSES_POOL and consumers[j] == [i]:
+            source.fuse_pool, pool.pooled_by = pool, source
 
     @classmethod
     def from_spec(cls, model_spec, dtype=np.float32, seed=0, loss=None, fuse=True, vocab_size=None, loading=False):

@@ -422,3 +422,58 @@ def test_cli_trains_a_conv_model(write_spec, tmp_path):
     with np.load(out, allow_pickle=False) as f:
         assert f["param.layers.0.weight"].shape == (3, 1, 3, 3)
         assert f["param.layers.3.weight"].shape == (4, 3, 2, 2)
+
+
+def _conv_pool_model(text, input_shape):
+    from dlcli import spec as specs
+
+    s = specs.parse(
+        f"data: {{source: builtin:shapes}}\nmodel:\n  input: {list(input_shape)}\n  layers: {text}\n"
+        "loss: cross_entropy\noptimizer: {name: sgd, lr: 0.1}\n",
+        "s.yaml",
+    )
+    return Model.from_spec(s.model, loss="cross_entropy")
+
+
+@pytest.mark.parametrize(
+    "layers, input_shape",
+    [
+        ("[{conv2d: {filters: 7, kernel: 5}}, relu, {maxpool2d: 2}, flatten, {dense: 3}]", (1, 28, 28)),
+        ("[{conv2d: {filters: 5, kernel: 3, padding: same}}, {maxpool2d: {size: 3, stride: 2}}, flatten]", (3, 9, 8)),
+        ("[{conv2d: {filters: 8, kernel: 5}}, relu, {maxpool2d: 2}, flatten]", (16, 12, 12)),
+        ("[{conv1d: {filters: 4, kernel: 3}}, relu, {maxpool1d: 2}, flatten]", (2, 15)),
+    ],
+)
+def test_evaluation_applies_a_max_pool_in_the_convolution_with_the_same_bits(layers, input_shape, rng):
+    """In evaluation a convolution running the direct kernels applies the max pool after
+    it (and after its relu) while reading its output: bit for bit what the two layers give
+    apart, NaN windows included; the pool passes the result through. Training does not."""
+    model = _conv_pool_model(layers, input_shape)
+    conv, pool = model.layers[0], next(layer for layer in model.layers if layer.kind.startswith("maxpool"))
+    assert conv.fuse_pool is pool and pool.pooled_by is conv
+    for batch in (1, 5):
+        x = rng.standard_normal((batch,) + input_shape).astype(np.float32)
+        x[0, 0, ..., 3] = np.nan  # NaN in some windows of the first sample
+        fused = model.forward(x, training=False).copy()
+        assert conv.pooled and pool.passed
+        conv.fuse_pool = None
+        apart = model.forward(x, training=False)
+        conv.fuse_pool = pool
+        assert not conv.pooled and not pool.passed
+        np.testing.assert_array_equal(fused, apart)
+        assert np.isnan(fused[0]).any() and not np.isnan(fused[1:]).any()
+    model.forward(x, training=False)
+    with pytest.raises(RuntimeError, match="training=True"):
+        model.backward(np.ones((batch,) + tuple(model.output_shape), np.float32))
+    model.forward(x, training=True)
+    assert not conv.pooled and not pool.passed
+    model.backward(np.ones((batch,) + tuple(model.output_shape), np.float32))
+
+
+def test_a_pool_is_not_applied_in_the_convolution_when_its_output_has_other_readers():
+    model = _conv_pool_model(
+        "[{conv2d: {filters: 4, kernel: 3}, name: c}, {maxpool2d: 2, name: p}, {flatten: null, name: f, input: c},"
+        " {flatten: null, name: g, input: p}, {concat: null, input: [g, f]}]",
+        (1, 8, 8),
+    )
+    assert all(layer.fuse_pool is None for layer in model.layers)

@@ -302,27 +302,13 @@ def direct_forward(xpad, w, bias, dh, dw, wp, relu, wide, out, lo, hi):
     vector register tiles (kernels/simd.py): 6 or 4 output channels by 16 positions, each
     output summed over the taps in order. The reference CNN's first layer (batch 64, one
     core) took 0.82 ms with four taps at a time through a scalar accumulator row."""
-    nco, nc, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
+    nco, nc, kh, kw = w.shape
     w2 = w.reshape(nco, nc * kh * kw)
     offs = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
-    width = wide.shape[2]
-    step = 2 * lanes(w2)
-    sixes, fours = row_groups(nco)
     for b in range(lo, hi):
-        xb = xpad[b].reshape(-1)
         wb = wide[b]
-        for j in range(0, width, step):
-            i = 0
-            for _ in range(sixes):
-                shifted_6x2(w2, xb, offs, wb, i, j)
-                i += 6
-            for _ in range(fours):
-                shifted_4x2(w2, xb, offs, wb, i, j)
-                i += 4
-            while i < nco:
-                shifted_1x2(w2, xb, offs, wb, i, j)
-                i += 1
+        _wide_outputs(xpad[b].reshape(-1), w2, offs, wb)
         for co in range(nco):
             bv = bias[co]
             for p in range(oh):
@@ -335,6 +321,58 @@ def direct_forward(xpad, w, bias, dh, dw, wp, relu, wide, out, lo, hi):
                 else:
                     for q in range(ow):
                         dst[q] = row[q] + bv
+
+
+@njit(**SHARD)
+def direct_forward_pooled(xpad, w, bias, dh, dw, wp, relu, wide, kh, kw, sh, sw, out, lo, hi):
+    """direct_forward followed by max pooling (kh x kw windows, stride sh x sw) of its
+    output: out (B, Co, PH, PW) is the pool's output, read off the wide rows. The same
+    values as the two passes: a bias added and a ReLU applied after the maximum give
+    what they give before it, and a window holding a NaN gives NaN. For evaluation and
+    prediction, where the pool keeps no argmax."""
+    ph, pw = out.shape[2], out.shape[3]
+    nco, nc, kh_w, kw_w = w.shape
+    w2 = w.reshape(nco, nc * kh_w * kw_w)
+    offs = _tap_offsets(nc, kh_w, kw_w, dh, dw, wp, xpad.shape[2])
+    zero = out.dtype.type(0)
+    for b in range(lo, hi):
+        wb = wide[b]
+        _wide_outputs(xpad[b].reshape(-1), w2, offs, wb)
+        for co in range(nco):
+            bv = bias[co]
+            row = wb[co]
+            for r in range(ph):
+                for c in range(pw):
+                    m = row[r * sh * wp + c * sw]
+                    for i in range(kh):
+                        base = (r * sh + i) * wp + c * sw
+                        for j in range(kw):
+                            v = row[base + j]
+                            if v > m or v != v:
+                                m = v
+                    v = m + bv
+                    out[b, co, r, c] = zero if relu and v <= zero else v  # NaN passes through
+
+
+@njit(**SHARD)
+def _wide_outputs(xb, w2, offs, wb):
+    """wb (Co, W) = a sample's wide output rows without bias: the weights w2 (Co, taps)
+    times shifted windows of its flattened padded planes xb, in tiles of 6 or 4 channels
+    by two vectors."""
+    nco = w2.shape[0]
+    step = 2 * lanes(w2)
+    sixes, fours = row_groups(nco)
+    for j in range(0, wb.shape[1], step):
+        i = 0
+        for _ in range(sixes):
+            shifted_6x2(w2, xb, offs, wb, i, j)
+            i += 6
+        for _ in range(fours):
+            shifted_4x2(w2, xb, offs, wb, i, j)
+            i += 4
+        while i < nco:
+            shifted_1x2(w2, xb, offs, wb, i, j)
+            i += 1
 
 
 @njit(**SHARD)

@@ -41,6 +41,11 @@ class Layer:
 
     # -- capabilities (read by the model and the tools) ----------------------------
     FUSES_RELU = False  # can apply a following relu in its own output pass, and its mask in backward
+    # In evaluation, can apply the max pooling that follows it (after its fused relu, if
+    # any) in its own output pass: `forward` then returns the pool's output and sets
+    # `self.pooled`; the pool passes it through.
+    FUSES_POOL = False
+    POOL_FUSABLE = False  # a max pooling that a FUSES_POOL layer before it may apply
     RECORDS_TIME_GRADS = False  # recurrent: honours `record_time_grads` (see below)
     # A merge layer (add, concat) takes a list of inputs: `build(list of shapes)`,
     # `forward(list of arrays)`, and `backward(dy)` returns a list, one dx per input, none
@@ -62,6 +67,9 @@ class Layer:
     next_kind = None  # kind of the layer that consumes this one's output (`init: auto` looks ahead)
     fuse_relu = False  # FUSES_RELU layers: the relu after this layer is applied here
     fused = False  # a relu applied by the layer before it: forward and backward pass through
+    fuse_pool = None  # FUSES_POOL layers: the pool after them, to apply in evaluation when they can
+    pooled = False  # FUSES_POOL layers: the latest forward returned its pool's output
+    pooled_by = None  # POOL_FUSABLE layers: the layer that may have applied this pool already
     label = None  # the spec's `name:` for this layer, if it has one
     input_names = ()  # what feeds each input (`input`, a layer's name): for error messages
     # RECORDS_TIME_GRADS layers: when set, `backward` stores `time_grad_norms`, one norm of

@@ -82,6 +82,7 @@ class _Conv(Layer):
     ndim = 2
     SHORTHAND = "filters"
     FUSES_RELU = True
+    FUSES_POOL = True  # in evaluation, when the direct kernels run: read off the wide rows
 
     def build(self, input_shape):
         from ..kernels import conv as K
@@ -211,6 +212,7 @@ class _Conv(Layer):
         if not x4.flags.c_contiguous or x4.dtype != self.dtype:
             x4 = np.ascontiguousarray(x4, dtype=self.dtype)
         self.by_direct = self.direct or (not training and self.s2 == (1, 1) and n <= DIRECT_INFERENCE_BATCH)
+        self.pooled = self.by_direct and not training and self.fuse_pool is not None
         if self.by_direct:
             return self._direct_forward(x4, n)
         buf = self._buffers(n)
@@ -232,10 +234,17 @@ class _Conv(Layer):
         xpad = self._direct_buffers(n)["xpad"]
         interior, rows, cols = self._interior(xpad)
         interior[...] = x4[:, :, :rows, :cols]
-        out = np.empty((n, cout) + self.o2, self.dtype)
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
         wide = self._direct_buffers(n)["wide"]
+        if self.pooled:
+            pool = self.fuse_pool
+            out = np.empty((n, cout) + pool.o2, self.dtype)
+            args = (xpad, weight, b, dh, dw, self.wp, self.fuse_relu, wide, *pool.k2, *pool.s2, out)
+            runtime.sharded(self.K.direct_forward_pooled, n, *args)
+            self.n, self.xpad, self.y = n, xpad, None
+            return out.reshape((n,) + pool.output_shape)
+        out = np.empty((n, cout) + self.o2, self.dtype)
         runtime.sharded(self.K.direct_forward, n, xpad, weight, b, dh, dw, self.wp, self.fuse_relu, wide, out)
         self.n, self.xpad, self.y = n, xpad, out
         return out.reshape((n,) + self.output_shape)
@@ -289,8 +298,8 @@ class _Conv(Layer):
         return dx.reshape((n,) + self.input_shape)
 
     def backward(self, dy, need_dx=True):
-        if self.by_direct and not self.direct:
-            raise RuntimeError(f"{self.name}: backward needs the column matrix of forward(training=True)")
+        if (self.by_direct and not self.direct) or self.pooled:
+            raise RuntimeError(f"{self.name}: backward needs the outputs of forward(training=True)")
         n, cout = self.n, self.options["filters"]
         if self.direct:
             dy4 = np.ascontiguousarray(dy.reshape((n, cout) + self.o2), dtype=self.dtype)

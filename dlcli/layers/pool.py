@@ -14,6 +14,7 @@ class _Pool(Layer):
     ndim = 2
     SHORTHAND = "size"
     mode = "max"
+    passed = False  # the latest forward passed through an input the layer before had pooled
 
     def build(self, input_shape):
         from ..kernels import pool as K
@@ -48,6 +49,9 @@ class _Pool(Layer):
         return x4
 
     def forward(self, x, training=False):
+        self.passed = self.pooled_by is not None and self.pooled_by.pooled
+        if self.passed:
+            return x  # the layer before applied this pool in its own output pass
         x4 = self._x4(x)
         n = x4.shape[0]
         y = np.empty((n, self.in2[0]) + self.o2, self.dtype)
@@ -61,6 +65,8 @@ class _Pool(Layer):
         return y.reshape((n,) + self.output_shape)
 
     def backward(self, dy, need_dx=True):
+        if self.passed:
+            raise RuntimeError(f"{self.name}: backward needs the argmax of forward(training=True)")
         if not need_dx:
             return None
         n = self.n
@@ -102,6 +108,7 @@ def _options(n):
 
 class MaxPool2D(_Pool):
     kind = "maxpool2d"
+    POOL_FUSABLE = True
     OPTIONS = _options(2)
     EXAMPLE = {"options": {"size": [2, 3], "stride": [1, 2]}, "input": (2, 5, 7)}
 
@@ -115,6 +122,7 @@ class AvgPool2D(_Pool):
 
 class MaxPool1D(_Pool):
     kind = "maxpool1d"
+    POOL_FUSABLE = True
     ndim = 1
     OPTIONS = _options(1)
     EXAMPLE = {"options": {"size": 3, "stride": 2}, "input": (2, 9)}
