@@ -141,11 +141,11 @@ def sharded(kernel, n_tasks, *args, work=None):
     (`shard_bounds`), the ranges at once. Every kernel called so writes disjoint outputs
     per task, so the result does not depend on the number of shards. `work` (elements
     touched) below SHARD_MIN_WORK keeps the call on this thread."""
-    bounds = shard_bounds(n_tasks) if work is None or work >= SHARD_MIN_WORK else [(0, n_tasks)]
-    if len(bounds) == 1:  # no closure, no hand-off: the common case of small passes
-        kernel(*args, 0, n_tasks)
-    else:
-        run_shards(lambda k: kernel(*args, *bounds[k]), len(bounds))
+    if n_tasks < 2 or threads() == 1 or (work is not None and work < SHARD_MIN_WORK):
+        kernel(*args, 0, n_tasks)  # no ranges, no closure, no hand-off: small passes, batch 1
+        return
+    bounds = shard_bounds(n_tasks)
+    run_shards(lambda k: kernel(*args, *bounds[k]), len(bounds))
 
 
 _blas_libraries = None

@@ -171,13 +171,12 @@ class _Conv(Layer):
         length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1] + self.K.WIDE_TILE
         width = -(-self.o2[0] * self.wp // self.K.WIDE_TILE) * self.K.WIDE_TILE
         cout = self.options["filters"]
-        return self._scratch(
-            ("direct", n),  # apart from im2col's: a layer may run both (small inference batches)
-            lambda key: {
-                "xpad": np.zeros((n, self.in2[0], length), self.dtype),
-                "wide": np.empty((n, cout, width), self.dtype),
-            },
-        )
+
+        def make(key):
+            xpad = np.zeros((n, self.in2[0], length), self.dtype)
+            return {"xpad": xpad, "wide": np.empty((n, cout, width), self.dtype), "interior": self._interior(xpad)}
+
+        return self._scratch(("direct", n), make)  # apart from im2col's: a layer may run both (small batches)
 
     def _interior(self, padded):
         """(the view of padded planes (N, C, L) that holds the input, its rows, its
@@ -231,12 +230,12 @@ class _Conv(Layer):
 
     def _direct_forward(self, x4, n):
         cin, cout, (dh, dw) = self.in2[0], self.options["filters"], self.d2
-        xpad = self._direct_buffers(n)["xpad"]
-        interior, rows, cols = self._interior(xpad)
+        buf = self._direct_buffers(n)
+        xpad, wide = buf["xpad"], buf["wide"]
+        interior, rows, cols = buf["interior"]
         interior[...] = x4[:, :, :rows, :cols]
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
-        wide = self._direct_buffers(n)["wide"]
         if self.pooled:
             pool = self.fuse_pool
             out = np.empty((n, cout) + pool.o2, self.dtype)
