@@ -273,8 +273,10 @@ class Model:
             for j, d in zip(self.inputs[i], dxs):
                 if j < 0:
                     dinput = d if dinput is None else dinput + d
-                else:
-                    grads[j] = d if grads[j] is None else grads[j] + d
+                elif grads[j] is None:
+                    grads[j] = d
+                else:  # the layer contract makes every input gradient the model's own to overwrite
+                    np.add(grads[j], d, out=grads[j])
         return dinput if need_input_grad else None
 
     def predict_raw(self, x, batch_size=1024):

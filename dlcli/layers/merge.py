@@ -102,11 +102,15 @@ class Add(Layer):
 
     def backward(self, dy, need_dx=True):
         n = len(self.input_shape)
-        if self.fuse_relu:  # a masked copy: dy itself may be another node's gradient too
-            masked = np.empty(self.y.shape, self.dtype)
-            self.K.relu_mask_into(self.y, np.ascontiguousarray(dy, dtype=self.dtype).reshape(self.y.shape), masked)
-            dy = masked
-        dxs = [np.array(dy, copy=True) for _ in range(n - 1)] + [dy]  # no two share memory
+        if self.fuse_relu:  # dy masked into a copy per input but the last, and in place for it
+            dy = np.ascontiguousarray(dy, dtype=self.dtype).reshape(self.y.shape)
+            copies = [np.empty_like(dy) for _ in range(n - 1)]
+            for copy in copies:
+                self.K.relu_mask_into(self.y, dy, copy)
+            self.K.relu_mask_inplace(self.y, dy)
+            dxs = copies + [dy]
+        else:
+            dxs = [np.array(dy, copy=True) for _ in range(n - 1)] + [dy]  # no two share memory
         if self.projection is not None:
             dxs[0] = self.projection.backward(dxs[0], need_dx=need_dx)
         return dxs if need_dx else None
