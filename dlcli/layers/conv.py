@@ -1,9 +1,12 @@
 """Convolution layers, NCHW / NCW: conv2d and conv1d (conv1d runs as conv2d with H = 1).
 
 Weights are (filters, in_channels, *kernel), as in PyTorch; the bias is (filters,).
-Forward: the input transposed batch-last (C, H, W, B), im2col over the whole batch, one GEMM,
-one pass back to NCHW adding the bias (and a fused ReLU when the model fuses the next relu
-layer into this one). kernels/conv.py says why batch-last.
+Two paths. Stride 1 with little waste (`direct`, see DIRECT_MAX_WASTE): vector tiles over
+shifted windows of the zero-padded input, forward and weight gradient, no column matrix;
+in evaluation such a layer also applies the max pool after it. Otherwise: the input
+transposed batch-last (C, H, W, B), im2col over the whole batch, one GEMM, one pass back to
+NCHW adding the bias (and a fused ReLU when the model fuses the next relu layer into this
+one). kernels/conv.py says why batch-last.
 
 The three products per step go to BLAS through NumPy's `matmul(out=)`, called from here
 between the Numba passes: for these short-and-wide shapes (e.g. (400, 16) x (16, 4096)
