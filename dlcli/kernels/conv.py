@@ -438,17 +438,28 @@ def direct_grad_weight(xpad, dy, y, relu, dh, dw, wp, acc, dwt, dbias, lo, hi):
     v = lanes(acc)
     width = -(-(oh * wp) // v) * v
     ntaps = nc * kh * kw
+    # Loops, not slice assignments, fill the scratch below: NumPy-style assignment made
+    # Numba compile this kernel for 5 s instead of ~1.
     offs = np.zeros(acc.shape[1], np.int64)  # taps past the last: windows at 0, never read back
-    offs[:ntaps] = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
+    taps = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
+    for k in range(ntaps):
+        offs[k] = taps[k]
     chunk = max(1, WINDOW_CHUNK_BYTES // (WINDOW_ROWS * width * dy.itemsize))
     g = np.zeros((min(chunk, nb), WINDOW_ROWS, width), dy.dtype)  # zeros past each wide row stay
     sums = np.zeros(WINDOW_ROWS, dy.dtype)
+    flat_acc = acc.reshape(-1)
+    group_size = WINDOW_ROWS * acc.shape[1] * acc.shape[2]
     for group in range(lo, hi):
         c0 = group * WINDOW_ROWS
         rows = min(WINDOW_ROWS, nco - c0)
-        acc[c0 : c0 + WINDOW_ROWS] = 0
-        sums[:] = 0
-        g[:, rows:] = 0
+        for t in range(group * group_size, (group + 1) * group_size):
+            flat_acc[t] = 0
+        for r in range(WINDOW_ROWS):
+            sums[r] = 0
+        for b in range(g.shape[0]):
+            for r in range(rows, WINDOW_ROWS):
+                for t in range(width):
+                    g[b, r, t] = 0
         for b0 in range(0, nb, chunk):
             b1 = min(nb, b0 + chunk)
             gc = g[: b1 - b0]
