@@ -40,7 +40,7 @@ from .simd import (
     window_dots_4x3,
 )
 
-SIMD_SOURCE = "f9766bb24b4bdfb8"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "837ab9b08e6b7d51"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured

@@ -33,8 +33,20 @@ def row_groups(m):
     return sixes, rest // 4
 
 
+def _is_array(t, ndim):
+    return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
+
+
 def _is_matrix(t):
-    return isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" and t.dtype in (types.float32, types.float64)
+    return _is_array(t, 2) and t.dtype in (types.float32, types.float64)
+
+
+def _is_offsets(t):
+    return isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)
+
+
+def _are_indices(*ts):
+    return all(isinstance(t, types.Integer) for t in ts)
 
 
 @intrinsic
@@ -126,10 +138,10 @@ def _tile(rows, vectors):
     per step, so every tile shape gives the same bits for the same output."""
 
     def tile(typingctx, a, b, out, i, j):
-        b_ok = _is_matrix(b) or (isinstance(b, types.Array) and b.ndim == 3 and b.layout == "C")
+        b_ok = _is_matrix(b) or _is_array(b, 3)
         if not (_is_matrix(a) and b_ok and _is_matrix(out)) or len({a.dtype, b.dtype, out.dtype}) != 1:
             return None
-        if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+        if not _are_indices(i, j):
             return None
         return types.void(a, b, out, i, j), codegen
 
@@ -165,11 +177,9 @@ def _shifted_tile(rows, vectors):
     offs[k] + j + W <= len(x)."""
 
     def tile(typingctx, a, x, offs, out, i, j):
-        x_ok = isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
-        offs_ok = isinstance(offs, types.Array) and offs.ndim == 1 and isinstance(offs.dtype, types.Integer)
-        if not (_is_matrix(a) and x_ok and offs_ok and _is_matrix(out)) or len({a.dtype, x.dtype, out.dtype}) != 1:
+        if not (_is_matrix(a) and _is_array(x, 1) and _is_offsets(offs) and _is_matrix(out)):
             return None
-        if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+        if len({a.dtype, x.dtype, out.dtype}) != 1 or not _are_indices(i, j):
             return None
         return types.void(a, x, offs, out, i, j), codegen
 
@@ -220,15 +230,11 @@ def _window_dots(rows, taps):
     accumulator, so the result does not depend on which tile computes it."""
 
     def dots(typingctx, g, x, offs, acc, i, j):
-        g_ok = isinstance(g, types.Array) and g.ndim == 3 and g.layout == "C"
-        x_ok = isinstance(x, types.Array) and x.ndim == 3 and x.layout == "C"
-        offs_ok = isinstance(offs, types.Array) and offs.ndim == 1 and isinstance(offs.dtype, types.Integer)
-        acc_ok = isinstance(acc, types.Array) and acc.ndim == 3 and acc.layout == "C"
-        if not (g_ok and x_ok and offs_ok and acc_ok) or len({g.dtype, x.dtype, acc.dtype}) != 1:
+        if not (_is_array(g, 3) and _is_array(x, 3) and _is_offsets(offs) and _is_array(acc, 3)):
             return None
-        if g.dtype not in (types.float32, types.float64):
+        if len({g.dtype, x.dtype, acc.dtype}) != 1 or g.dtype not in (types.float32, types.float64):
             return None
-        if not (isinstance(i, types.Integer) and isinstance(j, types.Integer)):
+        if not _are_indices(i, j):
             return None
         return types.void(g, x, offs, acc, i, j), codegen
 
