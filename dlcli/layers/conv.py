@@ -134,9 +134,9 @@ class _Conv(Layer):
         if self.planning:
             return self.output_shape
         self.zeros_like_params()
-        # Direct kernels (no im2col) for stride 1 with few input values per output
-        # (kernels/conv.py: direct convolution); the padded planes are (KH-1)*dh rows
-        # taller and (KW-1)*dw columns wider than the output.
+        # Direct kernels (no im2col; kernels/conv.py: direct convolution) for stride 1 when
+        # the wide rows waste little (DIRECT_MAX_WASTE above); the padded planes are
+        # (KH-1)*dh rows taller and (KW-1)*dw columns wider than the output.
         self.hp = self.o2[0] + (self.k2[0] - 1) * self.d2[0]
         self.wp = self.o2[1] + (self.k2[1] - 1) * self.d2[1]
         taps = cin * self.k2[0] * self.k2[1]
@@ -163,7 +163,7 @@ class _Conv(Layer):
         kernels'), made by make(n) the first time; a few are kept, reused across steps."""
         buf = self.scratch.get(n)
         if buf is None:
-            if len(self.scratch) > 4:
+            if len(self.scratch) > 8:  # two or three kinds for each of a few batch sizes
                 self.scratch.clear()
             buf = self.scratch[n] = make(n)
         return buf
