@@ -123,6 +123,24 @@ def remove_stale_temporaries(path):
 
 
 @contextmanager
+def _termination_deferred():
+    """SIGTERM held back for a few lines (under MPI it raises an exception that unwinds
+    the writer, which cannot remove a file it has not named yet): delivered when they end.
+    Main thread and POSIX only; elsewhere nothing is held."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
 def atomic_path(path, error=DlcliError):
     """Yield a temporary path beside `path`; when the block succeeds, sync it to disk and
     rename it onto `path` (atomic on POSIX), with the permissions a plain `open` would have
@@ -134,8 +152,9 @@ def atomic_path(path, error=DlcliError):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        with _termination_deferred():  # a SIGTERM between creating and naming it would leave it
+            fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
     except OSError as e:
         raise error(f"cannot write {path}: {e.strerror or e}") from None
     try:
