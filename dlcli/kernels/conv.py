@@ -40,7 +40,7 @@ from .simd import (
     window_dots_4x3,
 )
 
-SIMD_SOURCE = "837ab9b08e6b7d51"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "022d23947a423e79"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
@@ -389,26 +389,6 @@ def _wide_outputs(xb, w2, offs, wb):
             i += 1
 
 
-@njit(**SHARD)
-def _wide_grad(dy, y, relu, wp, g):
-    """g[p*wp + q] = dy[p, q] (masked by y > 0 when relu), zero for q >= OW; returns sum(g)."""
-    oh, ow = dy.shape
-    g[:] = 0
-    zero = g.dtype.type(0)  # not a literal 0: that makes v and s float64
-    s = zero
-    for p in range(oh):
-        row = g[p * wp : p * wp + ow]
-        d = dy[p]
-        a = y[p]
-        for q in range(ow):
-            v = d[q]
-            if relu and a[q] <= zero:
-                v = zero
-            row[q] = v
-            s += v
-    return s
-
-
 WINDOW_CHUNK_BYTES = 16 << 10
 
 
@@ -509,10 +489,11 @@ def direct_grad_input(dy, y, relu, w, dh, dw, wp, dxpad, lo, hi):
     oh = dy.shape[2]
     run = oh * wp
     g = np.empty(run, dy.dtype)
+    wide = g.reshape(oh, wp)
     for b in range(lo, hi):
         dxpad[b] = 0
         for co in range(nco):
-            _wide_grad(dy[b, co], y[b, co], relu, wp, g)
+            _wide_rows(dy[b, co], y[b, co], relu, wide)
             for c in range(nc):
                 for i in range(kh):
                     for j in range(kw):

@@ -65,7 +65,8 @@ def lanes(typingctx, a):
 class _Emitter:
     """LLVM IR for one tile: out[i:i+rows, j:j+W] = sum over k of a[r, k] (broadcast) times
     row k of b (vectors), W = vectors * lanes. The callers say where row r of a and row k of
-    b live: a matrix as stored, its panels, or windows of one vector at given offsets."""
+    b live: a matrix as stored, its panels, or windows of one vector at given offsets. The
+    window dots use its vector type, addressing and fused multiply-add with their own loop."""
 
     def __init__(self, context, builder, dtype, out, oty, i, ity, j, jty):
         self.context, self.builder = context, builder
@@ -91,11 +92,15 @@ class _Emitter:
         k_len = cgutils.unpack_tuple(b, A.shape, 2)[1]
         return [self.at(A.data, b.mul(b.add(self.i0, self.const(r)), k_len)) for r in range(rows)], k_len
 
+    def fmuladd(self):
+        """LLVM's fused multiply-add on whole vectors: fmuladd(x, y, z) = x * y + z."""
+        fnty = lir.FunctionType(self.vty, [self.vty] * 3)
+        return cgutils.get_or_insert_function(self.builder.module, fnty, f"llvm.fmuladd.v{self.lanes}f{8 * self.size}")
+
     def emit(self, vectors, a_rows, k_len, b_vectors):
         """b_vectors(k) -> pointers to the tile's `vectors` vectors of row k of b."""
         b, vty, size, rows = self.builder, self.vty, self.size, len(a_rows)
-        fnty = lir.FunctionType(vty, [vty] * 3)
-        fmuladd = cgutils.get_or_insert_function(b.module, fnty, f"llvm.fmuladd.v{self.lanes}f{8 * size}")
+        fmuladd = self.fmuladd()
         i32 = lir.IntType(32)
         undef = lir.Constant(vty, lir.Undefined)
         splat = lir.Constant(lir.VectorType(i32, self.lanes), [0] * self.lanes)
@@ -107,7 +112,7 @@ class _Emitter:
         accs = [cgutils.alloca_once_value(b, lir.Constant(vty, None)) for _ in range(rows * vectors)]
         with cgutils.for_range(b, k_len) as loop:
             k = loop.index
-            bs = [b.load(self._vector(p), align=size, typ=vty) for p in b_vectors(k)]
+            bs = [b.load(self.vector(p), align=size, typ=vty) for p in b_vectors(k)]
             for r in range(rows):
                 x = b.load(self.at(a_rows[r], k), typ=self.elty)
                 s = b.shuffle_vector(b.insert_element(undef, x, lir.Constant(i32, 0)), undef, splat)
@@ -117,14 +122,14 @@ class _Emitter:
         for r in range(rows):
             for c in range(vectors):
                 value = b.load(accs[r * vectors + c], typ=vty)
-                b.store(value, self._vector(out_vectors[r][c]), align=size)
+                b.store(value, self.vector(out_vectors[r][c]), align=size)
         return self.context.get_dummy_value()
 
     def side_by_side(self, start, vectors):
         """The pointers of `vectors` vectors that follow each other from `start`."""
         return [self.at(start, self.const(c * self.lanes)) for c in range(vectors)]
 
-    def _vector(self, p):
+    def vector(self, p):
         return self.builder.bitcast(p, self.vty.as_pointer())
 
 
@@ -241,27 +246,12 @@ def _window_dots(rows, taps):
     def codegen(context, builder, signature, args):
         gty, xty, fty, aty, ity, jty = signature.args
         b = builder
-        elty = context.get_value_type(gty.dtype)
-        size = context.get_abi_sizeof(elty)
-        n_lanes = VECTOR_BYTES // size
-        vty = lir.VectorType(elty, n_lanes)
-        intp = context.get_value_type(types.intp)
-
-        def const(n):
-            return lir.Constant(intp, n)
-
-        def at(base, index):
-            return b.gep(base, [index], inbounds=True)
-
-        def vector(p):
-            return b.bitcast(p, vty.as_pointer())
-
+        e = _Emitter(context, b, gty.dtype, args[3], aty, args[4], ity, args[5], jty)  # out: acc
+        const, at, vector, n_lanes, size, vty = e.const, e.at, e.vector, e.lanes, e.size, e.vty
         G = context.make_array(gty)(context, b, args[0])
         X = context.make_array(xty)(context, b, args[1])
         F = context.make_array(fty)(context, b, args[2])
-        A = context.make_array(aty)(context, b, args[3])
-        i0 = context.cast(b, args[4], ity, types.intp)
-        j0 = context.cast(b, args[5], jty, types.intp)
+        A, i0, j0 = e.O, e.i0, e.j0
         n_samples, g_rows, g_len = cgutils.unpack_tuple(b, G.shape, 3)
         _, x_planes, x_len = cgutils.unpack_tuple(b, X.shape, 3)
         n_taps = cgutils.unpack_tuple(b, A.shape, 3)[1]
@@ -274,8 +264,7 @@ def _window_dots(rows, taps):
             for r in range(rows)
         ]
         accs = [[cgutils.alloca_once_value(b, b.load(vector(s), align=size)) for s in row] for row in slots]
-        fnty = lir.FunctionType(vty, [vty] * 3)
-        fmuladd = cgutils.get_or_insert_function(b.module, fnty, f"llvm.fmuladd.v{n_lanes}f{8 * size}")
+        fmuladd = e.fmuladd()
         with cgutils.for_range(b, n_samples) as samples:
             x_sample = at(X.data, b.mul(samples.index, b.mul(x_planes, x_len)))
             windows = [at(x_sample, offset) for offset in offsets]

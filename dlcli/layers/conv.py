@@ -294,9 +294,15 @@ class _Conv(Layer):
         dycn, unused_bias_sums = buf["dycn"], np.empty(cout, self.dtype)
         y3 = self.y.reshape(n, cout, -1)
         self.K.conv_grad_output(dy4.reshape(n, cout, -1), y3, self.fuse_relu, dycn, unused_bias_sums)
-        np.matmul(self.params["weight"].reshape(cout, -1).T, dycn, out=buf["dcols"])
+        return self._input_grad_from_columns(dycn, buf["dcols"], buf["xt"])
+
+    def _input_grad_from_columns(self, dycn, dcols, xt):
+        """dx from the output gradient as GEMM columns (Cout, positions): the column
+        matrix's gradient W^T @ dycn, then col2im (xt its scratch)."""
+        n, cin, cout = self.n, self.in2[0], self.options["filters"]
+        np.matmul(self.params["weight"].reshape(cout, -1).T, dycn, out=dcols)
         dx = np.empty((n,) + self.in2, self.dtype)
-        self.K.col2im(buf["dcols"], *self._args(), buf["xt"], dx.reshape(n, cin, -1))
+        self.K.col2im(dcols, *self._args(), xt, dx.reshape(n, cin, -1))
         return dx.reshape((n,) + self.input_shape)
 
     def backward(self, dy, need_dx=True):
@@ -313,17 +319,13 @@ class _Conv(Layer):
         dycn = buf["ycn"]  # the forward's GEMM output is no longer needed: reuse it
         dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
         self.K.conv_grad_output(dy3, self.y.reshape(n, cout, -1), self.fuse_relu, dycn, dbias)
-        w2 = self.params["weight"].reshape(cout, -1)
         np.matmul(dycn, self.cols.T, out=self.grads["weight"].reshape(cout, -1))
         if not need_dx:
             return None
         dcols = buf.get("dcols")
         if dcols is None:
             dcols = buf["dcols"] = np.empty_like(self.cols)
-        np.matmul(w2.T, dycn, out=dcols)
-        dx = np.empty((n,) + self.in2, self.dtype)
-        self.K.col2im(dcols, *self._args(), buf["xt"], dx.reshape(n, self.in2[0], -1))
-        return dx.reshape((n,) + self.input_shape)
+        return self._input_grad_from_columns(dycn, dcols, buf["xt"])
 
     def flops(self):
         cout, cin = self.params["weight"].shape[:2]
