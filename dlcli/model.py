@@ -248,6 +248,34 @@ class Model:
                 observe(i, layer, outs[i])
         return outs
 
+    def evaluator(self, batch):
+        """x -> forward(x, training=False) for inputs of `batch` rows, each node's pass
+        bound once (`Layer.evaluator`): for a stream of predictions, where a small batch's
+        bookkeeping is a large share of its time. The array it returns may be overwritten
+        by the next call: copy to keep. Like forward(training=False) it may replace what a
+        training forward kept for backward."""
+        steps = []  # (pass, its input slots, its output slot); slot 0 is the model input
+        slot = [0] * len(self.trained)  # node -> the slot holding its output
+        for i in range(self.output_index + 1):
+            layer = self.trained[i]
+            ins = [0 if j < 0 else slot[j] for j in self.inputs[i]]
+            run = layer.evaluator(batch)
+            if run is None:  # passes its input through
+                slot[i] = ins[0]
+                continue
+            slot[i] = len(steps) + 1
+            steps.append((run, ins if layer.MERGE else ins[0], slot[i]))
+        final = slot[self.output_index]
+        n_slots = len(steps) + 1
+
+        def evaluate(x):
+            values = [x] * n_slots
+            for run, ins, out in steps:
+                values[out] = run([values[k] for k in ins] if isinstance(ins, list) else values[ins])
+            return values[final]
+
+        return evaluate
+
     def backward(self, dy, need_input_grad=False, observe=None, layer_done=None):
         """Backpropagate dL/d(output); returns dL/d(input) when asked, else None.
         `observe(i, layer, dxs)` sees each node's input gradients (a list, one per input);

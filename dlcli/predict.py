@@ -43,6 +43,7 @@ class Predictor:
     classes: list
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    evaluators: dict = field(default_factory=dict, repr=False)  # batch size -> `Model.evaluator`
 
     @property
     def input_shape(self):
@@ -52,7 +53,7 @@ class Predictor:
     def output_shape(self):
         return tuple(self.model.output_shape)
 
-    @property
+    @functools.cached_property
     def kind(self):
         """'multiclass' (softmax), 'binary' (one sigmoid output), 'multilabel' (several
         sigmoid outputs) or 'regression'."""
@@ -85,7 +86,17 @@ class Predictor:
         work, waking the other cores costs more than sharing it saves."""
         x = self.prepare(xb, where)
         runtime.serial(len(x) == 1 or len(x) * self.flops_per_sample < SERIAL_FLOPS)
-        return self.model.forward(x, training=False).copy()
+        return self.evaluator(len(x))(x).copy()
+
+    def evaluator(self, batch):
+        """The model's evaluation pass for `batch` rows, bound once per batch size (a few
+        kept: a stream of batches has one size and a last, shorter one)."""
+        run = self.evaluators.get(batch)
+        if run is None:
+            if len(self.evaluators) >= 4:
+                self.evaluators.clear()
+            run = self.evaluators[batch] = self.model.evaluator(batch)
+        return run
 
     @functools.cached_property
     def flops_per_sample(self):

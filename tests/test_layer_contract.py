@@ -1,10 +1,14 @@
 """The layer contract of layers/base.py: capability flags the model reads instead of lists
 of kinds, and state buffers that checkpoints keep and the optimizer never sees."""
 
-import numpy as np
+from pathlib import Path
 
-from dlcli import checkpoint, optim
+import numpy as np
+import pytest
+
+from dlcli import checkpoint, optim, run
 from dlcli import spec as spec_mod
+from dlcli.errors import ShapeError
 from dlcli.layers import LAYERS
 from dlcli.layers.base import Layer
 from dlcli.model import Model
@@ -67,3 +71,38 @@ def test_buffers_are_saved_restored_and_never_optimised(tmp_path):
     restored.load_state(checkpoint.load(path).params)
     np.testing.assert_array_equal(restored.layers[0].buffers["running_mean"], [1.0, 1.5, 2.0])
     np.testing.assert_array_equal(restored.params_flat, model.params_flat)
+
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "sample_configs").glob("*.yaml"))
+
+
+def _inputs(model, n, seed):
+    rng = np.random.default_rng(seed)
+    first = model.trained[0]
+    if first.INTEGER_INPUT:  # token ids
+        return rng.integers(0, first.vocab_size, size=(n, *model.input_shape)).astype(model.dtype)
+    return rng.standard_normal((n, *model.input_shape)).astype(model.dtype)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.stem)
+def test_the_bound_evaluation_pass_is_forward(path):
+    """`Model.evaluator` (what predict runs per batch: each layer's pass bound once, fused
+    relus and pools skipped) gives forward's bits on every sample config, at batch 1 and
+    37, call after call on its reused buffers."""
+    model, _ = run.build(spec_mod.load(path))
+    for batch in (1, 37):
+        evaluate = model.evaluator(batch)
+        for seed in (1, 2):  # the second call reuses the first one's buffers
+            x = _inputs(model, batch, seed)
+            np.testing.assert_array_equal(evaluate(x), model.forward(x, training=False))
+
+
+def test_the_bound_evaluation_pass_refuses_another_shape():
+    text = "model: {input: [1, 12, 12], layers: [{conv2d: {filters: 4, kernel: 3}}, relu, {maxpool2d: 2}, flatten, {dense: 3}]}"
+    model, _ = run.build(spec_mod.parse("data: builtin:shapes\n" + text))
+    assert model.trained[0].pools_at(2)  # the pass that binds the most: conv, relu and pool in one
+    evaluate = model.evaluator(2)
+    with pytest.raises(ShapeError, match=r"expects input of shape \(2, 1, 12, 12\), got \(2, 1, 12, 11\)"):
+        evaluate(np.zeros((2, 1, 12, 11), np.float32))
+    with pytest.raises(ShapeError):
+        evaluate(np.zeros((3, 1, 12, 12), np.float32))

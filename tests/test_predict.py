@@ -437,15 +437,20 @@ def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypat
     runtime.set_threads(2)
     seen = []
     pred = predict_mod.open_model(models["spirals"])
-    real_forward = pred.model.forward
+    real_evaluator = pred.model.evaluator
 
-    def spy(x, training=False):
-        seen.append(counts())
-        return real_forward(x, training=training)
+    def spy(batch):
+        run = real_evaluator(batch)
+
+        def evaluate(x):
+            seen.append(counts())
+            return run(x)
+
+        return evaluate
 
     x = np.random.default_rng(0).standard_normal((300, 2)).astype(np.float32)
     threaded = pred.model.forward(pred.prepare(x, "x"), training=False).copy()
-    monkeypatch.setattr(pred.model, "forward", spy)
+    monkeypatch.setattr(pred.model, "evaluator", spy)
     np.testing.assert_allclose(pred.raw(x[:1]), threaded[:1], rtol=1e-6, atol=1e-7)
     assert seen[-1] == (1, {1})  # one sample: always one thread
     assert pred.flops_per_sample * 300 < predict_mod.SERIAL_FLOPS

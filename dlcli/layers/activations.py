@@ -22,6 +22,18 @@ class _Elementwise(Layer):
         self.kept = x if self.keeps == "input" else y
         return y
 
+    def evaluator(self, batch):
+        y = np.empty((batch,) + self.input_shape, self.dtype)
+        flat = y.reshape(-1)
+
+        def run(x):
+            if x.shape != y.shape:
+                raise self.shape_error(y.shape, x.shape)
+            self.fwd(np.ascontiguousarray(x, self.dtype).reshape(-1), flat)
+            return y
+
+        return run
+
     def backward(self, dy, need_dx=True):
         dy = np.ascontiguousarray(dy)
         dx = np.empty_like(dy)
@@ -41,6 +53,9 @@ class ReLU(_Elementwise):
 
     def forward(self, x, training=False):
         return x if self.fused else super().forward(x, training)
+
+    def evaluator(self, batch):
+        return None if self.fused else super().evaluator(batch)
 
     def backward(self, dy, need_dx=True):
         return dy if self.fused else super().backward(dy, need_dx)
@@ -121,6 +136,9 @@ class Dropout(Layer):
     DRAWS_RANDOM = True
     OPTIONS = {"rate": Opt(fraction, 0.5)}
     EXAMPLE = {"options": {"rate": 0.3}, "input": (6,)}
+
+    def evaluator(self, batch):
+        return None  # identity in evaluation
 
     def forward(self, x, training=False):
         rate = self.options["rate"]

@@ -8,6 +8,8 @@ Methods:
 - `backward(dy, need_dx=True) -> dx` may overwrite `dy`, and writes each `grads[name]` *in place*: after
   `Model.build` the params and grads are views into the model's two flat buffers, which
   is what lets the optimizer (and, later, an allreduce) treat them as one array.
+- `evaluator(batch) -> fn or None`: the evaluation forward for batches of `batch` rows,
+  its buffers bound once (predict's per-batch pass); None passes the input through.
 
 Two kinds of arrays:
 - `params` / `grads` (same keys): trainable. The optimizer, weight decay, clipping, gradient
@@ -23,6 +25,7 @@ are declared here with their defaults. Shapes exclude the batch dimension. Layer
 bookkeeping; kernels do the arithmetic.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -104,6 +107,15 @@ class Layer:
 
     def backward(self, dy, need_dx=True):
         raise NotImplementedError
+
+    def evaluator(self, batch):
+        """x -> forward(x, training=False) for batches of `batch` rows, for a stream of
+        predictions (`Model.evaluator`). A layer may bind its buffers and kernel arguments
+        here once, so that a call pays its kernels and little else; such a pass owns its
+        buffers and may return the same array every call.
+        None: the layer passes its input through at this batch size (a relu or pool the
+        layer before applies)."""
+        return functools.partial(self.forward, training=False)
 
     # -- description ---------------------------------------------------------
     def flops(self):

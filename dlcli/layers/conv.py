@@ -171,15 +171,15 @@ class _Conv(Layer):
     def _direct_buffers(self, n):
         """The zero-padded input planes (zeros stay around the interior each forward
         writes) and their gradient's scratch, per batch size."""
+        return self._scratch(("direct", n), self._make_direct_buffers)  # apart from im2col's: a layer may run both
+
+    def _make_direct_buffers(self, key):
+        n = key[1]
         length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1] + self.K.WIDE_TILE
         width = -(-self.o2[0] * self.wp // self.K.WIDE_TILE) * self.K.WIDE_TILE
-        cout = self.options["filters"]
-
-        def make(key):
-            xpad = np.zeros((n, self.in2[0], length), self.dtype)
-            return {"xpad": xpad, "wide": np.empty((n, cout, width), self.dtype), "interior": self._interior(xpad)}
-
-        return self._scratch(("direct", n), make)  # apart from im2col's: a layer may run both (small batches)
+        xpad = np.zeros((n, self.in2[0], length), self.dtype)
+        wide = np.empty((n, self.options["filters"], width), self.dtype)
+        return {"xpad": xpad, "wide": wide, "interior": self._interior(xpad)}
 
     def _interior(self, padded):
         """(the view of padded planes (N, C, L) that holds the input, its rows, its
@@ -213,8 +213,8 @@ class _Conv(Layer):
         x4 = x.reshape((n,) + self.in2)
         if not x4.flags.c_contiguous or x4.dtype != self.dtype:
             x4 = np.ascontiguousarray(x4, dtype=self.dtype)
-        self.by_direct = self.direct or (not training and self.s2 == (1, 1) and n <= DIRECT_INFERENCE_BATCH)
-        self.pooled = self.by_direct and not training and self.fuse_pool is not None
+        self.by_direct = self._direct_at(n, training)
+        self.pooled = self.pools_at(n) and not training
         if self.by_direct:
             return self._direct_forward(x4, n)
         buf = self._buffers(n)
@@ -231,25 +231,58 @@ class _Conv(Layer):
         self.n, self.cols, self.y = n, cols, out
         return out.reshape((n,) + self.output_shape)
 
-    def _direct_forward(self, x4, n):
+    def _direct_at(self, n, training):
+        """Whether a forward of n samples runs the direct kernels: always when
+        `self.direct`, and in evaluation for small batches at stride 1 (waste matters
+        less than im2col's copy there)."""
+        return self.direct or (not training and self.s2 == (1, 1) and n <= DIRECT_INFERENCE_BATCH)
+
+    def pools_at(self, n):
+        """Whether an evaluation forward of n samples applies the following pool."""
+        return self.fuse_pool is not None and self._direct_at(n, training=False)
+
+    def _direct_pass(self, buf, n, pooled):
+        """(kernel, its arguments before the shard range, the output) of the direct
+        forward of n samples, whose input `buf["interior"]` holds."""
         cin, cout, (dh, dw) = self.in2[0], self.options["filters"], self.d2
-        buf = self._direct_buffers(n)
-        xpad, wide = buf["xpad"], buf["wide"]
-        interior, rows, cols = buf["interior"]
-        interior[...] = x4[:, :, :rows, :cols]
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
-        if self.pooled:
+        common = (buf["xpad"], weight, b, dh, dw, self.wp, self.fuse_relu, buf["wide"])
+        if pooled:
             pool = self.fuse_pool
             out = np.empty((n, cout) + pool.o2, self.dtype)
-            args = (xpad, weight, b, dh, dw, self.wp, self.fuse_relu, wide, *pool.k2, *pool.s2, out)
-            runtime.sharded(self.K.direct_forward_pooled, n, *args)
-            self.n, self.xpad, self.y = n, xpad, None
-            return out.reshape((n,) + pool.output_shape)
+            return self.K.direct_forward_pooled, common + (*pool.k2, *pool.s2, out), out
         out = np.empty((n, cout) + self.o2, self.dtype)
-        runtime.sharded(self.K.direct_forward, n, xpad, weight, b, dh, dw, self.wp, self.fuse_relu, wide, out)
-        self.n, self.xpad, self.y = n, xpad, out
-        return out.reshape((n,) + self.output_shape)
+        return self.K.direct_forward, common + (out,), out
+
+    def _direct_forward(self, x4, n):
+        buf = self._direct_buffers(n)
+        interior, rows, cols = buf["interior"]
+        interior[...] = x4[:, :, :rows, :cols]
+        kernel, args, out = self._direct_pass(buf, n, self.pooled)
+        runtime.sharded(kernel, n, *args)
+        self.n, self.xpad, self.y = n, buf["xpad"], None if self.pooled else out
+        return out.reshape((n,) + (self.fuse_pool.output_shape if self.pooled else self.output_shape))
+
+    def evaluator(self, batch):
+        """The direct evaluation forward with its own buffers and arguments bound."""
+        if not self._direct_at(batch, training=False):
+            return super().evaluator(batch)
+        buf = self._make_direct_buffers(("direct", batch))
+        interior, rows, cols = buf["interior"]
+        pooled = self.pools_at(batch)
+        kernel, args, out = self._direct_pass(buf, batch, pooled)
+        given, shape = (batch,) + self.input_shape, (batch,) + self.in2
+        y = out.reshape((batch,) + (self.fuse_pool.output_shape if pooled else self.output_shape))
+
+        def run(x):
+            if x.shape != given:
+                raise self.shape_error(given, x.shape)
+            interior[...] = x.reshape(shape)[:, :, :rows, :cols]
+            runtime.sharded(kernel, batch, *args)
+            return y
+
+        return run
 
     def _direct_backward(self, dy4, need_dx):
         n, cin, cout = self.n, self.in2[0], self.options["filters"]

@@ -1,5 +1,7 @@
 """Fully connected layer: y = x @ W + b over the last axis (time-distributed on sequences)."""
 
+import math
+
 import numpy as np
 
 from ..options import Opt, boolean, choice, count_or_vocab
@@ -53,6 +55,26 @@ class Dense(Layer):
             np.maximum(out, 0, out=out)
         self.y = out
         return out.reshape(lead + (w.shape[1],))
+
+    def evaluator(self, batch):
+        """The evaluation forward with its output array bound."""
+        w, b, relu = self.params["weight"], self.params.get("bias"), self.fuse_relu
+        shape = (batch,) + self.input_shape
+        rows = math.prod(shape[:-1])
+        out = np.empty((rows, w.shape[1]), self.dtype)
+        y = out.reshape(shape[:-1] + (w.shape[1],))
+
+        def run(x):
+            if x.shape != shape:
+                raise self.shape_error(shape, x.shape)
+            np.matmul(x.reshape(rows, -1), w, out=out)
+            if b is not None:
+                self.K.bias_act(out, b, relu)
+            elif relu:
+                np.maximum(out, 0, out=out)
+            return y
+
+        return run
 
     def backward(self, dy, need_dx=True):
         w = self.params["weight"]

@@ -48,6 +48,11 @@ class _Pool(Layer):
             x4 = np.ascontiguousarray(x4, dtype=self.dtype)
         return x4
 
+    def evaluator(self, batch):
+        if self.pooled_by is not None and self.pooled_by.pools_at(batch):
+            return None  # the layer before applies this pool
+        return super().evaluator(batch)
+
     def forward(self, x, training=False):
         self.passed = self.pooled_by is not None and self.pooled_by.pooled
         if self.passed:
