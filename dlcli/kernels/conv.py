@@ -34,13 +34,13 @@ from .simd import (
     WINDOW_TAPS,
     lanes,
     row_groups,
-    shifted_1x2,
-    shifted_4x2,
-    shifted_6x2,
+    window_1x2,
+    window_4x2,
+    window_6x2,
     window_dots_4x3,
 )
 
-SIMD_SOURCE = "022d23947a423e79"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "7f470ccfc883a80c"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
@@ -261,7 +261,10 @@ def _conv_grad_output(dy, y, relu, dycn, dbias, lo, hi):
 # t = p * Wp + q over the padded input width Wp, so tap (c, i, j) adds w * xpad[c, i*dh*Wp
 # + j*dw + t] for every t in [0, OH*Wp), a run of OH*Wp elements that vectorises, and the
 # q >= OW columns (computed, then dropped) cost Wp/OW - 1 extra (17% for 28 -> 24). The
-# padded planes (xpad, length Hp*Wp + (KW-1)*dw, zeros around the input and after it)
+# forward computes its outputs in vectors of L (8 float32) and may skip those columns: when
+# whole vectors cover an output row with less to spare than the wide row (the reference
+# CNN's second layer: OW = 8 in rows of Wp = 12, 1.5x), each output row takes its own
+# vectors, read from its place in the wide rows (`output_vectors`). The padded planes (xpad, length Hp*Wp + (KW-1)*dw, zeros around the input and after it)
 # come from the layer. Kernels run on one shard (lo..hi) in a thread and release the GIL.
 #
 # Tried and not kept (2026-11, reference CNN, paired runs): a 2x2 max pooling fused into
@@ -285,34 +288,55 @@ def _tap_offsets(nc, kh, kw, dh, dw, wp, length):
     return offs
 
 
-# The direct kernels' wide row is computed in whole tiles: its length is rounded up to a
-# multiple of WIDE_TILE (a float32 tile's width; float64 tiles are half as wide), and each
-# padded plane has WIDE_TILE zeros past its end for the last tile to read.
+# The padded planes have WIDE_TILE zeros past their end, for the last output vectors to read.
 WIDE_TILE = 16
 
 
+def output_vectors(oh, ow, wp, dtype):
+    """(vecs, rs, width): the output vectors of a direct convolution, OH x OW outputs over
+    input rows wp wide, and the rows they fill. Output (p, q) is row p * rs + q of a
+    scratch `width` long, and vector v covers L of them (L = lanes) from input position
+    vecs[v, 0] in the wide rows to scratch position vecs[v, 1]. When whole vectors cover a
+    row with less to spare than the wide row (OW = 8 with wp = 12: 8 against 12), each
+    output row is its own run of vectors (rs = OW rounded up to L); otherwise the wide rows
+    are cut into vectors as they lie (rs = wp). An even number of vectors (the tiles take
+    two), the last one repeated if need be: it computes the same values again."""
+    n_lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    owv = -(-ow // n_lanes) * n_lanes
+    if owv < wp:
+        rs = owv
+        starts = [(p * wp + q, p * rs + q) for p in range(oh) for q in range(0, owv, n_lanes)]
+    else:
+        rs = wp
+        starts = [(t, t) for t in range(0, oh * wp, n_lanes)]
+    if len(starts) % 2:
+        starts.append(starts[-1])
+    vecs = np.array(starts, np.int64)
+    return vecs, rs, int(vecs[-1, 1]) + n_lanes
+
+
 @njit(**SHARD)
-def direct_forward(xpad, w, bias, dh, dw, wp, relu, wide, out, lo, hi):
+def direct_forward(xpad, w, bias, dh, dw, wp, vecs, rs, relu, wide, out, lo, hi):
     """out[b, co, p, q] = bias[co] + sum_{c,i,j} w[co, c, i, j] * xpad[b, c, (p + i*dh)*wp + q + j*dw],
     then max(., 0) when relu, for samples b in lo..hi. xpad is (B, C, L) with
-    WIDE_TILE zeros past each plane; out (B, Co, OH, OW); wide (B, Co, W) scratch, W the
-    wide row's OH*wp positions rounded up to a multiple of WIDE_TILE.
+    WIDE_TILE zeros past each plane; out (B, Co, OH, OW); wide (B, Co, width) scratch
+    holding output (p, q) at p * rs + q, filled by the vectors `vecs` (`output_vectors`).
 
-    The product of the weights (Co, taps) with the shifted windows of the input runs in
-    vector register tiles (kernels/simd.py): 6 or 4 output channels by 16 positions, each
-    output summed over the taps in order. The reference CNN's first layer (batch 64, one
-    core) took 0.82 ms with four taps at a time through a scalar accumulator row."""
+    The product of the weights (Co, taps) with windows of the input runs in vector
+    register tiles (kernels/simd.py): 6 or 4 output channels by two vectors, each output
+    summed over the taps in order. The reference CNN's first layer (batch 64, one core)
+    took 0.82 ms with four taps at a time through a scalar accumulator row."""
     oh, ow = out.shape[2], out.shape[3]
     nco, nc, kh, kw = w.shape
     w2 = w.reshape(nco, nc * kh * kw)
     offs = _tap_offsets(nc, kh, kw, dh, dw, wp, xpad.shape[2])
     for b in range(lo, hi):
         wb = wide[b]
-        _wide_outputs(xpad[b].reshape(-1), w2, offs, wb)
+        _window_outputs(xpad[b].reshape(-1), w2, offs, vecs, wb)
         for co in range(nco):
             bv = bias[co]
             for p in range(oh):
-                row = wb[co, p * wp : p * wp + ow]
+                row = wb[co, p * rs : p * rs + ow]
                 dst = out[b, co, p]
                 if relu:
                     for q in range(ow):
@@ -324,9 +348,9 @@ def direct_forward(xpad, w, bias, dh, dw, wp, relu, wide, out, lo, hi):
 
 
 @njit(**SHARD)
-def direct_forward_pooled(xpad, w, bias, dh, dw, wp, relu, wide, kh, kw, sh, sw, out, lo, hi):
+def direct_forward_pooled(xpad, w, bias, dh, dw, wp, vecs, rs, relu, wide, kh, kw, sh, sw, out, lo, hi):
     """direct_forward followed by max pooling (kh x kw windows, stride sh x sw) of its
-    output: out (B, Co, PH, PW) is the pool's output, read off the wide rows. The same
+    output: out (B, Co, PH, PW) is the pool's output, read off the scratch rows. The same
     values as the two passes: a bias added and a ReLU applied after the maximum give
     what they give before it, and a window holding a NaN gives NaN. For evaluation and
     prediction, where the pool keeps no argmax."""
@@ -337,15 +361,15 @@ def direct_forward_pooled(xpad, w, bias, dh, dw, wp, relu, wide, kh, kw, sh, sw,
     zero = out.dtype.type(0)
     for b in range(lo, hi):
         wb = wide[b]
-        _wide_outputs(xpad[b].reshape(-1), w2, offs, wb)
+        _window_outputs(xpad[b].reshape(-1), w2, offs, vecs, wb)
         for co in range(nco):
             bv = bias[co]
             row = wb[co]
             dst = out[b, co]
             if kh == 2 and kw == 2 and sh == 2 and sw == 2:  # the common pool, unrolled: 12 -> 2 us
                 for r in range(ph):
-                    top = row[2 * r * wp : 2 * r * wp + 2 * pw]
-                    bottom = row[(2 * r + 1) * wp : (2 * r + 1) * wp + 2 * pw]
+                    top = row[2 * r * rs : 2 * r * rs + 2 * pw]
+                    bottom = row[(2 * r + 1) * rs : (2 * r + 1) * rs + 2 * pw]
                     for c in range(pw):
                         m = _max_nan(_max_nan(top[2 * c], top[2 * c + 1]), _max_nan(bottom[2 * c], bottom[2 * c + 1]))
                         v = m + bv
@@ -353,9 +377,9 @@ def direct_forward_pooled(xpad, w, bias, dh, dw, wp, relu, wide, kh, kw, sh, sw,
                 continue
             for r in range(ph):
                 for c in range(pw):
-                    m = row[r * sh * wp + c * sw]
+                    m = row[r * sh * rs + c * sw]
                     for i in range(kh):
-                        base = (r * sh + i) * wp + c * sw
+                        base = (r * sh + i) * rs + c * sw
                         for j in range(kw):
                             m = _max_nan(m, row[base + j])
                     v = m + bv
@@ -369,23 +393,22 @@ def _max_nan(a, b):
 
 
 @njit(**SHARD)
-def _wide_outputs(xb, w2, offs, wb):
-    """wb (Co, W) = a sample's wide output rows without bias: the weights w2 (Co, taps)
-    times shifted windows of its flattened padded planes xb, in tiles of 6 or 4 channels
-    by two vectors."""
+def _window_outputs(xb, w2, offs, vecs, wb):
+    """wb (Co, width) = a sample's output vectors `vecs` without bias: the weights w2
+    (Co, taps) times windows of its flattened padded planes xb, in tiles of 6 or 4
+    channels by two vectors."""
     nco = w2.shape[0]
-    step = 2 * lanes(w2)
     sixes, fours = row_groups(nco)
-    for j in range(0, wb.shape[1], step):
+    for v in range(0, vecs.shape[0], 2):
         i = 0
         for _ in range(sixes):
-            shifted_6x2(w2, xb, offs, wb, i, j)
+            window_6x2(w2, xb, offs, vecs, wb, i, v)
             i += 6
         for _ in range(fours):
-            shifted_4x2(w2, xb, offs, wb, i, j)
+            window_4x2(w2, xb, offs, vecs, wb, i, v)
             i += 4
         while i < nco:
-            shifted_1x2(w2, xb, offs, wb, i, j)
+            window_1x2(w2, xb, offs, vecs, wb, i, v)
             i += 1
 
 

@@ -97,18 +97,19 @@ class _Emitter:
         fnty = lir.FunctionType(self.vty, [self.vty] * 3)
         return cgutils.get_or_insert_function(self.builder.module, fnty, f"llvm.fmuladd.v{self.lanes}f{8 * self.size}")
 
-    def emit(self, vectors, a_rows, k_len, b_vectors):
-        """b_vectors(k) -> pointers to the tile's `vectors` vectors of row k of b."""
+    def emit(self, vectors, a_rows, k_len, b_vectors, out_columns=None):
+        """b_vectors(k) -> pointers to the tile's `vectors` vectors of row k of b; vector c
+        of an output row starts at column out_columns[c] (default: side by side from j)."""
         b, vty, size, rows = self.builder, self.vty, self.size, len(a_rows)
         fmuladd = self.fmuladd()
         i32 = lir.IntType(32)
         undef = lir.Constant(vty, lir.Undefined)
         splat = lir.Constant(lir.VectorType(i32, self.lanes), [0] * self.lanes)
         o_cols = cgutils.unpack_tuple(b, self.O.shape, 2)[1]
-        o_rows = [
-            self.at(self.O.data, b.add(b.mul(b.add(self.i0, self.const(r)), o_cols), self.j0)) for r in range(rows)
-        ]
-        out_vectors = [self.side_by_side(o_row, vectors) for o_row in o_rows]
+        row_starts = [self.at(self.O.data, b.mul(b.add(self.i0, self.const(r)), o_cols)) for r in range(rows)]
+        if out_columns is None:
+            out_columns = [b.add(self.j0, self.const(c * self.lanes)) for c in range(vectors)]
+        out_vectors = [[self.at(row, col) for col in out_columns] for row in row_starts]
         accs = [cgutils.alloca_once_value(b, lir.Constant(vty, None)) for _ in range(rows * vectors)]
         with cgutils.for_range(b, k_len) as loop:
             k = loop.index
@@ -173,36 +174,48 @@ def _tile(rows, vectors):
     return intrinsic(tile)
 
 
-def _shifted_tile(rows, vectors):
-    """An intrinsic tile(a, x, offs, out, i, j) whose b is shifted windows of one vector:
-    b[k, j] = x[offs[k] + j]. For a stride-1 convolution, a (Cout, taps) are the weights,
-    x a sample's padded input planes and offs[k] where tap k starts in them, so out[co, t]
-    is output position t of a "wide" row (kernels/conv.py: direct convolution): the
-    product of im2col, without writing the column matrix. The caller keeps
-    offs[k] + j + W <= len(x)."""
+def _window_tile(rows, vectors):
+    """An intrinsic tile(a, x, offs, vecs, out, i, v) whose b is windows of one vector:
+    vector c of row k of b is x[offs[k] + s : ... + L] (L = lanes), s = vecs[v + c, 0],
+    written to out[i + r, o : o + L], o = vecs[v + c, 1]. For a stride-1 convolution, a
+    (Cout, taps) are the weights, x a sample's padded input planes, offs[k] where tap k
+    starts in them, and vecs the output vectors: where each starts in the input's "wide"
+    rows and in the output rows (kernels/conv.py: direct convolution). The product of
+    im2col, without writing the column matrix. The caller keeps every read and write in
+    bounds."""
 
-    def tile(typingctx, a, x, offs, out, i, j):
+    def tile(typingctx, a, x, offs, vecs, out, i, v):
         if not (_is_matrix(a) and _is_array(x, 1) and _is_offsets(offs) and _is_matrix(out)):
             return None
-        if len({a.dtype, x.dtype, out.dtype}) != 1 or not _are_indices(i, j):
+        if not (_is_array(vecs, 2) and isinstance(vecs.dtype, types.Integer)):
             return None
-        return types.void(a, x, offs, out, i, j), codegen
+        if len({a.dtype, x.dtype, out.dtype}) != 1 or not _are_indices(i, v):
+            return None
+        return types.void(a, x, offs, vecs, out, i, v), codegen
 
     def codegen(context, builder, signature, args):
-        aty, xty, fty, oty, ity, jty = signature.args
-        e = _Emitter(context, builder, aty.dtype, args[3], oty, args[4], ity, args[5], jty)
+        aty, xty, fty, vty, oty, ity, jty = signature.args
+        b = builder
+        e = _Emitter(context, b, aty.dtype, args[4], oty, args[5], ity, args[6], jty)
         a_rows, k_len = e.matrix(aty, args[0], rows)
-        X = context.make_array(xty)(context, builder, args[1])
-        F = context.make_array(fty)(context, builder, args[2])
-        x_j = e.at(X.data, e.j0)
+        X = context.make_array(xty)(context, b, args[1])
+        F = context.make_array(fty)(context, b, args[2])
+        V = context.make_array(vty)(context, b, args[3])
+
+        def entry(c, col):
+            p = e.at(V.data, b.add(b.mul(b.add(e.j0, e.const(c)), e.const(2)), e.const(col)))
+            return context.cast(b, b.load(p), vty.dtype, types.intp)
+
+        starts = [e.at(X.data, entry(c, 0)) for c in range(vectors)]
+        columns = [entry(c, 1) for c in range(vectors)]
 
         def b_vectors(k):
-            offset = context.cast(builder, builder.load(e.at(F.data, k)), fty.dtype, types.intp)
-            return e.side_by_side(e.at(x_j, offset), vectors)
+            offset = context.cast(b, b.load(e.at(F.data, k)), fty.dtype, types.intp)
+            return [e.at(s, offset) for s in starts]
 
-        return e.emit(vectors, a_rows, k_len, b_vectors)
+        return e.emit(vectors, a_rows, k_len, b_vectors, columns)
 
-    tile.__name__ = tile.__qualname__ = f"shifted_tile_{rows}x{vectors}"
+    tile.__name__ = tile.__qualname__ = f"window_tile_{rows}x{vectors}"
     return intrinsic(tile)
 
 
@@ -214,9 +227,9 @@ def _shifted_tile(rows, vectors):
 tile_6x2, tile_6x1 = _tile(6, 2), _tile(6, 1)
 tile_4x3, tile_4x1 = _tile(4, 3), _tile(4, 1)
 
-# The tiles of conv.direct_forward: two vectors wide (the layer pads a wide row to whole
-# tiles), 6 or 4 output channels, single channels last.
-shifted_6x2, shifted_4x2, shifted_1x2 = _shifted_tile(6, 2), _shifted_tile(4, 2), _shifted_tile(1, 2)
+# The tiles of conv.direct_forward: two output vectors (the kernel lists an even number),
+# 6 or 4 output channels, single channels last.
+window_6x2, window_4x2, window_1x2 = _window_tile(6, 2), _window_tile(4, 2), _window_tile(1, 2)
 
 
 def _window_dots(rows, taps):
