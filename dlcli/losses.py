@@ -2,9 +2,19 @@
 which loss a model has: the targets it accepts, its metric, the final activation it
 fuses, and how outputs become predictions."""
 
+import functools
+import importlib
+
 import numpy as np
 
 from .errors import DataError
+
+
+@functools.cache
+def _kernel(module, name):
+    """dlcli.kernels.<module>.<name>, imported on first use (importing the kernels loads
+    Numba, which `--help` must not pay); a prediction stream looks it up once."""
+    return getattr(importlib.import_module(f"{__package__}.kernels.{module}"), name)
 
 
 class Loss:
@@ -77,11 +87,9 @@ class CrossEntropy(Loss):
     def output(self, raw):
         """Softmax over the last axis, by the softmax layer's kernel (NumPy's five passes
         took 6 us of a 70 us batch-1 prediction)."""
-        from .kernels.elementwise import softmax_rows
-
         flat = np.ascontiguousarray(raw.reshape(-1, raw.shape[-1]))
-        out = np.empty_like(flat)
-        softmax_rows(flat, out)
+        out = np.empty(flat.shape, flat.dtype)
+        _kernel("elementwise", "softmax_rows")(flat, out)
         return out.reshape(raw.shape)
 
     def kind(self, output_shape):

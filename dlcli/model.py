@@ -267,6 +267,15 @@ class Model:
             steps.append((run, ins if layer.MERGE else ins[0], slot[i]))
         final = slot[self.output_index]
         n_slots = len(steps) + 1
+        if all(ins == out - 1 for _, ins, out in steps) and final == n_slots - 1:  # a chain
+            runs = [run for run, _, _ in steps]
+
+            def evaluate_chain(x):
+                for run in runs:
+                    x = run(x)
+                return x
+
+            return evaluate_chain
 
         def evaluate(x):
             values = [x] * n_slots

@@ -84,9 +84,14 @@ class Predictor:
         """The trained graph's outputs (logits for fused losses) for one batch; a copy.
         A small batch runs on one thread (`runtime.serial`): below SERIAL_FLOPS of
         work, waking the other cores costs more than sharing it saves."""
+        return self._evaluate(xb, where).copy()
+
+    def _evaluate(self, xb, where):
+        """The graph's outputs for one batch, in the evaluator's own array (overwritten by
+        the next call of that size)."""
         x = self.prepare(xb, where)
         runtime.serial(len(x) == 1 or len(x) * self.flops_per_sample < SERIAL_FLOPS)
-        return self.evaluator(len(x))(x).copy()
+        return self.evaluator(len(x))(x)
 
     def evaluator(self, batch):
         """The model's evaluation pass for `batch` rows, bound once per batch size (a few
@@ -106,8 +111,8 @@ class Predictor:
         """What `predict --proba` writes for one batch: class probabilities for
         classifiers (two columns for one sigmoid output), raw outputs for regression.
         `dlcli export` gives the ONNX model this same output."""
-        raw = self.raw(xb, where)
-        return raw if self.kind == "regression" else _probabilities(self, raw)
+        raw = self._evaluate(xb, where)
+        return raw.copy() if self.kind == "regression" else _probabilities(self, raw)  # a new array
 
 
 def open_model(path) -> Predictor:

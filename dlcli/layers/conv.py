@@ -275,11 +275,15 @@ class _Conv(Layer):
         kernel, args, out = self._direct_pass(buf, batch, pooled)
         given, shape = (batch,) + self.input_shape, (batch,) + self.in2
         y = out.reshape((batch,) + (self.fuse_pool.output_shape if pooled else self.output_shape))
+        # a slice assignment took 2.3 us of a batch-1 call, a plain one 0.9
+        crop = None if (rows, cols) == self.in2[1:] else (slice(None), slice(None), slice(0, rows), slice(0, cols))
 
         def run(x):
             if x.shape != given:
                 raise self.shape_error(given, x.shape)
-            interior[...] = x.reshape(shape)[:, :, :rows, :cols]
+            if shape != given:  # conv1d: (C, L) as (C, 1, L)
+                x = x.reshape(shape)
+            interior[...] = x if crop is None else x[crop]
             runtime.sharded(kernel, batch, *args)
             return y
 
