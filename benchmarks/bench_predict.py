@@ -2,8 +2,9 @@
 
 For the reference MLP (784-512-256-10 ReLU), CNN (bench_cnn.py's LeNet-style net) and
 LSTM (bench_rnn.py's: 64 steps x 32 features -> lstm 128 -> dense 10), each ending in
-the softmax that `predict --proba` applies, prints throughput at batch 256 (samples/s)
-and latency at batch 1 (microseconds per call) of:
+the softmax that `predict --proba` applies, and a "tiny" 16 -> 10 dense layer whose
+batch-1 latency is each engine's cost per call (input checks, dispatch, output), prints
+throughput at batch 256 (samples/s) and latency at batch 1 (microseconds per call) of:
 
 - dlcli: `Predictor.outputs`, what `dlcli predict --proba` runs per batch (input checks,
   forward, softmax);
@@ -16,7 +17,7 @@ Each engine runs in its own child process (no shared thread pools); they alterna
 rounds and the figures are the min-max over rounds of each round's best window. The
 machine may be shared: compare the engines within a row.
 
-    python benchmarks/bench_predict.py [--threads N] [--rounds 3] [--seconds 1] [--models mlp,cnn,lstm]
+    python benchmarks/bench_predict.py [--threads N] [--rounds 3] [--seconds 1] [--models mlp,cnn,lstm,tiny]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ LAYERS = {
         "{maxpool2d: 2}, flatten, {dense: 10}]",
     ),
     "lstm": ("[64, 32]", "[{lstm: 128}, {dense: 10}]"),
+    "tiny": ("[16]", "[{dense: 10}]"),  # no arithmetic to speak of: each engine's cost per call
 }
 
 
@@ -132,6 +134,7 @@ def torch_child(ckpt, onnx_path, name, threads, seconds):
             nn.Flatten(), nn.Linear(512, 10),
         ),
         "lstm": LastState,
+        "tiny": lambda: nn.Linear(16, 10),
     }  # fmt: skip
     net = nets[name]().eval()
 
@@ -139,7 +142,7 @@ def torch_child(ckpt, onnx_path, name, threads, seconds):
         with torch.inference_mode():
             return torch.softmax(net(torch.from_numpy(x)), dim=-1).numpy()
 
-    shape = {"mlp": [784], "cnn": [1, 28, 28], "lstm": [64, 32]}[name]
+    shape = {"mlp": [784], "cnn": [1, 28, 28], "lstm": [64, 32], "tiny": [16]}[name]
     return measure(run_batch, shape, seconds)
 
 
@@ -177,7 +180,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0)
-    ap.add_argument("--models", default="mlp,cnn,lstm")
+    ap.add_argument("--models", default="mlp,cnn,lstm,tiny")
     ap.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--files", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
