@@ -158,16 +158,16 @@ def maxpool_backward(dy, idx, dx):
 def _maxpool_backward(dy, idx, dx, lo, hi):
     nb, nc, h, w = dx.shape
     _, _, oh, ow = dy.shape
+    zero = dx.dtype.type(0)
     for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
-        for i in range(h):
-            for j in range(w):
-                dx[b, c, i, j] = 0
+        plane = dx[b, c].reshape(h * w)  # the argmax is a flat index: no division per output
+        for t in range(h * w):
+            plane[t] = zero
         for p in range(oh):
             for q in range(ow):
-                k = idx[b, c, p, q]
-                dx[b, c, k // w, k % w] += dy[b, c, p, q]
+                plane[idx[b, c, p, q]] += dy[b, c, p, q]
 
 
 def avgpool_forward(x, kh, kw, sh, sw, y):
