@@ -42,11 +42,6 @@ from .simd import (
 
 SIMD_SOURCE = "7f470ccfc883a80c"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
-# Helpers called only from other kernels (and compiled with their flags) are inlined by
-# Numba (`inline="always"`) instead of compiled apart: the reference CNN's first training
-# step from an empty cache took 0.6-1.4 s less (six paired cold runs), and the kernels ran
-# at the same speed (in-process A/B, 1% apart).
-
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
 # 5.5x slower than the same loop over views). Hot loops here therefore index small views

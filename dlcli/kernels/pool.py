@@ -47,7 +47,7 @@ def _maxpool_plane_nonfinite(x, kh, kw, sh, sw, y, idx):
             idx[p, q] = arg
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _maxpool_plane(x, kh, kw, sh, sw, y, idx):
     """One (H, W) plane. Branch-free selects: on real activations `v > best` is a coin
     toss, and mispredicted branches cost more than the comparisons (measured 1.1 -> 0.8 ms)."""
@@ -69,7 +69,7 @@ def _maxpool_plane(x, kh, kw, sh, sw, y, idx):
             idx[p, q] = arg
 
 
-@njit(**FAST)
+@njit(inline="always", **FAST)
 def _maxpool2x2_plane(x, y, idx):
     """The common 2x2, stride 2 case with the window unrolled: the same selects in the same
     order (first maximum wins), but no inner loops with data-dependent bounds, so the q loop
