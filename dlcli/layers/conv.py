@@ -147,7 +147,7 @@ class _Conv(Layer):
             and plane_bytes <= DIRECT_MAX_PLANE_BYTES
         )
         if self.s2 == (1, 1):  # the direct forward's output vectors and scratch rows
-            self.vecs, self.rs, self.wide_width = self.K.output_vectors(*self.o2, self.wp, self.dtype)
+            self.vecs, self.rs, self.scratch_width = self.K.output_vectors(*self.o2, self.wp, self.dtype)
         self.scatter_input_grad = taps <= DIRECT_MAX_TAPS  # else GEMM + col2im
         self.by_direct = False  # the latest forward ran the direct kernels (always, when self.direct)
         self.zero_bias = np.zeros(cout, self.dtype)  # the GEMM output pass always adds a bias
@@ -179,8 +179,7 @@ class _Conv(Layer):
         n = key[1]
         length = self.hp * self.wp + (self.k2[1] - 1) * self.d2[1] + self.K.WIDE_TILE
         xpad = np.zeros((n, self.in2[0], length), self.dtype)
-        wide = np.empty((n, self.options["filters"], self.wide_width), self.dtype)
-        return {"xpad": xpad, "wide": wide, "interior": self._interior(xpad)}
+        return {"xpad": xpad, "interior": self._interior(xpad)}
 
     def _interior(self, padded):
         """(the view of padded planes (N, C, L) that holds the input, its rows, its
@@ -248,7 +247,7 @@ class _Conv(Layer):
         cin, cout, (dh, dw) = self.in2[0], self.options["filters"], self.d2
         weight = self.params["weight"].reshape(cout, cin, *self.k2)
         b = self.params.get("bias", self.zero_bias)
-        common = (buf["xpad"], weight, b, dh, dw, self.wp, self.vecs, self.rs, self.fuse_relu, buf["wide"])
+        common = (buf["xpad"], weight, b, dh, dw, self.wp, self.vecs, self.rs, self.scratch_width, self.fuse_relu)
         if pooled:
             pool = self.fuse_pool
             out = np.empty((n, cout) + pool.o2, self.dtype)
