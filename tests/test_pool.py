@@ -45,6 +45,28 @@ def test_pool_kernels_match_reference(case, mode, dtype, rng):
     np.testing.assert_allclose(dx, backward(dy.astype(np.float64)), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("cuts", [(0, 15), (0, 4, 15), (0, 1, 7, 8, 15)], ids=str)
+def test_maxpool_2x2_across_planes_picks_the_first_maximum(cuts, rng):
+    """The 2x2 stride-2 kernel runs a shard's even planes as one loop over row pairs:
+    with values drawn from {0, 1, 2} (ties in most windows) the outputs, the gradient's
+    targets (the first maximum in reading order) and the gradient sums are the
+    reference's, wherever the shards cut the 15 planes."""
+    from dlcli.kernels import pool as K
+
+    x = rng.integers(0, 3, size=(3, 5, 8, 6)).astype(np.float32)
+    expected, backward = ref.maxpool2d(x.astype(np.float64), (2, 2), (2, 2))
+    dy = rng.standard_normal(expected.shape).astype(np.float32)
+    y, idx, dx = np.empty(expected.shape, np.float32), np.empty(expected.shape, np.int32), np.empty_like(x)
+    bad = np.zeros(15, np.uint8)
+    for lo, hi in zip(cuts, cuts[1:]):
+        K._maxpool2x2_forward(x, y, idx, bad, lo, hi)
+    for lo, hi in zip(cuts, cuts[1:]):
+        K._maxpool_backward(dy, idx, dx, lo, hi)
+    assert not bad.any()
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_allclose(dx, backward(dy.astype(np.float64)), rtol=1e-6, atol=1e-6)
+
+
 def test_maxpool_ties_send_the_gradient_to_one_input():
     from dlcli.kernels import pool as K
 

@@ -71,30 +71,36 @@ def _maxpool_plane(x, kh, kw, sh, sw, y, idx):
 
 @njit(inline="always", **FAST)
 def _maxpool2x2_plane(x, y, idx):
-    """The common 2x2, stride 2 case with the window unrolled: the same selects in the same
-    order (first maximum wins), but no inner loops with data-dependent bounds, so the q loop
-    vectorises."""
+    """The common 2x2, stride 2 case, row pair by row pair (`_maxpool2x2_row`)."""
     w = x.shape[1]
-    oh, ow = y.shape
-    for p in range(oh):
-        for q in range(ow):
-            a = x[2 * p, 2 * q]
-            b = x[2 * p, 2 * q + 1]
-            c = x[2 * p + 1, 2 * q]
-            d = x[2 * p + 1, 2 * q + 1]
-            best = a
-            arg = 0
-            gt = b > best
-            arg = 1 if gt else arg
-            best = b if gt else best
-            gt = c > best
-            arg = w if gt else arg
-            best = c if gt else best
-            gt = d > best
-            arg = w + 1 if gt else arg
-            best = d if gt else best
-            y[p, q] = best
-            idx[p, q] = 2 * p * w + 2 * q + arg
+    for p in range(y.shape[0]):
+        _maxpool2x2_row(x[2 * p], x[2 * p + 1], 2 * p * w, w, y[p], idx[p])
+
+
+@njit(inline="always", **FAST)
+def _maxpool2x2_row(top, bottom, base, w, y, idx):
+    """One output row of a 2x2, stride-2 pool from its two input rows, the window
+    unrolled: the same selects in the same order as `_maxpool_plane` (first maximum
+    wins), no inner loops with data-dependent bounds. Flat indices count from `base`
+    (the top row's start in the plane)."""
+    for q in range(y.shape[0]):
+        a = top[2 * q]
+        b = top[2 * q + 1]
+        c = bottom[2 * q]
+        d = bottom[2 * q + 1]
+        best = a
+        arg = 0
+        gt = b > best
+        arg = 1 if gt else arg
+        best = b if gt else best
+        gt = c > best
+        arg = w if gt else arg
+        best = c if gt else best
+        gt = d > best
+        arg = w + 1 if gt else arg
+        best = d if gt else best
+        y[q] = best
+        idx[q] = base + 2 * q + arg
 
 
 def maxpool_forward(x, kh, kw, sh, sw, y, idx):
@@ -116,7 +122,20 @@ def maxpool_forward(x, kh, kw, sh, sw, y, idx):
 
 @njit(**SHARD)
 def _maxpool2x2_forward(x, y, idx, bad, lo, hi):
-    nc = x.shape[1]
+    nb, nc, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    if h % 2 == 0 and w % 2 == 0 and _all_finite(x.reshape(nb * nc, h * w)[lo:hi]):
+        # Even planes laid end to end: pairs of input rows and output rows run on across
+        # planes, so the shard is one loop over output rows (no call and no view per
+        # plane: 8x8 planes spent most of their time there).
+        pairs = x.reshape(nb * nc * oh, 2, w)
+        ys = y.reshape(nb * nc * oh, ow)
+        ids = idx.reshape(nb * nc * oh, ow)
+        p = 0  # the output row's place in its plane
+        for r in range(lo * oh, hi * oh):
+            _maxpool2x2_row(pairs[r, 0], pairs[r, 1], 2 * p * w, w, ys[r], ids[r])
+            p = 0 if p == oh - 1 else p + 1
+        return
     for bc in range(lo, hi):
         b = bc // nc
         c = bc % nc
@@ -158,16 +177,21 @@ def maxpool_backward(dy, idx, dx):
 def _maxpool_backward(dy, idx, dx, lo, hi):
     nb, nc, h, w = dx.shape
     _, _, oh, ow = dy.shape
+    hw, ohw = h * w, oh * ow
+    # Per plane, flat views indexed by loop counters from 0 (an offset index, which might
+    # be negative as far as Numba knows, costs a check per element and stopped the zeroing
+    # loop from vectorising), zeroed just before its gradients land, while it is in cache;
+    # the argmax is a flat index into the plane, so no division per output.
+    dxs, dys, ids = dx.reshape(-1), dy.reshape(-1), idx.reshape(-1)
     zero = dx.dtype.type(0)
     for bc in range(lo, hi):
-        b = bc // nc
-        c = bc % nc
-        plane = dx[b, c].reshape(h * w)  # the argmax is a flat index: no division per output
-        for t in range(h * w):
+        plane = dxs[bc * hw : (bc + 1) * hw]
+        grad = dys[bc * ohw : (bc + 1) * ohw]
+        arg = ids[bc * ohw : (bc + 1) * ohw]
+        for t in range(hw):
             plane[t] = zero
-        for p in range(oh):
-            for q in range(ow):
-                plane[idx[b, c, p, q]] += dy[b, c, p, q]
+        for j in range(ohw):
+            plane[arg[j]] += grad[j]
 
 
 def avgpool_forward(x, kh, kw, sh, sw, y):
