@@ -13,8 +13,8 @@ from dlcli.gradcheck import assert_gradients_ok, check_layer
 
 # (input C,H,W, size, stride, batch)
 CASES = [
-    ((2, 6, 6), (2, 2), (2, 2), 3),  # 2x2 stride 2: the unrolled fast path
-    ((2, 7, 9), (2, 2), (2, 2), 2),  # the fast path with a trailing row and column
+    ((2, 6, 6), (2, 2), (2, 2), 3),  # 2x2 stride 2 on even planes: the unrolled fast path
+    ((2, 7, 9), (2, 2), (2, 2), 2),  # odd planes: the general kernel drops a row and a column
     ((3, 7, 9), (3, 2), (2, 3), 1),  # odd sizes, trailing rows dropped, batch 1
     ((1, 5, 8), (2, 3), (1, 1), 2),  # overlapping windows
     ((2, 4, 4), (4, 4), (4, 4), 2),  # one window

@@ -70,14 +70,6 @@ def _maxpool_plane(x, kh, kw, sh, sw, y, idx):
 
 
 @njit(inline="always", **FAST)
-def _maxpool2x2_plane(x, y, idx):
-    """The common 2x2, stride 2 case, row pair by row pair (`_maxpool2x2_row`)."""
-    w = x.shape[1]
-    for p in range(y.shape[0]):
-        _maxpool2x2_row(x[2 * p], x[2 * p + 1], 2 * p * w, w, y[p], idx[p])
-
-
-@njit(inline="always", **FAST)
 def _maxpool2x2_row(top, bottom, base, w, y, idx):
     """One output row of a 2x2, stride-2 pool from its two input rows, the window
     unrolled: the same selects in the same order as `_maxpool_plane` (first maximum
@@ -106,13 +98,13 @@ def _maxpool2x2_row(top, bottom, base, w, y, idx):
 def maxpool_forward(x, kh, kw, sh, sw, y, idx):
     """y[b, c, p, q] = max of the window; idx keeps the argmax as a flat index into the
     (H, W) plane (the first maximum on ties, the first NaN if there is one) for the
-    backward pass. The common 2x2 stride-2 case is its own kernel, so a run compiles only
-    the plane kernels it uses. Planes holding a NaN or an infinity are left to
+    backward pass. The common 2x2 stride-2 case on planes of even size is its own kernel,
+    so a run compiles only the kernels it uses. Planes holding a NaN or an infinity are left to
     `_nonfinite_planes`, compiled only when one turns up (0.2-1 s less to compile on a
     first run, where data is finite)."""
     planes = x.shape[0] * x.shape[1]
     bad = np.zeros(planes, np.uint8)
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2:
+    if (kh, kw, sh, sw) == (2, 2, 2, 2) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0:
         sharded(_maxpool2x2_forward, planes, x, y, idx, bad, work=x.size)
     else:
         sharded(_maxpool_forward, planes, x, kh, kw, sh, sw, y, idx, bad, work=x.size)
@@ -122,27 +114,23 @@ def maxpool_forward(x, kh, kw, sh, sw, y, idx):
 
 @njit(**SHARD)
 def _maxpool2x2_forward(x, y, idx, bad, lo, hi):
+    """Planes of even height and width laid end to end: pairs of input rows and output rows
+    run on across planes, so a shard is one loop over output rows (no call and no view per
+    plane: 8x8 planes spent most of their time there). A shard holding a NaN or an
+    infinity is left whole to `_nonfinite_planes`, which gives finite planes the same."""
     nb, nc, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    if h % 2 == 0 and w % 2 == 0 and _all_finite(x.reshape(nb * nc, h * w)[lo:hi]):
-        # Even planes laid end to end: pairs of input rows and output rows run on across
-        # planes, so the shard is one loop over output rows (no call and no view per
-        # plane: 8x8 planes spent most of their time there).
-        pairs = x.reshape(nb * nc * oh, 2, w)
-        ys = y.reshape(nb * nc * oh, ow)
-        ids = idx.reshape(nb * nc * oh, ow)
-        p = 0  # the output row's place in its plane
-        for r in range(lo * oh, hi * oh):
-            _maxpool2x2_row(pairs[r, 0], pairs[r, 1], 2 * p * w, w, ys[r], ids[r])
-            p = 0 if p == oh - 1 else p + 1
-        return
-    for bc in range(lo, hi):
-        b = bc // nc
-        c = bc % nc
-        if _all_finite(x[b, c]):
-            _maxpool2x2_plane(x[b, c], y[b, c], idx[b, c])
-        else:
+    if not _all_finite(x.reshape(nb * nc, h * w)[lo:hi]):
+        for bc in range(lo, hi):
             bad[bc] = 1
+        return
+    pairs = x.reshape(nb * nc * oh, 2, w)
+    ys = y.reshape(nb * nc * oh, ow)
+    ids = idx.reshape(nb * nc * oh, ow)
+    p = 0  # the output row's place in its plane
+    for r in range(lo * oh, hi * oh):
+        _maxpool2x2_row(pairs[r, 0], pairs[r, 1], 2 * p * w, w, ys[r], ids[r])
+        p = 0 if p == oh - 1 else p + 1
 
 
 @njit(**SHARD)
