@@ -40,7 +40,7 @@ from .simd import (
     window_dots_4x3,
 )
 
-SIMD_SOURCE = "7f470ccfc883a80c"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
+SIMD_SOURCE = "40cfb9f548f229e9"  # simd.py's hash, as in recurrent.py: a change there must rewrite this file
 
 # Indexing note: Numba wraps negative indices, so an index computed as `o + k` costs a
 # compare-and-select per element that stops LLVM vectorising (a 512-float copy loop measured
@@ -264,8 +264,9 @@ def _conv_grad_output(dy, y, relu, dycn, dbias, lo, hi):
 # forward computes its outputs in vectors of L (8 float32) and may skip those columns: when
 # whole vectors cover an output row with less to spare than the wide row (the reference
 # CNN's second layer: OW = 8 in rows of Wp = 12, 1.5x), each output row takes its own
-# vectors, read from its place in the wide rows (`output_vectors`). The padded planes (xpad, length Hp*Wp + (KW-1)*dw, zeros around the input and after it)
-# come from the layer. Kernels run on one shard (lo..hi) in a thread and release the GIL.
+# vectors, read from its place in the wide rows (`output_vectors`). The padded planes
+# (xpad, length Hp*Wp + (KW-1)*dw, zeros around the input and after it) come from the
+# layer. Kernels run on one shard (lo..hi) in a thread and release the GIL.
 #
 # Tried and not kept (2026-11, reference CNN, paired runs): a 2x2 max pooling fused into
 # direct_forward's output pass (argmax as wide offsets, the pooled gradient scattered

@@ -99,9 +99,9 @@ def maxpool_forward(x, kh, kw, sh, sw, y, idx):
     """y[b, c, p, q] = max of the window; idx keeps the argmax as a flat index into the
     (H, W) plane (the first maximum on ties, the first NaN if there is one) for the
     backward pass. The common 2x2 stride-2 case on planes of even size is its own kernel,
-    so a run compiles only the kernels it uses. Planes holding a NaN or an infinity are left to
-    `_nonfinite_planes`, compiled only when one turns up (0.2-1 s less to compile on a
-    first run, where data is finite)."""
+    so a run compiles only the kernels it uses. Planes holding a NaN or an infinity (for
+    the 2x2 kernel, every plane of such a shard) are left to `_nonfinite_planes`, compiled
+    only when one turns up (0.2-1 s less to compile on a first run, where data is finite)."""
     planes = x.shape[0] * x.shape[1]
     bad = np.zeros(planes, np.uint8)
     if (kh, kw, sh, sw) == (2, 2, 2, 2) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0:
@@ -163,9 +163,7 @@ def maxpool_backward(dy, idx, dx):
 
 @njit(**SHARD)
 def _maxpool_backward(dy, idx, dx, lo, hi):
-    nb, nc, h, w = dx.shape
-    _, _, oh, ow = dy.shape
-    hw, ohw = h * w, oh * ow
+    hw, ohw = dx.shape[2] * dx.shape[3], dy.shape[2] * dy.shape[3]
     # Per plane, flat views indexed by loop counters from 0 (an offset index, which might
     # be negative as far as Numba knows, costs a check per element and stopped the zeroing
     # loop from vectorising), zeroed just before its gradients land, while it is in cache;

@@ -45,7 +45,7 @@ from .simd import VECTOR_BYTES, lanes, row_groups, tile_4x1, tile_4x3, tile_6x1,
 # Numba's cache checks only the file of a cached function, so the kernels here would keep
 # old copies of simd.py's tiles after simd.py changes. This is simd.py's hash: a test fails
 # until it is updated here, and updating it rewrites this file, which recompiles them.
-SIMD_SOURCE = "7f470ccfc883a80c"
+SIMD_SOURCE = "40cfb9f548f229e9"
 
 # ---------------------------------------------------------------- nonlinearities
 

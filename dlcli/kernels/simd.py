@@ -41,8 +41,9 @@ def _is_matrix(t):
     return _is_array(t, 2) and t.dtype in (types.float32, types.float64)
 
 
-def _is_offsets(t):
-    return isinstance(t, types.Array) and t.ndim == 1 and isinstance(t.dtype, types.Integer)
+def _is_index_array(t, ndim):
+    """C-contiguous integers: the tiles read them by flat offset."""
+    return _is_array(t, ndim) and isinstance(t.dtype, types.Integer)
 
 
 def _are_indices(*ts):
@@ -185,26 +186,26 @@ def _window_tile(rows, vectors):
     bounds."""
 
     def tile(typingctx, a, x, offs, vecs, out, i, v):
-        if not (_is_matrix(a) and _is_array(x, 1) and _is_offsets(offs) and _is_matrix(out)):
+        if not (_is_matrix(a) and _is_array(x, 1) and _is_index_array(offs, 1) and _is_matrix(out)):
             return None
-        if not (_is_array(vecs, 2) and isinstance(vecs.dtype, types.Integer)):
+        if not _is_index_array(vecs, 2):
             return None
         if len({a.dtype, x.dtype, out.dtype}) != 1 or not _are_indices(i, v):
             return None
         return types.void(a, x, offs, vecs, out, i, v), codegen
 
     def codegen(context, builder, signature, args):
-        aty, xty, fty, vty, oty, ity, jty = signature.args
+        aty, xty, fty, vecs_ty, oty, ity, jty = signature.args
         b = builder
         e = _Emitter(context, b, aty.dtype, args[4], oty, args[5], ity, args[6], jty)
         a_rows, k_len = e.matrix(aty, args[0], rows)
         X = context.make_array(xty)(context, b, args[1])
         F = context.make_array(fty)(context, b, args[2])
-        V = context.make_array(vty)(context, b, args[3])
+        V = context.make_array(vecs_ty)(context, b, args[3])
 
         def entry(c, col):
             p = e.at(V.data, b.add(b.mul(b.add(e.j0, e.const(c)), e.const(2)), e.const(col)))
-            return context.cast(b, b.load(p), vty.dtype, types.intp)
+            return context.cast(b, b.load(p), vecs_ty.dtype, types.intp)
 
         starts = [e.at(X.data, entry(c, 0)) for c in range(vectors)]
         columns = [entry(c, 1) for c in range(vectors)]
@@ -248,7 +249,7 @@ def _window_dots(rows, taps):
     accumulator, so the result does not depend on which tile computes it."""
 
     def dots(typingctx, g, x, offs, acc, i, j):
-        if not (_is_array(g, 3) and _is_array(x, 3) and _is_offsets(offs) and _is_array(acc, 3)):
+        if not (_is_array(g, 3) and _is_array(x, 3) and _is_index_array(offs, 1) and _is_array(acc, 3)):
             return None
         if len({g.dtype, x.dtype, acc.dtype}) != 1 or g.dtype not in (types.float32, types.float64):
             return None
