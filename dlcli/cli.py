@@ -399,10 +399,11 @@ def _progress(enabled, description):
     help="Samples per forward pass (bounds memory).",
 )
 @click.option("--label", help="CSV label column to drop, if present (default: the spec's data.label).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at the output path.")
 @threads_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 @friendly_errors
-def predict(model, input_file, output, proba, top_k, batch_size, label, threads, quiet):
+def predict(model, input_file, output, proba, top_k, batch_size, label, overwrite, threads, quiet):
     """Predict INPUT (.npy, .npz with key x, or .csv) with the checkpoint MODEL.
 
     Classifiers give class labels (names when the training data had them), --proba the
@@ -428,6 +429,7 @@ def predict(model, input_file, output, proba, top_k, batch_size, label, threads,
                 batch_size=batch_size,
                 label=label,
                 progress=update,
+                overwrite=overwrite,
             )
     except BrokenPipeError:  # e.g. `dlcli predict ... | head`
         sys.stderr.close()

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, checkpoint
-from .errors import DlcliError, ExportError, OutputError
-from .files import atomic_path, check_not_an_input
+from .errors import DlcliError, ExportError
+from .files import atomic_path, check_new_output, check_not_an_input
 from .gradcheck import random_input
 from .layers.conv import resolve_padding
 from .losses import Loss
@@ -452,8 +452,7 @@ def to_onnx(checkpoint_path, output=None, opset=DEFAULT_OPSET, run_check=False, 
     _onnx()  # before loading the checkpoint: the missing package is the first thing to say
     output = Path(output) if output else Path(checkpoint_path).with_suffix(".onnx")
     check_not_an_input(output, [("the checkpoint being exported", checkpoint_path)])
-    if output.exists() and not overwrite:
-        raise OutputError(f"{output} already exists; pass --overwrite to replace it, or -o a new path")
+    check_new_output(output, overwrite)
     pred = open_model(checkpoint_path)
     model = build(pred, opset, vocabulary=checkpoint.load(checkpoint_path).meta.get("text"))
     found = check(model, pred) if run_check else None

@@ -54,6 +54,13 @@ def check_not_an_input(path, inputs):
             raise OutputError(f"{path} is {what}; write the output to another path")
 
 
+def check_new_output(path, overwrite):
+    """Refuse an existing file at the output path unless `overwrite`: nothing a user has
+    is replaced without being asked."""
+    if Path(path).exists() and not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it, or -o a new path")
+
+
 def check_target(path):
     """Refuse to write over anything but a regular file (or a new path): renaming onto a
     symlink, a FIFO or a device node would replace it with a regular file."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import checkpoint, data, losses, runtime
 from .errors import CheckpointError, DataError
-from .files import atomic_path, check_not_an_input
+from .files import atomic_path, check_new_output, check_not_an_input
 
 OUTPUT_FORMATS = (".csv", ".json", ".npy")
 # Forward work below which a batch runs on one thread: ~0.1-0.3 ms on one core, about what
@@ -273,10 +273,12 @@ def predict(
     batch_size=1024,
     label=None,
     progress=None,
+    overwrite=False,
 ) -> Prediction:
     """Predict INPUT with the checkpoint at MODEL and write the result.
 
-    `output` is a path ending in .csv, .json or .npy; without it, CSV goes to `stream`.
+    `output` is a path ending in .csv, .json or .npy (an existing file is replaced only
+    with `overwrite`); without it, CSV goes to `stream`.
     Classifiers give class labels (names when the training data had them), `proba` the
     probability of each class, `top_k` the K likeliest classes with their probabilities;
     regression models give their raw outputs.
@@ -288,6 +290,7 @@ def predict(
         if ext not in OUTPUT_FORMATS:
             raise DataError(f"{output}: unknown output type '{ext}' (use .csv, .json or .npy)")
         check_not_an_input(output, [("the input being predicted", input_path), ("the checkpoint", model_path)])
+        check_new_output(output, overwrite)
     pred = open_model(model_path)
     mode = _mode(pred, proba, top_k)
     x, _ = load_inputs(pred, input_path, need_labels=False, label=label)

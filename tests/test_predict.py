@@ -387,6 +387,19 @@ def test_bad_prediction_input(models, make, message):
     assert not Path("out.csv").exists()  # no partial output left behind
 
 
+def test_an_existing_output_is_replaced_only_when_asked(models):
+    """A rerun of predict to the same -o path refuses (one line, exit 2) and leaves the
+    file as it was; --overwrite replaces it."""
+    x, _ = held_out("spirals", 20)
+    np.save("held.npy", x)
+    Path("out.csv").write_text("earlier results\n")
+    _assert_clean_error(invoke("predict", models["spirals"], "held.npy", "-o", "out.csv"), "out.csv already exists")
+    assert Path("out.csv").read_text() == "earlier results\n"
+    ok(invoke("predict", models["spirals"], "held.npy", "-o", "out.csv", "--overwrite"))
+    header, rows = read_csv(Path("out.csv").read_text())
+    assert len(rows) == len(x)
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
