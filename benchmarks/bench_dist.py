@@ -3,13 +3,15 @@
 The reference MLP (784-512-256-10 ReLU, batch 128, SGD momentum) and LSTM (64 steps x 32
 features -> lstm 128 -> dense 10, batch 32), each as
   - 1 process x 2 threads on the global batch (and x 1 thread, for scale),
-  - 2 ranks x 1 thread (mpirun -n 2), each on half of it, one blocking allreduce after
-    backward (dlcli's default),
-  - 2 ranks x 1 thread with the allreduce overlapped with backward (DLCLI_ALLREDUCE=overlap),
+  - 2 ranks x 1 thread (mpirun -n 2), each on half of it, in each of dlcli's three ways of
+    summing the gradients (DLCLI_ALLREDUCE): `shared` (the default: the node's ranks share
+    parameters and gradients in memory; each sums and updates its part), `blocking` (one
+    allreduce after backward) and `overlap` (one non-blocking allreduce per layer during
+    backward),
 in alternating rounds; prints samples/s (min-max over rounds), the time each rank is
-blocked in MPI per step (the transfer plus waiting for the slower rank), the allreduce
-alone with both ranks ready, the gradient bytes each rank sends per step, and the share of
-the blocked time the overlap hides. Then a scaling projection for 2-64 nodes from the
+blocked in MPI per step (the transfer or barrier plus waiting for the slower rank), the
+allreduce alone with both ranks ready, the gradient bytes each rank sends per step, and the
+share of the blocked time the overlap hides. Then a scaling projection for 2-64 nodes from the
 measured compute time per step and the ring-allreduce cost model
     t_allreduce(N) = 2 (N-1)/N * bytes / bandwidth + 2 (N-1) * latency
 at 10 and 100 Gbit/s: a model, not a measurement.
@@ -59,7 +61,7 @@ LATENCY_S = {10: 20e-6, 100: 5e-6}  # assumed per-message latency of each networ
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
-def measure(name, threads, seconds, overlap=True):
+def measure(name, threads, seconds, mode="shared"):
     """In this process (a rank under mpirun, or alone): the best window's samples/s of the
     global batch, and per step the seconds blocked in MPI and the compute seconds."""
     import dlcli  # noqa: F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
@@ -77,7 +79,8 @@ def measure(name, threads, seconds, overlap=True):
     opt = optim.for_model(s.optimizer, model)
     world = distributed.world()
     if world is not None:
-        world = distributed.World(world.comm, overlap=overlap)
+        world = distributed.World(world.comm, mode=mode)
+        world.prepare(model, opt)
     batch = m["batch"]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *m["input"])).astype(np.float32)
@@ -130,11 +133,11 @@ def measure(name, threads, seconds, overlap=True):
     return best if world is None or world.rank == 0 else None
 
 
-def run_ranks(name, seconds, overlap):
+def run_ranks(name, seconds, mode):
     """`mpirun -n 2` of this script's child, one thread per rank: rank 0's figures."""
     mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
     cmd = [mpirun, "-n", "2", "--oversubscribe", sys.executable, os.path.join(HERE, "bench_dist.py")]
-    cmd += ["--child", name, "--threads", "1", "--seconds", str(seconds), "--overlap", str(int(overlap))]
+    cmd += ["--child", name, "--threads", "1", "--seconds", str(seconds), "--mode", mode]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **MPI_ENV})
     if out.returncode != 0:
         raise RuntimeError(f"mpirun failed:\n{out.stderr[-2000:]}")
@@ -152,10 +155,10 @@ def main():
     ap.add_argument("--models", default="mlp,lstm")
     ap.add_argument("--child", choices=list(MODELS), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
-    ap.add_argument("--overlap", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="shared", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        r = measure(a.child, a.threads, a.seconds, overlap=bool(a.overlap))
+        r = measure(a.child, a.threads, a.seconds, mode=a.mode)
         if r is not None:
             print(json.dumps(r))
         return
@@ -166,16 +169,16 @@ def main():
     )
     for name in a.models.split(","):
         m = MODELS[name]
-        runs = {"single": [], "one_thread": [], "overlap": [], "blocking": []}
+        runs = {"single": [], "one_thread": [], "shared": [], "blocking": [], "overlap": []}
         for _ in range(a.rounds):
             runs["single"].append(run_child("bench_dist.py", ["--child", name, "--threads", 2, "--seconds", a.seconds]))
             runs["one_thread"].append(
                 run_child("bench_dist.py", ["--child", name, "--threads", 1, "--seconds", a.seconds])
             )
-            runs["overlap"].append(run_ranks(name, a.seconds, True))
-            runs["blocking"].append(run_ranks(name, a.seconds, False))
+            for mode in ("shared", "blocking", "overlap"):
+                runs[mode].append(run_ranks(name, a.seconds, mode))
         rate = {k: [r["samples_per_s"] for r in v] for k, v in runs.items()}
-        ratios = {k: [o / s for o, s in zip(rate[k], rate["single"])] for k in ("blocking", "overlap")}
+        ratios = {k: [o / s for o, s in zip(rate[k], rate["single"])] for k in ("shared", "blocking", "overlap")}
         nbytes = runs["overlap"][0]["grad_bytes"]
         blocked_ov = [r["blocked_s"] * 1e3 for r in runs["overlap"]]
         blocked_bl = [r["blocked_s"] * 1e3 for r in runs["blocking"]]
@@ -183,9 +186,15 @@ def main():
         print(f"\n{name}: global batch {m['batch']}, {nbytes / 1e6:.2f} MB of gradients per rank per step")
         print(f"  1 process x 2 threads      {span(rate['single']):>16} samples/s")
         print(f"  1 process x 1 thread       {span(rate['one_thread']):>16} samples/s  (half the cores: for scale)")
+        blocked_sh = [r["blocked_s"] * 1e3 for r in runs["shared"]]
+        print(
+            f"  2 ranks x 1 thread shared  {span(rate['shared']):>16} samples/s  "
+            f"({span(ratios['shared'], '{:.2f}')}x of 1 process; target >= 0.9x; dlcli's default), "
+            f"blocked in MPI {span(blocked_sh, '{:.2f}')} ms/step"
+        )
         print(
             f"  2 ranks x 1 thread blocking{span(rate['blocking']):>16} samples/s  "
-            f"({span(ratios['blocking'], '{:.2f}')}x of 1 process; target >= 0.9x; dlcli's default), "
+            f"({span(ratios['blocking'], '{:.2f}')}x; DLCLI_ALLREDUCE=blocking), "
             f"blocked in MPI {span(blocked_bl, '{:.2f}')} ms/step"
         )
         print(

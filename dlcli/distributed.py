@@ -2,11 +2,20 @@
 
 Every rank holds the whole model and draws the same shuffled order; each takes a
 contiguous share of every global batch (the spec's `batch_size`), and the gradients are
-summed across ranks with an allreduce of the flat gradient buffer, each rank's share
-weighted by its rows, so one step equals the single-process step on the same global batch
-(to float32 round-off). Each layer's slice of the buffer starts its non-blocking allreduce
-as soon as backward has written it (last layer first), and the step waits only before the
-optimizer update, as PyTorch DDP does with its buckets.
+summed across ranks, each rank's share weighted by its rows, so one step equals the
+single-process step on the same global batch (to float32 round-off).
+
+How they are summed (`World.mode`):
+- `shared` (the default): ranks on one node keep one copy of the parameters, the
+  optimizer state and every rank's gradient in memory they share (MPI-3 shared windows).
+  After backward each rank sums its part of the flat buffer over the node's ranks, sums it
+  across nodes with one allreduce among the ranks holding the same part (Horovod's
+  hierarchical allreduce), and updates that part: no gradient is copied within a node and
+  the update is divided among the ranks instead of repeated on each.
+- `blocking`: one allreduce of the whole gradient after backward; every rank updates all
+  parameters (nodes with different numbers of ranks fall back to it).
+- `overlap`: one non-blocking allreduce per layer, started as backward writes it (last
+  layer first), waited for before the update, as PyTorch DDP does with its buckets.
 
 Everything MPI lives here. The launcher is recognised from its environment, so a single
 process never imports mpi4py (start-up and `--help` stay fast).
@@ -32,10 +41,10 @@ LAUNCHERS = (
     ("Slurm srun", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"),  # set by srun, not in the batch script itself
     ("PMIx", None, "PMIX_RANK"),  # PMIx exports no size: MPI tells it
 )
-# Ranks on this node, where the launcher says so (else MPI's shared-memory split tells).
-LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
 
 INSTALL_HINT = "pip install 'dlcli[mpi]' (mpi4py and Open MPI)"
+MODES = ("shared", "blocking", "overlap")  # how gradients are summed (DLCLI_ALLREDUCE): see above
+SCALARS = 5  # per rank in the shared table: loss x rows, hits, loss not finite, stop, clip's sum of squares
 
 
 @dataclass
@@ -98,6 +107,12 @@ def world(environ=None):
     launch = detect(environ)
     if launch is None or launch.size == 1:
         return None
+    mode = (environ or os.environ).get("DLCLI_ALLREDUCE", "shared")
+    if mode not in MODES:
+        raise DlcliError(f"DLCLI_ALLREDUCE={mode!r}: expected one of {', '.join(MODES)}")
+    # Open MPI's UCX one-sided component fails its start-up check where no UCX network
+    # exists and says so on stderr for every window; the shared windows need only `sm`.
+    os.environ.setdefault("OMPI_MCA_osc", "^ucx")
     try:
         import mpi4py
 
@@ -111,7 +126,7 @@ def world(environ=None):
     comm = MPI.COMM_WORLD
     if comm.Get_size() == 1:
         return None
-    return World(comm, overlap=(environ or os.environ).get("DLCLI_ALLREDUCE", "blocking") == "overlap")
+    return World(comm, mode=mode)
 
 
 class Terminated(Exception):
@@ -123,49 +138,90 @@ def _raise_terminated(signum, frame):
 
 
 class World:
-    """This process's place among the ranks and the collectives training needs. Also the
-    gradient synchroniser `train.train_step` calls: `global_loss`, `layer_done`, `finish`."""
+    """This process's place among the ranks and the collectives training needs; its
+    `train_step` takes a step from the loss on (see the module docstring for the modes)."""
 
-    def __init__(self, comm, overlap=False):
+    def __init__(self, comm, mode="shared"):
         from mpi4py import MPI
 
         self.MPI = MPI
         self.comm = comm
         self.size = comm.Get_size()
         self.rank = comm.Get_rank()
-        # One blocking allreduce of all gradients after backward (the default), or one
-        # non-blocking allreduce per layer started as backward writes it (DLCLI_ALLREDUCE=
-        # overlap). Open MPI moves a non-blocking collective only inside MPI calls, so on
-        # one machine overlap hid nothing and cost: MLP 25,279-36,700 samples/s against
-        # 40,918-46,002 blocking (bench_dist.py, 2 ranks x 1 thread, 3 rounds).
-        self.overlap = overlap
+        per_node = os.environ.get("DLCLI_TEST_RANKS_PER_NODE")  # tests: nodes of this many ranks
+        if per_node:
+            self.node = comm.Split(self.rank // int(per_node), self.rank)
+        else:
+            self.node = comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this node
+        self.local_rank, self.local_size = self.node.Get_rank(), self.node.Get_size()
+        self.nodes = self.size // self.local_size
+        if mode == "shared" and len(set(comm.allgather(self.local_size))) > 1:
+            mode = "blocking"  # nodes with different numbers of ranks hold parts of different sizes
+        # shared, by bench_dist.py on this machine (MLP, 2 ranks x 1 thread): 0.9x of one
+        # process x 2 threads where one allreduce was 0.7-0.8x. Overlap hid nothing here
+        # (Open MPI moves a non-blocking collective only inside MPI calls) and cost.
+        self.mode = mode
+        # Ranks holding the same part of the buffer on every node (mode shared, several nodes).
+        self.across = comm.Split(self.local_rank, self.rank) if mode == "shared" and self.nodes > 1 else None
         self.stop_agreed = False  # some rank asked to stop (Ctrl-C), as of the last step's loss
         self.comm_seconds = 0.0  # time blocked in MPI calls, all steps so far
-        self.grad_bytes = 0  # bytes of gradient each rank contributes per step
         self.nonfinite_rank = None  # the first rank whose loss was NaN or infinite
+        self._windows = []  # shared memory stays mapped until MPI ends
+        self._part = None  # (lo, hi): this rank's part of the flat buffers (mode shared)
+        self._table = None  # per rank of the node: SCALARS, then each layer's sum of squares
         self._requests = []
         self._model = None
         self._slices = {}
         self._pending = set()
 
-    # ------------------------------------------------------------------ placement
-    def local_size(self):
-        """Ranks on this node: the launcher's figure, else MPI's shared-memory split."""
-        for var in LOCAL_SIZE_VARS:
-            if os.environ.get(var, "").isdigit():
-                return max(1, int(os.environ[var]))
-        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-        n = node.Get_size()
-        node.Free()
-        return n
+    def how(self):
+        """How the gradients are summed, for the dashboard's first lines."""
+        if self.mode == "shared":
+            if self.nodes > 1:
+                return f"gradients summed in shared memory and across {self.nodes} nodes by allreduce"
+            return "gradients summed in shared memory, each rank updating its part"
+        if self.mode == "overlap":
+            return "gradients summed during backward, layer by layer"
+        return "gradients summed in one allreduce after backward"
 
+    # ------------------------------------------------------------------ placement
     def default_threads(self):
         """Cores of this node divided among the ranks on it."""
-        return max(1, (os.cpu_count() or 1) // self.local_size())
+        return max(1, (os.cpu_count() or 1) // self.local_size)
 
     def share(self, n):
         """This rank's contiguous share (lo, hi) of n rows: near-equal, in rank order."""
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
+    def _shared_array(self, shape, dtype):
+        """An array in memory every rank of this node maps (allocated by its first rank)."""
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        nbytes = max(count, 1) * dtype.itemsize if self.local_rank == 0 else 0
+        win = self.MPI.Win.Allocate_shared(nbytes, dtype.itemsize, comm=self.node)
+        self._windows.append(win)
+        buf, _ = win.Shared_query(0)
+        return np.ndarray(shape, dtype, buffer=buf)
+
+    def prepare(self, model, optimizer):
+        """Before training and before a checkpoint is loaded into them (mode shared): the
+        parameters, the optimizer state and the gradients move into memory the node's
+        ranks share, and this rank's optimizer updates only its part. Every later write to
+        the parameters outside a step (loading a checkpoint or the best epoch's
+        parameters) writes the same values on every rank, and a collective or the step's
+        barrier comes before any rank reads them otherwise."""
+        if self.mode != "shared":
+            return
+        n, dtype, first = model.n_params(), model.dtype, self.local_rank == 0
+        grads = self._shared_array((self.local_size, n), dtype)
+        model.use_buffers(self._shared_array(n, dtype), grads[self.local_rank], copy=first)
+        model.grads_flat[...] = 0
+        optimizer.use_state({k: self._shared_array(n, dtype) for k in optimizer.state}, copy=first)
+        self._part = (n * self.local_rank // self.local_size, n * (self.local_rank + 1) // self.local_size)
+        optimizer.restrict(*self._part)
+        self._grads = grads
+        self._table = self._shared_array((self.local_size, SCALARS + len(model.param_layers)), np.float64)
+        self.node.Barrier()
 
     def on_terminate(self):
         """SIGTERM from the launcher unwinds like an exception, so a checkpoint being
@@ -203,26 +259,100 @@ class World:
         self.comm.Abort(code)
 
     # ------------------------------------------------------------------ one training step
-    def global_loss(self, model, loss, hits, dout, rows, global_rows, stop=False):
-        """The global batch's mean loss and hits, the same on every rank (a NaN anywhere is
-        a NaN everywhere, so every rank returns early together). Scales dout in place by
-        this rank's share of the rows: the loss is a mean over the batch, so each rank's
-        gradient counts rows/global_rows of the global mean's gradient. `stop` (Ctrl-C
-        here) rides along, so asking whether any rank wants to stop (`stop_agreed`) costs
-        no collective of its own."""
-        self._start(model)
+    def train_step(self, model, optimizer, loss, dout, hits, rows, global_rows, lr, clip_norm, stop):
+        """`train.train_step` from the loss on, for this rank's share (`rows` of
+        `global_rows`): the global batch's loss and hits, the same on every rank (a NaN
+        anywhere is a NaN everywhere, so every rank returns before the update together),
+        then backward, the gradients summed, clipping and the update. `stop` (Ctrl-C
+        here) rides along, so `stop_agreed` costs no collective of its own."""
+        from .train import update
+
+        # The loss is a mean over the global batch: this rank's gradient counts
+        # rows/global_rows of it.
         local_bad = rows > 0 and not np.isfinite(loss)
+        if rows and not local_bad:
+            dout *= dout.dtype.type(rows / global_rows)
+        if self.mode == "shared":
+            return self._shared_step(
+                model, optimizer, loss, dout, hits, rows, local_bad, global_rows, lr, clip_norm, stop
+            )
+        self._start(model)
+        loss, hits, bad = self._global_loss(loss, hits, local_bad, rows, global_rows, stop)
+        if bad:
+            return loss, hits, float("nan"), None
+        model.backward(dout, layer_done=self._layer_done)
+        self._finish(model)
+        grad_norm, layer_norms = update(model, optimizer, lr, clip_norm)
+        return (loss if np.isfinite(grad_norm) else float("nan")), hits, grad_norm, layer_norms
+
+    def _global_loss(self, loss, hits, local_bad, rows, global_rows, stop):
+        """(the global batch's mean loss, its hits, whether some rank's loss was not finite)."""
         total, total_hits, bad, stops = self.sum(
             loss * rows if rows else 0.0, hits or 0, float(local_bad), 1.0 if stop else 0.0
         )
+        return self._agree(total, total_hits, bad, stops, hits, local_bad, global_rows)
+
+    def _agree(self, total, total_hits, bad, stops, hits, local_bad, global_rows):
         self.stop_agreed = stops > 0
         if bad:
-            first = self.comm.allreduce(self.rank if local_bad else self.size, op=self.MPI.MIN)
-            self.nonfinite_rank = first
-            return float("nan"), hits
-        if rows:
-            dout *= dout.dtype.type(rows / global_rows)
-        return total / global_rows, (int(total_hits) if hits is not None else None)
+            self.nonfinite_rank = self.comm.allreduce(self.rank if local_bad else self.size, op=self.MPI.MIN)
+            return float("nan"), hits, True
+        return total / global_rows, (int(total_hits) if hits is not None else None), False
+
+    def _shared_step(self, model, optimizer, loss, dout, hits, rows, local_bad, global_rows, lr, clip_norm, stop):
+        """Mode shared: each rank writes its gradient and its scalars where the node's ranks
+        read them; after a barrier each sums and updates its part of the buffers (`_part`),
+        then a second barrier: no rank reads the parameters (the next forward) or rewrites
+        its gradient (the next backward) before every part is updated and read."""
+        if not local_bad:  # a rank whose loss is not finite skips it: no rank updates
+            model.backward(dout)
+        mine = self._table[self.local_rank]
+        mine[:4] = (loss * rows if rows and not local_bad else 0.0, hits or 0, float(local_bad), float(stop))
+        self._timed(self.node.Barrier)
+        scalars = self._table[:, :4].sum(axis=0)
+        if self.across is not None:
+            self._timed(self.across.Allreduce, self.MPI.IN_PLACE, scalars)
+        loss, hits, bad = self._agree(*scalars, hits, local_bad, global_rows)
+        if bad:
+            return loss, hits, float("nan"), None
+        lo, hi = self._part
+        self._sum_part(lo, hi)
+        if self.across is not None:
+            self._timed(self.across.Allreduce, self.MPI.IN_PLACE, model.grads_flat[lo:hi])
+        scale = 1.0
+        if clip_norm is not None:  # the norm before the update: each part's sum of squares, summed
+            from .kernels.elementwise import chunk_sums_of_squares
+            from .optim import clip_factor
+
+            sums = np.empty(len(optimizer.chunks))
+            chunk_sums_of_squares(model.grads_flat, optimizer.chunks, sums)
+            mine[4] = sums.sum()
+            self._timed(self.node.Barrier)
+            grad_norm = float(np.sqrt(self._table[:, 4].sum()))
+            if not np.isfinite(grad_norm):
+                return float("nan"), hits, grad_norm, None
+            scale = clip_factor(grad_norm, clip_norm)
+        mine[SCALARS:] = optimizer.step(model.params_flat, model.grads_flat, lr, scale)
+        self._timed(self.node.Barrier)
+        layer_norms = np.sqrt(self._table[:, SCALARS:].sum(axis=0))
+        grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
+        return (loss if np.isfinite(grad_norm) else float("nan")), hits, grad_norm, layer_norms
+
+    def _sum_part(self, lo, hi):
+        """This rank's part of its gradient row becomes the sum over the node's rows, added
+        in rank order (so every node sums alike)."""
+        rows, mine = self._grads, self._grads[self.local_rank, lo:hi]
+        if self.local_size == 1:
+            return
+        if self.local_rank < 2:
+            np.add(rows[0, lo:hi], rows[1, lo:hi], out=mine)
+            for r in range(2, self.local_size):
+                mine += rows[r, lo:hi]
+        else:  # this row is read after rows 0 and 1: sum elsewhere first
+            total = rows[0, lo:hi] + rows[1, lo:hi]
+            for r in range(2, self.local_size):
+                total += rows[r, lo:hi]
+            mine[...] = total
 
     def _start(self, model):
         """Before backward: which slice of grads_flat each layer owns, all still to sum."""
@@ -232,10 +362,9 @@ class World:
                 layer: model.grads_flat[model.layer_offsets[k] : model.layer_offsets[k + 1]]
                 for k, layer in enumerate(model.param_layers)
             }
-            self.grad_bytes = model.grads_flat.nbytes
-        self._pending = set(self._slices) if self.overlap else set()
+        self._pending = set(self._slices) if self.mode == "overlap" else set()
 
-    def layer_done(self, index):
+    def _layer_done(self, index):
         """Backward has written layer `index`'s gradient: start summing it across ranks."""
         if index in self._pending:
             self._pending.discard(index)
@@ -243,9 +372,9 @@ class World:
             self._requests.append(req)
             self.MPI.Request.Testall(self._requests)  # lets MPI progress the earlier ones
 
-    def finish(self, model):
+    def _finish(self, model):
         """Wait until grads_flat holds the global batch's gradient."""
-        if not self.overlap:
+        if self.mode != "overlap":
             self._timed(self.comm.Allreduce, self.MPI.IN_PLACE, model.grads_flat)
             return
         for index in sorted(self._pending, reverse=True):  # layers backward never reached

@@ -9,8 +9,8 @@ nodes (a residual connection's fork).
 
 All parameters live in one contiguous buffer and all gradients in another; each layer's
 `params`/`grads` dicts hold views into them. The optimizer updates the whole buffer in one
-fused pass, gradient norms are one reduction, and data-parallel training needs exactly one
-allreduce of `grads_flat` between `backward` and the optimizer step.
+fused pass, gradient norms are one reduction, and data-parallel training combines
+`grads_flat` across ranks between `backward` and the optimizer step (`distributed`).
 """
 
 from __future__ import annotations
@@ -205,10 +205,15 @@ class Model:
 
     def _flatten(self):
         """Move every parameter and gradient into the two flat buffers (views stay in the dicts)."""
-        sizes = [p.size for layer in self.layers for p in layer.params.values()]
-        total = int(sum(sizes))
-        self.params_flat = np.empty(total, self.dtype)
-        self.grads_flat = np.zeros(total, self.dtype)
+        total = int(sum(p.size for layer in self.layers for p in layer.params.values()))
+        self.use_buffers(np.empty(total, self.dtype), np.zeros(total, self.dtype))
+
+    def use_buffers(self, params, grads, copy=True):
+        """Make `params` and `grads` (flat, the model's size and dtype) the model's buffers:
+        every layer's views point into them from now on, and the parameters' values move
+        there unless `copy` is False (another process sharing the memory copies them).
+        Data-parallel training under MPI gives ranks on one node one shared copy this way."""
+        self.params_flat, self.grads_flat = params, grads
         self.param_layers = []  # indices of layers with parameters, in buffer order
         offsets = [0]
         o = 0
@@ -218,7 +223,8 @@ class Model:
             for name, p in list(layer.params.items()):
                 n = p.size
                 view = self.params_flat[o : o + n].reshape(p.shape)
-                view[...] = p
+                if copy:
+                    view[...] = p
                 layer.params[name] = view
                 layer.grads[name] = self.grads_flat[o : o + n].reshape(p.shape)
                 o += n

@@ -26,10 +26,23 @@ class Optimizer:
         self.options = spec.options
         self.step_count = 0
         self.state = {name: np.zeros(n, dtype) for name in self.state_names}
-        offsets = np.asarray(offsets if offsets is not None else [0, n], dtype=np.int64)
-        self.chunks, self.chunk_owner = segment_chunks(offsets)
+        self.offsets = np.asarray(offsets if offsets is not None else [0, n], dtype=np.int64)
+        self.restrict(0, n)
+        self.n_segments = len(self.offsets) - 1
+
+    def restrict(self, lo, hi):
+        """Update only parameters lo:hi from now on (a rank's part of a buffer that ranks on
+        one node share); `step` then returns each segment's sum of squares within that part."""
+        self.chunks, self.chunk_owner = segment_chunks(self.offsets, lo=lo, hi=hi)
         self.chunk_sumsq = np.zeros(len(self.chunks))
-        self.n_segments = len(offsets) - 1
+
+    def use_state(self, arrays, copy=True):
+        """Keep the state in these flat arrays from now on (memory that ranks on one node
+        share); the current values move there unless `copy` is False (another rank copies)."""
+        for name, a in arrays.items():
+            if copy:
+                a[...] = self.state[name]
+            self.state[name] = a
 
     def step(self, params, grads, lr, scale=1.0):
         """Update params from grads * scale (scalars go to the kernel in the buffer's dtype,
@@ -157,13 +170,16 @@ class RMSprop(Optimizer):
         )
 
 
-def segment_chunks(offsets, chunk=16384):
-    """(start, end) rows covering each segment offsets[k]:offsets[k+1] in pieces of at most
-    `chunk` entries, and the segment index of each row. Plain Python: run once."""
+def segment_chunks(offsets, chunk=16384, lo=0, hi=None):
+    """(start, end) rows covering each segment offsets[k]:offsets[k+1] (within lo:hi) in
+    pieces of at most `chunk` entries, and the segment index of each row. Plain Python:
+    run once."""
+    hi = int(offsets[-1]) if hi is None else hi
     rows, owner = [], []
     for k in range(len(offsets) - 1):
-        for start in range(int(offsets[k]), int(offsets[k + 1]), chunk):
-            rows.append((start, min(start + chunk, int(offsets[k + 1]))))
+        a, b = max(int(offsets[k]), lo), min(int(offsets[k + 1]), hi)
+        for start in range(a, b, chunk):
+            rows.append((start, min(start + chunk, b)))
             owner.append(k)
     return np.array(rows, dtype=np.int64).reshape(-1, 2), np.array(owner, dtype=np.int64)
 

@@ -243,6 +243,8 @@ def train(
     dataset = data.load(s, loss, model.output_shape, vocab=vocab)
     _check_monitors(s, dataset)
     optimizer = optim.for_model(s.optimizer, model)
+    if sync is not None:  # ranks on one node may share the parameters: before loading them
+        sync.prepare(model, optimizer)
     start_epoch = skip = 0
     state = {}
     if ckpt is not None:

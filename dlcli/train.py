@@ -87,34 +87,38 @@ class Callback:
 
 
 def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None, sync=None, global_rows=None, stop=False):
-    """One step: forward, loss, backward, allreduce (under MPI), clip, update.
-    Returns (loss, hits, global grad norm, per-layer grad norms); a non-finite loss or
-    gradient returns before the update, so the parameters stay the last good ones.
+    """One step: forward, loss, backward, (under MPI) combine the ranks' gradients, clip,
+    update. Returns (loss, hits, global grad norm, per-layer grad norms); a non-finite loss
+    or gradient returns before the update, so the parameters stay the last good ones.
     `sync` (a distributed.World) makes xb this rank's share of a global batch of
-    `global_rows`: the loss and the gradients become the global batch's on every rank;
-    `stop` (this rank was asked to stop) is shared with the loss (`sync.stop_agreed`)."""
+    `global_rows` and takes the step from the loss on: the loss and the gradients become
+    the global batch's on every rank; `stop` (this rank was asked to stop) is shared with
+    the loss (`sync.stop_agreed`)."""
     out = model.forward(xb, training=True)
     loss, dout, hits = loss_fn(out, yb)
-    if sync is not None:  # a NaN on any rank is a NaN on all: they return early together
-        loss, hits = sync.global_loss(model, loss, hits, dout, len(xb), global_rows, stop)
+    if sync is not None:
+        return sync.train_step(model, optimizer, loss, dout, hits, len(xb), global_rows, lr, clip_norm, stop)
     if not np.isfinite(loss):
         return loss, hits, float("nan"), None
-    model.backward(dout, layer_done=sync.layer_done if sync is not None else None)
-    if sync is not None:  # each layer's allreduce started when backward wrote it; wait for all
-        sync.finish(model)
+    model.backward(dout)
+    grad_norm, layer_norms = update(model, optimizer, lr, clip_norm)
+    return (loss if np.isfinite(grad_norm) else float("nan")), hits, grad_norm, layer_norms
+
+
+def update(model, optimizer, lr, clip_norm=None):
+    """Clip and update from the gradient in grads_flat: (global grad norm, per-layer grad
+    norms); a non-finite norm means nothing was updated (when clipping) or the parameters
+    are spoilt (the update overflowed), and training must stop without saving them."""
     scale = 1.0
     if clip_norm is not None:  # clipping needs the norm before the update: one extra pass
         layer_norms = model.layer_grad_norms()
         grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
         if not np.isfinite(grad_norm):
-            return float("nan"), hits, grad_norm, layer_norms
+            return grad_norm, layer_norms
         scale = optim.clip_factor(grad_norm, clip_norm)
     # The update pass also sums each layer's squared gradient: the norms come for free.
     layer_norms = np.sqrt(optimizer.step(model.params_flat, model.grads_flat, lr, scale))
-    grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
-    if not np.isfinite(grad_norm):  # the parameters are spoilt; training stops without saving them
-        return float("nan"), hits, grad_norm, layer_norms
-    return loss, hits, grad_norm, layer_norms
+    return float(np.sqrt(np.sum(layer_norms**2))), layer_norms
 
 
 def epoch_rate(rows, seconds, first_rows=0, first_s=0.0):
