@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -189,12 +190,14 @@ def main():
         blocked_sh = [r["blocked_s"] * 1e3 for r in runs["shared"]]
         print(
             f"  2 ranks x 1 thread shared  {span(rate['shared']):>16} samples/s  "
-            f"({span(ratios['shared'], '{:.2f}')}x of 1 process; target >= 0.9x; dlcli's default), "
+            f"({span(ratios['shared'], '{:.2f}')}x of 1 process, median {statistics.median(ratios['shared']):.2f}x; "
+            "target >= 0.9x; dlcli's default), "
             f"blocked in MPI {span(blocked_sh, '{:.2f}')} ms/step"
         )
         print(
             f"  2 ranks x 1 thread blocking{span(rate['blocking']):>16} samples/s  "
-            f"({span(ratios['blocking'], '{:.2f}')}x; DLCLI_ALLREDUCE=blocking), "
+            f"({span(ratios['blocking'], '{:.2f}')}x, median {statistics.median(ratios['blocking']):.2f}x; "
+            "DLCLI_ALLREDUCE=blocking), "
             f"blocked in MPI {span(blocked_bl, '{:.2f}')} ms/step"
         )
         print(
