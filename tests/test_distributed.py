@@ -175,12 +175,12 @@ SAID = {
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, text, allreduce",
-    [("cnn", CNN, None), ("lstm", LSTM, None), ("cnn", CNN, "blocking"), ("lstm", LSTM, "overlap")],
+    [("cnn", CNN, None), ("lstm", LSTM, "overlap")],
 )
 def test_two_ranks_take_the_single_process_steps(tmp_path, name, text, allreduce):
-    """Every way of summing the gradients (in shared memory, the default; one blocking
-    allreduce; one non-blocking allreduce per layer during backward) gives the
-    single-process steps."""
+    """Summing the gradients in shared memory (the default) or by one non-blocking
+    allreduce per layer during backward gives the single-process steps (one blocking
+    allreduce: below, where nodes of different sizes fall back to it)."""
     (tmp_path / "spec.yaml").write_text(text)
     env = {"DLCLI_ALLREDUCE": allreduce} if allreduce else {}
     p = mpirun(["train", "spec.yaml", "-o", "two.npz"], tmp_path, env=env)
