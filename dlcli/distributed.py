@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DlcliError
+from .errors import DlcliError, SettingError
 
 # (launcher, size variable, rank variable): the first one whose variables are set wins.
 LAUNCHERS = (
@@ -109,7 +109,7 @@ def world(environ=None):
         return None
     mode = (environ or os.environ).get("DLCLI_ALLREDUCE", "shared")
     if mode not in MODES:
-        raise DlcliError(f"DLCLI_ALLREDUCE={mode!r}: expected one of {', '.join(MODES)}")
+        raise SettingError(f"DLCLI_ALLREDUCE={mode!r}: expected one of {', '.join(MODES)}")
     # Open MPI's UCX one-sided component fails its start-up check where no UCX network
     # exists and says so on stderr for every window; the shared windows need only `sm`.
     os.environ.setdefault("OMPI_MCA_osc", "^ucx")

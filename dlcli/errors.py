@@ -55,6 +55,12 @@ class OutputError(DlcliError):
     exit_code = 2
 
 
+class SettingError(DlcliError):
+    """An environment variable dlcli reads holds a value it does not take."""
+
+    exit_code = 2
+
+
 class TrainingDiverged(DlcliError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

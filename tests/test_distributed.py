@@ -151,6 +151,18 @@ def test_single_process_commands_refuse_several_ranks(command):
     assert r.exit_code == 2 and r.output == ""  # rank 0 alone says it
 
 
+def test_an_unknown_way_of_summing_gradients_is_one_line(tmp_path):
+    """DLCLI_ALLREDUCE is read under a launcher, before MPI starts: a value it does not
+    take is bad input (exit 2), said once, naming the variable and the values it takes."""
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(MLP)
+    env = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0", "DLCLI_ALLREDUCE": "ring"}
+    r = CliRunner().invoke(main, ["train", str(spec_path), "-o", str(tmp_path / "m.npz")], env=env)
+    assert r.exit_code == 2, r.output
+    assert r.output == "Error: DLCLI_ALLREDUCE='ring': expected one of shared, blocking, overlap\n"
+    assert not (tmp_path / "m.npz").exists()
+
+
 def test_a_bad_spec_under_a_launcher_is_said_once(tmp_path):
     """Every rank reads the same spec, before MPI starts: rank 0 alone prints the error."""
     bad = tmp_path / "bad.yaml"
