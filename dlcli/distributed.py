@@ -157,9 +157,9 @@ class World:
         self.nodes = self.size // self.local_size
         if mode == "shared" and len(set(comm.allgather(self.local_size))) > 1:
             mode = "blocking"  # nodes with different numbers of ranks hold parts of different sizes
-        # shared, by bench_dist.py on this machine (MLP, 2 ranks x 1 thread): 0.9x of one
-        # process x 2 threads where one allreduce was 0.7-0.8x. Overlap hid nothing here
-        # (Open MPI moves a non-blocking collective only inside MPI calls) and cost.
+        # shared, by bench_dist.py on this machine (MLP, 2 ranks x 1 thread): 0.87-1.19x of
+        # one process x 2 threads where one allreduce was 0.65-0.97x in the same run. Overlap
+        # hid nothing here (Open MPI moves a non-blocking collective only inside MPI calls).
         self.mode = mode
         # Ranks holding the same part of the buffer on every node (mode shared, several nodes).
         self.across = comm.Split(self.local_rank, self.rank) if mode == "shared" and self.nodes > 1 else None

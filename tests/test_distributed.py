@@ -239,14 +239,15 @@ def test_mlp_across_process_counts_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ranks, said", [(4, "shared"), (3, "blocking")])
-def test_ranks_on_several_nodes_take_the_single_process_steps(tmp_path, ranks, said):
-    """Nodes of two ranks each (pretended on this one machine): four ranks share memory
-    within a node and sum each part across the nodes by allreduce; three ranks (nodes of
-    two and one) fall back to one allreduce of everything. Both give the single-process
+@pytest.mark.parametrize("ranks, per_node, said", [(4, 2, "shared"), (2, 1, "shared"), (3, 2, "blocking")])
+def test_ranks_on_several_nodes_take_the_single_process_steps(tmp_path, ranks, per_node, said):
+    """Nodes pretended on this one machine: four ranks on two nodes share memory within a
+    node and sum each part across the nodes by allreduce; two nodes of one rank each (a
+    cluster's usual layout) allreduce everything and update alone; three ranks (nodes of
+    two and one) fall back to one allreduce of everything. All give the single-process
     steps, with clipping (the norm of parts summed across nodes) and Adam's shared state."""
     (tmp_path / "spec.yaml").write_text(MLP)
-    env = {"DLCLI_TEST_RANKS_PER_NODE": "2"}
+    env = {"DLCLI_TEST_RANKS_PER_NODE": str(per_node)}
     p = mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "many.npz"], tmp_path, n=ranks, env=env)
     train_one(MLP, tmp_path / "one.npz", epochs=1)
     rc, out, err = finish(p)
