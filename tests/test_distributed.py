@@ -195,9 +195,8 @@ def test_two_ranks_take_the_single_process_steps(tmp_path, name, text, allreduce
     allreduce: below, where nodes of different sizes fall back to it)."""
     (tmp_path / "spec.yaml").write_text(text)
     env = {"DLCLI_ALLREDUCE": allreduce} if allreduce else {}
-    p = mpirun(["train", "spec.yaml", "-o", "two.npz"], tmp_path, env=env)
-    train_one(text, tmp_path / "one.npz")  # while the ranks run
-    rc, out, err = finish(p)
+    train_one(text, tmp_path / "one.npz")  # first: with an empty kernel cache the ranks then load its kernels
+    rc, out, err = finish(mpirun(["train", "spec.yaml", "-o", "two.npz"], tmp_path, env=env))
     assert rc == 0, err
     assert SAID[allreduce or "shared"] in out, out
     assert "Error" not in err, err  # no MPI component complains about the shared windows
@@ -211,9 +210,9 @@ def test_mlp_across_process_counts_and_resumes(tmp_path):
     checkpoint and 2 ranks resume the 1-process one, both landing where 40 steps in one
     process land. Rank 0 alone writes the checkpoint and the log."""
     (tmp_path / "spec.yaml").write_text(MLP)
-    p = mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "two1.npz", "--log", "log.jsonl"], tmp_path)
     one1, one2 = tmp_path / "one1.npz", tmp_path / "one2.npz"
-    test1 = train_one(MLP, one1, epochs=1).test
+    test1 = train_one(MLP, one1, epochs=1).test  # first: the ranks then load its kernels
+    p = mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "two1.npz", "--log", "log.jsonl"], tmp_path)
     train_one(MLP, one2)
     rc, out, err = finish(p)
     assert rc == 0, err
@@ -248,9 +247,8 @@ def test_ranks_on_several_nodes_take_the_single_process_steps(tmp_path, ranks, p
     steps, with clipping (the norm of parts summed across nodes) and Adam's shared state."""
     (tmp_path / "spec.yaml").write_text(MLP)
     env = {"DLCLI_TEST_RANKS_PER_NODE": str(per_node)}
-    p = mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "many.npz"], tmp_path, n=ranks, env=env)
-    train_one(MLP, tmp_path / "one.npz", epochs=1)
-    rc, out, err = finish(p)
+    train_one(MLP, tmp_path / "one.npz", epochs=1)  # first, as above
+    rc, out, err = finish(mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "many.npz"], tmp_path, n=ranks, env=env))
     assert rc == 0, err
     expected = "gradients summed in shared memory and across 2 nodes by allreduce" if said == "shared" else SAID[said]
     assert expected in out, out
