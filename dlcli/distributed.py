@@ -177,6 +177,8 @@ class World:
     def how(self):
         """How the gradients are summed, for the dashboard's first lines."""
         if self.mode == "shared":
+            if self.local_size == 1:
+                return f"gradients summed across {self.nodes} nodes by allreduce, one rank each"
             if self.nodes > 1:
                 return f"gradients summed in shared memory and across {self.nodes} nodes by allreduce"
             return "gradients summed in shared memory, each rank updating its part"
