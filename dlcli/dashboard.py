@@ -272,7 +272,7 @@ def start_lines(trainer):
             f"{trainer.sync.size} processes x {n} thread{'s' if n > 1 else ''}, each on its share of every "
             f"global batch of {trainer.batch_size}"
         )
-        out.append(trainer.sync.how())
+        out.extend(trainer.sync.how())
     if trainer.output is not None:
         out.append(f"checkpoint: {trainer.output}")
     r = trainer.resumed

@@ -167,6 +167,7 @@ class World:
         self.comm_seconds = 0.0  # time blocked in MPI calls, all steps so far
         self.nonfinite_rank = None  # the first rank whose loss was NaN or infinite
         self._windows = []  # shared memory stays mapped until MPI ends
+        self.fallback = ""  # why mode shared fell back to blocking, when it did
         self._part = None  # (lo, hi): this rank's part of the flat buffers (mode shared)
         self._table = None  # per rank of the node: SCALARS, then each layer's sum of squares
         self._requests = []
@@ -175,16 +176,16 @@ class World:
         self._pending = set()
 
     def how(self):
-        """How the gradients are summed, for the dashboard's first lines."""
+        """How the gradients are summed: the dashboard's lines."""
         if self.mode == "shared":
             if self.local_size == 1:
-                return f"gradients summed across {self.nodes} nodes by allreduce, one rank each"
+                return [f"gradients summed across {self.nodes} nodes by allreduce, one rank each"]
             if self.nodes > 1:
-                return f"gradients summed in shared memory and across {self.nodes} nodes by allreduce"
-            return "gradients summed in shared memory, each rank updating its part"
+                return [f"gradients summed in shared memory and across {self.nodes} nodes by allreduce"]
+            return ["gradients summed in shared memory, each rank updating its part"]
         if self.mode == "overlap":
-            return "gradients summed during backward, layer by layer"
-        return "gradients summed in one allreduce after backward"
+            return ["gradients summed during backward, layer by layer"]
+        return ["gradients summed in one allreduce after backward"] + ([f"({self.fallback})"] if self.fallback else [])
 
     # ------------------------------------------------------------------ placement
     def default_threads(self):
@@ -215,14 +216,25 @@ class World:
         if self.mode != "shared":
             return
         n, dtype, first = model.n_params(), model.dtype, self.local_rank == 0
-        grads = self._shared_array((self.local_size, n), dtype)
-        model.use_buffers(self._shared_array(n, dtype), grads[self.local_rank], copy=first)
+        try:
+            grads = self._shared_array((self.local_size, n), dtype)
+            params = self._shared_array(n, dtype)
+            state = {k: self._shared_array(n, dtype) for k in optimizer.state}
+            table = self._shared_array((self.local_size, SCALARS + len(model.param_layers)), np.float64)
+            failed = ""
+        except self.MPI.Exception as e:  # e.g. an MPI whose one-sided component has no shared windows
+            failed = str(e)
+        reasons = [r for r in self.comm.allgather(failed) if r]
+        if reasons:  # every rank learns it, so all sum the same way
+            self.mode, self.across = "blocking", None
+            self.fallback = f"MPI gave no shared memory: {reasons[0]}"
+            return
+        model.use_buffers(params, grads[self.local_rank], copy=first)
         model.grads_flat[...] = 0
-        optimizer.use_state({k: self._shared_array(n, dtype) for k in optimizer.state}, copy=first)
+        optimizer.use_state(state, copy=first)
         self._part = (n * self.local_rank // self.local_size, n * (self.local_rank + 1) // self.local_size)
         optimizer.restrict(*self._part)
-        self._grads = grads
-        self._table = self._shared_array((self.local_size, SCALARS + len(model.param_layers)), np.float64)
+        self._grads, self._table = grads, table
         self.node.Barrier()
 
     def on_terminate(self):
