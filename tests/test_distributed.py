@@ -264,9 +264,10 @@ def test_without_shared_windows_the_ranks_sum_by_allreduce(tmp_path):
     """Open MPI's `rdma` one-sided component (chosen here as a user might) gives no shared
     windows: every rank learns it and they sum by one allreduce, saying why, with the
     single-process steps."""
-    (tmp_path / "spec.yaml").write_text(CNN)
-    train_one(CNN, tmp_path / "one.npz")
-    rc, out, err = finish(mpirun(["train", "spec.yaml", "-o", "two.npz"], tmp_path, env={"OMPI_MCA_osc": "rdma"}))
+    (tmp_path / "spec.yaml").write_text(MLP)
+    train_one(MLP, tmp_path / "one.npz", epochs=1)
+    args = ["train", "spec.yaml", "--epochs", "1", "-o", "two.npz"]
+    rc, out, err = finish(mpirun(args, tmp_path, env={"OMPI_MCA_osc": "rdma"}))
     assert rc == 0, err
     assert SAID["blocking"] in out and "(MPI gave no shared memory: MPI_ERR" in out, out
     assert_same_params(tmp_path / "two.npz", tmp_path / "one.npz")
