@@ -209,10 +209,10 @@ class World:
     def prepare(self, model, optimizer):
         """Before training and before a checkpoint is loaded into them (mode shared): the
         parameters, the optimizer state and the gradients move into memory the node's
-        ranks share, and this rank's optimizer updates only its part. Every later write to
-        the parameters outside a step (loading a checkpoint or the best epoch's
-        parameters) writes the same values on every rank, and a collective or the step's
-        barrier comes before any rank reads them otherwise."""
+        ranks share, and this rank's optimizer updates only its part. The one later write
+        to them outside a step, loading a checkpoint to resume, writes the same values on
+        every rank before the first step's barrier; anything else that needs other values
+        (scoring the best epoch) must use a private copy (`Model.use_buffers`)."""
         if self.mode != "shared":
             return
         n, dtype, first = model.n_params(), model.dtype, self.local_rank == 0

@@ -224,14 +224,17 @@ class Trainer:
         epoch's with keep_best, else the last. Scored once, after training."""
         d = self.dataset
         best = self.best_params is not None
-        if best:
-            current = self.model.params_flat.copy()
+        if best:  # scored from a private copy: the parameters themselves stay as trained
+            # (under MPI they may be memory the node's ranks share, which rank 0 may still
+            # be reading to write the last checkpoint)
+            trained = self.model.params_flat, self.model.grads_flat
+            self.model.use_buffers(trained[0].copy(), trained[1], copy=False)
             self.model.load_state(self.best_params)
         try:
             loss, acc = self.evaluate(d.x_test, d.y_test)
         finally:
             if best:
-                self.model.params_flat[...] = current
+                self.model.use_buffers(*trained, copy=False)
         epoch = self.state["best"]["epoch"] if best else len(self.history) + self.start_epoch
         return {
             "loss": loss,

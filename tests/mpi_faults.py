@@ -5,7 +5,8 @@
 FAULT is `none` (nothing), `raise` (a DataError, as from a data file only that rank reads), `kill` (SIGKILL
 to itself) or `nan` (a NaN in that rank's share of the batch); it happens on rank RANK
 when that rank is about to take global step STEP, and the time it happened is written to
-the file named by $FAULT_TIME_FILE. Every other rank runs dlcli unchanged. Each rank writes
+the file named by $FAULT_TIME_FILE. `slowsave` instead makes every checkpoint write of rank
+RANK start half a second late (STEP unused). Every other rank runs dlcli unchanged. Each rank writes
 its process id to rank<R>.pid beside that file.
 """
 
@@ -22,7 +23,17 @@ from dlcli.errors import DataError
 fault, rank, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 me = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
 Path(os.environ["FAULT_TIME_FILE"]).with_name(f"rank{me}.pid").write_text(str(os.getpid()))
-if me == rank and fault != "none":
+if me == rank and fault == "slowsave":
+    import dlcli.checkpoint
+
+    save = dlcli.checkpoint.save
+
+    def slow_save(*args, **kwargs):
+        time.sleep(0.5)
+        return save(*args, **kwargs)
+
+    dlcli.checkpoint.save = slow_save
+elif me == rank and fault != "none":
     original = dlcli.train.Trainer.train_step
 
     def train_step(self, *args, **kwargs):

@@ -273,6 +273,24 @@ def test_without_shared_windows_the_ranks_sum_by_allreduce(tmp_path):
     assert_same_params(tmp_path / "two.npz", tmp_path / "one.npz")
 
 
+@pytest.mark.slow
+def test_scoring_the_best_epoch_leaves_the_last_checkpoint_alone(tmp_path):
+    """keep_best and a test split: after the last epoch each rank scores the test split
+    with the best epoch's parameters while rank 0 may still be writing the last checkpoint
+    (made late here). The ranks share the parameters in memory, so the scoring must not
+    write them: the checkpoint holds the last epoch's, as in one process."""
+    text = MLP.replace(", early_stopping: {patience: 1}", "").replace("lr: 0.01", "lr: 0.2")
+    text = text.replace("epochs: 2", "epochs: 3")
+    (tmp_path / "spec.yaml").write_text(text)
+    train_one(text, tmp_path / "one.npz")
+    assert checkpoint.load(tmp_path / "one.best.npz").meta["epochs_done"] == 2  # the best is not the last
+    program = (sys.executable, str(HERE / "mpi_faults.py"), "slowsave", "0", "0")
+    rc, out, err = finish(mpirun(["train", "spec.yaml", "-o", "two.npz", "-q"], tmp_path, program=program))
+    assert rc == 0, err
+    assert_same_params(tmp_path / "two.npz", tmp_path / "one.npz")
+    assert_same_params(tmp_path / "two.best.npz", tmp_path / "one.best.npz")
+
+
 # ---------------------------------------------------------------- faults never hang
 
 LONG = MLP.replace("epochs: 2", "epochs: 100000").replace(", early_stopping: {patience: 1}", "")
