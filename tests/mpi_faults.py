@@ -6,7 +6,7 @@ FAULT is `none` (nothing), `raise` (a DataError, as from a data file only that r
 to itself) or `nan` (a NaN in that rank's share of the batch); it happens on rank RANK
 when that rank is about to take global step STEP, and the time it happened is written to
 the file named by $FAULT_TIME_FILE. `slowsave` instead makes every checkpoint write of rank
-RANK start half a second late (STEP unused). Every other rank runs dlcli unchanged. Each rank writes
+RANK start 0.2 s late (STEP unused). Every other rank runs dlcli unchanged. Each rank writes
 its process id to rank<R>.pid beside that file.
 """
 
@@ -29,7 +29,7 @@ if me == rank and fault == "slowsave":
     save = dlcli.checkpoint.save
 
     def slow_save(*args, **kwargs):
-        time.sleep(0.5)
+        time.sleep(0.2)
         return save(*args, **kwargs)
 
     dlcli.checkpoint.save = slow_save
