@@ -279,7 +279,7 @@ class World:
         anywhere is a NaN everywhere, so every rank returns before the update together),
         then backward, the gradients summed, clipping and the update. `stop` (Ctrl-C
         here) rides along, so `stop_agreed` costs no collective of its own."""
-        from .train import update
+        from .train import step_result, update
 
         # The loss is a mean over the global batch: this rank's gradient counts
         # rows/global_rows of it.
@@ -296,8 +296,7 @@ class World:
             return loss, hits, float("nan"), None
         model.backward(dout, layer_done=self._layer_done)
         self._finish(model)
-        grad_norm, layer_norms = update(model, optimizer, lr, clip_norm)
-        return (loss if np.isfinite(grad_norm) else float("nan")), hits, grad_norm, layer_norms
+        return step_result(loss, hits, *update(model, optimizer, lr, clip_norm))
 
     def _global_loss(self, loss, hits, local_bad, rows, global_rows, stop):
         """(the global batch's mean loss, its hits, whether some rank's loss was not finite)."""
@@ -318,6 +317,8 @@ class World:
         read them; after a barrier each sums and updates its part of the buffers (`_part`),
         then a second barrier: no rank reads the parameters (the next forward) or rewrites
         its gradient (the next backward) before every part is updated and read."""
+        from .train import step_result
+
         if not local_bad:  # a rank whose loss is not finite skips it: no rank updates
             model.backward(dout)
         mine = self._table[self.local_rank]
@@ -349,8 +350,7 @@ class World:
         mine[SCALARS:] = optimizer.step(model.params_flat, model.grads_flat, lr, scale)
         self._timed(self.node.Barrier)
         layer_norms = np.sqrt(self._table[:, SCALARS:].sum(axis=0))
-        grad_norm = float(np.sqrt(np.sum(layer_norms**2)))
-        return (loss if np.isfinite(grad_norm) else float("nan")), hits, grad_norm, layer_norms
+        return step_result(loss, hits, float(np.sqrt(np.sum(layer_norms**2))), layer_norms)
 
     def _sum_part(self, lo, hi):
         """This rank's part of its gradient row becomes the sum over the node's rows, added

@@ -101,7 +101,12 @@ def train_step(model, loss_fn, optimizer, xb, yb, lr, clip_norm=None, sync=None,
     if not np.isfinite(loss):
         return loss, hits, float("nan"), None
     model.backward(dout)
-    grad_norm, layer_norms = update(model, optimizer, lr, clip_norm)
+    return step_result(loss, hits, *update(model, optimizer, lr, clip_norm))
+
+
+def step_result(loss, hits, grad_norm, layer_norms):
+    """What a step returns: a gradient norm that is not finite makes the loss NaN (the
+    parameters are spoilt or were not updated), so the trainer stops without saving."""
     return (loss if np.isfinite(grad_norm) else float("nan")), hits, grad_norm, layer_norms
 
 
