@@ -69,17 +69,20 @@ import dlcli
 import numba.core.event as event
 import numpy as np
 import {module} as bench
-from dlcli import optim, run, spec
+from dlcli import optim, precompile, run, runtime, spec
 from dlcli.train import train_step
 
 with event.install_recorder("numba:compile") as recorder:
     s = spec.parse({text}, "first_step.yaml")
     model, loss = run.build(s)
+    helper = precompile.start(s, model, runtime.uncompiled_kernels(model)) if {helper} else None  # as run.train
     opt = optim.for_model(s.optimizer, model)
     n = s.train.batch_size
     x = np.zeros((n, *s.model.input), np.float32)
     train_step(model, loss, opt, x, np.zeros(n, np.int64), 0.01)
 seconds = time.perf_counter() - t0
+if helper is not None:
+    helper.stop()
 families, open_ = {{}}, []
 for stamp, ev in recorder.buffer:  # outermost compilations only: nested ones are inside them
     if ev.is_start:
@@ -93,11 +96,13 @@ print(json.dumps({{"seconds": seconds, "families": families}}))
 """
 
 
-def first_step(name, cache_dir):
+def first_step(name, cache_dir, helper=True):
+    """Seconds to the end of the first step from interpreter start, with dlcli train's
+    compile helper (dlcli/precompile.py) or without it (one process compiles all)."""
     script, extra = MODELS[name]
     module = script[:-3]
     text = f"bench.spec_text({extra[1]!r})" if extra else "bench.SPEC"  # bench_mlp and bench_rnn have one
-    code = FIRST_STEP.format(here=HERE, module=module, text=text)
+    code = FIRST_STEP.format(here=HERE, module=module, text=text, helper=helper)
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     return child(["-c", code], env=env)
 
@@ -184,11 +189,14 @@ def main():
     for _ in range(a.runs):
         runs.append(speed_rows(names, threads, a.rounds, a.seconds, have_torch))
         for name in names:
-            cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
+            cache, alone = tempfile.mkdtemp(prefix="dlcli-numba-cache-"), tempfile.mkdtemp(prefix="dlcli-numba-cache-")
             try:
-                firsts[name].append((first_step(name, cache), first_step(name, cache)))
+                firsts[name].append(
+                    (first_step(name, cache), first_step(name, cache), first_step(name, alone, helper=False))
+                )
             finally:
                 shutil.rmtree(cache, ignore_errors=True)
+                shutil.rmtree(alone, ignore_errors=True)
     print(
         f"training samples/s, best of {a.rounds} round(s) of {a.seconds:g} s per run, min-max over {a.runs} run(s); "
         "peak RSS of each child (largest)"
@@ -217,18 +225,20 @@ def main():
         )
         print(f"dlcli from {lo} to {hi} threads: {gains}")
     print()
-    print("time to the first training step (interpreter start to end of step), min-max over the runs,")
-    print("and compile seconds per kernel family in the cold run of the last one")
+    print("time to the first training step (interpreter start to end of step), min-max over the runs: cold")
+    print("(empty kernel cache) as dlcli train runs it, with its compile helper; cold with one process")
+    print("compiling all (no helper), and compile seconds per kernel family there in the last run; warm")
     for name in names:
-        pairs = firsts[name]  # per run: ((cold result, its peak RSS), (warm result, its peak RSS))
-        cold = [c[0]["seconds"] for c, _ in pairs]
-        warm = [w[0]["seconds"] for _, w in pairs]
-        cold_rss = max(c[1] for c, _ in pairs)
-        families = pairs[-1][0][0]["families"]
+        triples = firsts[name]  # per run: (cold, warm, cold without helper), each (result, peak RSS)
+        cold = [c[0]["seconds"] for c, _, _ in triples]
+        alone = [a[0]["seconds"] for _, _, a in triples]
+        warm = [w[0]["seconds"] for _, w, _ in triples]
+        cold_rss = max(c[1] for c, _, _ in triples)
+        families = triples[-1][2][0]["families"]
         listed = ", ".join(f"{k} {v:.1f}" for k, v in sorted(families.items(), key=lambda kv: -kv[1]))
         print(
-            f"{name:<6} cold {span(cold, '{:.1f}'):>9} s (peak {cold_rss:.0f} MB), warm {span(warm, '{:.2f}')} s; "
-            f"compile: {listed}"
+            f"{name:<6} cold {span(cold, '{:.1f}'):>9} s (peak {cold_rss:.0f} MB), one process {span(alone, '{:.1f}')} s "
+            f"({listed}); warm {span(warm, '{:.2f}')} s"
         )
     r = mapped_vs_memory()
     print(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import checkpoint, data, losses, memory, optim, runtime, text
+from . import checkpoint, data, losses, memory, optim, precompile, runtime, text
 from . import spec as spec_mod
 from .callbacks import Checkpointer, EarlyStopping, MetricsLog, SigintAtStep
 from .errors import CheckpointError, DataError, OutputError
@@ -240,33 +240,34 @@ def train(
     check_memory(s, vocab)
     model, loss = build(s, vocab=vocab)
     compiling = runtime.uncompiled_kernels(model)  # before any kernel runs
-    dataset = data.load(s, loss, model.output_shape, vocab=vocab)
-    _check_monitors(s, dataset)
-    optimizer = optim.for_model(s.optimizer, model)
-    if sync is not None:  # ranks on one node may share the parameters: before loading them
-        sync.prepare(model, optimizer)
-    start_epoch = skip = 0
-    state = {}
-    if ckpt is not None:
-        model.load_state(ckpt.params, source=str(resume))
-        if ckpt.optimizer:
-            optimizer.load_state_dict(ckpt.optimizer, source=str(resume))
-        start_epoch = int(ckpt.meta.get("epochs_done", 0))
-        samples = ckpt.meta.get("epoch_samples", int(ckpt.meta.get("epoch_step", 0)) * ckpt.spec().train.batch_size)
-        skip = -(-int(samples) // s.train.batch_size)
-        state = dict(ckpt.meta.get("state") or {})
-        if start_epoch >= s.train.epochs:
-            raise CheckpointError(
-                f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
-                f"pass --epochs N with N > {start_epoch} to train further"
-            )
-    writer = sync is None or sync.rank == 0  # under MPI rank 0 alone writes files
+    helper = precompile.start(s, model, compiling) if sync is None else None  # while the data loads
     lock = None
-    if writer:
-        output, lock = choose_output(s, output, resume, overwrite)
-    if sync is not None:  # the other ranks never write it, but read its keep_best file on resume
-        output = Path(sync.from_rank0(str(output) if writer else None))
     try:
+        dataset = data.load(s, loss, model.output_shape, vocab=vocab)
+        _check_monitors(s, dataset)
+        optimizer = optim.for_model(s.optimizer, model)
+        if sync is not None:  # ranks on one node may share the parameters: before loading them
+            sync.prepare(model, optimizer)
+        start_epoch = skip = 0
+        state = {}
+        if ckpt is not None:
+            model.load_state(ckpt.params, source=str(resume))
+            if ckpt.optimizer:
+                optimizer.load_state_dict(ckpt.optimizer, source=str(resume))
+            start_epoch = int(ckpt.meta.get("epochs_done", 0))
+            samples = ckpt.meta.get("epoch_samples", int(ckpt.meta.get("epoch_step", 0)) * ckpt.spec().train.batch_size)
+            skip = -(-int(samples) // s.train.batch_size)
+            state = dict(ckpt.meta.get("state") or {})
+            if start_epoch >= s.train.epochs:
+                raise CheckpointError(
+                    f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
+                    f"pass --epochs N with N > {start_epoch} to train further"
+                )
+        writer = sync is None or sync.rank == 0  # under MPI rank 0 alone writes files
+        if writer:
+            output, lock = choose_output(s, output, resume, overwrite)
+        if sync is not None:  # the other ranks never write it, but read its keep_best file on resume
+            output = Path(sync.from_rank0(str(output) if writer else None))
         cbs = []
         if writer:
             check_writable(output, OutputError)  # after choose_output, which refuses FIFOs and devices
@@ -298,6 +299,8 @@ def train(
                 trainer.best_params = checkpoint.load(best_path(output)).params
         result = trainer.fit()
     finally:
+        if helper is not None:
+            helper.stop()
         if lock is not None:
             lock.release()
     return result, checkpointer.saved, trainer

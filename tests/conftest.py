@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# No compile helper process beside the runs the tests start (they share 2 cores with the
+# other test worker); tests/test_precompile.py turns it on where it is the subject.
+os.environ.setdefault("DLCLI_PRECOMPILE", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

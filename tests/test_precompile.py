@@ -1,0 +1,142 @@
+"""The compile helper of a cold run (dlcli/precompile.py): its manifest matches what the
+sample configs call, the split between run and helper, and the two processes' agreement
+on a real cold run."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlcli import precompile
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted(str(p) for p in (ROOT / "sample_configs").glob("*.yaml"))
+
+
+def without_seconds(manifest):
+    return {key: [e[:3] for e in entries] for key, entries in manifest.items()}
+
+
+@pytest.mark.slow
+def test_manifest_matches_a_fresh_recording():
+    """Every kernel the sample configs call from Python, with its argument types, by the
+    bucket that calls it first; rerecord with `python -m dlcli.precompile --record`."""
+    shipped = json.loads(precompile.MANIFEST.read_text())
+    recorded = precompile.record(SAMPLES)
+    assert without_seconds(recorded) == without_seconds(shipped), (
+        "dlcli/kernels/signatures.json is stale: NUMBA_CACHE_DIR=$(mktemp -d) "
+        "python -m dlcli.precompile --record > dlcli/kernels/signatures.json"
+    )
+    assert all(e[3] > 0 for entries in shipped.values() for e in entries)
+
+
+def test_types_survive_json():
+    from numba.core import types
+
+    for t in [
+        types.Array(types.float32, 3, "C"),
+        types.Array(types.int64, 1, "A", readonly=True),
+        types.boolean,
+        types.int64,
+        types.float64,
+        types.UniTuple(types.int64, 2),
+        types.Tuple([types.int64, types.float32]),
+        types.none,
+    ]:
+        assert precompile.decode(json.loads(json.dumps(precompile.encode(t)))) == t
+    with pytest.raises(TypeError):
+        precompile.encode(types.unicode_type)
+
+
+class Layer:
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class Model:
+    def __init__(self, *kinds):
+        self.trained = [Layer(k) for k in kinds]
+
+
+def test_plan_gives_the_helper_the_step_end_costliest_first(tmp_path, monkeypatch):
+    def e(name, seconds):
+        return ["m", name, [], seconds]
+
+    manifest = {
+        "forward:a": [e("fa", 3.0)],
+        "forward:b": [e("fb", 1.0), e("shared", 0.5)],
+        "loss:l": [e("loss", 0.5)],
+        "backward:b": [e("bb", 1.0), e("shared", 0.5)],
+        "backward:a": [e("ba", 2.0)],
+        "update:o": [e("up", 0.5)],
+        "clip": [e("clip", 0.2)],
+        "evaluate:a": [e("fa", 3.0), e("ea", 1.0)],
+    }
+    path = tmp_path / "signatures.json"
+    path.write_text(json.dumps(manifest))
+    monkeypatch.setattr(precompile, "MANIFEST", path)
+    names = [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o")]
+    # the run calls fa 3, fb 1, shared .5, loss .5, bb 1, ba 2, up .5 (8.5 s): keeping the
+    # first three or four both end at 5 s (the helper starting in 1 s); of the two the helper
+    # takes less, bb, ba and up, costliest first; then validation's kernel the step lacks
+    assert names == ["ba", "bb", "up", "ea"]
+    assert [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o", clip=True)][-2:] == ["clip", "ea"]
+    assert all(len(entry) == 3 for entry in precompile.plan(Model("a"), "l", "o"))
+
+
+COLD_RUN = """
+import json, sys
+import dlcli
+import numpy as np
+from dlcli import optim, precompile, run, runtime, spec
+from dlcli.train import train_step
+
+s = spec.parse(sys.argv[1], "cold.yaml")
+model, loss = run.build(s)
+runtime.set_threads(2)
+helper = precompile.start(s, model, runtime.uncompiled_kernels(model))
+opt = optim.for_model(s.optimizer, model)
+x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+y = np.arange(16) % 3
+first = train_step(model, loss, opt, x, y, 0.1)[0]
+patched = [d for d in helper.patched if "compile" in vars(d)]
+helper.process.wait(timeout=120)
+helper.listened.wait(10)
+state = dict(helper.state)
+helper.stop()
+left = [d for d in patched if "compile" in vars(d)]
+print(json.dumps({"state": state, "patched": len(patched), "left": len(left), "loss": first,
+                  "entries": len(precompile.plan(model, s.loss, s.optimizer.name))}))
+"""
+
+COLD_SPEC = textwrap.dedent("""
+    data: {source: "builtin:spirals"}
+    model: {input: [8], layers: [{dense: 16}, tanh, {dense: 16}, sigmoid, {dense: 3}]}
+    loss: cross_entropy
+    optimizer: {name: adam, lr: 0.01}
+""")
+
+
+@pytest.mark.slow
+def test_a_cold_run_and_its_helper_share_the_compiling(tmp_path):
+    """From an empty cache: the helper compiles its kernels or leaves them to the run when
+    the run claims them first (never both), the run's step is right, and stop() gives
+    Numba's dispatchers back their own compile."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), DLCLI_PRECOMPILE="1")
+    out = subprocess.run(
+        [sys.executable, "-c", COLD_RUN, COLD_SPEC], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["entries"] > 0 and result["patched"] > 0
+    states = result["state"].values()
+    assert set(states) <= {"done", "claimed"}, result
+    assert len(result["state"]) == result["entries"]  # each one: done by the helper or claimed by the run
+    assert "done" in states  # the helper did compile some
+    assert result["left"] == 0
+    assert np.isfinite(result["loss"])
