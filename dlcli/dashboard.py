@@ -242,10 +242,12 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 def compile_notice(trainer):
-    """'compiling kernels for dense, lstm (first run only)', or '' when the cache is warm."""
+    """'compiling kernels for dense, lstm (first run only)', or '' when the cache is warm;
+    'on 2 processes' when a helper process compiles part of them (dlcli/precompile.py)."""
     if not trainer.compiling:
         return ""
-    return f"compiling kernels for {', '.join(trainer.compiling)} (first run only)"
+    where = ", on 2 processes" if trainer.compile_helper else ""
+    return f"compiling kernels for {', '.join(trainer.compiling)} (first run only{where})"
 
 
 # The cache check sees whether a layer's kernels were ever compiled, not for which dtype:

@@ -11,11 +11,10 @@ the helper says which kernel it starts and when it is done; the run, reaching a 
 of the helper's, waits for it if it is started and else claims it (the helper then skips
 it).
 
-Which kernels a run calls, with which argument types, and what each took to compile,
-comes from a manifest recorded per layer kind, loss and optimizer from the sample configs
-(`kernels/signatures.json`: `python -m dlcli.precompile --record >
-dlcli/kernels/signatures.json` with an empty NUMBA_CACHE_DIR; a test checks it against a
-fresh recording). Nothing depends on it being complete: a kernel it lacks is compiled by
+Which kernels a run calls, with which argument types, and what each took to compile in
+a cold process, comes from a manifest recorded per layer kind, loss and optimizer from the
+sample configs (`kernels/signatures.json`: `python -m dlcli.precompile --record >
+dlcli/kernels/signatures.json`; a test checks it against a fresh recording). Nothing depends on it being complete: a kernel it lacks is compiled by
 the run, as without a helper, and one the run never calls costs only the helper's time.
 """
 
@@ -97,7 +96,10 @@ class Helper:
 
     def _listen(self):
         for line in self.process.stdout:
-            what, i = line.split()
+            try:
+                what, i = line.split()
+            except ValueError:  # not ours
+                continue
             with self.cond:
                 self.state.setdefault(int(i), what.decode())
                 if what == b"done":
@@ -229,7 +231,7 @@ def record(paths, threads=2):
     """{bucket: [[module, name, argument types, seconds], ...]} of the kernels one
     training step (with and without clipping) and one validation pass of each spec call
     from Python, and what the first call of each took (its compile time, when the cache
-    started empty).
+    started empty: record_cold).
     Buckets: forward:<kind>, backward:<kind>, evaluate:<kind>, loss:<name>,
     update:<optimizer>, clip, other. Run it in a fresh process: it records the calls that
     find no compiled version in the process, and clears them before each bucket."""
@@ -312,10 +314,38 @@ def record(paths, threads=2):
     return {key: [[*e, round(seconds[json.dumps(e)], 2)] for e in entries] for key, entries in found.items()}
 
 
+def record_cold(paths):
+    """record() of each spec in a fresh process with an empty cache, merged: a kernel's
+    seconds are what it took there at most, as a cold run pays them (the first of a
+    family also compiles what its kind shares, which a later one then finds compiled)."""
+    import tempfile
+
+    merged, seconds = {}, {}
+    for path in paths:
+        with tempfile.TemporaryDirectory() as cache:
+            out = subprocess.run(
+                [sys.executable, "-m", "dlcli.precompile", "--record-here", path],
+                env=dict(os.environ, NUMBA_CACHE_DIR=cache),
+                capture_output=True,
+                check=True,
+            )
+        for key, entries in json.loads(out.stdout).items():
+            listed = merged.setdefault(key, [])
+            for e in entries:
+                name = json.dumps(e[:3])
+                seconds[name] = max(seconds.get(name, 0.0), e[3])
+                if e[:3] not in listed:
+                    listed.append(e[:3])
+    return {key: [[*e, seconds[json.dumps(e)]] for e in entries] for key, entries in merged.items()}
+
+
 def main(argv):
+    if argv[:1] == ["--record-here"]:
+        print(json.dumps(record(argv[1:])))
+        return
     if argv[:1] == ["--record"]:
         paths = argv[1:] or sorted(str(p) for p in (Path(__file__).parents[1] / "sample_configs").glob("*.yaml"))
-        print(json.dumps(record(paths), indent=1))
+        print(json.dumps(record_cold(paths), indent=1))
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's: it stops us
     signal.signal(signal.SIGTERM, _stop)

@@ -287,6 +287,7 @@ def train(
         trainer.state = state
         trainer.output = output if writer else None
         trainer.compiling = compiling
+        trainer.compile_helper = helper is not None
         if ckpt is not None:
             trainer.resumed = {
                 "from": str(resume),

@@ -12,7 +12,7 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.live import Live
 
-from dlcli import run, spec
+from dlcli import dashboard, run, spec
 from dlcli.cli import main
 from dlcli.dashboard import Dashboard, PlainProgress, fmt, line_chart, log_bars, log_scale
 from dlcli.train import Callback
@@ -145,10 +145,23 @@ def test_a_long_wait_for_the_first_step_is_explained_even_with_a_warm_looking_ca
 
     class Waiting:
         compiling = []
+        compile_helper = False
 
     assert dashboard.waiting_notice(Waiting, 0.01) == ""
     monkeypatch.setattr(dashboard, "FIRST_STEP_PATIENCE", 0.05)
     assert dashboard.waiting_notice(Waiting, 0.5) == dashboard.FIRST_STEP_NOTICE
+
+
+def test_the_compile_notice_says_when_a_second_process_helps():
+    class Cold:
+        compiling = ["conv2d", "dense"]
+        compile_helper = False
+
+    assert dashboard.compile_notice(Cold) == "compiling kernels for conv2d, dense (first run only)"
+    Cold.compile_helper = True
+    assert dashboard.compile_notice(Cold) == "compiling kernels for conv2d, dense (first run only, on 2 processes)"
+    Cold.compiling = []
+    assert dashboard.compile_notice(Cold) == ""
 
 
 def test_a_fused_relu_reads_the_same_after_every_layer_type():
