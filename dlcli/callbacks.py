@@ -259,3 +259,14 @@ class SigintAtStep(Callback):
     def on_step(self, trainer, e):
         if e.step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class CompileTogether(Callback):
+    """Under MPI with an empty kernel cache: the node's ranks compile the run's kernels
+    together once the display is up (it shows the compile notice meanwhile)."""
+
+    def __init__(self, world, spec, model):
+        self.world, self.spec, self.model = world, spec, model
+
+    def on_start(self, trainer):
+        self.world.compile_together(self.spec, self.model)

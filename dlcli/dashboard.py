@@ -243,11 +243,12 @@ SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 def compile_notice(trainer):
     """'compiling kernels for dense, lstm (first run only)', or '' when the cache is warm;
-    'on 2 processes' when a helper process compiles part of them (dlcli/precompile.py)."""
+    with who shares the work: '2 processes' (a helper process, dlcli/precompile.py),
+    '2 ranks' (MPI)."""
     if not trainer.compiling:
         return ""
-    where = ", on 2 processes" if trainer.compile_helper else ""
-    return f"compiling kernels for {', '.join(trainer.compiling)} (first run only{where})"
+    shared = f", {trainer.compile_shared}" if trainer.compile_shared else ""
+    return f"compiling kernels for {', '.join(trainer.compiling)} (first run only{shared})"
 
 
 # The cache check sees whether a layer's kernels were ever compiled, not for which dtype:

@@ -133,7 +133,12 @@ class Terminated(Exception):
     """The launcher sent SIGTERM (Ctrl-C to mpirun, or another rank failed)."""
 
 
+_terminated = False  # SIGTERM came (its exception may be swallowed inside a compile)
+
+
 def _raise_terminated(signum, frame):
+    global _terminated
+    _terminated = True
     raise Terminated
 
 
@@ -235,6 +240,25 @@ class World:
         self._part = (n * self.local_rank // self.local_size, n * (self.local_rank + 1) // self.local_size)
         optimizer.restrict(*self._part)
         self._grads, self._table = grads, table
+        self.node.Barrier()
+
+    def cold_node(self, compiling):
+        """Whether this node's ranks compile a cold run together: more than one rank here
+        and any of them found kernels missing (every rank must agree, or some would wait
+        at compile_together's barrier for ever)."""
+        return self.local_size > 1 and any(self.node.allgather(bool(compiling)))
+
+    def compile_together(self, s, model):
+        """A cold run's kernels (the step's and validation's) compiled by the node's ranks
+        together, each its share (precompile.share), then loaded by all from the cache:
+        without it every rank compiles every kernel on its own core at the same time."""
+        from . import precompile
+
+        clip = s.train.clip_norm is not None
+        mine = precompile.share(model, s.loss, s.optimizer.name, clip, self.local_rank, self.local_size)
+        precompile.compile_now(mine, stopped=lambda: _terminated)
+        if _terminated:  # compile_now leaves a kernel's errors to its first call: not this one
+            raise Terminated
         self.node.Barrier()
 
     def on_terminate(self):

@@ -14,8 +14,9 @@ it).
 Which kernels a run calls, with which argument types, and what each took to compile in
 a cold process, comes from a manifest recorded per layer kind, loss and optimizer from the
 sample configs (`kernels/signatures.json`: `python -m dlcli.precompile --record >
-dlcli/kernels/signatures.json`; a test checks it against a fresh recording). Nothing depends on it being complete: a kernel it lacks is compiled by
-the run, as without a helper, and one the run never calls costs only the helper's time.
+dlcli/kernels/signatures.json`; a test checks it against a fresh recording). Nothing
+depends on it being complete: a kernel it lacks is compiled by the run, as without a
+helper, and one the run never calls costs only the helper's time.
 """
 
 from __future__ import annotations
@@ -41,18 +42,37 @@ def plan(model, loss, optimizer, clip=False):
     the update), the run keeps the first ones and the helper takes the rest, split where
     both finish soonest by the recorded seconds, costliest first; then what validation
     adds, which the run needs only after an epoch."""
+    need, validation = _kernels(model, loss, optimizer, clip)
+    cost = [e[3] for e in need]
+    # the soonest finish; of two as soon, the one where the helper has less to do (waits less)
+    split = min(range(len(need) + 1), key=lambda k: (max(sum(cost[:k]), HELPER_START + sum(cost[k:])), -k))
+    return [e[:3] for e in sorted(need[split:], key=lambda e: -e[3]) + validation]
+
+
+def share(model, loss, optimizer, clip, index, count):
+    """Share `index` of `count` of a run's kernels (the step's and validation's), for
+    ranks of one node that compile a cold run together before its first step: dealt
+    costliest first, each to the share with the least recorded seconds so far."""
+    need, validation = _kernels(model, loss, optimizer, clip)
+    loads, mine = [0.0] * count, []
+    for e in sorted(need + validation, key=lambda e: -e[3]):
+        least = loads.index(min(loads))
+        loads[least] += e[3]
+        if least == index:
+            mine.append(e[:3])
+    return mine
+
+
+def _kernels(model, loss, optimizer, clip):
+    """(the step's entries in the order a run calls them, what validation adds)."""
     manifest = json.loads(MANIFEST.read_text())
     kinds = [layer.kind for layer in model.trained]
     step = [f"forward:{k}" for k in kinds] + [f"loss:{loss}"] + [f"backward:{k}" for k in reversed(kinds)]
     step += [f"update:{optimizer}"] + (["clip"] if clip else [])
     need = _unique(e for key in step for e in manifest.get(key, []))
-    cost = [e[3] for e in need]
-    # the soonest finish; of two as soon, the one where the helper has less to do (waits less)
-    split = min(range(len(need) + 1), key=lambda k: (max(sum(cost[:k]), HELPER_START + sum(cost[k:])), -k))
-    validation = _unique(e for k in kinds for e in manifest.get(f"evaluate:{k}", []))
     in_step = {json.dumps(e[:3]) for e in need}
-    helper = sorted(need[split:], key=lambda e: -e[3]) + [e for e in validation if json.dumps(e[:3]) not in in_step]
-    return [e[:3] for e in helper]
+    validation = _unique(e for k in kinds for e in manifest.get(f"evaluate:{k}", []))
+    return need, [e for e in validation if json.dumps(e[:3]) not in in_step]
 
 
 def _unique(entries):
@@ -198,8 +218,25 @@ class _Stop(Exception):
     """Raised by SIGTERM: an Exception, so Numba's cache writer removes its temporary file."""
 
 
+_stopping = False  # set by SIGTERM too: Numba's compiler may turn the exception into its own
+
+
 def _stop(signum, frame):
+    global _stopping
+    _stopping = True
     raise _Stop
+
+
+def compile_now(entries, stopped=lambda: False):
+    """Compile (or load) each entry here, now, until `stopped()`; one that fails is left
+    to its first call."""
+    for module, name, sig in entries:
+        if stopped():
+            return
+        try:
+            kernel(module, name).compile(tuple(decode(t) for t in sig))
+        except Exception:  # a stale entry (a kernel renamed since)
+            continue
 
 
 def compile_entries(entries, claimed=frozenset(), say=print):
@@ -207,7 +244,7 @@ def compile_entries(entries, claimed=frozenset(), say=print):
     i`, skipping those the run has claimed, until the run that started us ends."""
     parent = os.getppid()
     for i, (module, name, sig) in enumerate(entries):
-        if os.getppid() != parent:
+        if _stopping or os.getppid() != parent:
             return
         if i in claimed:
             continue
@@ -233,8 +270,9 @@ def record(paths, threads=2):
     from Python, and what the first call of each took (its compile time, when the cache
     started empty: record_cold).
     Buckets: forward:<kind>, backward:<kind>, evaluate:<kind>, loss:<name>,
-    update:<optimizer>, clip, other. Run it in a fresh process: it records the calls that
-    find no compiled version in the process, and clears them before each bucket."""
+    update:<optimizer>, clip, other. It sees the calls that find no compiled version in
+    the process, and clears every kernel's before each bucket, so any process will do;
+    the seconds are compile times only in a fresh one with an empty cache."""
     from contextlib import contextmanager
 
     from numba.core.dispatcher import Dispatcher

@@ -13,7 +13,7 @@ import yaml
 
 from . import checkpoint, data, losses, memory, optim, precompile, runtime, text
 from . import spec as spec_mod
-from .callbacks import Checkpointer, EarlyStopping, MetricsLog, SigintAtStep
+from .callbacks import Checkpointer, CompileTogether, EarlyStopping, MetricsLog, SigintAtStep
 from .errors import CheckpointError, DataError, OutputError
 from .files import WriterLock, check_not_an_input, check_target, check_writable
 from .model import Model, Plan
@@ -278,6 +278,9 @@ def train(
                 cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
         if os.environ.get("DLCLI_TEST_SIGINT_AT_STEP"):  # tests: a Ctrl-C at an exact step
             cbs.append(SigintAtStep(int(os.environ["DLCLI_TEST_SIGINT_AT_STEP"])))
+        together = sync is not None and sync.cold_node(compiling)
+        if together:  # after the display: it shows the compile notice meanwhile
+            cbs.append(CompileTogether(sync, s, model))
         if s.train.early_stopping is not None:  # on every rank: they stop together
             cbs.append(EarlyStopping(s.train.early_stopping))
         best = best_path(output) if s.train.keep_best else None
@@ -287,7 +290,8 @@ def train(
         trainer.state = state
         trainer.output = output if writer else None
         trainer.compiling = compiling
-        trainer.compile_helper = helper is not None
+        if helper is not None or together:
+            trainer.compile_shared = "2 processes" if helper else f"{sync.local_size} ranks"
         if ckpt is not None:
             trainer.resumed = {
                 "from": str(resume),

@@ -154,7 +154,7 @@ class Trainer:
         self.resumed = None  # {"from", "epoch", "epoch_step", "step", "changes"} when continuing a checkpoint
         self.output = None  # the checkpoint path
         self.compiling = []  # layer kinds whose kernels the first step compiles (empty cache)
-        self.compile_helper = False  # a second process compiles part of them (dlcli/precompile.py)
+        self.compile_shared = ""  # who shares that work: "2 processes" (dlcli/precompile.py), "2 ranks" (MPI)
         self.schedule = optim.schedule(spec.optimizer)
 
     def _emit(self, name, *args):

@@ -145,7 +145,7 @@ def test_a_long_wait_for_the_first_step_is_explained_even_with_a_warm_looking_ca
 
     class Waiting:
         compiling = []
-        compile_helper = False
+        compile_shared = ""
 
     assert dashboard.waiting_notice(Waiting, 0.01) == ""
     monkeypatch.setattr(dashboard, "FIRST_STEP_PATIENCE", 0.05)
@@ -155,11 +155,11 @@ def test_a_long_wait_for_the_first_step_is_explained_even_with_a_warm_looking_ca
 def test_the_compile_notice_says_when_a_second_process_helps():
     class Cold:
         compiling = ["conv2d", "dense"]
-        compile_helper = False
+        compile_shared = ""
 
     assert dashboard.compile_notice(Cold) == "compiling kernels for conv2d, dense (first run only)"
-    Cold.compile_helper = True
-    assert dashboard.compile_notice(Cold) == "compiling kernels for conv2d, dense (first run only, on 2 processes)"
+    Cold.compile_shared = "2 processes"
+    assert dashboard.compile_notice(Cold) == "compiling kernels for conv2d, dense (first run only, 2 processes)"
     Cold.compiling = []
     assert dashboard.compile_notice(Cold) == ""
 

@@ -238,6 +238,21 @@ def test_mlp_across_process_counts_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_ranks_of_a_cold_node_compile_together(tmp_path):
+    """With an empty kernel cache the node's ranks compile the run's kernels together, each
+    its share (dealt in tests/test_precompile.py), before the first step; the run says so
+    and takes the single-process steps."""
+    (tmp_path / "spec.yaml").write_text(MLP)
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    p = mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "two.npz"], tmp_path, env=env)
+    train_one(MLP, tmp_path / "one.npz", epochs=1)
+    rc, out, err = finish(p)
+    assert rc == 0, err
+    assert "(first run only, 2 ranks)" in out, out
+    assert_same_params(tmp_path / "two.npz", tmp_path / "one.npz")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks, per_node, said", [(4, 2, "shared"), (2, 1, "shared"), (3, 2, "blocking")])
 def test_ranks_on_several_nodes_take_the_single_process_steps(tmp_path, ranks, per_node, said):
     """Nodes pretended on this one machine: four ranks on two nodes share memory within a

@@ -63,23 +63,30 @@ class Model:
         self.trained = [Layer(k) for k in kinds]
 
 
-def test_plan_gives_the_helper_the_step_end_costliest_first(tmp_path, monkeypatch):
-    def e(name, seconds):
-        return ["m", name, [], seconds]
+def e(name, seconds):
+    return ["m", name, [], seconds]
 
-    manifest = {
-        "forward:a": [e("fa", 3.0)],
-        "forward:b": [e("fb", 1.0), e("shared", 0.5)],
-        "loss:l": [e("loss", 0.5)],
-        "backward:b": [e("bb", 1.0), e("shared", 0.5)],
-        "backward:a": [e("ba", 2.0)],
-        "update:o": [e("up", 0.5)],
-        "clip": [e("clip", 0.2)],
-        "evaluate:a": [e("fa", 3.0), e("ea", 1.0)],
-    }
+
+MANIFEST = {
+    "forward:a": [e("fa", 3.0)],
+    "forward:b": [e("fb", 1.0), e("shared", 0.5)],
+    "loss:l": [e("loss", 0.5)],
+    "backward:b": [e("bb", 1.0), e("shared", 0.5)],
+    "backward:a": [e("ba", 2.0)],
+    "update:o": [e("up", 0.5)],
+    "clip": [e("clip", 0.2)],
+    "evaluate:a": [e("fa", 3.0), e("ea", 1.0)],
+}
+
+
+@pytest.fixture
+def manifest(tmp_path, monkeypatch):
     path = tmp_path / "signatures.json"
-    path.write_text(json.dumps(manifest))
+    path.write_text(json.dumps(MANIFEST))
     monkeypatch.setattr(precompile, "MANIFEST", path)
+
+
+def test_plan_gives_the_helper_the_step_end_costliest_first(manifest):
     names = [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o")]
     # the run calls fa 3, fb 1, shared .5, loss .5, bb 1, ba 2, up .5 (8.5 s): keeping the
     # first three or four both end at 5 s (the helper starting in 1 s); of the two the helper
@@ -87,6 +94,23 @@ def test_plan_gives_the_helper_the_step_end_costliest_first(tmp_path, monkeypatc
     assert names == ["ba", "bb", "up", "ea"]
     assert [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o", clip=True)][-2:] == ["clip", "ea"]
     assert all(len(entry) == 3 for entry in precompile.plan(Model("a"), "l", "o"))
+
+
+def test_ranks_of_a_node_share_the_kernels_by_their_seconds(manifest):
+    shares = [[entry[1] for entry in precompile.share(Model("a", "b"), "l", "o", False, i, 2)] for i in range(2)]
+    # costliest first, each to the share with the fewest seconds so far (the first of equals)
+    assert shares == [["fa", "bb", "shared", "up"], ["ba", "fb", "ea", "loss"]]
+    assert [entry[1] for entry in precompile.share(Model("a", "b"), "l", "o", True, 0, 1)] == [
+        "fa",
+        "ba",
+        "fb",
+        "bb",
+        "ea",
+        "shared",
+        "loss",
+        "up",
+        "clip",
+    ]
 
 
 COLD_RUN = """
@@ -110,8 +134,21 @@ helper.listened.wait(10)
 state = dict(helper.state)
 helper.stop()
 left = [d for d in patched if "compile" in vars(d)]
+
+# stopped while it compiles: it ends soon and leaves no half-written file in the cache
+import time
+from pathlib import Path
+manifest = json.loads(precompile.MANIFEST.read_text())
+slow = precompile.Helper([e[:3] for e in manifest["forward:lstm"] if e[1] == "lstm_seq_forward"])
+while not slow.state:
+    time.sleep(0.05)
+t = time.perf_counter()
+slow.stop()
+code = slow.process.wait(timeout=30)
 print(json.dumps({"state": state, "patched": len(patched), "left": len(left), "loss": first,
-                  "entries": len(precompile.plan(model, s.loss, s.optimizer.name))}))
+                  "entries": len(precompile.plan(model, s.loss, s.optimizer.name)),
+                  "stopped_in": time.perf_counter() - t, "slow_state": slow.state,
+                  "temporary": [p.name for p in Path(sys.argv[2]).rglob("*.tmp.*")]}))
 """
 
 COLD_SPEC = textwrap.dedent("""
@@ -126,10 +163,15 @@ COLD_SPEC = textwrap.dedent("""
 def test_a_cold_run_and_its_helper_share_the_compiling(tmp_path):
     """From an empty cache: the helper compiles its kernels or leaves them to the run when
     the run claims them first (never both), the run's step is right, and stop() gives
-    Numba's dispatchers back their own compile."""
+    Numba's dispatchers back their own compile; a helper stopped mid-compile ends at once
+    and leaves no temporary file in the cache."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), DLCLI_PRECOMPILE="1")
     out = subprocess.run(
-        [sys.executable, "-c", COLD_RUN, COLD_SPEC], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", COLD_RUN, COLD_SPEC, env["NUMBA_CACHE_DIR"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -140,3 +182,5 @@ def test_a_cold_run_and_its_helper_share_the_compiling(tmp_path):
     assert "done" in states  # the helper did compile some
     assert result["left"] == 0
     assert np.isfinite(result["loss"])
+    assert result["slow_state"] == {"0": "started"}  # stopped before it was done
+    assert result["stopped_in"] < 10 and result["temporary"] == []
