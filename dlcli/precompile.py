@@ -270,9 +270,10 @@ def record(paths, threads=2):
     from Python, and what the first call of each took (its compile time, when the cache
     started empty: record_cold).
     Buckets: forward:<kind>, backward:<kind>, evaluate:<kind>, loss:<name>,
-    update:<optimizer>, clip, other. It sees the calls that find no compiled version in
-    the process, and clears every kernel's before each bucket, so any process will do;
-    the seconds are compile times only in a fresh one with an empty cache."""
+    update:<optimizer>, clip, other. It sees the calls Numba's fast path does not take,
+    and clears every kernel's dispatch table before each bucket (the compiled versions
+    stay), so every call of a bucket is seen and any process will do; the seconds are
+    compile times only in a fresh one with an empty cache."""
     from contextlib import contextmanager
 
     from numba.core.dispatcher import Dispatcher
@@ -311,7 +312,7 @@ def record(paths, threads=2):
     @contextmanager
     def bucket(name):
         for d in dispatchers():
-            d._reset_overloads()  # every call goes through _compile_for_args again
+            d._clear()  # every call goes through _compile_for_args again (compiled versions kept)
         outer, current[0] = current[0], name
         try:
             yield
@@ -349,6 +350,8 @@ def record(paths, threads=2):
             scored(model.forward(xv, training=False), yv)
     finally:
         Dispatcher._compile_for_args = original
+        for d in dispatchers():  # calls take the fast path again (after one load from the cache)
+            d._reset_overloads()
     return {key: [[*e, round(seconds[json.dumps(e)], 2)] for e in entries] for key, entries in found.items()}
 
 
