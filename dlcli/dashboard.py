@@ -487,7 +487,9 @@ class Dashboard(Callback):
         notice = "" if e else waiting_notice(tr, elapsed)
         if notice:  # the first step waits for the compiler: say so, with a spinner
             spin = SPINNER[int(time.perf_counter() * 10) % len(SPINNER)]
-            lines += pack([Text(f"{spin} {notice}", style="yellow")], width)
+            what, _, aside = notice.partition(" (")  # the aside moves to a line of its own when narrow
+            pieces = [Text(f"{spin} {what}", style="yellow")] + ([Text(f"({aside}", style="yellow")] if aside else [])
+            lines += pack(pieces, width, sep=" ")
         if e:
             stats = [Text(f"loss {fmt(e.loss)}")]
             stats += [Text(t) for t in text_scores(tr, e.loss)]

@@ -469,6 +469,18 @@ def test_an_empty_kernel_cache_is_announced(write_spec, tmp_path, monkeypatch):
     assert any(ch in before for ch in "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")
     assert "compiling" not in draw(dash.render())  # gone once steps arrive
 
+    # a narrow terminal: the aside goes to a line of its own, nothing is cropped
+    narrow = Dashboard(console=Console(file=io.StringIO(), width=40, force_terminal=True, color_system=None))
+    real_narrow_start = narrow.on_start
+    narrow.on_start = lambda trainer: (real_narrow_start(trainer), frames.append(narrow.render()))
+    run.train(s, output=tmp_path / "n.npz", display=narrow)
+    out = io.StringIO()
+    Console(file=out, width=40, height=40, force_terminal=True, color_system=None).print(frames[-1])
+    lines = out.getvalue().splitlines()
+    assert any(ln.endswith("compiling kernels for dense") for ln in lines)
+    assert "(first run only)" in lines
+    assert max(map(len, lines)) <= 40
+
 
 def test_sample_config_stops_early_keeps_the_best_and_reports_test_accuracy():
     from pathlib import Path
