@@ -34,6 +34,7 @@ from pathlib import Path
 MANIFEST = Path(__file__).parent / "kernels" / "signatures.json"
 HELPER_START = 1.0  # seconds a helper takes to import NumPy and Numba, in the manifest's units
 WAIT_LIMIT = 300.0  # never wait longer for a helper's kernel (a stuck helper): compile it instead
+STOP_LIMIT = 5.0  # seconds a stopped helper has to finish the Python call it is in
 
 
 def plan(model, loss, optimizer, clip=False):
@@ -160,6 +161,10 @@ class Helper:
         self.patched = {}
         if self.process.poll() is None:
             self.process.terminate()  # it stops after the file it is writing: no half-written cache
+            try:  # the run leaves nothing behind that could still write to the cache
+                self.process.wait(STOP_LIMIT)
+            except subprocess.TimeoutExpired:  # stuck in one long LLVM call
+                self.process.kill()
         try:
             self.process.stdin.close()
         except OSError:
