@@ -53,6 +53,15 @@ def test_types_survive_json():
         precompile.encode(types.unicode_type)
 
 
+def test_the_helper_skips_claimed_kernels_and_survives_stale_ones():
+    """What it says for each entry; a kernel renamed since the manifest was recorded, or
+    given types it does not take, is left to the run (it compiles what it needs)."""
+    said = []
+    stale = [["dense", "no_such_kernel", []], ["dense", "column_sums", ["bool"]], ["dense", "bias_act", []]]
+    precompile.compile_entries(stale, claimed={2}, say=said.append)
+    assert said == ["started 0", "done 0", "started 1", "done 1"]
+
+
 class Layer:
     def __init__(self, kind):
         self.kind = kind
