@@ -97,7 +97,7 @@ class Helper:
         self.ended = False
         self.listened = threading.Event()  # the helper's output is read to its end
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dlcli.precompile"],
+            HELPER,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -169,6 +169,17 @@ class Helper:
             self.process.stdin.close()
         except OSError:
             pass
+
+
+# -P: never the working directory's `dlcli/` (a folder from someone else must not run
+# code); the folder this dlcli came from goes last on the path (after the standard library).
+HELPER = [
+    sys.executable,
+    "-P",
+    "-c",
+    "import sys; sys.path.append(sys.argv.pop(1)); from dlcli.precompile import main; main(sys.argv[1:])",
+    str(Path(__file__).resolve().parents[1]),
+]
 
 
 def start(s, model, compiling):
@@ -370,7 +381,7 @@ def record_cold(paths):
     for path in paths:
         with tempfile.TemporaryDirectory() as cache:
             out = subprocess.run(
-                [sys.executable, "-m", "dlcli.precompile", "--record-here", path],
+                [*HELPER, "--record-here", path],
                 env=dict(os.environ, NUMBA_CACHE_DIR=cache),
                 capture_output=True,
                 check=True,

@@ -62,6 +62,16 @@ def test_the_helper_skips_claimed_kernels_and_survives_stale_ones():
     assert said == ["started 0", "done 0", "started 1", "done 1"]
 
 
+def test_the_helper_never_imports_a_dlcli_folder_in_the_working_directory(tmp_path):
+    """A run started in someone else's project folder: its `dlcli/` must not run."""
+    (tmp_path / "dlcli").mkdir()
+    for name in ("__init__.py", "precompile.py"):
+        (tmp_path / "dlcli" / name).write_text("open('ran', 'w').write('code from the folder ran')\n")
+    out = subprocess.run(precompile.HELPER, cwd=tmp_path, input="[]\n", capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "ran").exists()
+
+
 class Layer:
     def __init__(self, kind):
         self.kind = kind
