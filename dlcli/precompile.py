@@ -3,7 +3,7 @@
 With an empty kernel cache the first training step waits for Numba, which compiles on one
 core while the others idle (the reference CNN's first step 11-13.7 s on this 2-core
 machine, 10 s of it compiling; the LSTM's 10.5 s). `start` gives a helper process
-(`python -m dlcli.precompile`) the last kernels of the step, costliest first, as many as
+(`HELPER`, running `main` here) the last kernels of the step, costliest first, as many as
 it can compile in the time the run takes for the first ones; the run compiles from the
 front as before. Numba looks in its cache before it compiles, so a kernel the helper has
 written there is loaded. The two agree through pipes so that no kernel is compiled twice:
