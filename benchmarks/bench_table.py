@@ -75,7 +75,7 @@ from dlcli.train import train_step
 with event.install_recorder("numba:compile") as recorder:
     s = spec.parse({text}, "first_step.yaml")
     model, loss = run.build(s)
-    helper = precompile.start(s, model, runtime.uncompiled_kernels(model)) if {helper} else None  # as run.train
+    helper = precompile.start(s, model) if {helper} and runtime.uncompiled_kernels(model) else None  # as run.train
     opt = optim.for_model(s.optimizer, model)
     n = s.train.batch_size
     x = np.zeros((n, *s.model.input), np.float32)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import run
+from . import precompile, run
 from .errors import DlcliError
 from .layers import LAYERS
 from .model import Model
@@ -363,15 +363,21 @@ def check_spec(
     fused=True,
 ):
     """Check a spec's model end to end with its loss, in float64: first as written, then
-    (when the model has any) with the Dense+ReLU fusion training uses."""
+    (when the model has any) with the Dense+ReLU fusion training uses. Kernels not yet
+    compiled for float64 are compiled by this process and a helper (precompile.py)."""
     sections = []
-    for fuse in (False, True) if fused else (False,):
-        model, loss = run.build(s, dtype=np.float64, fuse=fuse)
-        if fuse and not any(layer.fuse_relu for layer in model.trained):
-            continue
-        x, y = spec_inputs(s, model, loss, batch_size, seed)
-        results = check_model(model, loss, x, y, eps, rtol, atol, samples, seed)
-        sections.append(Section(f"{s.name} ({'fused dense+relu' if fuse else 'as written'})", results))
+    helper = precompile.start(s, run.build(s, dtype=np.float64)[0], gradcheck=True)
+    try:
+        for fuse in (False, True) if fused else (False,):
+            model, loss = run.build(s, dtype=np.float64, fuse=fuse)
+            if fuse and not any(layer.fuse_relu for layer in model.trained):
+                continue
+            x, y = spec_inputs(s, model, loss, batch_size, seed)
+            results = check_model(model, loss, x, y, eps, rtol, atol, samples, seed)
+            sections.append(Section(f"{s.name} ({'fused dense+relu' if fuse else 'as written'})", results))
+    finally:
+        if helper is not None:
+            helper.stop()
     return Report(sections, eps, rtol, atol, samples, batch_size, seed)
 
 

@@ -37,17 +37,20 @@ WAIT_LIMIT = 300.0  # never wait longer for a helper's kernel (a stuck helper): 
 STOP_LIMIT = 5.0  # seconds a stopped helper has to finish the Python call it is in
 
 
-def plan(model, loss, optimizer, clip=False):
+def plan(model, loss, optimizer, clip=False, gradcheck=False, cached=lambda entry: False):
     """The manifest's entries for the helper, in its order: of the step's kernels, in the
     order a run calls them (each forward, the loss, each backward from the last layer,
     the update), the run keeps the first ones and the helper takes the rest, split where
     both finish soonest by the recorded seconds, costliest first; then what validation
-    adds, which the run needs only after an epoch."""
-    need, validation = _kernels(model, loss, optimizer, clip)
+    adds, which the run needs only after an epoch. Entries `cached` says are in the cache
+    cost nothing and are left out. `gradcheck`: its float64 forward and backward only."""
+    need, validation = _kernels(model, loss, optimizer, clip, gradcheck)
+    need = [e for e in need if not cached(e)]
     cost = [e[3] for e in need]
     # the soonest finish; of two as soon, the one where the helper has less to do (waits less)
     split = min(range(len(need) + 1), key=lambda k: (max(sum(cost[:k]), HELPER_START + sum(cost[k:])), -k))
-    return [e[:3] for e in sorted(need[split:], key=lambda e: -e[3]) + validation]
+    later = [e for e in validation if not cached(e)]
+    return [e[:3] for e in sorted(need[split:], key=lambda e: -e[3]) + later]
 
 
 def share(model, loss, optimizer, clip, index, count):
@@ -64,13 +67,19 @@ def share(model, loss, optimizer, clip, index, count):
     return mine
 
 
-def _kernels(model, loss, optimizer, clip):
-    """(the step's entries in the order a run calls them, what validation adds)."""
-    manifest = json.loads(MANIFEST.read_text())
+def _kernels(model, loss, optimizer, clip, gradcheck=False):
+    """(the step's entries in the order a run calls them, what validation adds); for a
+    gradient check, the float64 forward and backward and nothing after them (the
+    manifest is float32: the same kernels take float64 arrays there)."""
+    text = MANIFEST.read_text()
+    manifest = json.loads(text.replace('"float32"', '"float64"') if gradcheck else text)
     kinds = [layer.kind for layer in model.trained]
     step = [f"forward:{k}" for k in kinds] + [f"loss:{loss}"] + [f"backward:{k}" for k in reversed(kinds)]
-    step += [f"update:{optimizer}"] + (["clip"] if clip else [])
+    if not gradcheck:
+        step += [f"update:{optimizer}"] + (["clip"] if clip else [])
     need = _unique(e for key in step for e in manifest.get(key, []))
+    if gradcheck:
+        return need, []
     in_step = {json.dumps(e[:3]) for e in need}
     validation = _unique(e for k in kinds for e in manifest.get(f"evaluate:{k}", []))
     return need, [e for e in validation if json.dumps(e[:3]) not in in_step]
@@ -182,19 +191,31 @@ HELPER = [
 ]
 
 
-def start(s, model, compiling):
-    """A Helper for a run whose kernels are not all cached (`compiling`, from
-    runtime.uncompiled_kernels), or None: not when the run has one core (--threads 1) or
-    with DLCLI_PRECOMPILE=0. (run.train starts none under MPI: every rank compiles.)"""
+def start(s, model, gradcheck=False):
+    """A Helper for a run whose kernels are not all in Numba's cache, or None: not when
+    the run has one core (--threads 1) or with DLCLI_PRECOMPILE=0. (run.train starts none
+    under MPI, where the ranks share the work: World.compile_together.)"""
     from . import runtime
 
-    if not compiling or runtime.threads() < 2 or os.environ.get("DLCLI_PRECOMPILE", "1") == "0":
+    if runtime.threads() < 2 or os.environ.get("DLCLI_PRECOMPILE", "1") == "0":
         return None
     try:
-        entries = plan(model, s.loss, s.optimizer.name, s.train.clip_norm is not None)
+        entries = plan(model, s.loss, s.optimizer.name, s.train.clip_norm is not None, gradcheck, cached)
         return Helper(entries) if entries else None
     except OSError:  # no manifest, or no process to spare: the run compiles alone
         return None
+
+
+def cached(entry):
+    """Whether Numba's cache holds this kernel for these argument types: its index, read
+    without loading the code (Numba's own key; False when anything differs or fails)."""
+    module, name, sig = entry[:3]
+    try:
+        disp = kernel(module, name)
+        key = disp._cache._index_key(tuple(decode(t) for t in sig), disp.targetctx.codegen())
+        return key in disp._cache._cache_file._load_index()
+    except Exception:
+        return False
 
 
 # --------------------------------------------------------------- argument types as JSON

@@ -115,6 +115,33 @@ def test_plan_gives_the_helper_the_step_end_costliest_first(manifest):
     assert all(len(entry) == 3 for entry in precompile.plan(Model("a"), "l", "o"))
 
 
+def test_a_gradient_check_plans_float64_forward_and_backward(manifest):
+    names = [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o", gradcheck=True)]
+    assert "up" not in names and "ea" not in names  # no update, no validation
+    assert set(names) < {"fa", "fb", "shared", "loss", "bb", "ba"}
+    f32 = ["array", "float32", 2, "C", True, True]
+    MANIFEST["forward:c"] = [e("big", 9.0)]  # the run compiles it: the helper takes what follows
+    MANIFEST["backward:c"] = [["m", "bc", [f32, "float32", "int64"], 0.5]]
+    try:
+        precompile.MANIFEST.write_text(json.dumps(MANIFEST))
+        (entry,) = [e for e in precompile.plan(Model("c"), "l", "o", gradcheck=True) if e[1] == "bc"]
+        assert entry[2] == [["array", "float64", 2, "C", True, True], "float64", "int64"]
+    finally:
+        del MANIFEST["forward:c"], MANIFEST["backward:c"]
+
+
+def test_the_cache_check_reads_numbas_index():
+    from dlcli.kernels import dense
+
+    dense.column_sums(np.ones((3, 4), np.float32), np.zeros(4, np.float32))  # compiled or loaded: in the cache
+    sig = [["array", "float32", 2, "C", True, True], ["array", "float32", 1, "C", True, True]]
+    assert precompile.cached(["dense", "column_sums", sig])
+    assert not precompile.cached(["dense", "column_sums", [sig[0], ["array", "float32", 3, "C", True, True]]])
+    assert not precompile.cached(["dense", "no_such_kernel", sig])
+    names = [entry[1] for entry in precompile.plan(Model("a"), "l", "o", cached=lambda e: e[1] == "ba")]
+    assert "ba" not in names
+
+
 def test_ranks_of_a_node_share_the_kernels_by_their_seconds(manifest):
     shares = [[entry[1] for entry in precompile.share(Model("a", "b"), "l", "o", False, i, 2)] for i in range(2)]
     # costliest first, each to the share with the fewest seconds so far (the first of equals)
@@ -142,7 +169,7 @@ from dlcli.train import train_step
 s = spec.parse(sys.argv[1], "cold.yaml")
 model, loss = run.build(s)
 runtime.set_threads(2)
-helper = precompile.start(s, model, runtime.uncompiled_kernels(model))
+helper = precompile.start(s, model)  # an empty cache: as run.train starts it
 opt = optim.for_model(s.optimizer, model)
 x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
 y = np.arange(16) % 3
