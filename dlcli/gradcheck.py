@@ -366,7 +366,7 @@ def check_spec(
     (when the model has any) with the Dense+ReLU fusion training uses. Kernels not yet
     compiled for float64 are compiled by this process and a helper (precompile.py)."""
     sections = []
-    helper = precompile.start(s, run.build(s, dtype=np.float64)[0], gradcheck=True)
+    helper = precompile.start(s, run.build(s, dtype=np.float64)[0], gradients_only=True, dtype="float64")
     try:
         for fuse in (False, True) if fused else (False,):
             model, loss = run.build(s, dtype=np.float64, fuse=fuse)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, optim, run
+from . import data, optim, precompile, run, runtime
 from .errors import DataError
 
 VANISHING = 1e-2  # first/last gradient-norm ratio below this: vanishing (two orders of magnitude)
@@ -103,14 +103,19 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
         s = run.apply_overrides(s, seed=seed)
     # unfused: each ReLU's own input gradient and dead units
     model, loss = run.build(s, fuse=False, checkpoint=ckpt)
-    ds = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
-    bs = batch_size or s.train.batch_size
-    m = _Measurements(model, loss, s, ckpt.optimizer if ckpt is not None else None)
-    rng = np.random.default_rng([s.seed, 2, 0]) if s.data.shuffle else None
-    for xb, yb in data.batches(ds.x_train, ds.y_train, bs, rng):
-        if m.batches >= batches:
-            break
-        m.record(xb, yb)
+    helper = precompile.start(s, model, gradients_only=True) if runtime.uncompiled_kernels(model) else None
+    try:
+        ds = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
+        bs = batch_size or s.train.batch_size
+        m = _Measurements(model, loss, s, ckpt.optimizer if ckpt is not None else None)
+        rng = np.random.default_rng([s.seed, 2, 0]) if s.data.shuffle else None
+        for xb, yb in data.batches(ds.x_train, ds.y_train, bs, rng):
+            if m.batches >= batches:
+                break
+            m.record(xb, yb)
+    finally:
+        if helper is not None:
+            helper.stop()
     if m.batches == 0:
         raise DataError(f"{source}: the training split has no samples to inspect")
 

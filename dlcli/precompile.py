@@ -37,14 +37,15 @@ WAIT_LIMIT = 300.0  # never wait longer for a helper's kernel (a stuck helper): 
 STOP_LIMIT = 5.0  # seconds a stopped helper has to finish the Python call it is in
 
 
-def plan(model, loss, optimizer, clip=False, gradcheck=False, cached=lambda entry: False):
+def plan(model, loss, optimizer, clip=False, gradients_only=False, dtype="float32", cached=lambda entry: False):
     """The manifest's entries for the helper, in its order: of the step's kernels, in the
     order a run calls them (each forward, the loss, each backward from the last layer,
     the update), the run keeps the first ones and the helper takes the rest, split where
     both finish soonest by the recorded seconds, costliest first; then what validation
     adds, which the run needs only after an epoch. Entries `cached` says are in the cache
-    cost nothing and are left out. `gradcheck`: its float64 forward and backward only."""
-    need, validation = _kernels(model, loss, optimizer, clip, gradcheck)
+    cost nothing and are left out. `gradients_only`: the forward and backward alone, no
+    update or validation (gradcheck, in float64; inspect-gradients)."""
+    need, validation = _kernels(model, loss, optimizer, clip, gradients_only, dtype)
     need = [e for e in need if not cached(e)]
     cost = [e[3] for e in need]
     # the soonest finish; of two as soon, the one where the helper has less to do (waits less)
@@ -67,18 +68,18 @@ def share(model, loss, optimizer, clip, index, count):
     return mine
 
 
-def _kernels(model, loss, optimizer, clip, gradcheck=False):
-    """(the step's entries in the order a run calls them, what validation adds); for a
-    gradient check, the float64 forward and backward and nothing after them (the
-    manifest is float32: the same kernels take float64 arrays there)."""
+def _kernels(model, loss, optimizer, clip, gradients_only=False, dtype="float32"):
+    """(the step's entries in the order a run calls them, what validation adds); with
+    `gradients_only` the forward and backward and nothing after them. The manifest is
+    float32: in float64 the same kernels take float64 arrays."""
     text = MANIFEST.read_text()
-    manifest = json.loads(text.replace('"float32"', '"float64"') if gradcheck else text)
+    manifest = json.loads(text.replace('"float32"', f'"{dtype}"'))
     kinds = [layer.kind for layer in model.trained]
     step = [f"forward:{k}" for k in kinds] + [f"loss:{loss}"] + [f"backward:{k}" for k in reversed(kinds)]
-    if not gradcheck:
+    if not gradients_only:
         step += [f"update:{optimizer}"] + (["clip"] if clip else [])
     need = _unique(e for key in step for e in manifest.get(key, []))
-    if gradcheck:
+    if gradients_only:
         return need, []
     in_step = {json.dumps(e[:3]) for e in need}
     validation = _unique(e for k in kinds for e in manifest.get(f"evaluate:{k}", []))
@@ -191,7 +192,7 @@ HELPER = [
 ]
 
 
-def start(s, model, gradcheck=False):
+def start(s, model, gradients_only=False, dtype="float32"):
     """A Helper for a run whose kernels are not all in Numba's cache, or None: not when
     the run has one core (--threads 1) or with DLCLI_PRECOMPILE=0. (run.train starts none
     under MPI, where the ranks share the work: World.compile_together.)"""
@@ -200,7 +201,8 @@ def start(s, model, gradcheck=False):
     if runtime.threads() < 2 or os.environ.get("DLCLI_PRECOMPILE", "1") == "0":
         return None
     try:
-        entries = plan(model, s.loss, s.optimizer.name, s.train.clip_norm is not None, gradcheck, cached)
+        clip = s.train.clip_norm is not None
+        entries = plan(model, s.loss, s.optimizer.name, clip, gradients_only, dtype, cached)
         return Helper(entries) if entries else None
     except OSError:  # no manifest, or no process to spare: the run compiles alone
         return None

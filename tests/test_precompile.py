@@ -116,7 +116,7 @@ def test_plan_gives_the_helper_the_step_end_costliest_first(manifest):
 
 
 def test_a_gradient_check_plans_float64_forward_and_backward(manifest):
-    names = [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o", gradcheck=True)]
+    names = [entry[1] for entry in precompile.plan(Model("a", "b"), "l", "o", gradients_only=True, dtype="float64")]
     assert "up" not in names and "ea" not in names  # no update, no validation
     assert set(names) < {"fa", "fb", "shared", "loss", "bb", "ba"}
     f32 = ["array", "float32", 2, "C", True, True]
@@ -124,7 +124,9 @@ def test_a_gradient_check_plans_float64_forward_and_backward(manifest):
     MANIFEST["backward:c"] = [["m", "bc", [f32, "float32", "int64"], 0.5]]
     try:
         precompile.MANIFEST.write_text(json.dumps(MANIFEST))
-        (entry,) = [e for e in precompile.plan(Model("c"), "l", "o", gradcheck=True) if e[1] == "bc"]
+        (entry,) = [
+            e for e in precompile.plan(Model("c"), "l", "o", gradients_only=True, dtype="float64") if e[1] == "bc"
+        ]
         assert entry[2] == [["array", "float64", 2, "C", True, True], "float64", "int64"]
     finally:
         del MANIFEST["forward:c"], MANIFEST["backward:c"]
