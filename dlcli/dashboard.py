@@ -334,6 +334,7 @@ class Dashboard(Callback):
         self.total_steps = trainer.epochs * trainer.steps_per_epoch
         self.first_step = trainer.step
         self.t_start = time.perf_counter()
+        self.after_first = None  # (time, step) when the run's first step ended: it may have compiled for seconds
         self.last_draw = 0.0
         self.console.print(summary_table(m, title=f"model: {trainer.spec.name}"))
         for line in start_lines(trainer):
@@ -343,6 +344,8 @@ class Dashboard(Callback):
 
     def on_step(self, trainer, e):
         self.last = e
+        if self.after_first is None:
+            self.after_first = (time.perf_counter(), e.step)
         self.steps.append(e.step)
         self.losses.append(e.loss)
         now = time.perf_counter()
@@ -459,15 +462,14 @@ class Dashboard(Callback):
         tr = self.trainer
         e = frame.last
         step = e.step if e else tr.step
-        done = step - self.first_step
         elapsed = frame.elapsed
-        rate = done / elapsed if done and elapsed > 0 else None
+        rate = frame.steps_per_s  # steps since the first one: a cold run's compile is not the pace
         eta = (self.total_steps - step) / rate if rate else None
         frac = step / max(self.total_steps, 1)
         pieces = [Text(f"epoch {(e.epoch + 1) if e else tr.start_epoch + 1}/{tr.epochs}")]
         if e:
             pieces.append(Text(f"step {e.epoch_step}/{e.steps_per_epoch}"))
-            sps = done * tr.batch_size / elapsed if elapsed > 0 and done else e.samples_per_s
+            sps = rate * tr.batch_size if rate else e.samples_per_s
             pieces.append(Text(f"{sps:,.0f} samples/s"))
         eta_text = Text(f"ETA {fmt_duration(eta)}")
         # beside a bar of at least 10 cells and " 100.0%"; elapsed is the first to go (ETA says more)
@@ -523,7 +525,11 @@ class _Frame:
 
     def __init__(self, dash, n_steps, n_val, last, last_epoch):
         self.dash, self.n_steps, self.n_val, self.last, self.last_epoch = dash, n_steps, n_val, last, last_epoch
-        self.elapsed = time.perf_counter() - dash.t_start
+        now = time.perf_counter()
+        self.elapsed = now - dash.t_start
+        self.steps_per_s = None
+        if dash.after_first is not None and last is not None and last.step > dash.after_first[1]:
+            self.steps_per_s = (last.step - dash.after_first[1]) / max(now - dash.after_first[0], 1e-9)
 
     def __rich_console__(self, console, options):
         yield self.dash.layout(self, options.max_width, options.max_height)
