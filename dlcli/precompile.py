@@ -198,7 +198,7 @@ def start(s, model, gradients_only=False, dtype="float32"):
     under MPI, where the ranks share the work: World.compile_together.)"""
     from . import runtime
 
-    if runtime.threads() < 2 or os.environ.get("DLCLI_PRECOMPILE", "1") == "0":
+    if runtime.threads() < 2 or not enabled():
         return None
     try:
         clip = s.train.clip_norm is not None
@@ -206,6 +206,11 @@ def start(s, model, gradients_only=False, dtype="float32"):
         return Helper(entries) if entries else None
     except OSError:  # no manifest, or no process to spare: the run compiles alone
         return None
+
+
+def enabled():
+    """DLCLI_PRECOMPILE=0 turns off sharing the compiling (a helper; ranks together)."""
+    return os.environ.get("DLCLI_PRECOMPILE", "1") != "0"
 
 
 def cached(entry):

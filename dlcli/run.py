@@ -278,7 +278,7 @@ def train(
                 cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
         if os.environ.get("DLCLI_TEST_SIGINT_AT_STEP"):  # tests: a Ctrl-C at an exact step
             cbs.append(SigintAtStep(int(os.environ["DLCLI_TEST_SIGINT_AT_STEP"])))
-        together = sync is not None and sync.cold_node(compiling)
+        together = sync is not None and precompile.enabled() and sync.cold_node(compiling)
         if together:  # after the display: it shows the compile notice meanwhile
             cbs.append(CompileTogether(sync, s, model))
         if s.train.early_stopping is not None:  # on every rank: they stop together
