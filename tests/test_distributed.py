@@ -243,7 +243,7 @@ def test_the_ranks_of_a_cold_node_compile_together(tmp_path):
     its share (dealt in tests/test_precompile.py), before the first step; the run says so
     and takes the single-process steps."""
     (tmp_path / "spec.yaml").write_text(MLP)
-    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache"), "DLCLI_PRECOMPILE": "1"}
     p = mpirun(["train", "spec.yaml", "--epochs", "1", "-o", "two.npz"], tmp_path, env=env)
     train_one(MLP, tmp_path / "one.npz", epochs=1)
     rc, out, err = finish(p)
