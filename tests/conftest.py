@@ -33,3 +33,20 @@ def write_spec(tmp_path):
 def _chdir_tmp(tmp_path, monkeypatch):
     """Commands write runs/ into the working directory: keep it in the test's folder."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def first_step_compiles(monkeypatch):
+    """The run's first training step takes 1 s longer, as when it waits for the compiler."""
+    import time
+
+    from dlcli.train import Trainer
+
+    real_step = Trainer.train_step
+
+    def slow_first(self, *args):
+        if self.step == self.first_step:
+            time.sleep(1.0)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", slow_first)

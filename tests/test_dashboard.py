@@ -152,22 +152,10 @@ def test_a_long_wait_for_the_first_step_is_explained_even_with_a_warm_looking_ca
     assert dashboard.waiting_notice(Waiting, 0.5) == dashboard.FIRST_STEP_NOTICE
 
 
-def test_the_rate_and_eta_leave_out_a_first_step_that_waited_for_the_compiler(tmp_path, monkeypatch):
+def test_the_rate_and_eta_leave_out_a_first_step_that_waited_for_the_compiler(tmp_path, first_step_compiles):
     """A cold run's first step takes seconds: the progress line's samples/s and ETA are
     the pace since then, not the whole run's average (which read 1,177 samples/s at the
     end of a cold shapes_cnn run that trains at ~10,000)."""
-    import time
-
-    from dlcli.train import Trainer
-
-    real_step = Trainer.train_step
-
-    def slow_first(self, *args):
-        if self.step == self.first_step:
-            time.sleep(1.0)  # a first step that compiles
-        return real_step(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", slow_first)
     dash = Dashboard(console=recorded_console())
     run.train(spec.parse(TEXT, "dash.yaml"), output=tmp_path / "d.npz", display=dash)
     frame = recorded_console()

@@ -255,22 +255,12 @@ def test_training_reduces_the_loss_and_emits_events(tmp_path):
     )
 
 
-def test_an_epochs_rate_leaves_out_a_first_step_that_waited_for_the_compiler(tmp_path, monkeypatch):
-    import time
-
-    from dlcli.train import Trainer, epoch_rate
+def test_an_epochs_rate_leaves_out_a_first_step_that_waited_for_the_compiler(tmp_path, first_step_compiles):
+    from dlcli.train import epoch_rate
 
     assert epoch_rate(100, 2.0) == 50.0
     assert epoch_rate(100, 11.0, first_rows=10, first_s=10.0) == 90.0  # 90 rows in the other second
     assert epoch_rate(10, 10.0, first_rows=10, first_s=10.0) == 1.0  # the first step alone: as is
-    real_step = Trainer.train_step
-
-    def slow_first(self, *args):
-        if self.step == self.first_step:
-            time.sleep(1.0)  # a first step that compiles
-        return real_step(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", slow_first)
     rec = Record()
     run.train(tiny(epochs=2), output=tmp_path / "t.npz", callbacks=[rec])
     first, second = rec.epochs[0].samples_per_s, rec.epochs[1].samples_per_s
