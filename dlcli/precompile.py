@@ -35,6 +35,7 @@ MANIFEST = Path(__file__).parent / "kernels" / "signatures.json"
 HELPER_START = 1.0  # seconds a helper takes to import NumPy and Numba, in the manifest's units
 WAIT_LIMIT = 300.0  # never wait longer for a helper's kernel (a stuck helper): compile it instead
 STOP_LIMIT = 5.0  # seconds a stopped helper has to finish the Python call it is in
+HELPER_MEMORY = 512 << 20  # free memory a helper needs (it peaked at 179-185 MB), else none starts
 
 
 def plan(model, loss, optimizer, clip=False, gradients_only=False, dtype="float32", cached=lambda entry: False):
@@ -194,11 +195,12 @@ HELPER = [
 
 def start(s, model, gradients_only=False, dtype="float32"):
     """A Helper for a run whose kernels are not all in Numba's cache, or None: not when
-    the run has one core (--threads 1) or with DLCLI_PRECOMPILE=0. (run.train starts none
-    under MPI, where the ranks share the work: World.compile_together.)"""
-    from . import runtime
+    the run has one core (--threads 1), with DLCLI_PRECOMPILE=0, or when the machine has
+    less than HELPER_MEMORY free (the run's own memory comes first). (run.train starts
+    none under MPI, where the ranks share the work: World.compile_together.)"""
+    from . import memory, runtime
 
-    if runtime.threads() < 2 or not enabled():
+    if runtime.threads() < 2 or not enabled() or memory.available()[0] < HELPER_MEMORY:
         return None
     try:
         clip = s.train.clip_norm is not None

@@ -62,6 +62,29 @@ def test_the_helper_skips_claimed_kernels_and_survives_stale_ones():
     assert said == ["started 0", "done 0", "started 1", "done 1"]
 
 
+def test_no_helper_without_a_core_or_memory_to_spare_or_when_turned_off(monkeypatch):
+    from dlcli import memory, run, runtime, spec
+
+    s = spec.parse(COLD_SPEC, "cold.yaml")
+    model, _ = run.build(s)
+    started = []
+    monkeypatch.setattr(precompile, "Helper", lambda entries: started.append(entries) or "helper")
+    monkeypatch.setattr(precompile, "cached", lambda entry: False)  # as with an empty cache
+    monkeypatch.setenv("DLCLI_PRECOMPILE", "1")
+    monkeypatch.setattr(runtime, "threads", lambda: 2)
+    monkeypatch.setattr(memory, "available", lambda: (8 << 30, 16 << 30))
+    assert precompile.start(s, model) == "helper" and started[0]
+    monkeypatch.setattr(memory, "available", lambda: (300 << 20, 16 << 30))
+    assert precompile.start(s, model) is None
+    monkeypatch.setattr(memory, "available", lambda: (8 << 30, 16 << 30))
+    monkeypatch.setattr(runtime, "threads", lambda: 1)
+    assert precompile.start(s, model) is None
+    monkeypatch.setattr(runtime, "threads", lambda: 2)
+    monkeypatch.setenv("DLCLI_PRECOMPILE", "0")
+    assert precompile.start(s, model) is None
+    assert len(started) == 1
+
+
 def test_the_helper_never_imports_a_dlcli_folder_in_the_working_directory(tmp_path):
     """A run started in someone else's project folder: its `dlcli/` must not run."""
     (tmp_path / "dlcli").mkdir()
