@@ -332,7 +332,6 @@ class Dashboard(Callback):
         self.last = None
         self.last_epoch = None
         self.total_steps = trainer.epochs * trainer.steps_per_epoch
-        self.first_step = trainer.step
         self.t_start = time.perf_counter()
         self.after_first = None  # (time, step) when the run's first step ended: it may have compiled for seconds
         self.last_draw = 0.0
