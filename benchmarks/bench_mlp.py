@@ -114,10 +114,10 @@ def first_step_time(cache_dir):
     code = (
         "import time; t0 = time.perf_counter(); "
         "import sys; sys.argv = ['x']; "
-        "from dlcli import spec, run, optim, precompile, runtime; import numpy as np; "
+        "from dlcli import spec, run, optim, precompile; import numpy as np; "
         "from dlcli.train import train_step; "
         f"s = spec.parse({SPEC!r}); m, l = run.build(s); "
-        "h = precompile.start(s, m) if runtime.uncompiled_kernels(m) else None; "
+        "h = precompile.start(s, m); "
         "o = optim.for_model(s.optimizer, m); "
         "x = np.zeros((128, 784), np.float32); y = np.zeros(128, np.int64); "
         "train_step(m, l, o, x, y, 0.01); "

@@ -69,13 +69,13 @@ import dlcli
 import numba.core.event as event
 import numpy as np
 import {module} as bench
-from dlcli import optim, precompile, run, runtime, spec
+from dlcli import optim, precompile, run, spec
 from dlcli.train import train_step
 
 with event.install_recorder("numba:compile") as recorder:
     s = spec.parse({text}, "first_step.yaml")
     model, loss = run.build(s)
-    helper = precompile.start(s, model) if {helper} and runtime.uncompiled_kernels(model) else None  # as run.train
+    helper = precompile.start(s, model) if {helper} else None  # as run.train
     opt = optim.for_model(s.optimizer, model)
     n = s.train.batch_size
     x = np.zeros((n, *s.model.input), np.float32)

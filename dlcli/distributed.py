@@ -256,8 +256,8 @@ class World:
 
         clip = s.train.clip_norm is not None
         mine = precompile.share(model, s.loss, s.optimizer.name, clip, self.local_rank, self.local_size)
-        precompile.compile_now(mine, stopped=lambda: _terminated)
-        if _terminated:  # compile_now leaves a kernel's errors to its first call: not this one
+        precompile.compile_entries(mine, stopped=lambda: _terminated)
+        if _terminated:  # compile_entries leaves a kernel's errors to its first call: not this one
             raise Terminated
         self.node.Barrier()
 

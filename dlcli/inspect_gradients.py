@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, optim, precompile, run, runtime
+from . import data, optim, precompile, run
 from .errors import DataError
 
 VANISHING = 1e-2  # first/last gradient-norm ratio below this: vanishing (two orders of magnitude)
@@ -103,7 +103,7 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
         s = run.apply_overrides(s, seed=seed)
     # unfused: each ReLU's own input gradient and dead units
     model, loss = run.build(s, fuse=False, checkpoint=ckpt)
-    helper = precompile.start(s, model, gradients_only=True) if runtime.uncompiled_kernels(model) else None
+    helper = precompile.start(s, model, gradients_only=True)
     try:
         ds = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
         bs = batch_size or s.train.batch_size

@@ -106,7 +106,6 @@ class Helper:
         self.cond = threading.Condition()
         self.state = {}  # entry index -> "started" | "done" | "claimed"
         self.ended = False
-        self.listened = threading.Event()  # the helper's output is read to its end
         self.process = subprocess.Popen(
             HELPER,
             stdin=subprocess.PIPE,
@@ -140,7 +139,6 @@ class Helper:
         with self.cond:
             self.ended = True
             self.cond.notify_all()
-        self.listened.set()
 
     def _compile_for(self, disp, sigs):
         original = type(disp).compile.__get__(disp)
@@ -193,14 +191,19 @@ HELPER = [
 ]
 
 
-def start(s, model, gradients_only=False, dtype="float32"):
+def start(s, model, gradients_only=False, dtype="float32", compiling=None):
     """A Helper for a run whose kernels are not all in Numba's cache, or None: not when
     the run has one core (--threads 1), with DLCLI_PRECOMPILE=0, or when the machine has
-    less than HELPER_MEMORY free (the run's own memory comes first). (run.train starts
+    less than HELPER_MEMORY free (the run's own memory comes first). A float32 run whose
+    kernel files are all there (`compiling`, runtime.uncompiled_kernels: computed here
+    unless given) starts none without loading Numba; float64 kernels share those files
+    with float32 ones, so gradcheck's are checked in the index alone. (run.train starts
     none under MPI, where the ranks share the work: World.compile_together.)"""
     from . import memory, runtime
 
     if runtime.threads() < 2 or not enabled() or memory.available()[0] < HELPER_MEMORY:
+        return None
+    if dtype == "float32" and not (runtime.uncompiled_kernels(model) if compiling is None else compiling):
         return None
     try:
         clip = s.train.clip_norm is not None
@@ -273,24 +276,13 @@ def _stop(signum, frame):
     raise _Stop
 
 
-def compile_now(entries, stopped=lambda: False):
-    """Compile (or load) each entry here, now, until `stopped()`; one that fails is left
-    to its first call."""
-    for module, name, sig in entries:
-        if stopped():
-            return
-        try:
-            kernel(module, name).compile(tuple(decode(t) for t in sig))
-        except Exception:  # a stale entry (a kernel renamed since)
-            continue
-
-
-def compile_entries(entries, claimed=frozenset(), say=print):
+def compile_entries(entries, claimed=frozenset(), say=lambda text: None, stopped=lambda: False):
     """Compile (or load) each entry into the cache in order, saying `started i` and `done
-    i`, skipping those the run has claimed, until the run that started us ends."""
-    parent = os.getppid()
+    i`, skipping those the run has claimed, until `stopped()`. One that fails (a kernel
+    renamed since the manifest) is left to its first call. The helper's loop, and a
+    rank's share under MPI (World.compile_together)."""
     for i, (module, name, sig) in enumerate(entries):
-        if _stopping or os.getppid() != parent:
+        if stopped():
             return
         if i in claimed:
             continue
@@ -299,7 +291,7 @@ def compile_entries(entries, claimed=frozenset(), say=print):
             kernel(module, name).compile(tuple(decode(t) for t in sig))
         except _Stop:
             return
-        except Exception:  # a stale entry (a kernel renamed since): the run compiles what it needs
+        except Exception:  # the run (or the rank's first call) compiles what it needs
             pass
         say(f"done {i}")
 
@@ -447,8 +439,9 @@ def main(argv):
         except BrokenPipeError:  # the run has gone
             raise _Stop from None
 
+    parent = os.getppid()
     try:
-        compile_entries(entries, claimed, say)
+        compile_entries(entries, claimed, say, stopped=lambda: _stopping or os.getppid() != parent)
     except _Stop:
         pass
 

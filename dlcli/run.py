@@ -240,7 +240,7 @@ def train(
     check_memory(s, vocab)
     model, loss = build(s, vocab=vocab)
     compiling = runtime.uncompiled_kernels(model)  # before any kernel runs
-    helper = precompile.start(s, model) if compiling and sync is None else None  # while the data loads
+    helper = precompile.start(s, model, compiling=compiling) if sync is None else None  # while the data loads
     lock = None
     try:
         dataset = data.load(s, loss, model.output_shape, vocab=vocab)

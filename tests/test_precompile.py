@@ -62,7 +62,7 @@ def test_the_helper_skips_claimed_kernels_and_survives_stale_ones():
     assert said == ["started 0", "done 0", "started 1", "done 1"]
 
 
-def test_no_helper_without_a_core_or_memory_to_spare_or_when_turned_off(monkeypatch):
+def test_no_helper_without_a_core_or_memory_to_spare_a_cold_cache_or_when_turned_off(monkeypatch):
     from dlcli import memory, run, runtime, spec
 
     s = spec.parse(COLD_SPEC, "cold.yaml")
@@ -70,6 +70,7 @@ def test_no_helper_without_a_core_or_memory_to_spare_or_when_turned_off(monkeypa
     started = []
     monkeypatch.setattr(precompile, "Helper", lambda entries: started.append(entries) or "helper")
     monkeypatch.setattr(precompile, "cached", lambda entry: False)  # as with an empty cache
+    monkeypatch.setattr(runtime, "uncompiled_kernels", lambda model: ["dense"])
     monkeypatch.setenv("DLCLI_PRECOMPILE", "1")
     monkeypatch.setattr(runtime, "threads", lambda: 2)
     monkeypatch.setattr(memory, "available", lambda: (8 << 30, 16 << 30))
@@ -82,7 +83,12 @@ def test_no_helper_without_a_core_or_memory_to_spare_or_when_turned_off(monkeypa
     monkeypatch.setattr(runtime, "threads", lambda: 2)
     monkeypatch.setenv("DLCLI_PRECOMPILE", "0")
     assert precompile.start(s, model) is None
-    assert len(started) == 1
+    monkeypatch.setenv("DLCLI_PRECOMPILE", "1")
+    monkeypatch.setattr(runtime, "uncompiled_kernels", lambda model: [])  # every kernel file there
+    assert precompile.start(s, model) is None
+    assert precompile.start(s, model, compiling=["dense"]) == "helper"  # the caller's own check
+    assert precompile.start(s, model, gradients_only=True, dtype="float64") == "helper"  # float64: the index decides
+    assert len(started) == 3
 
 
 def test_the_helper_never_imports_a_dlcli_folder_in_the_working_directory(tmp_path):
@@ -201,7 +207,8 @@ y = np.arange(16) % 3
 first = train_step(model, loss, opt, x, y, 0.1)[0]
 patched = [d for d in helper.patched if "compile" in vars(d)]
 helper.process.wait(timeout=120)
-helper.listened.wait(10)
+with helper.cond:  # its output read to the end
+    helper.cond.wait_for(lambda: helper.ended, 10)
 state = dict(helper.state)
 helper.stop()
 left = [d for d in patched if "compile" in vars(d)]
