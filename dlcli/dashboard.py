@@ -258,6 +258,16 @@ FIRST_STEP_PATIENCE = 2.0
 FIRST_STEP_NOTICE = "waiting for the first step (a kernel's first use compiles it, once)"
 
 
+def notice_lines(notice, width):
+    """A notice word-wrapped to `width`, never cropped (a long list of layer kinds), its
+    aside in parentheses kept whole on a line of its own when it does not fit."""
+    what, _, aside = notice.partition(" (")
+    pieces = [Text(word, style="yellow") for word in what.split(" ")]
+    if aside:
+        pieces.append(Text(f"({aside}", style="yellow"))
+    return pack(pieces, width, sep=" ")
+
+
 def waiting_notice(trainer, waited):
     """The line that explains the wait for the first step, or '' (see FIRST_STEP_PATIENCE)."""
     return compile_notice(trainer) or (FIRST_STEP_NOTICE if waited >= FIRST_STEP_PATIENCE else "")
@@ -488,9 +498,7 @@ class Dashboard(Callback):
         notice = "" if e else waiting_notice(tr, elapsed)
         if notice:  # the first step waits for the compiler: say so, with a spinner
             spin = SPINNER[int(time.perf_counter() * 10) % len(SPINNER)]
-            what, _, aside = notice.partition(" (")  # the aside moves to a line of its own when narrow
-            pieces = [Text(f"{spin} {what}", style="yellow")] + ([Text(f"({aside}", style="yellow")] if aside else [])
-            lines += pack(pieces, width, sep=" ")
+            lines += notice_lines(f"{spin} {notice}", width)
         if e:
             stats = [Text(f"loss {fmt(e.loss)}")]
             stats += [Text(t) for t in text_scores(tr, e.loss)]

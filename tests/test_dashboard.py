@@ -176,6 +176,15 @@ def test_the_compile_notice_says_when_a_second_process_helps():
     assert dashboard.compile_notice(Cold) == ""
 
 
+def test_a_long_compile_notice_wraps_between_words_and_keeps_its_aside_whole():
+    kinds = "conv1d, batchnorm, relu, maxpool1d, add, global_avgpool, dense"
+    notice = f"⠋ compiling kernels for {kinds} (first run only, 2 processes)"
+    lines = [ln.plain for ln in dashboard.notice_lines(notice, 80)]
+    assert all(len(ln) <= 80 for ln in lines)
+    assert " ".join(lines) == notice  # every word kept: cropped at 80 columns before
+    assert len(lines) == 2 and lines[-1].endswith(" (first run only, 2 processes)")  # the aside whole
+
+
 def test_a_fused_relu_reads_the_same_after_every_layer_type():
     text = """\
 name: conv
