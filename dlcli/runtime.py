@@ -221,6 +221,8 @@ def uncompiled_kernels(model):
     missing = {m for m in ("elementwise", "losses") if not _cached(m)}
     kinds = []
     for layer in model.layers:
+        if layer.fused:  # a relu the layer before applies: it calls no kernel of its own
+            continue
         if any(not _cached(m) for m in layer.KERNELS):
             missing.update(layer.KERNELS)
             if layer.kind not in kinds:

@@ -440,6 +440,8 @@ def test_an_empty_kernel_cache_is_announced(write_spec, tmp_path, monkeypatch):
     s = run.load_spec(write_spec(TEXT.replace("[{dense: 8}, relu, {dense: 2}]", "[{dense: 8}, tanh, {dense: 2}]")))
     model, _ = run.build(s)
     assert runtime.uncompiled_kernels(model) == ["dense", "tanh"]
+    relu, _ = run.build(run.load_spec(write_spec(TEXT)))  # the dense layer applies its relu: no kind of its own
+    assert runtime.uncompiled_kernels(relu) == ["dense"]
     for module in ("dense", "elementwise"):
         (cache / f"{module}.f-1.py311.nbi").write_text("")
     assert runtime.uncompiled_kernels(model) == ["optimizer"]  # the loss kernels are still missing
