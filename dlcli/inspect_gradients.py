@@ -376,8 +376,23 @@ def verdicts(r: Inspection):
             msg += f" (ratio {ratio:.2g})"
         for name, tr in through_time:  # a close call shows as one (the vanishing line is VANISHING)
             msg += f"; through time ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {name} (vanishing below {VANISHING:.0e})"
-        out.append(Verdict("healthy", None, msg + "; no dead or saturated units", "nothing to change"))
+        out.append(Verdict("healthy", None, msg + "; " + _units_line(r.layers), "nothing to change"))
     return out
+
+
+def _units_line(layers):
+    """What a healthy verdict says of dead and saturated units: 'none' only when the table
+    shows none (a layer 25 % dead is below the DEAD line, not free of dead units)."""
+    dead = max((l["dead_fraction"] for l in layers if l["dead_fraction"] is not None), default=0.0)
+    saturated = max((l["saturated_fraction"] for l in layers if l["saturated_fraction"] is not None), default=0.0)
+    if not dead and not saturated:
+        return "no dead or saturated units"
+    parts = []
+    if dead:
+        parts.append(f"dead ReLUs at most {dead:.0%} of a layer (a problem above {DEAD:.0%})")
+    if saturated:
+        parts.append(f"saturated outputs at most {saturated:.0%} of a layer (a problem above {SATURATED:.0%})")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------- the metrics log

@@ -179,3 +179,32 @@ def test_table_output_and_errors(write_spec, tmp_path):
     assert invoke().exit_code == 2
     missing = invoke(tmp_path / "nope.yaml")
     assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1
+
+
+def test_a_healthy_verdict_says_no_dead_units_only_when_there_are_none():
+    """A layer 25 % dead is below the dead-ReLU line, but not free of dead units."""
+    from dlcli.inspect_gradients import Inspection, verdicts
+
+    def layer(name, kind, dead, saturated=None):
+        norm = {"mean": 1.0}
+        return {
+            "name": name,
+            "kind": kind,
+            "params": kind == "dense",
+            "grad_norm": norm,
+            "dead_fraction": dead,
+            "saturated_fraction": saturated,
+        }
+
+    def verdict(*layers):
+        r = Inspection("x", "x", 1, 8, "sgd", 0.1, 1.0, list(layers), first_last_ratio=1.8)
+        (v,) = verdicts(r)
+        assert v.kind == "healthy"
+        return v.message
+
+    clean = verdict(layer("a", "dense", None), layer("b", "relu", 0.0), layer("c", "dense", None))
+    assert clean.endswith("(ratio 1.8); no dead or saturated units")
+    some = verdict(layer("a", "dense", None), layer("b", "relu", 0.25), layer("c", "tanh", None, 0.1))
+    assert "no dead" not in some
+    assert "dead ReLUs at most 25% of a layer (a problem above 50%)" in some
+    assert "saturated outputs at most 10% of a layer (a problem above 20%)" in some
