@@ -441,6 +441,14 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
         x = shape_batch(x)
     labels_from = ds.targets if ds.targets is not None else where  # a label problem names the labels' file
     y = loss.check_targets(np.asarray(y), output_shape, labels_from)
+    if loss.kind(output_shape) == "multiclass" and classes and output_shape[-1] > len(classes):
+        # Fewer outputs than classes fails the label range check above; more would train,
+        # but the extra outputs stand for no class, and predictions would lose the names.
+        raise DataError(
+            f"{spec.where('model', 'layers', len(spec.model.layers) - 1)}: the last layer has "
+            f"{output_shape[-1]} outputs, but {where} has {len(classes)} classes "
+            f"({', '.join(map(str, classes[:6]))}{', ...' if len(classes) > 6 else ''}): give it {len(classes)} units"
+        )
     rng = np.random.default_rng([spec.seed, 1])
     order = rng.permutation(len(x)) if ds.shuffle else np.arange(len(x))
     n_test = int(round(len(x) * ds.test_split))

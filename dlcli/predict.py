@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, data, losses, runtime
-from .errors import CheckpointError, DataError
-from .files import atomic_path, check_new_output, check_not_an_input
+from .errors import CheckpointError, DataError, OutputError
+from .files import atomic_path, check_new_output, check_not_an_input, check_writable
 
 OUTPUT_FORMATS = (".csv", ".json", ".npy")
 # Forward work below which a batch runs on one thread: ~0.1-0.3 ms on one core, about what
@@ -291,6 +291,7 @@ def predict(
             raise DataError(f"{output}: unknown output type '{ext}' (use .csv, .json or .npy)")
         check_not_an_input(output, [("the input being predicted", input_path), ("the checkpoint", model_path)])
         check_new_output(output, overwrite)
+        check_writable(output, OutputError)  # a path that cannot be written is bad input, found before any work
     pred = open_model(model_path)
     mode = _mode(pred, proba, top_k)
     x, _ = load_inputs(pred, input_path, need_labels=False, label=label)
@@ -317,6 +318,8 @@ def predict(
 
 
 def _mode(pred, proba, top_k):
+    if top_k is not None and proba:
+        raise DataError("--proba and --top-k together: --top-k already gives the K likeliest classes' probabilities")
     if top_k is not None:
         if pred.kind not in ("multiclass", "binary") or len(pred.output_shape) > 1:
             raise DataError(

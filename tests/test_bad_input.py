@@ -227,6 +227,8 @@ COMMAND_LINES = [
     ("inspect-compare-alone", ["inspect-gradients", "--compare", "S"], ["SOURCE"]),
     ("predict-bad-output-type", ["predict", "C", "d.npz", "-o", "out.txt"], ["unknown output type"]),
     ("predict-top-k-too-big", ["predict", "C", "d.npz", "--top-k", "3"], ["--top-k 3"]),
+    ("predict-top-k-with-proba", ["predict", "C", "d.npz", "--top-k", "1", "--proba"], ["--proba and --top-k"]),
+    ("predict-output-under-a-file", ["predict", "C", "d.npz", "-o", "s.yaml/p.csv"], ["cannot write s.yaml/p.csv"]),
     ("predict-missing-input", ["predict", "C"], ["missing argument"]),
     ("evaluate-npy-without-labels", ["evaluate", "C", "x.npy"], ["needs labels"]),
     ("evaluate-unknown-type", ["evaluate", "C", "d.txt"], ["unsupported input type"]),
@@ -306,6 +308,13 @@ DATA_FILES = [
         ["x.npy"],
     ),
     ("csv-nan", {"d.csv": "a,b,label\n1,2,0\n3,nan,1\n"}, CSV, ["d.csv:3", "column 'b'", "'nan'"]),
+    # named classes: more outputs than classes would train, the extra outputs naming nothing
+    (
+        "csv-more-outputs-than-classes",
+        {"d.csv": "a,b,label\n" + "1,2,cat\n3,4,dog\n" * 4},
+        CSV.replace("{dense: 2}]", "{dense: 3}]"),
+        ["s.yaml:4:", "the last layer has 3 outputs, but d.csv has 2 classes (cat, dog): give it 2 units"],
+    ),
     ("csv-inf", {"d.csv": "a,b,label\n1,2,0\n-inf,1,1\n"}, CSV, ["d.csv:3", "column 'a'"]),
     ("csv-beyond-float32", {"d.csv": "a,b,label\n1,2,0\n1,1e39,1\n"}, CSV, ["d.csv:3", "'1e39'"]),
     ("csv-not-numeric", {"d.csv": "a,b,label\n1,x,0\n"}, CSV, ["d.csv:2", "not numeric"]),
