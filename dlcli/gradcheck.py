@@ -23,7 +23,7 @@ from . import precompile, run
 from .errors import DlcliError
 from .layers import LAYERS
 from .model import Model
-from .options import MISSING, UNKNOWN, OptionError, parse_options
+from .options import MISSING, UNKNOWN, OptionError, did_you_mean, parse_options
 
 DEFAULT_EPS = 1e-6
 # An entry passes when its absolute error |a - n| <= atol or its relative error
@@ -384,7 +384,7 @@ def check_spec(
 def example_layer(kind, dtype=np.float64, seed=0):
     """A built layer of this kind from its EXAMPLE, and the example's one-sample input shape."""
     if kind not in LAYERS:
-        raise UsageError(f"unknown layer type '{kind}'; known: {', '.join(LAYERS)}")
+        raise UsageError(f"unknown layer type '{kind}'{did_you_mean(kind, LAYERS)}; known: {', '.join(LAYERS)}")
     cls = LAYERS[kind]
     example = getattr(cls, "EXAMPLE", None)
     if not example or "input" not in example:

@@ -126,7 +126,8 @@ def optional(parser):
 def choice(*allowed):
     def parse(v):
         if v not in allowed:
-            raise ValueError("must be one of " + ", ".join(map(str, allowed)))
+            hint = did_you_mean(v, [a for a in allowed if isinstance(a, str)]) if isinstance(v, str) else ""
+            raise ValueError("must be one of " + ", ".join(map(str, allowed)) + hint)
         return v
 
     return parse
