@@ -481,9 +481,13 @@ class Dashboard(Callback):
             sps = rate * tr.batch_size if rate else e.samples_per_s
             pieces.append(Text(f"{sps:,.0f} samples/s"))
         eta_text = Text(f"ETA {fmt_duration(eta)}")
-        # beside a bar of at least 10 cells and " 100.0%"; elapsed is the first to go (ETA says more)
+        # beside a bar of at least 10 cells and " 100.0%"; elapsed is the first to go (ETA says
+        # more), except at the end, where an ETA of 0:00 says nothing and the run's time a lot
         elapsed_text = Text(f"elapsed {fmt_duration(elapsed)}")
-        pieces = fitting([pieces + [elapsed_text, eta_text], pieces + [eta_text]], width - 19)
+        if step >= self.total_steps:
+            pieces = fitting([pieces + [elapsed_text]], width - 19)
+        else:
+            pieces = fitting([pieces + [elapsed_text, eta_text], pieces + [eta_text]], width - 19)
         room = width - one_line_len(pieces) - 9
         bar_w = min(30, room) if room >= 10 else max(10, min(30, width - 8))  # else the pieces re-flow
         filled = int(frac * bar_w)
