@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 import sys
 
 import click
@@ -176,7 +177,8 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
     code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
     if not speaks:
         return code
-    for line in final_lines(result, saved, trainer):
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    for line in final_lines(result, saved, trainer, width):
         click.echo(line)
     if result.stopped == "interrupted":
         click.echo(
@@ -193,9 +195,10 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
     return code
 
 
-def final_lines(result, saved, trainer):
+def final_lines(result, saved, trainer, width=None):
     """What `train` prints at the end: the last epoch, why it stopped early, the test score
-    and where the checkpoints are."""
+    and where the checkpoints are. With `width` (a terminal's), a longer line breaks
+    between its figures, never inside one (the terminal would cut '0.3353' after its 0)."""
     from .dashboard import fmt, fmt_metric
 
     out = []
@@ -208,7 +211,7 @@ def final_lines(result, saved, trainer):
             parts.append(f"val_acc {last.val_acc:.4f}")
         if result.stopped == "interrupted" and result.step > last.step:  # partway through the next epoch
             parts.insert(1, f"(stopped in epoch {last.epoch + 2} at step {result.step})")
-        out.append(" ".join(parts))
+        out.extend(_wrapped(parts, width))
     if result.stopped == "early_stopped":
         out.append(f"stopped: {result.message}")
     best = trainer.state.get("best")
@@ -227,6 +230,18 @@ def final_lines(result, saved, trainer):
     if saved:
         out.append(f"checkpoint: {saved}")
     return out
+
+
+def _wrapped(pieces, width):
+    """The pieces joined by spaces: one line, or lines of at most `width` cells broken
+    between pieces (the later ones indented)."""
+    lines = [pieces[0]]
+    for piece in pieces[1:]:
+        if width is not None and len(lines[-1]) + 1 + len(piece) > width:
+            lines.append("  " + piece)
+        else:
+            lines[-1] += " " + piece
+    return lines
 
 
 @main.command()

@@ -257,6 +257,9 @@ def test_tiny_losses_keep_their_digits_in_the_final_and_early_stopping_lines():
     lines = final_lines(result, "r.npz", trainer)
     assert lines[0] == "final: epoch 230/300 train_loss 4.73e-10 val_loss 9.14e-07 val_acc 1.0000"
     assert "best: epoch 200, val_loss 2.50e-08 -> r.best.npz" in lines
+    # on a 60-column terminal the line breaks between figures, never inside one
+    narrow = final_lines(result, "r.npz", trainer, width=60)
+    assert narrow[:2] == ["final: epoch 230/300 train_loss 4.73e-10 val_loss 9.14e-07", "  val_acc 1.0000"]
     trainer.state["best"] = {"monitor": "val_acc", "value": 0.96, "epoch": 200}
     assert "best: epoch 200, val_acc 0.9600 -> r.best.npz" in final_lines(result, "r.npz", trainer)
 
