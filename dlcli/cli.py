@@ -232,6 +232,13 @@ def final_lines(result, saved, trainer, width=None):
     return out
 
 
+def _options_text(overrides):
+    """{'epochs': 30, 'batch_size': 64} as '--epochs 30 --batch-size 64', as it was typed."""
+    if not isinstance(overrides, dict):
+        return str(overrides)
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+
+
 def _wrapped(pieces, width):
     """The pieces joined by spaces: one line, or lines of at most `width` cells broken
     between pieces (the later ones indented)."""
@@ -266,10 +273,11 @@ def summary(source, no_data):
         meta = ckpt.meta
         best = meta.get("best")
         console.print(
-            f"checkpoint: {meta.get('epochs_done', 0)} epochs, step {meta.get('step', 0)}, "
+            f"checkpoint: {meta.get('epochs_done', 0)} epoch{'' if meta.get('epochs_done') == 1 else 's'}, "
+            f"step {meta.get('step', 0)}, "
             f"dlcli {meta.get('dlcli_version')}"
             + (f"; the best epoch ({best['monitor']} {fmt_metric(best['monitor'], best['value'])})" if best else "")
-            + (f"; set on the command line: {meta['overrides']}" if meta.get("overrides") else "")
+            + ("; set on the command line: " + _options_text(meta["overrides"]) if meta.get("overrides") else "")
         )
     if not no_data:
         d = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))

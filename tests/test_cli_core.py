@@ -239,9 +239,10 @@ def test_summary(write_spec):
     assert "model: cli" in out.output and "spec OK" in out.output
     assert "dense (8 units" in out.output and "42" in out.output  # 2*8+8 + 8*2+2 parameters
     assert "train [160, 2], validation [40, 2]" in out.output and "2 classes" in out.output
-    assert invoke("train", p, "-o", "s.npz").exit_code == 0
+    assert invoke("train", p, "-o", "s.npz", "--epochs", "1", "--lr", "0.05").exit_code == 0
     out = invoke("summary", "s.npz")
-    assert out.exit_code == 0 and "checkpoint: 2 epochs" in out.output
+    assert out.exit_code == 0 and "checkpoint: 1 epoch, step" in out.output
+    assert "set on the command line: --epochs 1 --lr 0.05" in " ".join(out.output.split()), out.output
 
 
 def test_tiny_losses_keep_their_digits_in_the_final_and_early_stopping_lines():
