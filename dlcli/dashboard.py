@@ -447,12 +447,15 @@ class Dashboard(Callback):
         return Panel(chart, title="loss (log scale)", border_style="blue", width=width)
 
     def _bars_panel(self, names, norms, notes, bar_w, width, rows, room):
-        """One row per layer (and merge point) while they fit; then the first ones and "+N more".
+        """One row per layer (and merge point) while they fit; when they do not, the merge
+        points go first (they carry no norm), then the first layers and "+N more".
         `room`: the cells the panel leaves for the bar column (a merge point's note may use them)."""
+        scale = log_scale(norms)
+        if len(names) > rows:
+            layers = [i for i, note in enumerate(notes) if note is None]
+            names, norms, notes = [names[i] for i in layers], [norms[i] for i in layers], [None] * len(layers)
         shown = len(names) if len(names) <= rows else max(rows - 1, 0)
-        bars = log_bars(
-            names[:shown], norms[:shown], width=bar_w, scale=log_scale(norms), notes=notes[:shown], room=room
-        )
+        bars = log_bars(names[:shown], norms[:shown], width=bar_w, scale=scale, notes=notes[:shown], room=room)
         if shown < len(names):
             bars.add_row(Text(f"+{len(names) - shown} more", style="dim"), "", "")
         inner = width - 4
