@@ -176,22 +176,25 @@ class EarlyStopping(Callback):
 
     def on_start(self, trainer):
         state = trainer.state.setdefault("early_stopping", {"best": None, "best_epoch": None, "wait": 0})
-        if state.pop("stopped", None):  # resuming a run it stopped: fresh patience
+        if state.pop("stopped", None):  # resuming a run it stopped (--epochs): fresh patience
             state["wait"] = 0
+            state["since"] = trainer.start_epoch
 
     def on_epoch(self, trainer, e):
         state = trainer.state["early_stopping"]
         value = self.monitor.value(e)
         if self.monitor.improved(value, state["best"]):
             state.update(best=value, best_epoch=e.epoch + 1, wait=0)
+            state.pop("since", None)
             return
         state["wait"] += 1
         if state["wait"] >= self.spec.patience and e.epoch + 1 < e.epochs:
             from .dashboard import fmt_metric
 
             state["stopped"] = True
+            since = f" since the resume after epoch {state['since']}" if "since" in state else ""
             trainer.stop_reason = (
-                f"early stopping: {self.spec.monitor} has not improved for {self.spec.patience} epochs "
+                f"early stopping: {self.spec.monitor} has not improved for {self.spec.patience} epochs{since} "
                 f"(best {fmt_metric(self.spec.monitor, state['best'])} at epoch {state['best_epoch']})"
             )
 

@@ -145,13 +145,13 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
     s = run.apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     sync = distributed.world()  # None unless launched by mpirun/srun as several ranks
     with distributed.failing_together(sync):  # from here an error on one rank ends every rank
-        code = _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet)
+        code = _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, epochs is not None)
         if sync is not None:  # no rank exits (non-zero ends the job) before rank 0 has written and said all
             sync.barrier()
     sys.exit(code)
 
 
-def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
+def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, more_epochs=False):
     """The train command's body after the spec; returns its exit code (0, 130 interrupted,
     1 diverged)."""
     from . import run
@@ -173,6 +173,7 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet):
         display=display,
         overwrite=overwrite,
         sync=sync,
+        more_epochs=more_epochs,
     )
     code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
     if not speaks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from . import checkpoint, data, losses, memory, optim, precompile, runtime, text
 from . import spec as spec_mod
 from .callbacks import Checkpointer, CompileTogether, EarlyStopping, MetricsLog, SigintAtStep
 from .errors import CheckpointError, DataError, OutputError
-from .files import WriterLock, check_not_an_input, check_target, check_writable
+from .files import WriterLock, atomic_path, check_not_an_input, check_target, check_writable
 from .model import Model, Plan
 from .train import Trainer
 
@@ -201,10 +202,10 @@ def settings(s):
 FIXED_ON_RESUME = ("seed", "loss", "model.", "data.")
 
 
-def resume_changes(old, new):
+def resume_changes(old, new, where="the checkpoint"):
     """{setting: (checkpoint's value, new value)} for what differs between the spec a
     checkpoint was trained with and the one resuming it; a CheckpointError for a change
-    that would make the resumed run something else (data split, model)."""
+    that would make the resumed run something else (data split, model), naming `where`."""
     a, b = settings(old), settings(new)
     changes = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
     for key in changes:
@@ -212,7 +213,7 @@ def resume_changes(old, new):
             before, after = changes[key]
             hint = " (it would re-split the data: validation samples would leak into training)"
             raise CheckpointError(
-                f"cannot resume with {key} {after!r}: the checkpoint was trained with {before!r}"
+                f"{where}: cannot resume with {key} {after!r}: it was trained with {before!r}"
                 + (hint if key == "seed" or key.startswith("data.") else "")
             )
     return changes
@@ -228,11 +229,14 @@ def train(
     callbacks=(),
     overwrite=False,
     sync=None,
+    more_epochs=False,
 ):
     """Train a spec; returns (TrainResult, checkpoint path, trainer). Under MPI (`sync`, a
-    distributed.World) every rank trains and rank 0 alone shows progress and writes files."""
+    distributed.World) every rank trains and rank 0 alone shows progress and writes files.
+    `more_epochs`: the command line gave --epochs, so a resumed run that early stopping
+    ended may go on (with fresh patience); without it, such a run is finished."""
     ckpt = checkpoint.load(resume) if resume is not None else None
-    changes = resume_changes(ckpt.spec(), s) if ckpt is not None else {}
+    changes = resume_changes(ckpt.spec(), s, resume) if ckpt is not None else {}
     runtime.set_threads(s.train.threads or (sync.default_threads() if sync is not None else None))
     vocab = vocabulary_of(ckpt)  # a resumed text model keeps its token ids
     if vocab is None and s.data.text is not None:
@@ -263,9 +267,18 @@ def train(
                     f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
                     f"pass --epochs N with N > {start_epoch} to train further"
                 )
+            stopped = (state.get("early_stopping") or {}).get("stopped")
+            if stopped and not more_epochs and s.train.early_stopping is not None:
+                raise CheckpointError(
+                    f"{resume}: early stopping ended this run after epoch {start_epoch} "
+                    f"({s.train.early_stopping.monitor} best at epoch {state['early_stopping'].get('best_epoch')}); "
+                    f"pass --epochs N with N > {start_epoch} to train further, with fresh patience"
+                )
         writer = sync is None or sync.rank == 0  # under MPI rank 0 alone writes files
         if writer:
             output, lock = choose_output(s, output, resume, overwrite)
+        if ckpt is not None and s.train.keep_best:  # before the other ranks look for it
+            _carry_best(resume, output, state, writer)
         if sync is not None:  # the other ranks never write it, but read its keep_best file on resume
             output = Path(sync.from_rank0(str(output) if writer else None))
         cbs = []
@@ -309,6 +322,22 @@ def train(
         if lock is not None:
             lock.release()
     return result, checkpointer.saved, trainer
+
+
+def _carry_best(resume, output, state, writer):
+    """Resuming into another checkpoint path (-o): the run's best epoch so far goes with
+    it (copied, the old run's file untouched), or, when its file is gone, is forgotten so
+    the resumed run keeps the best of its own epochs instead of naming a file it never wrote.
+    On every rank alike (only the writer copies), so all score the test split the same way."""
+    src, dst = best_path(resume), best_path(output)
+    if output is None or Path(src).resolve() == Path(dst).resolve():
+        return
+    if not src.is_file():
+        state.pop("best", None)
+        return
+    if writer:
+        with atomic_path(dst, OutputError) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def _check_monitors(s, dataset):

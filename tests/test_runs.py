@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,6 +297,36 @@ def test_early_stopping_stops_and_says_why(write_spec):
     assert "best: epoch 1" in out
     ck = checkpoint.load("runs/flow.npz")
     assert ck.meta["epochs_done"] == 3 and ck.meta["state"]["early_stopping"]["stopped"]
+    # a run early stopping ended is finished: resuming it needs --epochs, and is then
+    # told that its fresh patience counts from the resume
+    before = Path("runs/flow.npz").read_bytes()
+    line = one_line_error(invoke("train", "--resume", "runs/flow.npz"))
+    assert "runs/flow.npz: early stopping ended this run after epoch 3" in line and "--epochs N with N > 3" in line
+    assert Path("runs/flow.npz").read_bytes() == before
+    out = ok(invoke("train", "--resume", "runs/flow.npz", "--epochs", "10", "--log", "m2.jsonl"))
+    assert [r["epoch"] for r in log_rows("m2.jsonl") if r["event"] == "epoch"] == [4, 5]
+    assert "has not improved for 2 epochs since the resume after epoch 3 (best" in out
+
+
+def test_resuming_into_another_path_takes_the_best_checkpoint_along(write_spec):
+    """-o elsewhere: the best epoch so far is copied beside the new checkpoint (and scores
+    the test split); with its file gone, the resumed run keeps the best of its own epochs."""
+    p = write_spec(WORKFLOW)
+    ok(invoke("train", p, "-o", "a.npz", "-q"))
+    best = checkpoint.load("a.best.npz").meta["best"]["epoch"]
+    a_best = Path("a.best.npz").read_bytes()
+    # an epoch that does not improve (a learning rate of 1e-9), so the best stays the old run's
+    out = ok(invoke("train", "--resume", "a.npz", "--epochs", "5", "--lr", "1e-9", "-o", "b.npz", "--log", "b.jsonl"))
+    assert Path("a.best.npz").read_bytes() == a_best  # the old run's file untouched
+    assert checkpoint.load("b.best.npz").meta["best"]["epoch"] == best < 5
+    assert f"best: epoch {best}, val_loss" in out and "b.best.npz" in out
+    (test,) = [r for r in log_rows("b.jsonl") if r["event"] == "test"]
+    assert test["checkpoint"] == "best" and test["epoch"] == best
+    Path("a.best.npz").unlink()
+    out = ok(invoke("train", "--resume", "a.npz", "--epochs", "5", "-o", "c.npz", "--log", "c.jsonl"))
+    assert checkpoint.load("c.best.npz").meta["best"]["epoch"] == 5 and "best: epoch 5" in out
+    (test,) = [r for r in log_rows("c.jsonl") if r["event"] == "test"]
+    assert test["checkpoint"] == "best" and test["epoch"] == 5
 
 
 # ---------------------------------------------------------------- bugs 6 and 7: evaluate
