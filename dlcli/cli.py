@@ -50,11 +50,11 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except DlcliError as e:
-            from .distributed import launch_rank
+            from .distributed import exit_after_rank0, launch_rank
 
             if launch_rank() == 0:  # under mpirun every rank has the same error: rank 0 says it
                 click.echo(f"Error: {one_line(e)}", err=True)
-            sys.exit(e.exit_code)
+            exit_after_rank0(e.exit_code)
 
     return wrapper
 

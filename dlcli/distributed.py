@@ -44,6 +44,7 @@ LAUNCHERS = (
 
 INSTALL_HINT = "pip install 'dlcli[mpi]' (mpi4py and Open MPI)"
 MODES = ("shared", "blocking", "overlap")  # how gradients are summed (DLCLI_ALLREDUCE): see above
+SECOND_VOICE_S = 2.0  # how long a rank other than 0 waits before reporting its own error
 SCALARS = 5  # per rank in the shared table: loss x rows, hits, loss not finite, stop, clip's sum of squares
 
 
@@ -97,7 +98,19 @@ def refuse_several_ranks(command):
             f"Run it without mpirun/srun (only `dlcli train` trains across ranks).",
             file=sys.stderr,
         )
-    sys.exit(2)
+    exit_after_rank0(2)
+
+
+def exit_after_rank0(code):
+    """Exit with `code` on an error every rank met before MPI started (rank 0 has said it).
+    A rank other than 0 first waits SECOND_VOICE_S: the launcher ends the whole job when
+    the first rank exits non-zero, and a rank 1 that got there first took rank 0 with it
+    before rank 0 had printed its line (seen in 2 of 19 `mpirun -n 2 dlcli gradcheck`).
+    Rank 0's exit ends the wait."""
+    if launch_rank() != 0:
+        sys.stderr.flush()
+        time.sleep(SECOND_VOICE_S)
+    sys.exit(code)
 
 
 def world(environ=None):
@@ -437,7 +450,6 @@ def _from_terminate(e):
     return False
 
 
-SECOND_VOICE_S = 2.0  # how long a rank other than 0 waits before reporting its own error
 
 
 @contextmanager

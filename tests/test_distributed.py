@@ -142,13 +142,18 @@ def test_shares_of_each_batch_are_contiguous_and_cover_it():
 @pytest.mark.parametrize(
     "command", ["predict m.npz x.npy", "evaluate m.npz d.npz", "gradcheck --all", "generate m.npz"]
 )
-def test_single_process_commands_refuse_several_ranks(command):
+def test_single_process_commands_refuse_several_ranks(command, monkeypatch):
     env = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    t = time.perf_counter()
     r = CliRunner().invoke(main, command.split(), env=env)
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and time.perf_counter() - t < distributed.SECOND_VOICE_S
     assert "runs in one process; it was launched as 2 MPI ranks" in r.output
+    # rank 1 says nothing and waits before exiting: exiting first, it could make the
+    # launcher end rank 0 before rank 0 had printed the line
+    monkeypatch.setattr(distributed, "SECOND_VOICE_S", 0.3)
+    t = time.perf_counter()
     r = CliRunner().invoke(main, command.split(), env={**env, "OMPI_COMM_WORLD_RANK": "1"})
-    assert r.exit_code == 2 and r.output == ""  # rank 0 alone says it
+    assert r.exit_code == 2 and r.output == "" and time.perf_counter() - t >= 0.3
 
 
 def test_an_unknown_way_of_summing_gradients_is_one_line(tmp_path):
