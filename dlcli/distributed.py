@@ -450,8 +450,6 @@ def _from_terminate(e):
     return False
 
 
-
-
 @contextmanager
 def failing_together(world):
     """Run a command body so that an error on one rank ends every rank at once (the others
