@@ -272,7 +272,11 @@ def fit_input(x, input_shape, where, layout="channels_first"):
     row is C-ordered); any other difference would scramble the values, so it is an error
     that says how to state the layout."""
     input_shape = tuple(input_shape)
+    given = tuple(x.shape[1:])  # as the file has them: what a message names
     if layout == "channels_last":
+        if x.ndim == 2 and len(input_shape) >= 2 and given == (math.prod(input_shape),):
+            # flat channels-last rows (a CSV of (H, W, C) images): unflattened as such
+            x = x.reshape((len(x),) + input_shape[1:] + input_shape[:1])
         x = to_channels_first(x)
     sample = tuple(x.shape[1:])
     if sample == input_shape:
@@ -281,7 +285,8 @@ def fit_input(x, input_shape, where, layout="channels_first"):
     squeezed = tuple(d for d in sample if d != 1) == tuple(d for d in input_shape if d != 1)
     if same_size and (squeezed or len(sample) == 1):
         return x.reshape((len(x),) + input_shape)
-    message = f"{where}: samples have shape {sample}, but model.input is {list(input_shape)}"
+    transposed = f" ({sample} after data.layout: channels_last)" if sample != given else ""
+    message = f"{where}: samples have shape {given}{transposed}, but model.input is {list(input_shape)}"
     if same_size and layout != "channels_last" and len(sample) >= 2 and sample[-1:] + sample[:-1] == input_shape:
         message += (
             "; the data looks channels-last: set data.layout: channels_last to transpose it, "

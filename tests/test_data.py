@@ -137,6 +137,22 @@ def test_flat_rows_are_reshaped_to_the_model_input():
         data.fit_input(x, (5,), "d.npz")
 
 
+def test_flat_channels_last_rows_are_unflattened_as_channels_last():
+    """A flat row of a (2, 2, 3) channels-last sample is that sample flattened: it must
+    come out as the channels-first (3, 2, 2) sample, the same as the unflattened data."""
+    rng = np.random.default_rng(0)
+    hwc = rng.standard_normal((4, 2, 2, 3)).astype(np.float32)
+    expected = data.fit_input(hwc, (3, 2, 2), "d.npz", "channels_last")
+    np.testing.assert_array_equal(expected, np.moveaxis(hwc, -1, 1))
+    flat = data.fit_input(hwc.reshape(4, 12), (3, 2, 2), "d.csv", "channels_last")
+    np.testing.assert_array_equal(flat, expected)
+    # a message names the shape in the file, and the one the transpose made
+    with pytest.raises(
+        DataError, match=r"samples have shape \(3, 2, 2\) \(\(2, 3, 2\) after data.layout: channels_last\)"
+    ):
+        data.fit_input(np.zeros((4, 3, 2, 2), np.float32), (3, 2, 2), "d.npz", "channels_last")
+
+
 @pytest.mark.parametrize(
     "files,source,match",
     [
