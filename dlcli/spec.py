@@ -680,9 +680,10 @@ class _Graph:
         used = {j for node in self.nodes for j in node.inputs}
         for node, path in zip(self.nodes[:-1], self.paths):
             if node.index not in used:
+                what = f"'{node.name}'" if node.name else node.kind  # the path already says layers[k]
                 raise reader.error(
                     path,
-                    f"{path_name(path)} ({self._label(node.index)}): its output is never used (an unused "
+                    f"{path_name(path)} ({what}): its output is never used (an unused "
                     "branch); every layer must lead to the last one, the model's output",
                 )
         for node in self.nodes:

@@ -181,11 +181,20 @@ def test_graph_gradients_every_parameter_and_input():
         ("    - {dense: 4, name: a}\n    - add\n", r"g.yaml:7:\d+: .*add merges several layers"),
         ("    - {dense: 4, name: a}\n    - {dense: 3, input: [a, a]}\n", r"g.yaml:7:\d+: .*dense takes one input"),
         ("    - {dense: 4, name: input}\n", r"g.yaml:6:\d+: .*'input' already names the model input"),
+        ("    - dense: 4\n    - {relu: null, input: input}\n    - dense: 3\n", r"layers\[0\] \(dense\): its output"),
     ],
 )
 def test_graph_spec_errors_name_file_and_line(layers, message):
     with pytest.raises(SpecError, match=message):
         parse(layers)
+
+
+def test_concat_over_channels_of_vectors_is_a_shape_error():
+    text = HEAD.format(rest="") + "    - {dense: 4, name: a}\n    - {concat: {over: channels}, input: [a, input]}\n"
+    with pytest.raises(
+        ShapeError, match=r"g.yaml:7: layers\[1\] concat: over: channels needs .* got \(4,\) \(from a\)"
+    ):
+        build(spec.parse(text, "g.yaml"))
 
 
 def test_add_of_different_shapes_names_both(write_spec):

@@ -142,6 +142,11 @@ class Concat(Layer):
         over = self.options.get("over", "auto")
         if over == "auto":
             over = "features" if len(shapes[0]) == 1 else "channels"
+        if over == "channels" and len(shapes[0]) < 2:
+            raise ShapeError(
+                f"{self.name}: over: channels needs (channels, length) or (channels, height, width) inputs, "
+                f"got {shapes[0]}{_source(self, 0)}; vectors are joined over features"
+            )
         axis = len(shapes[0]) - 1 if over == "features" else 0
         for i, s in enumerate(shapes[1:], 1):
             rest = [d for a, d in enumerate(s) if a != axis]
