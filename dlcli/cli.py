@@ -259,6 +259,7 @@ def _wrapped(pieces, width):
 def summary(source, no_data):
     """Validate a spec (or read a checkpoint) and show the model: layers, shapes,
     parameters and FLOPs. Errors are exactly those `train` would give."""
+    single_process("summary")
     from . import data, run
     from .dashboard import fmt_metric, summary_table
 

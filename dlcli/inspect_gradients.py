@@ -63,6 +63,7 @@ class Inspection:
     time_steps: list = field(default_factory=list)  # dicts: index, name, kind, grad_norms (T,)
     first_last_ratio: float | None = None
     verdicts: list = field(default_factory=list)
+    clip_norm: float | None = None  # the spec's train.clip_norm: advice on explosions heeds it
 
     @property
     def param_layers(self):
@@ -80,6 +81,7 @@ class Inspection:
             "layers": self.layers,
             "time_steps": self.time_steps,
             "first_last_ratio": self.first_last_ratio,
+            "clip_norm": self.clip_norm,
             "verdicts": [v.to_dict() for v in self.verdicts],
         }
 
@@ -129,6 +131,7 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
         float(np.mean(m.losses)),
         m.layer_rows(),
         m.time_step_rows(),
+        clip_norm=s.train.clip_norm,
     )
     plist = result.param_layers
     if len(plist) >= 2:
@@ -285,7 +288,7 @@ def verdicts(r: Inspection):
                 "exploding",
                 None,
                 "some gradient norms are not finite (overflow)",
-                "lower the learning rate and set train.clip_norm: clipping tames explosions",
+                _clip_advice(r, "lower the learning rate"),
             )
         )
     elif ratio is not None and ratio < VANISHING:
@@ -313,7 +316,7 @@ def verdicts(r: Inspection):
                 plist[0]["name"],
                 f"exploding gradients: the first layer's gradient is {ratio:.1e} x the last layer's; "
                 "the signal grows as it is multiplied back through the layers",
-                "set train.clip_norm (clipping tames explosions), lower the learning rate or the initial weights",
+                _clip_advice(r, "lower the learning rate or the initial weights"),
             )
         )
     through_time = []  # (layer name, ||dL/dh_1|| / ||dL/dh_T||) of each recurrent layer
@@ -346,7 +349,7 @@ def verdicts(r: Inspection):
                     "exploding_through_time",
                     t["name"],
                     f"exploding through time: ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {t['name']}",
-                    "set train.clip_norm: clipping tames explosions",
+                    _clip_advice(r),
                 )
             )
     for l in r.layers:
@@ -378,6 +381,14 @@ def verdicts(r: Inspection):
             msg += f"; through time ||dL/dh_1|| is {tr:.1e} x ||dL/dh_T|| in {name} (vanishing below {VANISHING:.0e})"
         out.append(Verdict("healthy", None, msg + "; " + _units_line(r.layers), "nothing to change"))
     return out
+
+
+def _clip_advice(r, also=""):
+    """What to do about an explosion: clip, unless the run already does (these norms are
+    measured before clipping, so they read the same with it)."""
+    if r.clip_norm is None:
+        return "set train.clip_norm (clipping tames explosions)" + (f", or {also}" if also else "")
+    return f"train.clip_norm {r.clip_norm:g} already caps each step's size; " + (also or "lower the learning rate")
 
 
 def _units_line(layers):

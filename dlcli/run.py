@@ -342,20 +342,23 @@ def _carry_best(resume, output, state, writer):
 
 def _check_monitors(s, dataset):
     """keep_best and early stopping watch the validation split: it must exist."""
-    watched = [("train.keep_best", s.train.keep_best)]
+    watched = [(("train", "keep_best"), s.train.keep_best)]
     if s.optimizer.schedule.name == "plateau":
-        watched.append(("optimizer.schedule.monitor", s.optimizer.schedule.options["monitor"]))
+        watched.append((("optimizer", "schedule", "monitor"), s.optimizer.schedule.options["monitor"]))
     if s.train.early_stopping is not None:
-        watched.append(("train.early_stopping.monitor", s.train.early_stopping.monitor))
-    for field, monitor in watched:
+        watched.append((("train", "early_stopping", "monitor"), s.train.early_stopping.monitor))
+    for path, monitor in watched:
         if monitor is None:
             continue
+        field = ".".join(path)
         if monitor.startswith("val_") and len(dataset.x_val) == 0:
             raise DataError(
-                f"{s.path}: {field} watches {monitor}, but data.validation_split leaves no validation samples"
+                f"{s.where(*path)}: {field} watches {monitor}, but data.validation_split leaves no validation samples"
             )
         if monitor.endswith("_acc") and not s.loss.endswith("cross_entropy"):
-            raise DataError(f"{s.path}: {field} watches {monitor}, but a {s.loss} model has no accuracy; use val_loss")
+            raise DataError(
+                f"{s.where(*path)}: {field} watches {monitor}, but a {s.loss} model has no accuracy; use val_loss"
+            )
 
 
 def spec_or_checkpoint(path):

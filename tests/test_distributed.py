@@ -140,7 +140,7 @@ def test_shares_of_each_batch_are_contiguous_and_cover_it():
 
 
 @pytest.mark.parametrize(
-    "command", ["predict m.npz x.npy", "evaluate m.npz d.npz", "gradcheck --all", "generate m.npz"]
+    "command", ["predict m.npz x.npy", "evaluate m.npz d.npz", "gradcheck --all", "generate m.npz", "summary s.yaml"]
 )
 def test_single_process_commands_refuse_several_ranks(command, monkeypatch):
     env = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}

@@ -85,9 +85,10 @@ def test_json_has_the_documented_fields(write_spec):
         "layers",
         "time_steps",
         "first_last_ratio",
+        "clip_norm",
         "verdicts",
     }
-    assert data["batches"] == 3 and data["batch_size"] == 16 and data["time_steps"] == []
+    assert data["batches"] == 3 and data["clip_norm"] is None and data["batch_size"] == 16 and data["time_steps"] == []
     assert [l["kind"] for l in data["layers"]] == ["dense", "relu", "dense", "sigmoid", "dense"]
     dense = data["layers"][0]
     assert set(dense) >= {
@@ -208,3 +209,26 @@ def test_a_healthy_verdict_says_no_dead_units_only_when_there_are_none():
     assert "no dead" not in some
     assert "dead ReLUs at most 25% of a layer (a problem above 50%)" in some
     assert "saturated outputs at most 10% of a layer (a problem above 20%)" in some
+
+
+def test_advice_on_an_explosion_heeds_clipping_already_set():
+    """Norms are measured before clipping, so a clipped run still shows them: the advice
+    then is the learning rate, not 'set train.clip_norm'."""
+    from dlcli.inspect_gradients import Inspection, verdicts
+
+    rows = [
+        {
+            "name": n,
+            "kind": "dense",
+            "params": True,
+            "grad_norm": {"mean": g},
+            "dead_fraction": None,
+            "saturated_fraction": None,
+        }
+        for n, g in (("a", 1e3), ("b", 1.0))
+    ]
+    (v,) = verdicts(Inspection("x", "x", 1, 8, "sgd", 0.1, 1.0, rows, first_last_ratio=1e3))
+    assert v.kind == "exploding" and v.suggestion.startswith("set train.clip_norm")
+    r = Inspection("x", "x", 1, 8, "sgd", 0.1, 1.0, rows, first_last_ratio=1e3, clip_norm=1.0)
+    (v,) = verdicts(r)
+    assert "set train.clip_norm" not in v.suggestion and "train.clip_norm 1 already caps" in v.suggestion

@@ -548,3 +548,13 @@ def test_a_corrupt_run_record_is_one_line(write_spec, record, problem):
     np.savez("bad.npz", **arrays)
     line = one_line_error(invoke("train", "--resume", "bad.npz", "--epochs", 2))
     assert "metadata is corrupt" in line and problem in line
+
+
+def test_a_monitor_without_its_metric_names_the_field_s_line(write_spec):
+    no_val = write_spec(WORKFLOW.replace("validation_split: 0.2", "validation_split: 0"), "kb.yaml")
+    line = one_line_error(invoke("train", no_val))
+    assert line.startswith("Error: ") and "kb.yaml:6:" in line
+    assert "train.keep_best watches val_loss, but data.validation_split leaves no validation samples" in line
+    mse = "name: r\ndata: {source: builtin:sine}\nmodel: {input: [1], layers: [{dense: 1}]}\nloss: mse\n"
+    line = one_line_error(invoke("train", write_spec(mse + "train:\n  early_stopping: {monitor: val_acc}\n", "r.yaml")))
+    assert "r.yaml:6:" in line and "train.early_stopping.monitor watches val_acc, but a mse model has no accuracy" in line
