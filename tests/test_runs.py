@@ -557,4 +557,6 @@ def test_a_monitor_without_its_metric_names_the_field_s_line(write_spec):
     assert "train.keep_best watches val_loss, but data.validation_split leaves no validation samples" in line
     mse = "name: r\ndata: {source: builtin:sine}\nmodel: {input: [1], layers: [{dense: 1}]}\nloss: mse\n"
     line = one_line_error(invoke("train", write_spec(mse + "train:\n  early_stopping: {monitor: val_acc}\n", "r.yaml")))
-    assert "r.yaml:6:" in line and "train.early_stopping.monitor watches val_acc, but a mse model has no accuracy" in line
+    assert (
+        "r.yaml:6:" in line and "train.early_stopping.monitor watches val_acc, but a mse model has no accuracy" in line
+    )
