@@ -17,6 +17,7 @@ from . import memory
 from .datasets import BUILTIN
 from .errors import DataError
 from .files import LOAD_ERRORS
+from .options import did_you_mean
 
 
 @dataclass
@@ -203,7 +204,8 @@ def load_csv(path, label, classification=True, need_label=True):
     header = [h.strip() for h in rows[0]]
     has_label = label in header
     if need_label and not has_label:
-        raise DataError(f"{path}: no column named '{label}' (columns: {', '.join(header)})")
+        hint = did_you_mean(label, header)
+        raise DataError(f"{path}: no column named '{label}'{hint} (columns: {', '.join(header)})")
     li = header.index(label) if has_label else None
     feats, labels, lines = [], [], []
     for n, row in enumerate(rows[1:], start=2):

@@ -322,6 +322,7 @@ DATA_FILES = [
     ("csv-not-numeric", {"d.csv": "a,b,label\n1,x,0\n"}, CSV, ["d.csv:2", "not numeric"]),
     ("csv-ragged", {"d.csv": "a,b,label\n1,2,0\n1,2\n"}, CSV, ["d.csv:3", "2 values"]),
     ("csv-no-label-column", {"d.csv": "a,b,c\n1,2,0\n"}, CSV, ["no column named 'label'"]),
+    ("csv-label-typo", {"d.csv": "a,b,labels\n1,2,0\n"}, CSV, ["no column named 'label' (did you mean 'labels'?)"]),
     ("csv-without-label", {"d.csv": "a,b,label\n1,2,0\n"}, spec_for("d.csv"), ["data.label"]),
     ("csv-empty", {"d.csv": ""}, CSV, ["header row"]),
     ("csv-binary", {"d.csv": bytes(range(256))}, CSV, ["d.csv"]),
