@@ -221,6 +221,7 @@ class Checkpointer(Callback):
             "step": trainer.step,
             "metrics": metrics,
             "overrides": self.spec.overrides,
+            "name": self.spec.name,  # a spec without name: takes its file's, which the checkpoint's is not
             "spec_path": str(Path(self.spec.path).resolve()) if Path(self.spec.path).is_file() else None,
             "state": trainer.state,
         }

@@ -42,6 +42,8 @@ class Checkpoint:
         if self.meta.get("spec_path"):  # relative data paths resolve beside the spec it came from
             s.path = self.meta["spec_path"]
         s.overrides = dict(self.meta.get("overrides") or {})
+        if isinstance(self.meta.get("name"), str):  # else the name would be the checkpoint file's
+            s.name = self.meta["name"]
         return s
 
 

@@ -560,3 +560,15 @@ def test_a_monitor_without_its_metric_names_the_field_s_line(write_spec):
     assert (
         "r.yaml:6:" in line and "train.early_stopping.monitor watches val_acc, but a mse model has no accuracy" in line
     )
+
+
+def test_a_spec_without_a_name_keeps_its_run_name_in_a_renamed_checkpoint(write_spec):
+    """The name of a spec without name: is its file's; the checkpoint records it, so a
+    copy under another name resumes (and summarises) as the same run."""
+    import shutil
+
+    ok(invoke("train", write_spec(TEXT.replace("name: runs\n", ""), "mine.yaml"), "-o", "a.npz", "-q"))
+    shutil.copy("a.npz", "copy.npz")
+    ok(invoke("train", "--resume", "copy.npz", "--epochs", "2", "-q"))
+    assert checkpoint.load("copy.npz").spec().name == "mine"
+    assert "model: mine" in ok(invoke("summary", "copy.npz", "--no-data"))
