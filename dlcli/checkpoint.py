@@ -59,6 +59,8 @@ def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):
     meta.update(format=FORMAT, dlcli_version=__version__)
     if dataset is not None:
         meta["classes"] = list(dataset.classes)
+        if getattr(dataset, "features", None):
+            meta["features"] = list(dataset.features)
         if getattr(dataset, "vocab", None) is not None:  # JSON, like the rest of the metadata
             meta["text"] = dataset.vocab.to_meta()
         if dataset.mean is not None:

@@ -34,6 +34,7 @@ class Dataset:
     y_test: np.ndarray | None = None
     test_description: str = ""
     vocab: object = None  # text data: its text.Vocabulary (x and y are then token ids)
+    features: list = field(default_factory=list)  # a CSV's feature column names, in order
 
 
 def resolve(source, spec_path=None):
@@ -247,6 +248,34 @@ def load_csv(path, label, classification=True, need_label=True):
     return x, np.asarray([index[v] for v in labels], np.int64), classes
 
 
+def csv_features(path, label):
+    """The feature column names of a CSV, in file order (its header without the label)."""
+    with open(path, newline="") as f:
+        header = [h.strip() for h in next(csv.reader(f), [])]
+    return [h for h in header if h != label]
+
+
+def match_columns(x, columns, trained, path):
+    """x (rows of a CSV whose feature columns are `columns`) with its columns in the order
+    of `trained`, the training CSV's, matched by name as pandas-fed tools match features:
+    the same columns in another order are reordered; other names are an error, since by
+    position they would feed each input the wrong feature, silently. No `trained` (the
+    model learnt from arrays): x as it is."""
+    if not trained or columns == trained:
+        return x
+    missing = [c for c in trained if c not in columns]
+    unknown = [c for c in columns if c not in trained]
+    if missing:
+        problem = f"has no column {missing[0]!r}, which the model was trained with"
+    elif unknown:
+        problem = f"has a column {unknown[0]!r} the model was not trained with"
+    elif len(set(columns)) != len(columns):
+        problem = "repeats a column name"
+    else:
+        return np.ascontiguousarray(x[:, [columns.index(c) for c in trained]])
+    raise DataError(f"{path}: {problem} (the training columns, matched by name: {', '.join(trained)})")
+
+
 def _is_float(v):
     try:
         float(v)
@@ -303,7 +332,7 @@ def fit_input(x, input_shape, where, layout="channels_first"):
     raise DataError(message)
 
 
-def _test_arrays(ds, spec_path, classification, classes):
+def _test_arrays(ds, spec_path, classification, classes, features=()):
     """(x, y, description) of data.test: a .npz (x_test/y_test if present, else x/y) or a
     .csv with the label column; CSV class names map to the training data's classes."""
     path = resolve(ds.test, spec_path)
@@ -315,6 +344,7 @@ def _test_arrays(ds, spec_path, classification, classes):
         desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
     else:
         x, y, names = load_csv(path, ds.label, classification)
+        x = match_columns(x, csv_features(path, ds.label), features, path)
         if names:
             index = {c: i for i, c in enumerate(classes)}
             unknown = sorted(set(names) - set(index))
@@ -469,11 +499,13 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     pick = x.select if isinstance(x, MappedRows) else x.__getitem__
     d = Dataset(pick(train), y[train], pick(val), y[val], classes, description=description)
+    if not ds.builtin and resolve(ds.source, spec.path).suffix.lower() == ".csv":
+        d.features = csv_features(resolve(ds.source, spec.path), ds.label)  # predict matches columns by them
     if n_test:
         d.x_test, d.y_test = pick(test), y[test]
         d.test_description = f"test_split {ds.test_split} of {description.split(',')[0]}, {n_test} samples"
     elif ds.test:
-        tx, ty, d.test_description = _test_arrays(ds, spec.path, loss.classification, classes)
+        tx, ty, d.test_description = _test_arrays(ds, spec.path, loss.classification, classes, d.features)
         d.x_test = fit_input(np.asarray(tx), spec.model.input, f"{input_at}: {ds.test}", ds.layout)
         d.x_test = d.x_test.astype(np.float32, copy=False)
         d.y_test = loss.check_targets(np.asarray(ty), output_shape, ds.test)

@@ -43,6 +43,7 @@ class Predictor:
     classes: list
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    features: list = field(default_factory=list)  # the training CSV's feature columns, if it was one
     evaluators: dict = field(default_factory=dict, repr=False)  # batch size -> `Model.evaluator`
 
     @property
@@ -134,7 +135,12 @@ def open_model(path) -> Predictor:
     classes = ckpt.meta.get("classes") or []
     if not isinstance(classes, list):
         raise CheckpointError(f"{path}: its metadata is corrupt (classes is not a list)")
-    return Predictor(str(path), spec, model, losses.make(spec.loss), [str(c) for c in classes], mean, std)
+    features = ckpt.meta.get("features") or []
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise CheckpointError(f"{path}: its metadata is corrupt (features is not a list of names)")
+    pred = Predictor(str(path), spec, model, losses.make(spec.loss), [str(c) for c in classes], mean, std)
+    pred.features = features
+    return pred
 
 
 # --------------------------------------------------------------------------- inputs
@@ -197,6 +203,7 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x",
 def _load_csv(pred, path, need_labels, label):
     label = label or pred.spec.data.label or "label"
     x, y, names = data.load_csv(path, label, classification=pred.loss.classification, need_label=need_labels)
+    x = data.match_columns(x, data.csv_features(path, label), pred.features, path)
     n_features = int(np.prod(pred.input_shape))
     if x.ndim != 2 or x.shape[1] != n_features:
         with open(path, newline="") as f:

@@ -200,3 +200,12 @@ def test_batches_cover_everything_once(rng):
     assert sorted(xs) == list(x) and not np.array_equal(xs, x)
     for bx, by in shuffled:
         np.testing.assert_array_equal(by, bx * 10)
+
+
+def test_csv_columns_match_the_training_columns_by_name():
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)  # columns c, a, b
+    np.testing.assert_array_equal(data.match_columns(x, ["c", "a", "b"], ["a", "b", "c"], "t.csv"), [[2, 3, 1]])
+    assert data.match_columns(x, ["c", "a", "b"], [], "t.csv") is x  # trained on arrays: by position
+    for columns, message in ((["c", "a", "z"], "has no column 'b'"), (["c", "a", "b", "z"], "has a column 'z'")):
+        with pytest.raises(DataError, match=message):
+            data.match_columns(np.zeros((1, len(columns))), columns, ["a", "b", "c"], "t.csv")

@@ -221,6 +221,28 @@ def test_csv_model_names_and_preprocessing_round_trip(models):
     )
 
 
+def test_csv_columns_are_matched_by_name(models):
+    """A model trained on a CSV takes a CSV's columns by their names: in another order they
+    give the same predictions; a column it was not trained with is an error, not a
+    silently wrong input."""
+    assert checkpoint.load(models["fruit"]).meta["features"] == ["w", "h", "d"]
+    write_fruit_csv("test.csv", 60, seed=5)
+    expected = ok(invoke("predict", models["fruit"], "test.csv", "--proba")).stdout
+    rows = list(csv.reader(open("test.csv", newline="")))
+    order = [2, 0, 3, 1]  # d, w, kind, h
+    with open("shuffled.csv", "w", newline="") as f:
+        csv.writer(f).writerows([[r[i] for i in order] for r in rows])
+    assert ok(invoke("predict", models["fruit"], "shuffled.csv", "--proba")).stdout == expected
+    assert ok(invoke("evaluate", models["fruit"], "shuffled.csv")).stdout == ok(
+        invoke("evaluate", models["fruit"], "test.csv")
+    ).stdout.replace("test.csv", "shuffled.csv")
+    with open("renamed.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["w", "height", "d", "kind"]] + rows[1:])
+    r = invoke("predict", models["fruit"], "renamed.csv")
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1, r.output
+    assert "renamed.csv: has no column 'h', which the model was trained with" in r.stderr and "w, h, d" in r.stderr
+
+
 def test_regression_gives_raw_outputs(models):
     x, _ = held_out("sine", 50)
     np.save("x.npy", x)
@@ -428,7 +450,7 @@ def test_bad_prediction_options(models, args, message):
             lambda: _write("a.csv", "w,h,d,kind\n1,2,3,apple\n1,2,3,kiwi\n"),
             "label 'kiwi' in column 'kind' (row 1, counting from 0) is not a class",
         ),
-        (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "2 feature columns (w, h), but the model takes 3 inputs"),
+        (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "has no column 'd', which the model was trained with"),
     ],
 )
 def test_bad_evaluation_input(models, make, message):
