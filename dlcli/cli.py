@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import DlcliError
+from .options import FLOAT32_MAX
 
 
 def one_line(message):
@@ -55,6 +56,12 @@ def friendly_errors(fn):
             if launch_rank() == 0:  # under mpirun every rank has the same error: rank 0 says it
                 click.echo(f"Error: {one_line(e)}", err=True)
             exit_after_rank0(e.exit_code)
+        except MemoryError as e:  # past the up-front memory check (another process took the memory)
+            click.echo(
+                f"Error: out of memory ({one_line(str(e)) or 'an allocation failed'}); any checkpoint already written is kept",
+                err=True,
+            )
+            sys.exit(1)
 
     return wrapper
 
@@ -88,6 +95,8 @@ class FiniteFloat(click.FloatRange):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
+        if abs(number) > FLOAT32_MAX:  # the model computes in float32
+            self.fail(f"{value!r} is beyond float32's range (up to about 3.4e38)", param, ctx)
         return number
 
 
@@ -181,18 +190,14 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     for line in final_lines(result, saved, trainer, width):
         click.echo(line)
+    kept = saved or resume  # a resumed run that wrote nothing yet leaves the checkpoint it came from
     if result.stopped == "interrupted":
         click.echo(
-            f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {saved}" if saved else ""), err=True
+            f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {kept}" if kept else ""), err=True
         )
     if result.stopped == "diverged":
-        if not saved:
-            click.echo(
-                "Error: " + result.message.replace("the last good checkpoint is kept", "no checkpoint was written yet"),
-                err=True,
-            )
-        else:
-            click.echo(f"Error: {result.message}", err=True)
+        what = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was written yet"
+        click.echo("Error: " + result.message.replace("the last good checkpoint is kept", what), err=True)
     return code
 
 

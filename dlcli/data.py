@@ -113,14 +113,28 @@ def check_values(a, name, where, rows=None):
     if a.dtype.kind != "f":
         return
     rows = rows or chunk_rows(a, budget=1 << 20)  # small: `predict` keeps its peak under 1 MB for 8 MB input
+    wide = a.dtype.itemsize > 4  # float64 values past float32's range become inf in the model
     for start in range(0, len(a), rows):
         block = np.asarray(a[start : start + rows])
-        finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        flat = block.reshape(len(block), -1)
+        finite = np.isfinite(flat).all(axis=1)
         if not finite.all():
             row = int(np.argmin(finite))
             value = block[row][~np.isfinite(block[row])].flat[0]
             raise DataError(f"{where}: {name} has {value} in row {start + row} (counting from 0); data must be finite")
+        if wide and flat.size:
+            fits = (np.abs(flat) <= FLOAT32_MAX).all(axis=1)
+            if not fits.all():
+                row = int(np.argmin(fits))
+                value = flat[row][np.abs(flat[row]) > FLOAT32_MAX][0]
+                raise DataError(
+                    f"{where}: {name} has {value:g} in row {start + row} (counting from 0), beyond float32's "
+                    f"range (about 3.4e38) that the model computes in"
+                )
         drop_read_pages(a)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def chunk_rows(a, budget=4 << 20):

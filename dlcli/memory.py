@@ -12,14 +12,35 @@ from .errors import ResourceError
 
 def available():
     """(bytes available now, bytes in total): MemAvailable and MemTotal on Linux (what
-    can be allocated without swapping), else the free and total physical pages."""
+    can be allocated without swapping), else the free and total physical pages; either
+    lowered to what an address-space limit (`ulimit -v`) leaves this process."""
     try:
         with open("/proc/meminfo") as f:
             fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split()[1:2]}
-        return fields["MemAvailable"], fields["MemTotal"]
+        free, total = fields["MemAvailable"], fields["MemTotal"]
     except (OSError, KeyError, ValueError, IndexError):
         page = os.sysconf("SC_PAGE_SIZE")
-        return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+        free, total = os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
+    room = _address_space_left()
+    if room is not None and room < free:
+        return room, total
+    return free, total
+
+
+def _address_space_left():
+    """Bytes of address space RLIMIT_AS still allows (it counts what is mapped, not what
+    is resident: a `ulimit -v` run failed with a traceback after 15 s of training), or None."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        return max(0, limit - size)
+    except (ImportError, OSError, ValueError, StopIteration):
+        return None
 
 
 def human(n):
@@ -38,10 +59,13 @@ def require(parts, what):
     if need <= free:
         return
     detail = ", ".join(f"{name} {human(n)}" for name, n in parts.items() if n)
-    raise ResourceError(
-        f"{what} would need about {human(need)} of memory ({detail}), "
-        f"but this machine has {human(free)} available ({human(total)} in total)"
+    room = _address_space_left()
+    where = (
+        f"but the address-space limit (ulimit -v) leaves this process about {human(free)}"
+        if room is not None and room <= free
+        else f"but this machine has {human(free)} available ({human(total)} in total)"
     )
+    raise ResourceError(f"{what} would need about {human(need)} of memory ({detail}), {where}")
 
 
 def dataset_bytes(samples, input_shape, target_entries):

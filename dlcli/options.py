@@ -16,12 +16,19 @@ from typing import Any
 REQUIRED = object()
 
 
+# Past 2^53 a float no longer holds every integer, and no count, size or seed is that large:
+# `samples: 1e300` was read as a 301-digit count.
+LARGEST_INT = 2**53
+
+
 def integer(v, problem):
     """v as an int: an int, or a float with an integral value (`samples: 1e4`), else ValueError(problem)."""
     if isinstance(v, float) and math.isfinite(v) and v.is_integer():
-        return int(v)
+        v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(problem)
+    if abs(v) > LARGEST_INT:
+        raise ValueError(f"{problem} no larger than 2^53")
     return v
 
 
@@ -75,7 +82,12 @@ def number(v):
         raise ValueError("must be a finite number") from None
     if not math.isfinite(v):
         raise ValueError("must be a finite number")
+    if abs(v) > FLOAT32_MAX:  # the model computes in float32: it would be infinite there
+        raise ValueError("must be a number within float32's range (up to about 3.4e38)")
     return v
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def positive_float(v):

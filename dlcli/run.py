@@ -104,8 +104,9 @@ def check_memory(s, vocab=None):
     """Refuse a run that cannot fit, before allocating any of it: the model, its gradients,
     optimizer state, a batch's activations and a generated dataset, all counted."""
     plan = Plan.of_spec(s.model, vocab_size=vocab.size if vocab is not None else None)
-    parts = plan.training_bytes(s.train.batch_size, len(optim.OPTIMIZERS[s.optimizer.name].state_names))
     samples = s.data.options.get("samples") if s.data.builtin and s.data.text is None else None
+    batch = min(s.train.batch_size, samples) if samples else s.train.batch_size  # no batch outgrows the data
+    parts = plan.training_bytes(batch, len(optim.OPTIMIZERS[s.optimizer.name].state_names))
     if samples is not None:
         parts["dataset"] = memory.dataset_bytes(samples, s.model.input, plan.output_entries)
     memory.require(parts, "this run")
@@ -315,7 +316,11 @@ def train(
             }
             if s.train.keep_best and best_path(output).exists():
                 trainer.best_params = checkpoint.load(best_path(output)).params
-        result = trainer.fit()
+        # An overflow on the way to a divergence would print NumPy's warnings (file, line,
+        # source) before the one line that says what happened; the trainer finds every
+        # non-finite loss and gradient norm itself and stops on it.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            result = trainer.fit()
     finally:
         if helper is not None:
             helper.stop()

@@ -276,6 +276,12 @@ DATA_FILES = [
     ("npz-x-inf", {"d.npz": npz_bytes(x=x_with(np.inf, 9), y=Y)}, NPZ, ["d.npz", "x has inf in row 9"]),
     ("npz-x-minus-inf", {"d.npz": npz_bytes(x=x_with(-np.inf, 0, 0), y=Y)}, NPZ, ["row 0"]),
     ("npz-x-float64-nan", {"d.npz": npz_bytes(x=x_with(np.nan, 15).astype(np.float64), y=Y)}, NPZ, ["row 15"]),
+    (
+        "npz-x-beyond-float32",
+        {"d.npz": npz_bytes(x=np.where(np.arange(16)[:, None] == 4, 1e300, X.astype(np.float64)), y=Y)},
+        NPZ,
+        ["d.npz: x has 1e+300 in row 4", "beyond float32's range"],
+    ),
     ("npz-y-nan", {"d.npz": npz_bytes(x=X, y=np.where(np.arange(16) == 3, np.nan, 1.0))}, NPZ, ["y has nan in row 3"]),
     ("npz-x-text", {"d.npz": npz_bytes(x=X.astype(str), y=Y)}, NPZ, ["x holds", "not real numbers"]),
     ("npz-x-complex", {"d.npz": npz_bytes(x=X.astype(np.complex64), y=Y)}, NPZ, ["complex64", "not real numbers"]),

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,12 +190,21 @@ def test_huge_learning_rate_stops_with_a_clear_message(write_spec):
     )
     out = invoke("train", p, "-o", "h.npz")
     line = one_line_error(out, code=1)
-    assert "became" in line and ("NaN" in line or "infinite" in line) and "last good checkpoint is kept" in line
+    assert (
+        "became" in line
+        and ("NaN" in line or "infinite" in line)
+        and "the last good checkpoint, h.npz, is kept" in line
+    )
     ck = checkpoint.load("h.npz")
     assert 1 <= ck.meta["epochs_done"] < 5
     assert all(np.all(np.isfinite(v)) for v in ck.params.values())
     out = invoke("train", p, "-o", "h2.npz", "--lr", 1e10)
     assert "no checkpoint was written yet" in one_line_error(out, code=1)
+    # a resumed run that diverges before writing leaves the checkpoint it came from
+    before = Path("h.npz").read_bytes()
+    out = invoke("train", "--resume", "h.npz", "--lr", 1e10, "--epochs", 9)
+    assert "the last good checkpoint, h.npz, is kept" in one_line_error(out, code=1)
+    assert Path("h.npz").read_bytes() == before
 
 
 def test_resume_from_the_checkpoint_alone(write_spec):
@@ -279,3 +289,18 @@ def test_summary_into_a_pipe_is_not_wrapped_at_80_columns(write_spec):
     assert any(ln.startswith("loss: cross_entropy") and ln.endswith("seed: 1") for ln in lines), out.output
     assert any(ln.startswith("data: ") and ln.endswith("2 classes") for ln in lines), out.output
     assert not [ln for ln in lines if ln.endswith(" ") and not ln.startswith("model: ")], out.output
+
+
+def test_a_memory_error_past_the_estimate_is_one_line(write_spec, monkeypatch):
+    """Another process may take the memory after the up-front check: one line, exit 1."""
+    from dlcli import run
+
+    def starved(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.49 GiB for an array")
+
+    monkeypatch.setattr(run, "train", starved)
+    out = invoke("train", write_spec(TEXT), "-o", "m.npz")
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert out.output.strip() == (
+        "Error: out of memory (Unable to allocate 1.49 GiB for an array); any checkpoint already written is kept"
+    )

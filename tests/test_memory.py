@@ -158,13 +158,25 @@ def test_too_big_for_any_machine_is_refused_in_one_line(section, fragments, comm
 
 
 def test_a_run_that_fits_the_model_but_not_the_batch_is_refused(monkeypatch):
-    """With the machine's memory pretended small, the estimate (not a MemoryError) refuses."""
-    Path("s.yaml").write_text(GOOD_SPEC.replace("batch_size: 16", "batch_size: 100000000"))
+    """With the machine's memory pretended small, the estimate (not a MemoryError) refuses;
+    a batch larger than the data counts as the data's size (no batch is larger)."""
+    wide = GOOD_SPEC.replace("{dense: 4}", "{dense: 4096}").replace("samples: 64", "samples: 20000")
+    Path("s.yaml").write_text(wide.replace("batch_size: 16", "batch_size: 100000000"))
     monkeypatch.setattr(memory, "available", lambda: (50 * 1024**2, 100 * 1024**2))
-    line = check_refused(invoke(["train", "s.yaml"]), 2, ["activations for a batch of 100000000"])
+    line = check_refused(invoke(["train", "s.yaml"]), 2, ["activations for a batch of 20000"])
     assert "50.0 MB available (100.0 MB in total)" in line
     r = invoke(["summary", "s.yaml"])  # summary builds no batch: it fits
     assert r.exit_code == 0, r.output
+
+
+def test_an_address_space_limit_counts_as_the_memory_available(monkeypatch):
+    """`ulimit -v` caps what this process can map, whatever the machine has free."""
+    monkeypatch.setattr(memory, "_address_space_left", lambda: 10 * 1024**2)
+    assert memory.available()[0] == 10 * 1024**2
+    with pytest.raises(
+        memory.ResourceError, match=r"address-space limit \(ulimit -v\) leaves this process about 10.0 MB"
+    ):
+        memory.require({"parameters": 20 * 1024**2}, "this run")
 
 
 def test_the_model_check_is_in_the_build_itself(monkeypatch):
