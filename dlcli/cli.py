@@ -82,9 +82,9 @@ class OneLineErrorsGroup(click.Group):
         except click.ClickException as e:
             click.echo(f"Error: {one_line(e.format_message())}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C outside training (starting up, loading data): nothing half-done
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -310,10 +310,10 @@ def summary(source, no_data):
 @click.option("--all", "all_kinds", is_flag=True, help="Check every layer type the engine knows.")
 @click.option(
     "--eps",
-    type=FiniteFloat(min=0, min_open=True),
+    type=FiniteFloat(min=1e-10, max=1e-3),
     default=1e-6,
     show_default=True,
-    help="Finite-difference step.",
+    help="Finite-difference step, 1e-10 to 1e-3 (larger steps see curvature as kinks, smaller ones float64 round-off).",
 )
 @click.option(
     "--rtol",

@@ -297,11 +297,13 @@ class Report:
         c = self.counts()
         entries = sum(r.checked for r in self.results)
         verdict = "all gradients match" if self.passed else "gradient check FAILED"
+        if self.passed and c["kink"] and not c["pass"]:  # nothing was compared where the loss is smooth
+            verdict = "no tensor passed: every one hit kinks (a smaller --eps may help)"
         what = "layer type" if self.per_kind else "graph"
         counts = f"{c['pass']} pass, {c['kink']} kink, {c['FAIL']} FAIL"
         return [
             f"{verdict}:",
-            f"{len(self.results)} tensors ({entries} entries)",
+            f"{len(self.results)} tensor{'s' if len(self.results) != 1 else ''} ({entries} entries)",
             f"in {len(self.sections)} {what}{'s' if len(self.sections) != 1 else ''}:",
             *([counts + ",", f"{c['n/a']} not differentiable"] if c["n/a"] else [counts]),
         ]

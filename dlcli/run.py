@@ -163,6 +163,9 @@ def choose_output(s, output=None, resume=None, overwrite=False):
                 return path, lock
         raise OutputError(f"no free run name beside {base}; pass -o PATH or --overwrite")
     path = Path(output) if output is not None else default_checkpoint_path(s)
+    if path.suffix.lower() != ".npz":  # --resume, summary and predict know a checkpoint by it
+        where = "-o" if output is not None else f"{s.where('train', 'checkpoint')}: train.checkpoint"
+        raise OutputError(f"{where} {path}: a checkpoint is a .npz file; give a path ending in .npz")
     check_target(path)
     check_not_an_input(path, run_inputs(s))
     continuing = resume is not None and same(path, resume)

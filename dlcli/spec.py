@@ -387,6 +387,19 @@ def load(path) -> Spec:
     return parse(text_, str(path))
 
 
+def _name_problem(name):
+    """Why `name` cannot name a run: it becomes the file name runs/<name>.npz, so it must
+    stay one plain file name inside runs/ ('../x' wrote outside it, a NUL or 300
+    characters ended in a traceback)."""
+    if not name.strip() or name in (".", ".."):
+        return "must be a non-empty file name"
+    if "/" in name or "\\" in name or any(ord(c) < 32 for c in name):
+        return "must be a plain file name: no slashes or control characters"
+    if len(name.encode()) > 200:
+        return "must be at most 200 bytes long (it names the checkpoint file)"
+    return ""
+
+
 def parse(text_: str, file: str = "<spec>") -> Spec:
     doc, root = read_yaml(text_, file)
     reader = SpecReader(file, _Positions(root, file))
@@ -399,6 +412,9 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
     name = doc.get("name", Path(file).stem)
     if not isinstance(name, str):
         raise reader.field_error(("name",), "must be a string", name)
+    problem = _name_problem(name)
+    if problem:
+        raise reader.field_error(("name",), problem, name)
     seed = doc.get("seed", 0)
     try:
         seed = non_negative_int(seed)

@@ -94,6 +94,10 @@ SPECS = [
     ("seed-inf", spec_with("seed: .inf"), ["seed"]),
     ("seed-text", spec_with("seed: abc"), ["seed"]),
     ("name-a-list", spec_with("name: [a]"), ["name"]),
+    ("name-outside-runs", spec_with('name: "../escape"'), ["name must be a plain file name", "'../escape'"]),
+    ("name-empty", spec_with('name: ""'), ["name must be a non-empty file name"]),
+    ("name-nul", spec_with('name: "x\\u0000y"'), ["name must be a plain file name"]),
+    ("name-too-long", spec_with("name: " + "n" * 300), ["name must be at most 200 bytes"]),
     ("loss-typo", spec_with("loss: cross_entropi"), ["loss", "did you mean 'cross_entropy'"]),
     ("loss-a-number", spec_with("loss: 3"), ["loss"]),
     ("optimizer-typo", spec_with("optimizer: {name: adm}"), ["optimizer.name", "(did you mean 'adam'?), got 'adm'"]),
@@ -412,6 +416,8 @@ OUTPUTS = [
     ("checkpoint-is-a-directory", ["-o", "sub"], ["--output", "is a directory"]),
     ("checkpoint-in-missing-root", ["-o", "/proc/nope/c.npz"], ["cannot write /proc/nope/c.npz"]),
     ("checkpoint-under-a-file", ["-o", "s.yaml/c.npz"], ["cannot write"]),
+    # --resume, summary and predict tell a checkpoint by its .npz: another name could not be read back
+    ("checkpoint-not-npz", ["-o", "c.txt"], ["-o c.txt: a checkpoint is a .npz file"]),
 ]
 
 

@@ -304,3 +304,15 @@ def test_a_memory_error_past_the_estimate_is_one_line(write_spec, monkeypatch):
     assert out.output.strip() == (
         "Error: out of memory (Unable to allocate 1.49 GiB for an array); any checkpoint already written is kept"
     )
+
+
+def test_ctrl_c_before_training_starts_exits_130(write_spec, monkeypatch):
+    """Ctrl-C while the spec or the data loads: the documented 130, not Click's 'Aborted!' and 1."""
+    from dlcli import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "load_spec", interrupted)
+    out = invoke("train", write_spec(TEXT))
+    assert out.exit_code == 130 and out.output.strip() == "Interrupted."

@@ -173,3 +173,19 @@ def test_an_80_column_terminal_keeps_every_verdict(monkeypatch):
     assert statuses and all(s.startswith(("FAIL", "pass", "kink", "n/a")) for s in statuses), statuses
     summary = lines[lines.index([ln for ln in lines if ln.startswith("gradient check FAILED")][0]) :]
     assert len(summary) == 2 and re.search(r"\d+ pass, \d+ kink, \d+ FAIL, 1 not differentiable$", summary[1])
+
+
+def test_a_report_where_every_tensor_hit_kinks_does_not_say_they_match():
+    from dlcli.gradcheck import Report, Section, TensorCheck
+
+    kinked = TensorCheck("layers[0] tanh", "input", 20, 0.0, 0.0, 20, "kink")
+    report = Report([Section("tanh", [kinked], kind="tanh")], 1e-3, 1e-5, 1e-8, None, 4, 0, per_kind=True)
+    line = report.summary_line()
+    assert report.passed and "all gradients match" not in line
+    assert line.startswith("no tensor passed: every one hit kinks (a smaller --eps may help): 1 tensor (20 entries)")
+    fine = TensorCheck("layers[0] tanh", "input", 20, 1e-10, 1e-9, 0, "pass")
+    assert (
+        Report([Section("t", [fine, kinked])], 1e-6, 1e-5, 1e-8, None, 4, 0)
+        .summary_line()
+        .startswith("all gradients match: 2 tensors")
+    )

@@ -99,4 +99,5 @@ class Dense(Layer):
         return positions * (2 * fan_in * units + (units if "bias" in self.params else 0))
 
     def describe(self):
-        return f"{self.options['units']} units" + (", relu fused in" if self.fuse_relu else "")
+        n = self.options["units"]
+        return f"{n} unit{'' if n == 1 else 's'}" + (", relu fused in" if self.fuse_relu else "")

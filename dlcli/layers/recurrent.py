@@ -222,7 +222,9 @@ class _Recurrent(Layer):
     ELEMENTWISE = 4
 
     def describe(self):
-        return f"{self.units} units" + (", sequences" if self.options["return_sequences"] else "")
+        return f"{self.units} unit{'' if self.units == 1 else 's'}" + (
+            ", sequences" if self.options["return_sequences"] else ""
+        )
 
 
 class RNN(_Recurrent):
