@@ -163,11 +163,11 @@ def choose_output(s, output=None, resume=None, overwrite=False):
                 return path, lock
         raise OutputError(f"no free run name beside {base}; pass -o PATH or --overwrite")
     path = Path(output) if output is not None else default_checkpoint_path(s)
+    check_target(path)
+    check_not_an_input(path, run_inputs(s))
     if path.suffix.lower() != ".npz":  # --resume, summary and predict know a checkpoint by it
         where = "-o" if output is not None else f"{s.where('train', 'checkpoint')}: train.checkpoint"
         raise OutputError(f"{where} {path}: a checkpoint is a .npz file; give a path ending in .npz")
-    check_target(path)
-    check_not_an_input(path, run_inputs(s))
     continuing = resume is not None and same(path, resume)
     if not continuing and not overwrite and _taken(path):
         what = path if path.exists() or path.is_symlink() else best_path(path)
@@ -241,7 +241,9 @@ def train(
     ended may go on (with fresh patience); without it, such a run is finished."""
     ckpt = checkpoint.load(resume) if resume is not None else None
     changes = resume_changes(ckpt.spec(), s, resume) if ckpt is not None else {}
-    runtime.set_threads(s.train.threads or (sync.default_threads() if sync is not None else None))
+    runtime.set_threads(
+        s.train.threads or (sync.default_threads() if sync is not None else None), s.train.deterministic
+    )
     vocab = vocabulary_of(ckpt)  # a resumed text model keeps its token ids
     if vocab is None and s.data.text is not None:
         vocab = text.vocabulary(s)

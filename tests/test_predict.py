@@ -469,7 +469,7 @@ def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypat
     def counts():
         return runtime.threads(), {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    runtime.set_threads(2)
+    runtime.set_threads(2, deterministic=False)  # BLAS's own threads, to see them switched
     seen = []
     pred = predict_mod.open_model(models["spirals"])
     real_evaluator = pred.model.evaluator
@@ -497,6 +497,10 @@ def test_small_batches_run_on_one_thread_with_the_same_outputs(models, monkeypat
     runtime.serial(True)
     runtime.set_threads(2)  # setting the threads ends serial mode
     assert counts() == (2, {2})
+    runtime.set_threads(2, deterministic=True)  # the default: BLAS one thread a call, blocks on the shards
+    assert counts() == (2, {1})
+    runtime.serial(True)
+    assert counts() == (1, {1})
     runtime.set_threads(None)
 
 

@@ -122,3 +122,28 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_in_new_pages():
     kept, default = faults_per_step("on"), faults_per_step("off")
     assert kept <= 5, kept
     assert default > 100, default  # what the setting is for: glibc alone faults in every step
+
+
+def test_matmul_in_fixed_blocks_gives_the_same_bits_for_any_thread_count():
+    """Deterministic mode (the default): the blocks depend on the shape alone, each is a
+    one-thread BLAS call, so 1, 2 or 3 threads give the same bits, close to NumPy's product."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cases = [((128, 784), (784, 512), False), ((784, 128), (128, 512), True), ((32, 400), (400, 4096), False)]
+    try:
+        for sa, sb, transposed in cases:
+            a = rng.standard_normal(sa[::-1] if transposed else sa).astype(np.float32)
+            a = a.T if transposed else a  # a strided operand, as a weight gradient's x.T
+            b = rng.standard_normal(sb).astype(np.float32)
+            results = []
+            for n in (1, 2, 3):
+                runtime.set_threads(n, deterministic=True)
+                results.append(runtime.matmul(a, b, np.empty((sa[0], sb[1]), np.float32)).copy())
+            for other in results[1:]:
+                assert np.array_equal(results[0], other), (sa, sb)
+            np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+        assert runtime.product_blocks(128, 512) == (True, [(0, 64), (64, 128)])
+        assert runtime.product_blocks(32, 4096)[0] is False  # few rows: columns
+    finally:
+        runtime.set_threads(None)

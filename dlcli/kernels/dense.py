@@ -1,7 +1,7 @@
 """Dense layer arithmetic around the matrix products: bias, fused ReLU, bias gradients.
 
-The products themselves are NumPy's `np.matmul(..., out=)`, called from the layer, and
-BLAS spreads them over the cores. These passes are serial on purpose. They touch each of
+The products themselves are BLAS's, called from the layer through `runtime.matmul`,
+which spreads them over the cores in shape-fixed blocks. These passes are serial on purpose. They touch each of
 the n x m outputs once, while the product beside them does fan_in multiply-adds per
 output, so on two cores they are a few per cent of a step. As `parallel=True` kernels they
 cost three ways:

@@ -223,7 +223,7 @@ class _Conv(Layer):
         self.K.to_batch_last(x4.reshape(n, cin, -1), xt.reshape(cin, -1, n))
         self.K.im2col(xt, *self._args(), cols)
         w2 = self.params["weight"].reshape(self.options["filters"], -1)
-        np.matmul(w2, cols, out=ycn)
+        runtime.matmul(w2, cols, ycn)
         cout = self.options["filters"]
         out = np.empty((n, cout) + self.o2, self.dtype)
         b = self.params.get("bias", self.zero_bias)
@@ -337,7 +337,7 @@ class _Conv(Layer):
         """dx from the output gradient as GEMM columns (Cout, positions): the column
         matrix's gradient W^T @ dycn, then col2im (xt its scratch)."""
         n, cin, cout = self.n, self.in2[0], self.options["filters"]
-        np.matmul(self.params["weight"].reshape(cout, -1).T, dycn, out=dcols)
+        runtime.matmul(self.params["weight"].reshape(cout, -1).T, dycn, dcols)
         dx = np.empty((n,) + self.in2, self.dtype)
         self.K.col2im(dcols, *self._args(), xt, dx.reshape(n, cin, -1))
         return dx.reshape((n,) + self.input_shape)
@@ -356,7 +356,7 @@ class _Conv(Layer):
         dycn = buf["ycn"]  # the forward's GEMM output is no longer needed: reuse it
         dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
         self.K.conv_grad_output(dy3, self.y.reshape(n, cout, -1), self.fuse_relu, dycn, dbias)
-        np.matmul(dycn, self.cols.T, out=self.grads["weight"].reshape(cout, -1))
+        runtime.matmul(dycn, self.cols.T, self.grads["weight"].reshape(cout, -1))
         if not need_dx:
             return None
         dcols = buf.get("dcols")

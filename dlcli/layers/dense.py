@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from .. import runtime
 from ..options import Opt, boolean, choice, count_or_vocab
 from .base import INITS, Layer, initialise
 
@@ -48,7 +49,7 @@ class Dense(Layer):
         w = self.params["weight"]
         out = np.empty((x2.shape[0], w.shape[1]), self.dtype)
         b = self.params.get("bias")
-        np.matmul(x2, w, out=out)
+        runtime.matmul(x2, w, out)
         if b is not None:
             self.K.bias_act(out, b, self.fuse_relu)
         elif self.fuse_relu:
@@ -67,7 +68,7 @@ class Dense(Layer):
         def run(x):
             if x.shape != shape:
                 raise self.shape_error(shape, x.shape)
-            np.matmul(x.reshape(rows, -1), w, out=out)
+            runtime.matmul(x.reshape(rows, -1), w, out)
             if b is not None:
                 self.K.bias_act(out, b, relu)
             elif relu:
@@ -86,11 +87,11 @@ class Dense(Layer):
             self.K.relu_mask_inplace(self.y, dy2)
         elif has_bias:
             self.K.column_sums(dy2, self.grads["bias"])
-        np.matmul(self.x.T, dy2, out=self.grads["weight"])
+        runtime.matmul(self.x.T, dy2, self.grads["weight"])
         if not need_dx:
             return None
         dx = np.empty_like(self.x)
-        np.matmul(dy2, w.T, out=dx)
+        runtime.matmul(dy2, w.T, dx)
         return dx.reshape(dy.shape[:-1] + (w.shape[0],))
 
     def flops(self):

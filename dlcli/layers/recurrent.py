@@ -158,7 +158,7 @@ class _Recurrent(Layer):
         xp = self._work("xp" if keep or chunk >= T else "xp_chunk", (min(chunk, T), B, G * H))
         for t0 in range(0, T, chunk):
             n = min(chunk, T - t0)
-            np.matmul(xt[t0 : t0 + n].reshape(n * B, F), self.params["w_input"], out=xp[:n].reshape(n * B, G * H))
+            runtime.matmul(xt[t0 : t0 + n].reshape(n * B, F), self.params["w_input"], xp[:n].reshape(n * B, G * H))
             self.cell_forward(xp[:n], h[t0 : t0 + n + 1], B, n, state, keep, weights, t0 == 0)
 
     # -------------------------------------------------------------- one step at a time
@@ -201,8 +201,8 @@ class _Recurrent(Layer):
         if record:
             self.time_grad_norms = np.sqrt(sq.sum(axis=0))
         da2 = da.reshape(T * B, G * H)
-        np.matmul(self.xt.reshape(T * B, F).T, da2, out=self.grads["w_input"])
-        np.matmul(self.h[:T].reshape(T * B, H).T, dah.reshape(T * B, G * H), out=self.grads["w_recurrent"])
+        runtime.matmul(self.xt.reshape(T * B, F).T, da2, self.grads["w_input"])
+        runtime.matmul(self.h[:T].reshape(T * B, H).T, dah.reshape(T * B, G * H), self.grads["w_recurrent"])
         if "bias" in self.grads:
             self.KD.column_sums(da2, self.grads["bias"])
         if "bias_hn" in self.grads:
@@ -210,7 +210,7 @@ class _Recurrent(Layer):
         if not need_dx:
             return None
         dx = self._work("dx", (T * B, F))
-        np.matmul(da2, self.params["w_input"].T, out=dx)
+        runtime.matmul(da2, self.params["w_input"].T, dx)
         return dx.reshape(T, B, F).transpose(1, 0, 2).copy()  # a copy: dx is a reused buffer
 
     # -------------------------------------------------------------- description
