@@ -415,9 +415,16 @@ class GradLog:
     layers: list
     steps: list
     norms: dict  # layer name -> list of norms, one per step (None where missing)
+    runs: int = 1  # runs with gradient norms in the log; the figures are the last one's
 
     def to_dict(self):
-        return {"log": self.path, "layers": self.layers, "steps": self.steps, "grad_norms": self.norms}
+        return {
+            "log": self.path,
+            "layers": self.layers,
+            "steps": self.steps,
+            "grad_norms": self.norms,
+            "runs": self.runs,
+        }
 
 
 def read_log(path):
@@ -425,6 +432,7 @@ def read_log(path):
     if not p.exists():
         raise DataError(f"{path}: no such metrics log")
     layers, steps, rows = [], [], []
+    runs, spec = [], None  # finished segments (layers, steps, rows); the current run's spec name
     try:
         with open(p, encoding="utf-8") as f:
             lines = list(f)
@@ -439,25 +447,35 @@ def read_log(path):
             obj = json.loads(line)
         except (json.JSONDecodeError, RecursionError):
             raise DataError(f"{path}:{lineno}: not a JSON line") from None
+        if isinstance(obj, dict) and obj.get("event") == "start" and obj.get("spec") != spec:
+            spec = obj.get("spec")  # another model: its norms must not share one map with these
+            if rows:
+                runs.append((layers, steps, rows))
+                layers, steps, rows = [], [], []
         if not isinstance(obj, dict) or obj.get("event") != "step":
             continue
         g = obj.get("layer_grad_norms")
         if not isinstance(g, dict):
             continue
+        step = obj.get("step", len(steps) + 1)
+        if rows and isinstance(step, int) and not isinstance(step, bool) and step <= steps[-1]:
+            runs.append((layers, steps, rows))  # counting began again: another run of the spec
+            layers, steps, rows = [], [], []
         for name, value in g.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise DataError(f"{path}:{lineno}: layer_grad_norms.{name} is {value!r}, not a norm")
             if name not in layers:
                 layers.append(name)
-        step = obj.get("step", len(steps) + 1)
         if isinstance(step, bool) or not isinstance(step, int):
             raise DataError(f"{path}:{lineno}: step is {step!r}, not a step number")
         steps.append(step)
         rows.append(g)
+    if not layers and runs:  # the last run logged no norms: the last one that did
+        layers, steps, rows = runs.pop()
     if not layers:  # no step lines, or only empty layer_grad_norms
         raise DataError(f"{path}: no per-layer gradient norms; train with --log {path} --log-grad-norms")
     norms = {n: [r.get(n) for r in rows] for n in layers}
-    return GradLog(str(path), layers, steps, norms)
+    return GradLog(str(path), layers, steps, norms, runs=len(runs) + 1)
 
 
 # ---------------------------------------------------------------- rendering
@@ -499,7 +517,8 @@ def heat_map(log: GradLog, width=60):
             level = min(int((v - lo) / span * len(SHADES)), len(SHADES) - 1)
             text.append(SHADES[max(level, 1)], style=colors[level])
         t.add_row(name, text)
-    legend = Text(f"steps {log.steps[0]}..{log.steps[-1]} left to right; shade: {fmt(10**lo)} ", style="dim")
+    which = f"the last of {log.runs} runs in the log, " if log.runs > 1 else ""
+    legend = Text(f"{which}steps {log.steps[0]}..{log.steps[-1]} left to right; shade: {fmt(10**lo)} ", style="dim")
     for i, c in enumerate(SHADES[1:], 1):
         legend.append(c, style=colors[i])
     legend.append(f" {fmt(10**hi)} (log scale)", style="dim")
@@ -583,16 +602,25 @@ def render(r: Inspection):
     return Group(*parts)
 
 
-def verdict_text(r: Inspection, named=False):
+def verdict_text(r: Inspection, named=""):
+    """The verdicts; `named`, the label of a side of --compare, leads each line."""
     from rich.text import Text
 
     text = Text()
     for v in r.verdicts:
         style = "green" if v.kind == "healthy" else "bold yellow"
-        text.append(f"{r.name} verdict: " if named else "verdict: ", style="bold")
+        text.append(f"{named} verdict: " if named else "verdict: ", style="bold")
         text.append(v.message + "\n", style=style)
         text.append(f"  suggestion: {v.suggestion}\n", style="dim")
     return text
+
+
+def compare_labels(a: Inspection, b: Inspection):
+    """What names the two sides: the models' names, or their sources when the names are
+    the same (a checkpoint beside its own spec read 'spirals_mlp' twice)."""
+    if a.name != b.name:
+        return a.name, b.name
+    return f"{a.name} ({Path(a.source).name})", f"{b.name} ({Path(b.source).name})"
 
 
 def render_compare(a: Inspection, b: Inspection):
@@ -604,8 +632,9 @@ def render_compare(a: Inspection, b: Inspection):
 
     t = Table(title="side by side", title_justify="left", header_style="bold")
     t.add_column("")
-    t.add_column(a.name, justify="right")
-    t.add_column(b.name, justify="right")
+    label_a, label_b = compare_labels(a, b)
+    t.add_column(label_a, justify="right")
+    t.add_column(label_b, justify="right")
     pa, pb = a.param_layers, b.param_layers
     t.add_row(
         "first layer grad norm",
@@ -632,20 +661,20 @@ def render_compare(a: Inspection, b: Inspection):
     bars = [
         Panel(
             log_bars([l["name"] for l in x.param_layers], n, width=16, scale=scale),
-            title=x.name,
+            title=label,
             border_style="blue",
             expand=False,
         )
-        for x, n in zip((a, b), norms)
+        for x, n, label in zip((a, b), norms, (label_a, label_b))
     ]
     parts = [t, Columns(bars)]  # side by side when they fit, one above the other when not
     if ta or tb:
         from .dashboard import line_chart
 
         series = []
-        for x, g, c in ((a, ta, "cyan"), (b, tb, "magenta")):
+        for label, g, c in ((label_a, ta, "cyan"), (label_b, tb, "magenta")):
             if g:
-                series.append((f"{x.name}", [j / max(len(g) - 1, 1) for j in range(len(g))], g, c))
+                series.append((label, [j / max(len(g) - 1, 1) for j in range(len(g))], g, c))
         parts.append(
             Panel(
                 line_chart(series, width=50, height=8, log=True),
@@ -654,5 +683,5 @@ def render_compare(a: Inspection, b: Inspection):
                 border_style="blue",
             )
         )
-    parts += [verdict_text(a, named=True), verdict_text(b, named=True)]
+    parts += [verdict_text(a, named=label_a), verdict_text(b, named=label_b)]
     return Group(*parts)

@@ -232,3 +232,38 @@ def test_advice_on_an_explosion_heeds_clipping_already_set():
     r = Inspection("x", "x", 1, 8, "sgd", 0.1, 1.0, rows, first_last_ratio=1e3, clip_norm=1.0)
     (v,) = verdicts(r)
     assert "set train.clip_norm" not in v.suggestion and "train.clip_norm 1 already caps" in v.suggestion
+
+
+def test_a_log_of_several_runs_shows_the_last_one(write_spec, tmp_path):
+    """A log many runs append to: the map is the last run's, never two models' rows on one
+    scale, and says which it is."""
+    log = tmp_path / "m.jsonl"
+    other = TINY.replace("name: tiny", "name: other").replace("{dense: 16}, relu, {dense: 16}", "{dense: 8}")
+    for text, name in ((TINY, "a.yaml"), (other, "b.yaml")):
+        r = CliRunner().invoke(
+            main,
+            [
+                "train",
+                str(write_spec(text, name)),
+                "-q",
+                "-o",
+                str(tmp_path / f"{name}.npz"),
+                "--log",
+                str(log),
+                "--log-grad-norms",
+            ],
+        )
+        assert r.exit_code == 0, r.output
+    data = as_json(tmp_path / "b.yaml.npz", "--batches", 1, "--log", log)["training_log"]
+    assert data["runs"] == 2 and data["layers"] == ["layers[0] dense", "layers[2] dense"]  # the second model's
+    assert data["steps"] == list(range(1, 7))
+    shown = invoke("--log", log)
+    assert shown.exit_code == 0 and "the last of 2 runs in the log" in " ".join(shown.output.split())
+
+
+def test_compare_tells_apart_two_sides_of_the_same_name(write_spec, tmp_path):
+    spec = write_spec(TINY)
+    assert CliRunner().invoke(main, ["train", str(spec), "-q", "-o", str(tmp_path / "t.npz")]).exit_code == 0
+    r = invoke(tmp_path / "t.npz", "--compare", spec, "--batches", 1)
+    assert r.exit_code == 0, r.output
+    assert "tiny (t.npz) verdict:" in r.output and f"tiny ({spec.name}) verdict:" in r.output
