@@ -114,7 +114,7 @@ from dlcli import run, spec
 s = spec.parse(open(sys.argv[1]).read(), sys.argv[1])
 run.train(s, output=sys.argv[2] + "-warm.npz")  # kernels compiled or loaded, files in the page cache
 t0 = time.perf_counter()
-result = run.train(s, output=sys.argv[2])[0]
+result = run.train(s, output=sys.argv[2] + ".npz")[0]
 print(json.dumps(result.epochs_done * int(sys.argv[3]) / (time.perf_counter() - t0)))
 """
 
