@@ -283,10 +283,12 @@ def train(
         writer = sync is None or sync.rank == 0  # under MPI rank 0 alone writes files
         if writer:
             output, lock = choose_output(s, output, resume, overwrite)
-        if ckpt is not None and s.train.keep_best:  # before the other ranks look for it
-            _carry_best(resume, output, state, writer)
         if sync is not None:  # the other ranks never write it, but read its keep_best file on resume
             output = Path(sync.from_rank0(str(output) if writer else None))
+        if ckpt is not None and s.train.keep_best:
+            _carry_best(resume, output, state, writer)
+            if sync is not None:  # the copy is there before any rank looks for it
+                sync.barrier()
         cbs = []
         if writer:
             check_writable(output, OutputError)  # after choose_output, which refuses FIFOs and devices
@@ -340,7 +342,7 @@ def _carry_best(resume, output, state, writer):
     the resumed run keeps the best of its own epochs instead of naming a file it never wrote.
     On every rank alike (only the writer copies), so all score the test split the same way."""
     src, dst = best_path(resume), best_path(output)
-    if output is None or Path(src).resolve() == Path(dst).resolve():
+    if Path(src).resolve() == Path(dst).resolve():
         return
     if not src.is_file():
         state.pop("best", None)

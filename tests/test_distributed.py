@@ -240,6 +240,9 @@ def test_mlp_across_process_counts_and_resumes(tmp_path):
     assert rc == 0, err
     assert_same_params(tmp_path / "two2.npz", one2)
     assert_same_params(tmp_path / "back.npz", one2)
+    # resumed into other paths, the runs' best epochs came along (keep_best)
+    for best in ("two2.best.npz", "back.best.npz"):
+        assert checkpoint.load(tmp_path / best).meta["epochs_done"] in (1, 2)
 
 
 @pytest.mark.slow
