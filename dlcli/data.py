@@ -17,7 +17,7 @@ from . import memory
 from .datasets import BUILTIN
 from .errors import DataError
 from .files import LOAD_ERRORS
-from .options import did_you_mean
+from .options import FLOAT32_MAX, did_you_mean
 
 
 @dataclass
@@ -132,9 +132,6 @@ def check_values(a, name, where, rows=None):
                     f"range (about 3.4e38) that the model computes in"
                 )
         drop_read_pages(a)
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def chunk_rows(a, budget=4 << 20):

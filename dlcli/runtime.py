@@ -30,11 +30,6 @@ def set_threads(n=None, deterministic=None):
     return n
 
 
-def deterministic():
-    """Whether `matmul` gives the same bits for any thread count (train.deterministic)."""
-    return _deterministic
-
-
 # Products of fewer multiply-adds than this are one block: handing half of a batch-1
 # product (1 x 784 x 512) to another thread took its time from 54 to 116 us.
 SMALL_PRODUCT = 1 << 22
@@ -52,7 +47,7 @@ def product_blocks(m, n, k=None):
         return rows, [(0, m if rows else n)]
     size, least = (m, 64) if rows else (n, 256)
     count = max(1, min(8, size // least))
-    edges = [size * k // count for k in range(count + 1)]
+    edges = [size * i // count for i in range(count + 1)]
     return rows, list(zip(edges[:-1], edges[1:]))
 
 
