@@ -201,9 +201,11 @@ def _map_npz_member(path, key):
     return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
 
 
-def load_csv(path, label, classification=True, need_label=True):
+def load_csv(path, label, classification=True, need_label=True, columns=()):
     """A CSV with a header row: numeric feature columns and (optionally) a label column.
-    Non-numeric labels become class names, sorted; returns (x, y or None, classes)."""
+    Non-numeric labels become class names, sorted; returns (x, y or None, classes).
+    `columns`: the training CSV's feature names, which x's columns are matched to by name
+    (`match_columns`)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
@@ -242,6 +244,7 @@ def load_csv(path, label, classification=True, need_label=True):
             row = rows[n - 1]
             bad = next(i for i, v in enumerate(row) if i != li and not np.isfinite(np.float32(float(v))))
             raise DataError(f"{path}:{n}: column '{header[bad]}' is {row[bad].strip()!r}; data must be finite")
+    x = match_columns(x, [h for i, h in enumerate(header) if i != li], columns, path)
     if li is None:
         return x, None, []
     if not classification:
@@ -354,8 +357,7 @@ def _test_arrays(ds, spec_path, classification, classes, features=()):
         check_values(y, keys[1], path)
         desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
     else:
-        x, y, names = load_csv(path, ds.label, classification)
-        x = match_columns(x, csv_features(path, ds.label), features, path)
+        x, y, names = load_csv(path, ds.label, classification, columns=features)
         if names:
             index = {c: i for i, c in enumerate(classes)}
             unknown = sorted(set(names) - set(index))
@@ -510,8 +512,9 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     pick = x.select if isinstance(x, MappedRows) else x.__getitem__
     d = Dataset(pick(train), y[train], pick(val), y[val], classes, description=description)
-    if not ds.builtin and resolve(ds.source, spec.path).suffix.lower() == ".csv":
-        d.features = csv_features(resolve(ds.source, spec.path), ds.label)  # predict matches columns by them
+    source = None if ds.builtin else resolve(ds.source, spec.path)
+    if source is not None and source.suffix.lower() == ".csv":
+        d.features = csv_features(source, ds.label)  # predict matches columns by them
     if n_test:
         d.x_test, d.y_test = pick(test), y[test]
         d.test_description = f"test_split {ds.test_split} of {description.split(',')[0]}, {n_test} samples"

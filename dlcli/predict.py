@@ -202,8 +202,9 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x",
 
 def _load_csv(pred, path, need_labels, label):
     label = label or pred.spec.data.label or "label"
-    x, y, names = data.load_csv(path, label, classification=pred.loss.classification, need_label=need_labels)
-    x = data.match_columns(x, data.csv_features(path, label), pred.features, path)
+    x, y, names = data.load_csv(
+        path, label, classification=pred.loss.classification, need_label=need_labels, columns=pred.features
+    )
     n_features = int(np.prod(pred.input_shape))
     if x.ndim != 2 or x.shape[1] != n_features:
         with open(path, newline="") as f:
