@@ -368,10 +368,10 @@ def check_spec(
     (when the model has any) with the Dense+ReLU fusion training uses. Kernels not yet
     compiled for float64 are compiled by this process and a helper (precompile.py)."""
     sections = []
-    helper = precompile.start(s, run.build(s, dtype=np.float64)[0], gradients_only=True, dtype="float64")
+    builds = [(fuse, *run.build(s, dtype=np.float64, fuse=fuse)) for fuse in ((False, True) if fused else (False,))]
+    helper = precompile.start(s, builds[-1][1], gradients_only=True, dtype="float64")  # the fused one, as training
     try:
-        for fuse in (False, True) if fused else (False,):
-            model, loss = run.build(s, dtype=np.float64, fuse=fuse)
+        for fuse, model, loss in builds:
             if fuse and not any(layer.fuse_relu for layer in model.trained):
                 continue
             x, y = spec_inputs(s, model, loss, batch_size, seed)
