@@ -458,7 +458,9 @@ def read_log(path):
         if not isinstance(g, dict):
             continue
         step = obj.get("step", len(steps) + 1)
-        if rows and isinstance(step, int) and not isinstance(step, bool) and step <= steps[-1]:
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise DataError(f"{path}:{lineno}: step is {step!r}, not a step number")
+        if rows and step <= steps[-1]:
             runs.append((layers, steps, rows))  # counting began again: another run of the spec
             layers, steps, rows = [], [], []
         for name, value in g.items():
@@ -466,8 +468,6 @@ def read_log(path):
                 raise DataError(f"{path}:{lineno}: layer_grad_norms.{name} is {value!r}, not a norm")
             if name not in layers:
                 layers.append(name)
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise DataError(f"{path}:{lineno}: step is {step!r}, not a step number")
         steps.append(step)
         rows.append(g)
     if not layers and runs:  # the last run logged no norms: the last one that did
