@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,10 @@ def main():
         rates = {name: child(root, a.script, a.threads, a.seconds, a.extra) for name, root in roots.items()}
         ratios.append(rates["this"] / rates["base"])
         print(f"round {r + 1}: base {rates['base']:,.0f}, this {rates['this']:,.0f} samples/s, ratio {ratios[-1]:.3f}")
-    print(f"{a.script} {' '.join(a.extra)} threads {a.threads}: this / base {min(ratios):.2f}-{max(ratios):.2f}x")
+    print(
+        f"{a.script} {' '.join(a.extra)} threads {a.threads}: this / base {min(ratios):.2f}-{max(ratios):.2f}x, "
+        f"median {statistics.median(ratios):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,20 +33,29 @@ def set_threads(n=None, deterministic=None):
 # Products of fewer multiply-adds than this are one block: handing half of a batch-1
 # product (1 x 784 x 512) to another thread took its time from 54 to 116 us.
 SMALL_PRODUCT = 1 << 22
+# Each block of a larger product does at least this many multiply-adds (2, 4 or 8 blocks).
+# Every block packs the whole of the operand it does not cut, so more blocks repeat that
+# work: the reference MLP's five products at 2 threads took 2.72 ms in blocks of 64 rows
+# (up to 8), 2.4 ms in two blocks, 2.34 ms as OpenBLAS's own threaded calls.
+BLOCK_WORK = 1 << 24
+MOST_BLOCKS = 8
+ROW_BLOCK, COLUMN_BLOCK = 64, 256  # the fewest rows or columns in a block
 
 
 def product_blocks(m, n, k=None):
     """How `matmul` cuts an (m x k) @ (k x n) product in deterministic mode: (by rows?,
     [(lo, hi)]). A function of the shape alone, never of the thread count: OpenBLAS sums a
     block the same way whichever thread computes it, but not a whole product split its own
-    way across another number of threads. Small products (below SMALL_PRODUCT) are one
-    block; else rows in blocks of at least 64, or columns in blocks of at least 256, at
-    most 8 blocks."""
-    rows = m >= 128 or m >= n
-    if k is not None and m * n * k < SMALL_PRODUCT:
-        return rows, [(0, m if rows else n)]
-    size, least = (m, 64) if rows else (n, 256)
-    count = max(1, min(8, size // least))
+    way across another number of threads. The cut runs along the longer side of the output
+    when it can (a block packs all of the other operand, the smaller one then), in blocks
+    of at least 64 rows or 256 columns (narrower column blocks ran slower); small products
+    (below SMALL_PRODUCT) are one block, larger ones 2, 4 or 8 of at least BLOCK_WORK."""
+    work = m * n * (k if k is not None else 1)
+    rows = m >= n if m >= 2 * ROW_BLOCK and n >= 2 * COLUMN_BLOCK else m >= 2 * ROW_BLOCK
+    size, least = (m, ROW_BLOCK) if rows else (n, COLUMN_BLOCK)
+    count = 1 if (k is not None and work < SMALL_PRODUCT) or size < 2 * least else 2
+    while count < MOST_BLOCKS and size // (2 * count) >= least and (k is None or work // (2 * count) >= BLOCK_WORK):
+        count *= 2
     edges = [size * i // count for i in range(count + 1)]
     return rows, list(zip(edges[:-1], edges[1:]))
 
@@ -54,27 +63,47 @@ def product_blocks(m, n, k=None):
 def matmul(a, b, out):
     """out = a @ b for 2-D arrays: NumPy's BLAS product, or in deterministic mode the same
     product in `product_blocks`, each a one-thread BLAS call, spread over the shard threads,
-    so a seeded run repeats bit for bit with any --threads (at 0.6-1.0x the speed of
+    so a seeded run repeats bit for bit with any --threads (at 0.9-1.0x the speed of
     OpenBLAS's own threaded product on this machine's reference shapes)."""
+    matmuls((a, b, out))
+    return out
+
+
+def matmuls(*products):
+    """`matmul` of each (a, b, out), independent products (a layer's weight and input
+    gradients): in deterministic mode all their blocks go to the shard threads in one
+    hand-over (~20 us each on this machine, a sixth of a 64 x 256 x 256 block)."""
     import numpy as np
 
     if not _deterministic:
-        return np.matmul(a, b, out=out)
-    rows, blocks = product_blocks(a.shape[0], b.shape[1], a.shape[1])
-
-    def block(lo, hi):
-        if rows:
-            np.matmul(a[lo:hi], b, out=out[lo:hi])
-        else:
-            np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
-
-    n = min(threads(), len(blocks))
+        for a, b, out in products:
+            np.matmul(a, b, out=out)
+        return
+    tasks = []
+    for a, b, out in products:
+        rows, blocks = product_blocks(a.shape[0], b.shape[1], a.shape[1])
+        other = b.shape[1] if rows else a.shape[0]
+        tasks += [((hi - lo) * other * a.shape[1], (a, b, out, rows, lo, hi)) for lo, hi in blocks]
+    n = min(threads(), len(tasks))
     if n < 2:
-        for lo, hi in blocks:
-            block(lo, hi)
-        return out
-    run_shards(lambda k: [block(*blocks[i]) for i in range(k, len(blocks), n)], n)
-    return out
+        for _, task in tasks:
+            _block(*task)
+        return
+    shares, loads = [[] for _ in range(n)], [0] * n
+    for work, task in sorted(tasks, key=lambda t: -t[0]):  # the largest first, to the least loaded
+        least = loads.index(min(loads))
+        shares[least].append(task)
+        loads[least] += work
+    run_shards(lambda k: [_block(*task) for task in shares[k]], n)
+
+
+def _block(a, b, out, rows, lo, hi):
+    import numpy as np
+
+    if rows:
+        np.matmul(a[lo:hi], b, out=out[lo:hi])
+    else:
+        np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
 
 def threads():

@@ -143,8 +143,10 @@ def test_matmul_in_fixed_blocks_gives_the_same_bits_for_any_thread_count():
             for other in results[1:]:
                 assert np.array_equal(results[0], other), (sa, sb)
             np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
-        assert runtime.product_blocks(128, 512, 784) == (True, [(0, 64), (64, 128)])
-        assert runtime.product_blocks(32, 4096, 400)[0] is False  # few rows: columns
+        assert runtime.product_blocks(128, 512, 784) == (False, [(0, 256), (256, 512)])  # the longer side
+        assert runtime.product_blocks(784, 512, 128) == (True, [(0, 392), (392, 784)])
+        assert runtime.product_blocks(128, 300, 784)[0] is True  # 300 columns cannot be halved: rows
+        assert len(runtime.product_blocks(1024, 1024, 1024)[1]) == 8  # large: more blocks, for more cores
         assert runtime.product_blocks(1, 512, 784) == (False, [(0, 512)])  # a batch-1 product: one call
     finally:
         runtime.set_threads(None)

@@ -87,11 +87,11 @@ class Dense(Layer):
             self.K.relu_mask_inplace(self.y, dy2)
         elif has_bias:
             self.K.column_sums(dy2, self.grads["bias"])
-        runtime.matmul(self.x.T, dy2, self.grads["weight"])
         if not need_dx:
+            runtime.matmul(self.x.T, dy2, self.grads["weight"])
             return None
         dx = np.empty_like(self.x)
-        runtime.matmul(dy2, w.T, dx)
+        runtime.matmuls((self.x.T, dy2, self.grads["weight"]), (dy2, w.T, dx))
         return dx.reshape(dy.shape[:-1] + (w.shape[0],))
 
     def flops(self):

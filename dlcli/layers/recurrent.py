@@ -201,16 +201,20 @@ class _Recurrent(Layer):
         if record:
             self.time_grad_norms = np.sqrt(sq.sum(axis=0))
         da2 = da.reshape(T * B, G * H)
-        runtime.matmul(self.xt.reshape(T * B, F).T, da2, self.grads["w_input"])
-        runtime.matmul(self.h[:T].reshape(T * B, H).T, dah.reshape(T * B, G * H), self.grads["w_recurrent"])
+        products = [
+            (self.xt.reshape(T * B, F).T, da2, self.grads["w_input"]),
+            (self.h[:T].reshape(T * B, H).T, dah.reshape(T * B, G * H), self.grads["w_recurrent"]),
+        ]
+        dx = self._work("dx", (T * B, F)) if need_dx else None
+        if need_dx:
+            products.append((da2, self.params["w_input"].T, dx))
+        runtime.matmuls(*products)  # one hand-over to the shard threads for all three
         if "bias" in self.grads:
             self.KD.column_sums(da2, self.grads["bias"])
         if "bias_hn" in self.grads:
             np.sum(dah.reshape(T * B, G * H)[:, 2 * H :], axis=0, out=self.grads["bias_hn"])
         if not need_dx:
             return None
-        dx = self._work("dx", (T * B, F))
-        runtime.matmul(da2, self.params["w_input"].T, dx)
         return dx.reshape(T, B, F).transpose(1, 0, 2).copy()  # a copy: dx is a reused buffer
 
     # -------------------------------------------------------------- description
