@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import shutil
 import sys
 
@@ -113,8 +114,32 @@ def single_process(command):
     refuse_several_ranks(command)
 
 
+def threads_note(threads, where="--threads"):
+    """Say (on stderr) when more threads are asked for than the machine has cores: the run
+    goes on, slower (the extra threads take turns on the cores). A note, not an error: a
+    container's CPU count may be less than what the job was given."""
+    cores = os.cpu_count() or 1
+    if threads is None or threads <= cores:
+        return
+    from .distributed import launch_rank
+
+    if launch_rank() == 0:  # under MPI rank 0 alone speaks
+        click.echo(
+            f"Note: {where} {threads}, but this machine has {cores} cores: the extra threads slow the run.",
+            err=True,
+        )
+
+
+def _threads_given(ctx, param, value):
+    threads_note(value)
+    return value
+
+
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), help="CPU cores for BLAS and dlcli's own threads (default: all)."
+    "--threads",
+    type=click.IntRange(min=1),
+    callback=_threads_given,
+    help="CPU cores for BLAS and dlcli's own threads (default: all).",
 )
 
 
@@ -151,6 +176,8 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
         s, _ = run.spec_or_checkpoint(resume)
     else:
         s = run.load_spec(spec_file)
+        if threads is None:
+            threads_note(s.train.threads, "train.threads")
     s = run.apply_overrides(s, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, threads=threads)
     sync = distributed.world()  # None unless launched by mpirun/srun as several ranks
     with distributed.failing_together(sync):  # from here an error on one rank ends every rank
@@ -173,17 +200,24 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
         display = Dashboard()
     else:
         display = PlainProgress(click.echo)
-    result, saved, trainer = run.train(
-        s,
-        output=output,
-        resume=resume,
-        log=log_path,
-        log_grad_norms=log_grad_norms,
-        display=display,
-        overwrite=overwrite,
-        sync=sync,
-        more_epochs=more_epochs,
-    )
+    try:
+        result, saved, trainer = run.train(
+            s,
+            output=output,
+            resume=resume,
+            log=log_path,
+            log_grad_norms=log_grad_norms,
+            display=display,
+            overwrite=overwrite,
+            sync=sync,
+            more_epochs=more_epochs,
+        )
+    except KeyboardInterrupt as e:  # a second Ctrl-C while the stopped run saved: say what is kept
+        kept = getattr(e, "kept", None)
+        if not kept or sync is not None:  # under MPI, `failing_together` ends every rank
+            raise
+        click.echo(f"Interrupted. The last checkpoint is kept; resume with: dlcli train --resume {kept}", err=True)
+        return 130
     code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
     if not speaks:
         return code

@@ -327,7 +327,11 @@ def train(
         # source) before the one line that says what happened; the trainer finds every
         # non-finite loss and gradient norm itself and stops on it.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            result = trainer.fit()
+            try:
+                result = trainer.fit()
+            except KeyboardInterrupt as e:  # a Ctrl-C after the one that stopped the loop (while it saved)
+                e.kept = checkpointer.saved or resume  # whole on disk: writes are atomic
+                raise
     finally:
         if helper is not None:
             helper.stop()

@@ -1,6 +1,7 @@
 """`dlcli train` and `dlcli summary` end to end through Click, and the cost of starting up."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,11 @@ def test_threads_1(write_spec):
         assert all(i["num_threads"] == 1 for i in threadpool_info() if i["user_api"] == "blas")
         again = invoke("train", p, "--threads", 2, "-o", "t2.npz")
         assert again.exit_code == 0
+        assert "but this machine has" not in again.output
+        many = (os.cpu_count() or 1) + 1
+        out = invoke("train", p, "--threads", many, "-o", "t3.npz", "--epochs", 1)
+        assert out.exit_code == 0, out.output
+        assert f"Note: --threads {many}, but this machine has" in out.output  # allowed, but said
     finally:
         runtime.set_threads(None)
     # the same seed gives the same model whatever the thread count

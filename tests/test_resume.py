@@ -159,3 +159,25 @@ def test_kill_9_leaves_a_whole_checkpoint_and_the_next_run_no_temporary_file(tmp
         assert code == 0, err
     assert_same_bits(out, reference)
     assert not list(tmp_path.glob("*.tmp")), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_a_second_ctrl_c_while_the_stopped_run_saves_still_says_how_to_resume(tmp_path, monkeypatch):
+    """The first Ctrl-C stops the loop; a second one lands while the run writes its last
+    checkpoint: the write is abandoned (the file on disk is the last whole one) and the
+    run says so, with the command that resumes it, exit 130."""
+    from click.testing import CliRunner
+
+    from dlcli.callbacks import Checkpointer
+    from dlcli.cli import main
+
+    def interrupted_save(self, trainer, result):
+        raise KeyboardInterrupt  # as a Ctrl-C arriving during the final save
+
+    monkeypatch.setattr(Checkpointer, "on_end", interrupted_save)
+    monkeypatch.setenv("DLCLI_TEST_SIGINT_AT_STEP", "30")  # in epoch 2 (20 steps each): epoch 1's checkpoint is written
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(samples=400, epochs=5))
+    out = CliRunner().invoke(main, ["train", str(spec), "-o", str(tmp_path / "m.npz"), "-q", "--threads", "1"])
+    assert out.exit_code == 130, out.output
+    assert f"resume with: dlcli train --resume {tmp_path / 'm.npz'}" in out.output
+    assert checkpoint.load(tmp_path / "m.npz").meta["epochs_done"] == 1
