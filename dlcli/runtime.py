@@ -85,7 +85,7 @@ def matmuls(*products):
         other = b.shape[1] if rows else a.shape[0]
         tasks += [((hi - lo) * other * a.shape[1], (a, b, out, rows, lo, hi)) for lo, hi in blocks]
     n = min(threads(), len(tasks))
-    if n < 2:
+    if n < 2 or sum(work for work, _ in tasks) < SMALL_PRODUCT:  # small: a hand-over costs more
         for _, task in tasks:
             _block(*task)
         return

@@ -150,3 +150,30 @@ def test_matmul_in_fixed_blocks_gives_the_same_bits_for_any_thread_count():
         assert runtime.product_blocks(1, 512, 784) == (False, [(0, 512)])  # a batch-1 product: one call
     finally:
         runtime.set_threads(None)
+
+
+def test_matmuls_gives_each_product_the_bits_of_matmul_and_hands_small_ones_over_never(monkeypatch):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x, dy, w = (rng.standard_normal(s).astype(np.float32) for s in ((128, 512), (128, 256), (512, 256)))
+    try:
+        for n in (1, 2, 3):
+            runtime.set_threads(n, deterministic=True)
+            dw, dx = np.empty((512, 256), np.float32), np.empty((128, 512), np.float32)
+            runtime.matmuls((x.T, dy, dw), (dy, w.T, dx))  # a dense layer's two gradients at once
+            alone = [runtime.matmul(x.T, dy, np.empty_like(dw)), runtime.matmul(dy, w.T, np.empty_like(dx))]
+            assert np.array_equal(dw, alone[0]) and np.array_equal(dx, alone[1]), n
+            if n == 1:
+                first = dw.copy(), dx.copy()
+            assert np.array_equal(dw, first[0]) and np.array_equal(dx, first[1]), n
+        calls = []
+        monkeypatch.setattr(runtime, "run_shards", lambda fn, k: calls.append(k) or [fn(i) for i in range(k)])
+        runtime.set_threads(2, deterministic=True)
+        small = [(rng.standard_normal((4, 8)).astype(np.float32), w[:8, :8].copy(), np.empty((4, 8), np.float32))] * 2
+        runtime.matmuls(*small)
+        assert calls == []  # two tiny products: done here, no hand-over
+        runtime.matmuls((x.T, dy, dw), (dy, w.T, dx))
+        assert calls == [2]  # one hand-over for both
+    finally:
+        runtime.set_threads(None)
