@@ -2,7 +2,8 @@
 
 Prints dlcli's training samples/s beside PyTorch's CPU figure with the same thread count
 (when PyTorch is installed), the ratio, the GEMM ceiling (NumPy/BLAS doing just the
-step's matrix products), and dlcli's cold and warm time to the first training step.
+step's matrix products, on OpenBLAS's threads and in dlcli's thread-count-independent
+blocks), and dlcli's cold and warm time to the first training step.
 
     python benchmarks/bench_mlp.py [--threads N] [--rounds 3] [--seconds 2]
 """
@@ -80,15 +81,24 @@ def dlcli_rate(threads, seconds, model="relu"):
     return best_rate(step, BATCH, seconds)
 
 
-def gemm_ceiling(threads, seconds):
-    """Samples/s if a step were nothing but its BLAS matrix products (NumPy's matmul)."""
+def gemm_ceiling(threads, seconds, deterministic=False):
+    """Samples/s if a step were nothing but its BLAS matrix products: NumPy's matmul on
+    OpenBLAS's threads, or (`deterministic`) dlcli's `runtime.matmul` in the shape-fixed
+    blocks a default run takes (the ceiling for a run repeatable across thread counts)."""
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
-    threadpool_limits(threads, "blas")
+    if deterministic:
+        from dlcli import runtime
 
-    def matmul(a, b, out):
-        np.matmul(a, b, out=out)
+        runtime.set_threads(threads, deterministic=True)
+        matmul = runtime.matmul
+    else:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, "blas")
+
+        def matmul(a, b, out):
+            np.matmul(a, b, out=out)
 
     rng = np.random.default_rng(0)
     ws = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(SIZES, SIZES[1:])]
@@ -138,13 +148,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--model", choices=sorted(MODELS), default="relu", help="relu: 784-512-256-10 (the default)")
-    ap.add_argument("--child", choices=["dlcli", "torch", "gemm"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["dlcli", "torch", "gemm", "gemm_blocks"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child == "dlcli":
         print(json.dumps(dlcli_rate(a.threads, a.seconds, a.model)))
         return
-    if a.child == "gemm":
-        print(json.dumps(gemm_ceiling(a.threads, a.seconds)))
+    if a.child in ("gemm", "gemm_blocks"):
+        print(json.dumps(gemm_ceiling(a.threads, a.seconds, deterministic=a.child == "gemm_blocks")))
         return
     if a.child == "torch":
         from torch_peers import torch_mlp_rate
@@ -160,13 +170,14 @@ def main():
         f"reference MLP {'-'.join(map(str, SIZES))} ReLU, batch {BATCH}, SGD momentum, "
         f"{a.threads} threads, {TRAIN_FLOPS / 1e6:.2f} MFLOP per training sample"
     )
-    best = {"dlcli": 0.0, "torch": 0.0, "gemm": 0.0}
+    best = {"dlcli": 0.0, "torch": 0.0, "gemm": 0.0, "gemm_blocks": 0.0}
     common = ["--threads", a.threads, "--seconds", a.seconds]
     for r in range(a.rounds):
         best["dlcli"] = max(best["dlcli"], run_child("bench_mlp.py", ["--child", "dlcli", *common]))
         if have_torch:
             best["torch"] = max(best["torch"], run_child("bench_mlp.py", ["--child", "torch", *common]))
         best["gemm"] = max(best["gemm"], run_child("bench_mlp.py", ["--child", "gemm", *common]))
+        best["gemm_blocks"] = max(best["gemm_blocks"], run_child("bench_mlp.py", ["--child", "gemm_blocks", *common]))
         print(
             f"  round {r + 1}: best so far dlcli {best['dlcli']:,.0f}, PyTorch {best['torch']:,.0f}, "
             f"GEMM-only {best['gemm']:,.0f} samples/s"
@@ -176,6 +187,10 @@ def main():
         f"{'':<10} GEMM-only ceiling {best['gemm']:,.0f} samples/s "
         f"({best['gemm'] * TRAIN_FLOPS / 1e9:.1f} GFLOP/s); dlcli reaches "
         f"{best['dlcli'] / best['gemm']:.0%} of it"
+    )
+    print(
+        f"{'':<10} the same products in dlcli's thread-count-independent blocks {best['gemm_blocks']:,.0f} "
+        f"samples/s; dlcli reaches {best['dlcli'] / best['gemm_blocks']:.0%} of it"
     )
 
     cache = tempfile.mkdtemp(prefix="dlcli-numba-cache-")
