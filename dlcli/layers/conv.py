@@ -333,11 +333,13 @@ class _Conv(Layer):
         self.K.conv_grad_output(dy4.reshape(n, cout, -1), y3, self.fuse_relu, dycn, unused_bias_sums)
         return self._input_grad_from_columns(dycn, buf["dcols"], buf["xt"])
 
-    def _input_grad_from_columns(self, dycn, dcols, xt):
+    def _input_grad_from_columns(self, dycn, dcols, xt, weight_grad=None):
         """dx from the output gradient as GEMM columns (Cout, positions): the column
-        matrix's gradient W^T @ dycn, then col2im (xt its scratch)."""
+        matrix's gradient W^T @ dycn, then col2im (xt its scratch). `weight_grad`: also
+        the weight gradient's product (product, its output), in the same hand-over."""
         n, cin, cout = self.n, self.in2[0], self.options["filters"]
-        runtime.matmul(self.params["weight"].reshape(cout, -1).T, dycn, dcols)
+        dcols_product = (self.params["weight"].reshape(cout, -1).T, dycn, dcols)
+        runtime.matmuls(dcols_product, *([weight_grad] if weight_grad is not None else []))
         dx = np.empty((n,) + self.in2, self.dtype)
         self.K.col2im(dcols, *self._args(), xt, dx.reshape(n, cin, -1))
         return dx.reshape((n,) + self.input_shape)
@@ -356,13 +358,14 @@ class _Conv(Layer):
         dycn = buf["ycn"]  # the forward's GEMM output is no longer needed: reuse it
         dbias = self.grads["bias"] if "bias" in self.grads else self.bias_scratch
         self.K.conv_grad_output(dy3, self.y.reshape(n, cout, -1), self.fuse_relu, dycn, dbias)
-        runtime.matmul(dycn, self.cols.T, self.grads["weight"].reshape(cout, -1))
+        weight_grad = (dycn, self.cols.T, self.grads["weight"].reshape(cout, -1))
         if not need_dx:
+            runtime.matmul(*weight_grad)
             return None
         dcols = buf.get("dcols")
         if dcols is None:
             dcols = buf["dcols"] = np.empty_like(self.cols)
-        return self._input_grad_from_columns(dycn, dcols, buf["xt"])
+        return self._input_grad_from_columns(dycn, dcols, buf["xt"], weight_grad)
 
     def flops(self):
         cout, cin = self.params["weight"].shape[:2]
