@@ -243,6 +243,31 @@ def expanded_size(node, sizes=None, open_=None):
     return total
 
 
+def check_duplicate_keys(node, seen=None):
+    """A key given twice in one mapping is an error: YAML loaders keep the last one
+    silently, so `data:` written twice trained on the second without a word. Merge keys
+    (`<<: *base`) may repeat what they merge; each node is checked once (aliases)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in first:
+                    raise SpecError(
+                        f"duplicate key '{key.value}' (first on line {first[key.value]}); a key may appear once",
+                        line=key.start_mark.line + 1,
+                        column=key.start_mark.column + 1,
+                    )
+                first[key.value] = key.start_mark.line + 1
+            check_duplicate_keys(value, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for value in node.value:
+            check_duplicate_keys(value, seen)
+
+
 def read_yaml(text_, file):
     """(document, its node tree) of a spec's text, safely and within the bounds above."""
     if len(text_) > MAX_SPEC_BYTES:
@@ -268,6 +293,7 @@ def read_yaml(text_, file):
                 f"the spec expands to {size:,} YAML nodes (through its aliases); a spec may have at most {MAX_NODES:,}",
                 file,
             )
+        check_duplicate_keys(node)
         return loader.construct_document(node), node
     except SpecError as e:
         e.file = e.file or file

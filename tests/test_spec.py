@@ -229,6 +229,21 @@ def test_invalid_yaml_gives_its_position(write_spec):
     assert line in (3, 4)
 
 
+def test_a_key_given_twice_is_an_error_with_both_lines(write_spec):
+    """YAML keeps the last of two equal keys without a word: a spec with `data:` twice
+    trained on the second. Nested mappings too; a merge key may repeat what it merges."""
+    msg, p = error_of(
+        write_spec, "data: builtin:spirals\ndata: builtin:moons\nmodel: {input: [2], layers: [dense: 2]}\n"
+    )
+    assert msg == f"{p}:2:1: duplicate key 'data' (first on line 1); a key may appear once"
+    msg, p = error_of(write_spec, "data: builtin:spirals\nmodel:\n  input: [2]\n  layers: [{dense: 2, dense: 3}]\n")
+    assert msg.startswith(f"{p}:4:") and "duplicate key 'dense'" in msg
+    s = spec.parse(
+        "data: builtin:spirals\nmodel: {input: [2], layers: [{dense: &d {units: 4}}, {dense: {<<: *d, units: 3}}]}"
+    )
+    assert [layer.options["units"] for layer in s.model.layers] == [4, 3]
+
+
 def test_not_a_mapping_and_missing_file(write_spec, tmp_path):
     msg, p = error_of(write_spec, "- just\n- a list\n")
     assert "must be a YAML mapping" in msg
