@@ -247,7 +247,16 @@ def _batches(pred, x, batch_size, where, progress=None):
         progress(0, n)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        yield start, stop, pred.raw(x[start:stop], where)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # found below, by row
+            raw = pred.raw(x[start:stop], where)
+        finite = np.isfinite(raw.reshape(len(raw), -1)).all(axis=1)
+        if not finite.all():  # a NaN would become a label (argmax) or a NaN loss: never hidden
+            row = int(np.argmin(finite))
+            raise DataError(
+                f"{where}: the model's output for row {start + row} (counting from 0) is not finite "
+                f"({raw[row][~np.isfinite(raw[row])].flat[0]}): its values overflow the model's float32 arithmetic"
+            )
+        yield start, stop, raw
         if progress is not None:
             progress(stop, n)
 

@@ -400,6 +400,10 @@ def _write(name, text):
         (lambda: _write("a.npy", "not numpy"), "not a readable .npy array"),
         (lambda: _write("a.txt", "1,2\n"), "unsupported input type '.txt'"),
         (lambda: "missing.npy", "data file not found: missing.npy"),
+        (  # finite, but overflowing float32 in the model: a NaN output is never made a label
+            lambda: np.save("a.npy", np.array([[1, 2], [3e38, 3e38]], np.float32)) or "a.npy",
+            "a.npy: the model's output for row 1 (counting from 0) is not finite",
+        ),
     ],
 )
 def test_bad_prediction_input(models, make, message):
@@ -451,6 +455,10 @@ def test_bad_prediction_options(models, args, message):
             "label 'kiwi' in column 'kind' (row 1, counting from 0) is not a class",
         ),
         (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "has no column 'd', which the model was trained with"),
+        (
+            lambda: np.savez("a.npz", x=np.full((2, 3), 3e38, np.float32), y=np.zeros(2, int)) or "a.npz",
+            "a.npz: the model's output for row 0 (counting from 0) is not finite",
+        ),
     ],
 )
 def test_bad_evaluation_input(models, make, message):
