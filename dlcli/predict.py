@@ -158,6 +158,31 @@ def labelled_keys(path, split=None, keys=None):
     return SPLIT_KEYS["test"] if data._npz_has(path, *SPLIT_KEYS["test"]) else SPLIT_KEYS["train"]
 
 
+def _check_token_ids(pred, x, where):
+    """A model whose first layer is an embedding takes token ids: every id integral and
+    within its vocabulary, checked before any prediction is written (found in the layer, a
+    bad id stopped the output midway without naming the file or row). A block at a time."""
+    first = pred.model.layers[0]
+    if first.kind != "embedding":
+        return
+    vocab = first.vocab_size
+    step = data.chunk_rows(x)
+    for start in range(0, len(x), step):
+        block = np.asarray(x[start : start + step])
+        flat = block.reshape(len(block), -1)
+        bad = (flat < 0) | (flat >= vocab)
+        if flat.dtype.kind == "f":
+            bad |= np.mod(flat, 1) != 0
+        rows = bad.any(axis=1)
+        if rows.any():
+            row = int(np.argmax(rows))
+            value = flat[row][bad[row]][0]
+            raise DataError(
+                f"{where}: row {start + row} (counting from 0) has token id {value}, but the model's "
+                f"vocabulary has {vocab} tokens (integer ids 0..{vocab - 1})"
+            )
+
+
 def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x", "y")):
     """(x, y or None) from a .npy (memory-mapped), .npz (arrays `keys`) or .csv file.
 
@@ -192,6 +217,7 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x",
         x, keys[0] if suffix == ".npz" else "x", where
     )  # block by block: a memory-mapped file is not read whole
     data.fit_input(x[:0], pred.input_shape, where, pred.spec.data.layout)  # shape check only: a view of no rows
+    _check_token_ids(pred, x, where)
     if y is not None and suffix == ".npz":
         if len(y) != len(x):
             raise DataError(f"{path}: {keys[0]} has {len(x)} samples but {keys[1]} has {len(y)}")

@@ -328,3 +328,27 @@ def test_word_level_model_trains_logs_bits_per_word_and_generates_words(corpus_s
     tokens = list(generate(open_text_model(tmp_path / "w.npz"), "the cat", length=5))
     assert len(tokens) == 5 and all(t in vocab.index and t != "<unk>" for t in tokens)
     assert g.output == "the cat" + "".join(tokens) + "\n"  # the command streams the same tokens (seed 0)
+
+
+def test_predict_checks_every_token_id_before_writing_any_prediction(trained, tmp_path):
+    """A bad id deep in a text model's input stopped `predict` midway, after thousands of
+    rows on stdout, naming neither file nor row: now one line before any output, exit 2."""
+    from dlcli.predict import open_model
+
+    ckpt = str(trained[0])
+    model = open_model(ckpt)
+    (seq_len,), vocab = model.input_shape, model.model.layers[0].vocab_size
+    ids = np.ones((3000, seq_len), np.int64)
+    ids[2500, 5] = vocab + 70
+    np.save(tmp_path / "ids.npy", ids)
+    r = CliRunner().invoke(main, ["predict", ckpt, str(tmp_path / "ids.npy")])
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert f"ids.npy: row 2500 (counting from 0) has token id {vocab + 70}" in r.stderr
+    np.save(tmp_path / "half.npy", np.full((4, seq_len), 1.5, np.float32))
+    r = CliRunner().invoke(main, ["predict", ckpt, str(tmp_path / "half.npy")])
+    assert r.exit_code == 2 and "row 0 (counting from 0) has token id 1.5" in r.stderr, r.output
+    ids[2500, 5] = 1
+    assert CliRunner().invoke(main, ["predict", ckpt, str(tmp_path / "ids.npy")]).exit_code == 2  # the file as it was
+    np.save(tmp_path / "ids.npy", ids)
+    good = CliRunner().invoke(main, ["predict", ckpt, str(tmp_path / "ids.npy")])
+    assert good.exit_code == 0 and len(good.stdout.splitlines()) == 3001, good.output
