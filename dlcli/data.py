@@ -201,13 +201,15 @@ def _map_npz_member(path, key):
     return np.memmap(path, dtype, "r", offset, shape, "F" if fortran else "C")
 
 
-def load_csv(path, label, classification=True, need_label=True, columns=()):
+def load_csv(path, label, classification=True, need_label=True, columns=(), known=None):
     """A CSV with a header row: numeric feature columns and (optionally) a label column.
     Non-numeric labels become class names, sorted; returns (x, y or None, classes).
     `columns`: the training CSV's feature names, which x's columns are matched to by name
-    (`match_columns`)."""
+    (`match_columns`). `known`: the class names a trained model has; a label outside
+    them is an error naming its line. A UTF-8 byte-order mark (Excel writes one) is
+    not part of the first column's name."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except FileNotFoundError:
         raise DataError(f"data file not found: {path}") from None
@@ -257,6 +259,11 @@ def load_csv(path, label, classification=True, need_label=True, columns=()):
         return x, y, []
     if all(_is_int(v) for v in labels):
         return x, np.asarray([int(v) for v in labels], np.int64), []
+    if known:
+        for n, v in zip(lines, labels):
+            if v not in known:
+                what = "has no label" if not v else f"has label {v!r}, not a class the model knows"
+                raise DataError(f"{path}:{n}: column '{label}' {what} (classes: {', '.join(map(str, known))})")
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
     return x, np.asarray([index[v] for v in labels], np.int64), classes
@@ -264,7 +271,7 @@ def load_csv(path, label, classification=True, need_label=True, columns=()):
 
 def csv_features(path, label):
     """The feature column names of a CSV, in file order (its header without the label)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         header = [h.strip() for h in next(csv.reader(f), [])]
     return [h for h in header if h != label]
 

@@ -228,12 +228,13 @@ def load_inputs(pred: Predictor, path, need_labels=False, label=None, keys=("x",
 
 def _load_csv(pred, path, need_labels, label):
     label = label or pred.spec.data.label or "label"
+    known = [c for c in pred.class_names() if isinstance(c, str)] if need_labels else None
     x, y, names = data.load_csv(
-        path, label, classification=pred.loss.classification, need_label=need_labels, columns=pred.features
+        path, label, classification=pred.loss.classification, need_label=need_labels, columns=pred.features, known=known
     )
     n_features = int(np.prod(pred.input_shape))
     if x.ndim != 2 or x.shape[1] != n_features:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = [h.strip() for h in next(csv.reader(f))]
         cols = [h for h in header if h != label]
         raise DataError(
@@ -249,13 +250,6 @@ def _load_csv(pred, path, need_labels, label):
             raise DataError(
                 f"{path}: column '{label}' holds names ({', '.join(names[:3])}...), "
                 f"but the model was trained on numbered classes"
-            )
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            row = int(np.argmax(np.asarray(y) == names.index(unknown[0])))
-            raise DataError(
-                f"{path}: label '{unknown[0]}' in column '{label}' (row {row}, counting from 0) is not a class "
-                f"the model knows (classes: {', '.join(known)})"
             )
         y = np.asarray([known[names[i]] for i in y], np.int64)
     return x, _check_labels(pred, y, str(path))
