@@ -626,6 +626,9 @@ class _Graph:
         elif isinstance(item, dict):
             extra = {k: item[k] for k in NODE_KEYS if k in item}
             rest = [k for k in item if k not in NODE_KEYS]
+            kinds = [k for k in rest if k in LAYERS or k == "residual"]
+            if len(kinds) == 1 and len(rest) > 1:  # a layer, and a key that is neither name: nor input:
+                raise reader.unknown_key(path, next(k for k in rest if k not in kinds), list(NODE_KEYS))
             if len(rest) != 1:
                 raise reader.field_error(
                     path,

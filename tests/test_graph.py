@@ -182,6 +182,14 @@ def test_graph_gradients_every_parameter_and_input():
         ("    - {dense: 4, name: a}\n    - {dense: 3, input: [a, a]}\n", r"g.yaml:7:\d+: .*dense takes one input"),
         ("    - {dense: 4, name: input}\n", r"g.yaml:6:\d+: .*'input' already names the model input"),
         ("    - dense: 4\n    - {relu: null, input: input}\n    - dense: 3\n", r"layers\[0\] \(dense\): its output"),
+        (
+            "    - {dense: 4, nmae: a}\n",
+            r"g.yaml:6:\d+: unknown field 'model.layers\[0\].nmae' \(did you mean 'name'\?\)",
+        ),
+        (
+            "    - {dense: 4, name: a}\n    - {add: null, inputs: [a, a]}\n",
+            r"g.yaml:7:\d+: unknown field 'model.layers\[1\].inputs' \(did you mean 'input'\?\)",
+        ),
     ],
 )
 def test_graph_spec_errors_name_file_and_line(layers, message):
