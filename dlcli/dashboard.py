@@ -526,6 +526,7 @@ class Dashboard(Callback):
                 train = [f"epoch {ep.epoch + 1}: {label}loss {fmt(ep.train_loss)}"]
                 if ep.train_acc is not None:
                     train.append(f"{label}acc {ep.train_acc:.3f}")
+                train += text_scores(tr, ep.train_loss, label)  # as the val part has them
                 variants.append(train + val)
             variants.append(["  ".join(train), "  ".join(val)] if val else train)  # two lines: train, val
             summary = fitting([[Text(t, style="bold") for t in v] for v in variants], width)

@@ -371,3 +371,25 @@ def test_an_exception_mid_run_closes_the_dashboard_and_the_log(tmp_path):
     # the log has every step before the failure, flushed and closed
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["event"] for r in rows] == ["start", "step", "step"] and [r["step"] for r in rows[1:]] == [1, 2]
+
+
+def test_a_text_models_epoch_line_scores_training_as_it_scores_validation(tmp_path):
+    """bpc and perplexity for the training loss too, not for validation's alone, on one
+    line when there is room and on the training line when it breaks in two."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 30)
+    text = f"""\
+name: chars
+data: {{source: {corpus}, text: {{level: char, seq_len: 16}}, validation_split: 0.2}}
+model: {{layers: [{{embedding: 8}}, {{lstm: {{units: 8, return_sequences: true}}}}, {{dense: {{units: vocab}}}}]}}
+optimizer: {{name: adam, lr: 0.01}}
+train: {{epochs: 1, batch_size: 16}}
+"""
+    dash = Dashboard(console=recorded_console())
+    run.train(spec.parse(text, "chars.yaml"), output=tmp_path / "c.npz", display=dash)
+    wide = [ln for ln in frame_text(dash, 200, 40).splitlines() if "epoch 1:" in ln]
+    assert len(wide) == 1 and re.search(r"train bpc [\d.]+ +train ppl [\d.]+ +val loss .* val bpc", wide[0]), wide
+    lines = frame_text(dash, 80, 40).splitlines()
+    first = next(k for k, ln in enumerate(lines) if "epoch 1:" in ln)
+    assert re.search(r"epoch 1: loss [\d.]+ +acc [\d.]+ +bpc [\d.]+ +ppl [\d.]+", lines[first]), lines[first:]
+    assert "val bpc" in lines[first + 1]
