@@ -42,7 +42,7 @@ MOST_BLOCKS = 8
 ROW_BLOCK, COLUMN_BLOCK = 64, 256  # the fewest rows or columns in a block
 
 
-def product_blocks(m, n, k=None):
+def product_blocks(m, n, k):
     """How `matmul` cuts an (m x k) @ (k x n) product in deterministic mode: (by rows?,
     [(lo, hi)]). A function of the shape alone, never of the thread count: OpenBLAS sums a
     block the same way whichever thread computes it, but not a whole product split its own
@@ -50,11 +50,12 @@ def product_blocks(m, n, k=None):
     when it can (a block packs all of the other operand, the smaller one then), in blocks
     of at least 64 rows or 256 columns (narrower column blocks ran slower); small products
     (below SMALL_PRODUCT) are one block, larger ones 2, 4 or 8 of at least BLOCK_WORK."""
-    work = m * n * (k if k is not None else 1)
-    rows = m >= n if m >= 2 * ROW_BLOCK and n >= 2 * COLUMN_BLOCK else m >= 2 * ROW_BLOCK
+    work = m * n * k
+    rows_cut, columns_cut = m >= 2 * ROW_BLOCK, n >= 2 * COLUMN_BLOCK  # each side can be halved
+    rows = m >= n if rows_cut and columns_cut else rows_cut
     size, least = (m, ROW_BLOCK) if rows else (n, COLUMN_BLOCK)
-    count = 1 if (k is not None and work < SMALL_PRODUCT) or size < 2 * least else 2
-    while count < MOST_BLOCKS and size // (2 * count) >= least and (k is None or work // (2 * count) >= BLOCK_WORK):
+    count = 1 if work < SMALL_PRODUCT or size < 2 * least else 2
+    while count < MOST_BLOCKS and size // (2 * count) >= least and work // (2 * count) >= BLOCK_WORK:
         count *= 2
     edges = [size * i // count for i in range(count + 1)]
     return rows, list(zip(edges[:-1], edges[1:]))
