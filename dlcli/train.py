@@ -250,6 +250,16 @@ class Trainer:
             "checkpoint": "best" if best else "last",
         }
 
+    def _what_diverged(self, loss, gnorm, layer_norms):
+        """'loss became NaN on rank 1' or, when the loss was finite and its gradients were
+        not (`train_step` then returns the loss as NaN, with the layers' norms), 'the
+        gradients became infinite' (under MPI: their sum over the ranks)."""
+        if layer_norms is None:  # the loss itself: no backward ran
+            where = self.sync.where() if self.sync is not None else ""
+            return f"loss became {'NaN' if np.isnan(loss) else 'infinite'}{where}"
+        summed = " (summed over the ranks)" if self.sync is not None else ""
+        return f"the gradients{summed} became {'NaN' if np.isnan(gnorm) else 'infinite'}"
+
     def _check_finite(self, epoch, val_loss):
         """The last step's update may overflow, or leave a NaN that a ReLU hides from the
         loss: check the parameters (and the validation loss) before they are saved."""
@@ -290,9 +300,8 @@ class Trainer:
                 ts = time.perf_counter()
                 loss, hits, gnorm, layer_norms = self.train_step(xb, yb, lr, n)
                 if not np.isfinite(loss):
-                    where = self.sync.where() if self.sync is not None else ""
                     raise TrainingDiverged(
-                        f"loss became {'NaN' if np.isnan(loss) else 'infinite'}{where} at epoch {epoch + 1}, "
+                        f"{self._what_diverged(loss, gnorm, layer_norms)} at epoch {epoch + 1}, "
                         f"step {self.step + 1}; training stopped and the last good checkpoint is kept. "
                         "Try a smaller learning rate, or clip_norm under train."
                     )

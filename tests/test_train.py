@@ -295,6 +295,21 @@ class Spoil(Callback):
             trainer.model.params_flat[self.index] = self.value
 
 
+def test_gradients_that_overflow_under_a_finite_loss_are_named_as_such(tmp_path):
+    """Targets of 1e5 and inputs of 100: the loss stays finite (~1e10) while the gradients
+    overflow float32; the message said "loss became NaN", sending the user to the data."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((400, 4)) * 100).astype(np.float32)
+    np.savez(tmp_path / "r.npz", x=x, y=(x.sum(1, keepdims=True) * 1e3).astype(np.float32))
+    text = (
+        f"data: {tmp_path / 'r.npz'}\nmodel: {{input: [4], layers: [{{dense: 8}}, relu, {{dense: 1}}]}}\n"
+        "loss: mse\noptimizer: {name: sgd, lr: 0.02}\ntrain: {epochs: 2, batch_size: 32}\n"
+    )
+    result, saved, _ = run.train(spec.parse(text, "r.yaml"), output=tmp_path / "r.npz.out.npz")
+    assert result.stopped == "diverged" and saved is None
+    assert result.message.startswith("the gradients became infinite at epoch 1, step "), result.message
+
+
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "n.npz"
     result, saved, trainer = run.train(tiny(epochs=5), output=out, callbacks=[Spoil(at_step=8)])  # 6 steps/epoch
