@@ -137,8 +137,16 @@ class MetricsLog(Callback):
         self.f.flush()
 
     def on_end(self, trainer, result):
-        if result.stopped == "early_stopped":
-            self._write({"event": "stop", "epoch": result.epochs_done, "step": result.step, "reason": result.message})
+        if result.stopped != "finished":  # early stopping, Ctrl-C, or a NaN: the log says which, and why
+            self._write(
+                {
+                    "event": "stop",
+                    "stopped": result.stopped,
+                    "epoch": result.epochs_done,
+                    "step": result.step,
+                    "reason": result.message,
+                }
+            )
         if result.test is not None:
             self._write(
                 {"event": "test", **{k: _clean(v) if k in ("loss", "acc") else v for k, v in result.test.items()}}

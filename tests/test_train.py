@@ -1,6 +1,7 @@
 """The training loop: optimizers against the references, schedules, clipping, seeds, the
 NaN stop, the interrupt flag and resuming, and the spirals acceptance criterion."""
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -305,9 +306,12 @@ def test_gradients_that_overflow_under_a_finite_loss_are_named_as_such(tmp_path)
         f"data: {tmp_path / 'r.npz'}\nmodel: {{input: [4], layers: [{{dense: 8}}, relu, {{dense: 1}}]}}\n"
         "loss: mse\noptimizer: {name: sgd, lr: 0.02}\ntrain: {epochs: 2, batch_size: 32}\n"
     )
-    result, saved, _ = run.train(spec.parse(text, "r.yaml"), output=tmp_path / "r.npz.out.npz")
+    log = tmp_path / "r.jsonl"
+    result, saved, _ = run.train(spec.parse(text, "r.yaml"), output=tmp_path / "r.npz.out.npz", log=log)
     assert result.stopped == "diverged" and saved is None
     assert result.message.startswith("the gradients became infinite at epoch 1, step "), result.message
+    last = json.loads(log.read_text().splitlines()[-1])  # the log says it too, not only stderr
+    assert last == {"event": "stop", "stopped": "diverged", "epoch": 0, "step": result.step, "reason": result.message}
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
