@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, jsontext
 from .errors import OutputError
 from .files import check_writable
 from .text import scores
@@ -99,7 +99,7 @@ class MetricsLog(Callback):
         return {k: _clean(v) for k, v in scores(loss, self.text_level, prefix).items()}
 
     def _write(self, obj):
-        self.f.write(json.dumps(obj) + "\n")
+        self.f.write(jsontext.dumps(obj) + "\n")
 
     def on_step(self, trainer, e):
         row = {

@@ -386,9 +386,8 @@ def gradcheck(spec_file, kinds, all_kinds, eps, rtol, atol, samples, batch_size,
     on their own. Exits 0 when every tensor passes (or only hits kinks), 1 when any fails.
     """
     single_process("gradcheck")
-    import json
-
     from . import gradcheck as gc
+    from . import jsontext
 
     if (spec_file is not None) + bool(kinds) + all_kinds != 1:
         raise click.UsageError("give exactly one of SPEC_FILE, --layer KIND or --all")
@@ -402,7 +401,7 @@ def gradcheck(spec_file, kinds, all_kinds, eps, rtol, atol, samples, batch_size,
 
         report = gc.check_kinds(list(LAYERS) if all_kinds else list(kinds), **opts)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(jsontext.dumps(report.to_dict(), indent=2))
     else:
         console = stdout_console()
         for table in gc.report_tables(report):
@@ -531,10 +530,8 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads)
     MODEL on labelled DATA (.npz with arrays x and y, or x_test and y_test, or .csv with
     the label column). The output names the arrays it scored."""
     single_process("evaluate")
-    import json
-
+    from . import jsontext, runtime
     from . import predict as predict_mod
-    from . import runtime
 
     if split and keys:
         raise click.UsageError("give --split or --keys, not both")
@@ -551,7 +548,7 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads)
             model, data_file, batch_size=batch_size, label=label, progress=update, split=split, keys=key_pair
         )
     if as_json:
-        click.echo(json.dumps(r.as_dict(), indent=2))
+        click.echo(jsontext.dumps(r.as_dict(), indent=2))
         return
     console = stdout_console()
     for renderable in predict_mod.evaluation_report(r):
@@ -674,9 +671,8 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
     per-layer gradient norms, update/weight ratios, dead and saturated units, per-time-step
     norms of recurrent layers, and a verdict (vanishing, exploding, dead ReLUs, saturation)."""
     single_process("inspect-gradients")
-    import json
-
     from . import inspect_gradients as ig
+    from . import jsontext
 
     if source is None and log_path is None:
         raise click.UsageError("give a SOURCE (spec or checkpoint), or --log METRICS.jsonl")
@@ -691,7 +687,7 @@ def inspect_gradients(source, batches, batch_size, seed, other, log_path, as_jso
             out = {"compare": [r.to_dict() for r in runs]}
         if log is not None:
             out["training_log"] = log.to_dict()
-        click.echo(json.dumps(out, indent=2))
+        click.echo(jsontext.dumps(out, indent=2))
         return
     from pathlib import Path
 

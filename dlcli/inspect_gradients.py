@@ -108,13 +108,15 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
     helper = precompile.start(s, model, gradients_only=True)
     try:
         ds = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
-        bs = batch_size or s.train.batch_size
+        bs = min(batch_size or s.train.batch_size, max(len(ds.x_train), 1))  # the rows a batch really has
         m = _Measurements(model, loss, s, ckpt.optimizer if ckpt is not None else None)
         rng = np.random.default_rng([s.seed, 2, 0]) if s.data.shuffle else None
-        for xb, yb in data.batches(ds.x_train, ds.y_train, bs, rng):
-            if m.batches >= batches:
-                break
-            m.record(xb, yb)
+        # overflow shows in the figures (NaN, inf) and the verdict, not as NumPy's warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for xb, yb in data.batches(ds.x_train, ds.y_train, bs, rng):
+                if m.batches >= batches:
+                    break
+                m.record(xb, yb)
     finally:
         if helper is not None:
             helper.stop()
@@ -136,9 +138,17 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
     plist = result.param_layers
     if len(plist) >= 2:
         first, last = plist[0]["grad_norm"]["mean"], plist[-1]["grad_norm"]["mean"]
-        result.first_last_ratio = first / last if last > 0 else float("inf")
+        result.first_last_ratio = ratio_of(first, last)
     result.verdicts = verdicts(result)
     return result
+
+
+def ratio_of(a, b):
+    """a / b of two norms: inf when only b is 0 (a zero-initialised bias's update), NaN
+    when either is NaN or both are 0 (never inf for a NaN: that would read as exploding)."""
+    if math.isnan(a) or math.isnan(b) or (a == 0 and b == 0):
+        return float("nan")
+    return a / b if b > 0 else float("inf")
 
 
 class _Measurements:
@@ -219,11 +229,11 @@ class _Measurements:
             for name, (o, size) in self.spans[k].items():
                 a = float(np.linalg.norm(delta[o : o + size]))
                 b = float(np.linalg.norm(w[o : o + size]))
-                self.update_ratios[k][name].append(a / b if b > 0 else float("nan"))
+                self.update_ratios[k][name].append(ratio_of(a, b))
                 du += a * a
                 dw += b * b
             if layer.params:
-                self.layer_update[k].append(math.sqrt(du) / math.sqrt(dw) if dw > 0 else float("nan"))
+                self.layer_update[k].append(ratio_of(math.sqrt(du), math.sqrt(dw)))
 
     def layer_rows(self):
         rows = []
@@ -267,7 +277,7 @@ class _Measurements:
                     "name": layer.name,
                     "kind": layer.kind,
                     "grad_norms": [float(v) for v in g],
-                    "first_last_ratio": float(g[0] / g[-1]) if g[-1] > 0 else None,
+                    "first_last_ratio": ratio_of(float(g[0]), float(g[-1])),
                     "decades_per_step": decay,
                 }
             )
@@ -282,7 +292,17 @@ def verdicts(r: Inspection):
     squashing = sorted(kinds & {"sigmoid", "tanh"})
     norms = [l["grad_norm"]["mean"] for l in plist]
     ratio = r.first_last_ratio
-    if any(not math.isfinite(n) for n in norms):
+    if not math.isfinite(r.loss) or any(math.isnan(n) for n in norms):
+        out.append(
+            Verdict(
+                "not finite",
+                None,
+                f"the loss is {r.loss} and gradient norms are NaN: values overflow float32 already in "
+                "the forward pass, before any step",
+                "check the data's scale (data.standardize: true) and the initial weights",
+            )
+        )
+    elif any(not math.isfinite(n) for n in norms):
         out.append(
             Verdict(
                 "exploding",

@@ -267,3 +267,34 @@ def test_compare_tells_apart_two_sides_of_the_same_name(write_spec, tmp_path):
     r = invoke(tmp_path / "t.npz", "--compare", spec, "--batches", 1)
     assert r.exit_code == 0, r.output
     assert "tiny (t.npz) verdict:" in r.output and f"tiny ({spec.name}) verdict:" in r.output
+
+
+def _strict_json(text):
+    """json.loads that refuses the bare NaN/Infinity Python writes (JSON has neither)."""
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_an_input_that_overflows_float32_is_not_finite_not_exploding_and_the_json_stays_json(tmp_path):
+    """x = 3.3e38 (finite float32): every figure is NaN. The verdict said "exploding: set
+    clip_norm", NaN ratios read as inf, NumPy's overflow warnings went to stderr and the
+    JSON had bare NaN (which JSON.parse refuses)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "big.npz", x=np.full((64, 3), 3.3e38, np.float32), y=rng.integers(0, 2, 64))
+    p = tmp_path / "big.yaml"
+    p.write_text(f"data: {tmp_path / 'big.npz'}\nmodel: {{input: [3], layers: [{{dense: 8}}, relu, {{dense: 2}}]}}\n")
+    r = CliRunner().invoke(main, ["inspect-gradients", str(p), "--json", "--batch-size", "1000"])
+    assert r.exit_code == 0 and r.stderr == "", r.output
+    d = _strict_json(r.stdout)
+    assert d["first_last_ratio"] == "nan" and [v["kind"] for v in d["verdicts"]] == ["not finite"]
+    assert d["batch_size"] == 51  # the training split's rows (validation takes 20 %), not the 1000 asked for
+    # a healthy model: a zero-initialised bias's update ratio is infinite, written as "inf"
+    np.savez(tmp_path / "ok.npz", x=rng.standard_normal((64, 3)).astype(np.float32), y=rng.integers(0, 2, 64))
+    p.write_text(f"data: {tmp_path / 'ok.npz'}\nmodel: {{input: [3], layers: [{{dense: 8}}, relu, {{dense: 2}}]}}\n")
+    d = _strict_json(CliRunner().invoke(main, ["inspect-gradients", str(p), "--json"]).stdout)
+    assert d["layers"][0]["params"]["bias"]["update_ratio"] == "inf"
