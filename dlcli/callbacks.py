@@ -220,6 +220,7 @@ class Checkpointer(Callback):
         self.best = Path(best) if best is not None else None
         self.monitor = Monitor(spec.train.keep_best) if spec.train.keep_best else None
         self.saved = None
+        self.saved_at = None  # (epochs done, step) of the last checkpoint this run wrote
 
     def _meta(self, trainer, epochs_done, epoch_step, metrics):
         return {
@@ -251,7 +252,7 @@ class Checkpointer(Callback):
                 self._save(trainer, self.best, meta)
                 trainer.best_params = {k: v.copy() for k, v in trainer.model.state().items()}
         self._save(trainer, self.path, self._meta(trainer, e.epoch + 1, 0, metrics))
-        self.saved = self.path
+        self.saved, self.saved_at = self.path, (e.epoch + 1, trainer.step)
 
     def on_end(self, trainer, result):
         if result.stopped == "interrupted" and result.clean:
@@ -259,6 +260,13 @@ class Checkpointer(Callback):
             metrics = {"val_loss": last.val_loss, "val_acc": last.val_acc} if last else {}
             self._save(trainer, self.path, self._meta(trainer, result.epochs_done, result.epoch_step, metrics))
             self.saved = self.path
+        elif result.stopped == "interrupted":  # a second Ctrl-C mid-step: nothing of this epoch is saved
+            kept = (
+                f"the checkpoint keeps the end of epoch {self.saved_at[0]} (step {self.saved_at[1]})"
+                if self.saved is not None
+                else "no checkpoint of this run was written"
+            )
+            result.message += f" by a second Ctrl-C, mid-step: the steps since are lost and {kept}"
 
 
 class SigintAtStep(Callback):

@@ -216,7 +216,7 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
         kept = getattr(e, "kept", None)
         if not kept or sync is not None:  # under MPI, `failing_together` ends every rank
             raise
-        click.echo(f"Interrupted. The last checkpoint is kept; resume with: dlcli train --resume {kept}", err=True)
+        _say_stopped("Interrupted. The last checkpoint written is kept.", kept)
         return 130
     code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
     if not speaks:
@@ -226,13 +226,24 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
         click.echo(line)
     kept = saved or resume  # a resumed run that wrote nothing yet leaves the checkpoint it came from
     if result.stopped == "interrupted":
-        click.echo(
-            f"Stopped: {result.message}." + (f" Resume with: dlcli train --resume {kept}" if kept else ""), err=True
-        )
+        _say_stopped(f"Stopped: {result.message}.", kept)
     if result.stopped == "diverged":
         what = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was written yet"
         click.echo("Error: " + result.message.replace("the last good checkpoint is kept", what), err=True)
     return code
+
+
+def _say_stopped(sentence, kept):
+    """The sentence (on stderr, broken between words to fit a terminal), then the command
+    that resumes the run on a line of its own: the one line a user copies, never broken
+    inside the path by a wrap that happened to fall there."""
+    import textwrap
+
+    width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
+    for line in textwrap.wrap(sentence, width, break_on_hyphens=False) if width else [sentence]:
+        click.echo(line, err=True)
+    if kept:
+        click.echo(f"Resume with: dlcli train --resume {kept}", err=True)
 
 
 def final_lines(result, saved, trainer, width=None):

@@ -179,5 +179,6 @@ def test_a_second_ctrl_c_while_the_stopped_run_saves_still_says_how_to_resume(tm
     spec.write_text(SPEC.format(samples=400, epochs=5))
     out = CliRunner().invoke(main, ["train", str(spec), "-o", str(tmp_path / "m.npz"), "-q", "--threads", "1"])
     assert out.exit_code == 130, out.output
-    assert f"resume with: dlcli train --resume {tmp_path / 'm.npz'}" in out.output
+    assert "Interrupted. The last checkpoint written is kept." in out.output
+    assert f"\nResume with: dlcli train --resume {tmp_path / 'm.npz'}\n" in out.output
     assert checkpoint.load(tmp_path / "m.npz").meta["epochs_done"] == 1

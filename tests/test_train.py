@@ -365,6 +365,31 @@ def test_interrupt_flag_writes_a_resumable_checkpoint(tmp_path):
     assert checkpoint.load(out).meta["epoch_step"] == 0
 
 
+class SecondCtrlCAt(Callback):
+    """A Ctrl-C while stopping was already asked: KeyboardInterrupt from inside a step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, e):
+        if e.step == self.step:
+            trainer.interrupt["stop"] = True
+            raise KeyboardInterrupt
+
+
+def test_a_second_ctrl_c_mid_step_says_which_checkpoint_is_kept(tmp_path):
+    """The run stops at once in epoch 2, step 9: nothing of epoch 2 is saved, and the
+    message says so (it named step 9 as if the run could go on from there)."""
+    out = tmp_path / "c.npz"
+    result, saved, _ = run.train(tiny(epochs=3), output=out, callbacks=[SecondCtrlCAt(9)])  # 6 steps an epoch
+    assert result.stopped == "interrupted" and not result.clean and saved == out
+    assert result.message == (
+        "interrupted at epoch 2, step 9 by a second Ctrl-C, mid-step: the steps since are lost and "
+        "the checkpoint keeps the end of epoch 1 (step 6)"
+    )
+    assert (checkpoint.load(out).meta["epochs_done"], checkpoint.load(out).meta["step"]) == (1, 6)
+
+
 def test_interrupt_with_spoilt_parameters_does_not_save_them(tmp_path):
     out = tmp_path / "i.npz"
     result, _, _ = run.train(tiny(epochs=3), output=out, callbacks=[Spoil(at_step=9, index=3), StopAt(9)])
