@@ -4,6 +4,7 @@ standardise, batch. Everything is seeded; nothing is downloaded."""
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import mmap
 import os
@@ -35,6 +36,33 @@ class Dataset:
     test_description: str = ""
     vocab: object = None  # text data: its text.Vocabulary (x and y are then token ids)
     features: list = field(default_factory=list)  # a CSV's feature column names, in order
+
+    # Rows of x whose bytes go into the fingerprint, from each end of a split: enough to
+    # tell another file, cheap on a memory-mapped one (all of x would be read at every run).
+    FINGERPRINT_ROWS = 64
+
+    @functools.cached_property
+    def fingerprint(self):
+        """What a resumed run checks its data against (`run.train`): each split's size and
+        a digest of the labels and of the first and last rows of x. Another file, rows
+        added or removed, labels changed: another fingerprint (a change inside x alone,
+        away from its ends, goes unseen)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        sizes = {}
+        for name in ("train", "val", "test"):
+            x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+            sizes[name] = None if x is None else len(x)
+            if x is None:
+                continue
+            n, k = len(x), self.FINGERPRINT_ROWS
+            ends = np.arange(n) if n <= 2 * k else np.r_[0:k, n - k : n]  # a MappedRows takes index arrays
+            for part in ((x[ends] if n else np.zeros(0)), y):
+                part = np.ascontiguousarray(part)
+                digest.update(f"{part.dtype.str}{part.shape}".encode())
+                digest.update(part.tobytes())
+        return {**sizes, "digest": digest.hexdigest()[:16]}
 
 
 def resolve(source, spec_path=None):

@@ -254,6 +254,8 @@ def train(
     lock = None
     try:
         dataset = data.load(s, loss, model.output_shape, vocab=vocab)
+        if ckpt is not None:
+            _check_same_data(ckpt, dataset, resume)
         _check_monitors(s, dataset)
         optimizer = optim.for_model(s.optimizer, model)
         if sync is not None:  # ranks on one node may share the parameters: before loading them
@@ -338,6 +340,27 @@ def train(
         if lock is not None:
             lock.release()
     return result, checkpointer.saved, trainer
+
+
+def _check_same_data(ckpt, dataset, resume):
+    """A resumed run must see the data it was trained on: the same spec with an edited file
+    re-splits it (the tester's CSV, 49 rows deleted, moved validation rows into training and
+    scored val_acc 1.0 against a best epoch from the old split). Checkpoints from before the
+    fingerprint (no "data" in meta) are not checked."""
+    before, now = ckpt.meta.get("data"), dataset.fingerprint
+    if not isinstance(before, dict) or before == now:
+        return
+    sizes = [
+        f"{name} split {before.get(name)} -> {now[name]} samples"
+        for name in ("train", "val", "test")
+        if before.get(name) != now[name]
+    ]
+    what = "; ".join(sizes) if sizes else "the same sizes, other values"
+    raise CheckpointError(
+        f"{resume}: cannot resume: the data differ from those it was trained on ({what}); "
+        "a changed file re-splits them, moving validation samples into training. Train anew, "
+        "or restore the data"
+    )
 
 
 def _carry_best(resume, output, state, writer):

@@ -96,6 +96,31 @@ def test_resume_applies_a_new_option_and_says_what_changed(write_spec):
     assert "cannot resume with seed 9" in line and "leak" in line
 
 
+def test_resume_refuses_data_that_changed_under_the_same_spec(write_spec, tmp_path):
+    """A CSV edited between the run and its resume (49 rows deleted) re-splits the data:
+    validation rows move into training (a tester saw val_acc 1.0 scored against a best
+    epoch of the old split). Refused, naming what differs; the unchanged data resume."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 3))
+    rows = [f"{a:.5f},{b:.5f},{c:.5f},{'pos' if a > 0 else 'neg'}" for a, b, c in x]
+    data = tmp_path / "d.csv"
+    data.write_text("a,b,c,cls\n" + "\n".join(rows) + "\n")
+    p = write_spec(
+        f"data: {{source: {data}, label: cls}}\nmodel: {{input: [3], layers: [{{dense: 4}}, {{dense: 2}}]}}\n"
+        "train: {epochs: 1, batch_size: 64}\n"
+    )
+    ok(invoke("train", p, "-o", "d.npz"))
+    assert checkpoint.load("d.npz").meta["data"]["train"] == 320
+    ok(invoke("train", "--resume", "d.npz", "-o", "d2.npz", "--epochs", 2))  # the same data: goes on
+    data.write_text("a,b,c,cls\n" + "\n".join(rows[49:]) + "\n")
+    line = one_line_error(invoke("train", "--resume", "d.npz", "-o", "d3.npz", "--epochs", 2))
+    assert "d.npz: cannot resume: the data differ" in line and "train split 320 -> 281 samples" in line, line
+    data.write_text("a,b,c,cls\n" + "\n".join(rows[:-1] + ["0,0,0,neg"]) + "\n")  # same size, a row changed
+    line = one_line_error(invoke("train", "--resume", "d.npz", "-o", "d3.npz", "--epochs", 2))
+    assert "the same sizes, other values" in line, line
+    assert not Path("d3.npz").exists()
+
+
 # ---------------------------------------------------------------- bug 2: no run is overwritten
 
 

@@ -258,8 +258,12 @@ def test_encode_prompt_maps_unknown_characters_to_unk_on_request():
 def test_resume_keeps_the_checkpoint_vocabulary(trained, tmp_path):
     ckpt_path, _ = trained
     before = checkpoint.load(ckpt_path).meta["text"]["tokens"]
-    with open(tmp_path / "corpus.txt", "a") as f:
-        f.write("\nnew letters: QXJ" * 30)  # would change a freshly built vocabulary
+    corpus = tmp_path / "corpus.txt"
+    text_before = corpus.read_text()
+    corpus.write_text(text_before + "\nnew letters: QXJ" * 30)  # would change a freshly built vocabulary
+    r = CliRunner().invoke(main, ["train", "--resume", str(ckpt_path), "--epochs", "2", "-q"])
+    assert r.exit_code == 2 and "cannot resume: the data differ" in r.output  # the old tail would be trained on
+    corpus.write_text(text_before)
     r = CliRunner().invoke(main, ["train", "--resume", str(ckpt_path), "--epochs", "2", "-q"])
     assert r.exit_code == 0, r.output
     assert checkpoint.load(ckpt_path).meta["text"]["tokens"] == before
