@@ -59,7 +59,8 @@ def save(path, spec_text, model, optimizer=None, meta=None, dataset=None):
     meta.update(format=FORMAT, dlcli_version=__version__)
     if dataset is not None:
         meta["classes"] = list(dataset.classes)
-        meta["data"] = dataset.fingerprint  # a resumed run checks it trains on the same data
+        if getattr(dataset, "fingerprint", None) is not None:  # a resumed run checks it has the same data
+            meta["data"] = dataset.fingerprint
         if getattr(dataset, "features", None):
             meta["features"] = list(dataset.features)
         if getattr(dataset, "vocab", None) is not None:  # JSON, like the rest of the metadata

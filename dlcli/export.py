@@ -348,6 +348,10 @@ def build(pred, opset=DEFAULT_OPSET, vocabulary=None):
             )
     g = _Graph(onnx)
     x = INPUT_NAME
+    raw_shape = raw_input_shape(pred)
+    if raw_shape != tuple(pred.input_shape):  # channels-last samples, as predict takes them
+        k = len(raw_shape)
+        x = g.add("Transpose", [x], "layout.channels_first", perm=[0, k, *range(1, k)])
     if pred.mean is not None:  # the training split's statistics, applied as predict applies them
         x = g.add("Sub", [x, g.const(pred.mean.astype(np.float32), "standardize.mean")], "standardize.sub")
         x = g.add("Div", [x, g.const(pred.std.astype(np.float32), "standardize.std")], "standardize")
@@ -379,10 +383,10 @@ def build(pred, opset=DEFAULT_OPSET, vocabulary=None):
     graph = helper.make_graph(
         g.nodes,
         pred.spec.name or "dlcli",
-        [helper.make_tensor_value_info(INPUT_NAME, float32, ["batch", *pred.input_shape])],
+        [helper.make_tensor_value_info(INPUT_NAME, float32, ["batch", *raw_shape])],
         [helper.make_tensor_value_info(name, float32, ["batch", *out_shape])],
         initializer=g.constants,
-        doc_string=f"input: raw samples (batch, {', '.join(map(str, pred.input_shape))}), as dlcli predict "
+        doc_string=f"input: raw samples (batch, {', '.join(map(str, raw_shape))}), as dlcli predict "
         f"takes them; output '{name}': {meaning}",
     )
     graph.output[0].doc_string = meaning
@@ -397,6 +401,18 @@ def build(pred, opset=DEFAULT_OPSET, vocabulary=None):
     return model
 
 
+def is_channels_last(pred):
+    """The model learnt from channels-last samples (data.layout), transposed as they were read."""
+    return pred.spec.data.layout == "channels_last" and len(pred.input_shape) >= 2
+
+
+def raw_input_shape(pred):
+    """One sample as `dlcli predict` takes it (the model's input with channels last for a
+    channels-last model): the exported graph's input, which it transposes itself."""
+    shape = tuple(pred.input_shape)
+    return shape[1:] + shape[:1] if is_channels_last(pred) else shape
+
+
 def metadata(pred, output_name, meaning):
     """metadata_props: everything a user of the .onnx file needs that the graph cannot say."""
     return {
@@ -404,7 +420,8 @@ def metadata(pred, output_name, meaning):
         "task": pred.kind,
         "classes": json.dumps([str(c) for c in pred.class_names()]),
         "output": f"{output_name}: {meaning}",
-        "input_shape": json.dumps(list(pred.input_shape)),
+        "input_shape": json.dumps(list(raw_input_shape(pred))),
+        "layout": pred.spec.data.layout + (": the graph moves channels first itself" if is_channels_last(pred) else ""),
         "standardization": "inside the graph (training mean and std)" if pred.mean is not None else "none",
         "spec": pred.spec.text,
     }
@@ -429,6 +446,8 @@ def check(model, pred, samples=38, seed=0):
     x = random_input(first, (samples, *pred.input_shape), rng).astype(np.float32)  # token ids for a text model
     if pred.mean is not None and not first.INTEGER_INPUT:
         x = (x * pred.std + pred.mean).astype(np.float32)
+    if is_channels_last(pred):
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))  # as the data file has them
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     except Exception as e:

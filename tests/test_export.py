@@ -530,3 +530,26 @@ print("RESULT", bad)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "RESULT []" in out.stdout, out.stdout
+
+
+def test_a_channels_last_model_takes_the_samples_predict_takes(tmp_path):
+    """data.layout: channels_last: predict reads (n, length, channels) samples and moves
+    the channels first; the exported graph takes the same samples and transposes them
+    itself (it took (n, channels, length), and `--check` failed on its own inputs)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 16, 2)).astype(np.float32)
+    np.savez(tmp_path / "cl.npz", x=x, y=(x[:, :, 0].sum(1) > 0).astype(np.int64))
+    spec = tmp_path / "cl.yaml"
+    spec.write_text(
+        f"data: {{source: {tmp_path / 'cl.npz'}, layout: channels_last, standardize: true}}\n"
+        "model: {input: [2, 16], layers: [{conv1d: {filters: 4, kernel: 3}}, relu, flatten, {dense: 2}]}\n"
+        "train: {epochs: 1, batch_size: 32}\n"
+    )
+    assert invoke("train", spec, "-o", tmp_path / "cl.ckpt.npz", "-q").exit_code == 0
+    r = invoke("export", tmp_path / "cl.ckpt.npz", "-o", tmp_path / "cl.onnx", "--check")
+    assert r.exit_code == 0, r.output
+    model, sess = session(tmp_path / "cl.onnx")
+    assert [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["batch", 16, 2]
+    pred = open_model(tmp_path / "cl.ckpt.npz")
+    (theirs,) = sess.run(None, {"input": x[:37]})
+    assert_close(pred.outputs(x[:37]), theirs, "channels-last samples")
