@@ -40,8 +40,8 @@ class TensorCheck:
     layer: str  # e.g. "layers[2] dense", or "loss"
     tensor: str  # weight, bias, input, ...
     checked: int
-    max_abs_error: float
-    max_rel_error: float
+    max_abs_error: float | None  # over the entries where the loss is smooth; None: every entry a kink
+    max_rel_error: float | None
     kinks: int
     status: str  # pass | FAIL | kink | n/a (an input of token ids: nothing to check)
     worst_index: tuple = field(default_factory=tuple)
@@ -99,8 +99,8 @@ def check_tensor(
         layer,
         tensor,
         len(idx),
-        float(abs_err[considered].max()) if considered.any() else 0.0,
-        float(rel_err[considered].max()) if considered.any() else 0.0,
+        float(abs_err[considered].max()) if considered.any() else None,
+        float(rel_err[considered].max()) if considered.any() else None,
         int(kink.sum()),
         status,
         tuple(int(v) for v in np.unravel_index(idx[worst], array.shape)) if len(idx) else (),
@@ -479,8 +479,8 @@ def report_tables(report):
             kind if second is None else second,
             r.tensor,
             str(r.checked),
-            f"{r.max_abs_error:.1e}" if r.checked else "-",
-            f"{r.max_rel_error:.1e}" if r.checked else "-",
+            f"{r.max_abs_error:.1e}" if r.max_abs_error is not None else "-",
+            f"{r.max_rel_error:.1e}" if r.max_rel_error is not None else "-",
             Text(status, style=style[r.status]),
         ]
         if report.per_kind:

@@ -189,3 +189,16 @@ def test_a_report_where_every_tensor_hit_kinks_does_not_say_they_match():
         .summary_line()
         .startswith("all gradients match: 2 tensors")
     )
+
+
+def test_a_tensor_with_only_kinks_reports_no_error_figures(write_spec):
+    """dense -> batchnorm -> relu at batch 1: batchnorm's output is 0 for one sample, so
+    every entry of the relu's input sits on its kink. Its largest errors read 0.0 (as if
+    exact); nothing was compared, so they are null."""
+    p = write_spec("data: builtin:spirals\nmodel: {input: [2], layers: [{dense: 4}, batchnorm, relu, {dense: 3}]}\n")
+    result = CliRunner().invoke(main, ["gradcheck", str(p), "--batch-size", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    only_kinks = [
+        r for r in json.loads(result.output)["checks"] if r["status"] == "kink" and r["kinks"] == r["checked"]
+    ]
+    assert only_kinks and all(r["max_abs_error"] is None and r["max_rel_error"] is None for r in only_kinks)
