@@ -392,11 +392,12 @@ def _test_arrays(ds, spec_path, classification, classes, features=()):
         check_values(y, keys[1], path)
         desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
     else:
-        x, y, names = load_csv(path, ds.label, classification, columns=features)
+        known = [c for c in classes if isinstance(c, str)]  # a label outside them: an error naming its line
+        x, y, names = load_csv(path, ds.label, classification, columns=features, known=known)
         if names:
             index = {c: i for i, c in enumerate(classes)}
             unknown = sorted(set(names) - set(index))
-            if unknown:
+            if unknown:  # names where the training data had numbered classes
                 raise DataError(f"{path}: class {unknown[0]!r} is not among the training data's classes")
             y = np.asarray([index[names[i]] for i in y], np.int64)
         desc = path.name

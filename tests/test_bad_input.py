@@ -328,6 +328,12 @@ DATA_FILES = [
         ["s.yaml:4:", "the last layer has 3 outputs, but d.csv has 2 classes (cat, dog): give it 2 units"],
     ),
     ("csv-inf", {"d.csv": "a,b,label\n1,2,0\n-inf,1,1\n"}, CSV, ["d.csv:3", "column 'a'"]),
+    (  # a test file's unknown class is named by its line, as the training file's errors are
+        "csv-test-file-unknown-class",
+        {"d.csv": "a,b,label\n" + "1,2,cat\n3,4,dog\n" * 4, "t.csv": "a,b,label\n1,2,cat\n3,4,wolf\n"},
+        spec_for("d.csv", ", label: label, test: t.csv"),
+        ["t.csv:3:", "column 'label' has label 'wolf', not a class"],
+    ),
     ("csv-beyond-float32", {"d.csv": "a,b,label\n1,2,0\n1,1e39,1\n"}, CSV, ["d.csv:3", "'1e39'"]),
     ("csv-not-numeric", {"d.csv": "a,b,label\n1,x,0\n"}, CSV, ["d.csv:2", "not numeric"]),
     ("csv-ragged", {"d.csv": "a,b,label\n1,2,0\n1,2\n"}, CSV, ["d.csv:3", "2 values"]),
