@@ -554,7 +554,7 @@ def render(r: Inspection):
     from rich.table import Table
     from rich.text import Text
 
-    from .dashboard import fmt, line_chart, log_bars
+    from .dashboard import fmt, log_bars
 
     t = Table(
         title=f"{r.name}: {r.batches} batches of {r.batch_size}, loss {fmt(r.loss)}, {r.optimizer} lr {fmt(r.lr)}",
@@ -611,7 +611,7 @@ def render(r: Inspection):
         T = len(r.time_steps[0]["grad_norms"])
         parts.append(
             Panel(
-                line_chart(series, width=50, height=8, log=True),
+                _PanelWideChart(series),
                 title=f"gradient through time (log scale): step 1 left .. step {T} right; "
                 "backpropagation runs right to left",
                 title_align="left",
@@ -620,6 +620,28 @@ def render(r: Inspection):
         )
     parts.append(verdict_text(r))
     return Group(*parts)
+
+
+class _PanelWideChart:
+    """A log-scale line chart as wide as the panel it is drawn in, laid out when Rich draws
+    it: a chart of a fixed 50 columns left most of a wide panel empty, so the last time
+    step was not at the right edge the title points to."""
+
+    MOST_WIDTH = 100
+
+    def __init__(self, series, height=8):
+        self.series, self.height = series, height
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement(20, min(options.max_width, self.MOST_WIDTH))
+
+    def __rich_console__(self, console, options):
+        from .dashboard import line_chart
+
+        # a pipe's console is as wide as its content (cli.stdout_console): there, MOST_WIDTH
+        yield line_chart(self.series, height=self.height, log=True, fit_width=min(options.max_width, self.MOST_WIDTH))
 
 
 def verdict_text(r: Inspection, named=""):
@@ -689,15 +711,13 @@ def render_compare(a: Inspection, b: Inspection):
     ]
     parts = [t, Columns(bars)]  # side by side when they fit, one above the other when not
     if ta or tb:
-        from .dashboard import line_chart
-
         series = []
         for label, g, c in ((label_a, ta, "cyan"), (label_b, tb, "magenta")):
             if g:
                 series.append((label, [j / max(len(g) - 1, 1) for j in range(len(g))], g, c))
         parts.append(
             Panel(
-                line_chart(series, width=50, height=8, log=True),
+                _PanelWideChart(series),
                 title="||dL/dh_t|| (log scale): step 1 left .. step T right",
                 title_align="left",
                 border_style="blue",
