@@ -41,6 +41,12 @@ def _appendable_log(path, limit=1 << 20):
     return isinstance(first, dict) and "event" in first
 
 
+def _ends_with_newline(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class MetricsLog(Callback):
     """JSON lines: one object per step ({"event": "step", ...}) and per epoch.
 
@@ -74,6 +80,8 @@ class MetricsLog(Callback):
     def on_start(self, trainer):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a")
+        if self.f.tell() > 0 and not _ends_with_newline(self.path):  # cut short (kill -9, an editor)
+            self.f.write("\n")  # this run's lines start on a line of their own
         output = str(trainer.output) if trainer.output is not None else None
         self._write({"event": "start", "spec": trainer.spec.name, "output": output, "time": _now()})
         self.names = [trainer.model.layers[i].name for i in trainer.model.param_layers]

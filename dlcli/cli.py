@@ -77,7 +77,12 @@ class OneLineErrorsGroup(click.Group):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
-            hint = f" (see '{e.ctx.command_path} -h')" if e.ctx is not None else ""
+            if e.ctx is not None:
+                where = e.ctx.command_path
+            else:  # Click gives no context for an option missing its value: the command is in args
+                given = sys.argv[1:] if args is None else list(args)
+                where = " ".join(["dlcli", *[a for a in given[:1] if a in self.commands]])
+            hint = f" (see '{where} -h')"
             click.echo(f"Error: {one_line(e.format_message())}{hint}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
@@ -170,6 +175,8 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
     """
     from . import distributed, run
 
+    if log_grad_norms and log_path is None:
+        raise click.UsageError("--log-grad-norms records into the metrics log: give --log FILE too")
     if spec_file is None:
         if resume is None:
             raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
@@ -535,8 +542,9 @@ def predict(model, input_file, output, proba, top_k, batch_size, label, overwrit
 )
 @click.option("--keys", metavar="X,Y", help="Score these two arrays of a .npz, e.g. --keys inputs,labels.")
 @threads_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads):
+def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads, quiet):
     """Loss, accuracy, per-class precision/recall and confusion matrix of the checkpoint
     MODEL on labelled DATA (.npz with arrays x and y, or x_test and y_test, or .csv with
     the label column). The output names the arrays it scored."""
@@ -553,7 +561,7 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads)
             raise click.BadParameter("give two array names, e.g. --keys inputs,labels", param_hint="--keys")
     if threads:
         runtime.set_threads(threads)
-    bar, update = _progress(not as_json, "evaluating")
+    bar, update = _progress(not as_json and not quiet, "evaluating")
     with bar:
         r = predict_mod.evaluate(
             model, data_file, batch_size=batch_size, label=label, progress=update, split=split, keys=key_pair

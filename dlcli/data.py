@@ -287,11 +287,12 @@ def load_csv(path, label, classification=True, need_label=True, columns=(), know
         return x, y, []
     if all(_is_int(v) for v in labels):
         return x, np.asarray([int(v) for v in labels], np.int64), []
-    if known:
-        for n, v in zip(lines, labels):
-            if v not in known:
-                what = "has no label" if not v else f"has label {v!r}, not a class the model knows"
-                raise DataError(f"{path}:{n}: column '{label}' {what} (classes: {', '.join(map(str, known))})")
+    if known:  # an empty label first (unambiguous), then a name the model does not know
+        for missing in (True, False):
+            for n, v in zip(lines, labels):
+                if (not v) if missing else v not in known:
+                    what = "has no label" if missing else f"has label {v!r}, not a class the model knows"
+                    raise DataError(f"{path}:{n}: column '{label}' {what} (classes: {', '.join(map(str, known))})")
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
     return x, np.asarray([index[v] for v in labels], np.int64), classes

@@ -99,7 +99,7 @@ def check_tensor(
         layer,
         tensor,
         len(idx),
-        float(abs_err[considered].max()) if considered.any() else None,
+        float(abs_err[considered].max()) if considered.any() else None,  # None: nothing compared
         float(rel_err[considered].max()) if considered.any() else None,
         int(kink.sum()),
         status,
@@ -159,7 +159,7 @@ def check_layer(layer, x, eps=DEFAULT_EPS, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL,
 
 def not_differentiable(layer):
     """The row for an input of token ids: a table says so rather than leaving it out."""
-    return TensorCheck(layer, "input (token ids: not differentiable)", 0, 0.0, 0.0, 0, "n/a")
+    return TensorCheck(layer, "input (token ids: not differentiable)", 0, None, None, 0, "n/a")
 
 
 def check_model(

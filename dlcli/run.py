@@ -212,7 +212,8 @@ def resume_changes(old, new, where="the checkpoint"):
     that would make the resumed run something else (data split, model), naming `where`."""
     a, b = settings(old), settings(new)
     changes = {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-    for key in changes:
+    # the source first: another data set also differs in its options, which say less
+    for key in sorted(changes, key=lambda k: k != "data.source"):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED_ON_RESUME):
             before, after = changes[key]
             hint = " (it would re-split the data: validation samples would leak into training)"
@@ -271,9 +272,10 @@ def train(
             skip = -(-int(samples) // s.train.batch_size)
             state = dict(ckpt.meta.get("state") or {})
             if start_epoch >= s.train.epochs:
+                asked = f"--epochs {s.train.epochs} asks for no more" if more_epochs else "as many as the spec asks for"
                 raise CheckpointError(
-                    f"{resume}: already trained {start_epoch} epochs, as many as the spec asks for; "
-                    f"pass --epochs N with N > {start_epoch} to train further"
+                    f"{resume}: already trained {start_epoch} epoch{'s' if start_epoch != 1 else ''}, {asked}; "
+                    f"pass --epochs N with N > {start_epoch} (the total) to train further"
                 )
             stopped = (state.get("early_stopping") or {}).get("stopped")
             if stopped and not more_epochs and s.train.early_stopping is not None:
@@ -298,6 +300,9 @@ def train(
             if display is not None:
                 cbs.insert(0, display)
             if log:
+                taken = [p for p in (output, best_path(output) if s.train.keep_best else None) if p is not None]
+                if any(Path(log).resolve() == Path(p).resolve() for p in taken):  # the checkpoint would replace it
+                    raise OutputError(f"--log {log} is the checkpoint's path: give the metrics log a file of its own")
                 cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
         if os.environ.get("DLCLI_TEST_SIGINT_AT_STEP"):  # tests: a Ctrl-C at an exact step
             cbs.append(SigintAtStep(int(os.environ["DLCLI_TEST_SIGINT_AT_STEP"])))

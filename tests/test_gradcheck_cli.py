@@ -140,6 +140,15 @@ def test_all_checks_every_layer_type_and_each_has_an_example():
         }
 
 
+def test_an_option_missing_its_value_points_at_the_commands_help():
+    """Click gives such an error no context; the hint names the command from the arguments."""
+    from dlcli.cli import main as group
+
+    for args, where in ((["train", "--resume"], "dlcli train"), (["gradcheck", "--layer"], "dlcli gradcheck")):
+        result = CliRunner().invoke(group, args, standalone_mode=True)
+        assert result.exit_code == 2 and f"(see '{where} -h')" in result.output, result.output
+
+
 def test_bad_usage_is_one_line():
     result = run("--layer", "nope")
     assert result.exit_code == 2

@@ -298,6 +298,14 @@ def test_evaluate_loss_matches_training_loss_function(models):
     assert report["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_evaluate_takes_quiet_as_predict_does(models):
+    x, y = held_out("spirals", 20)
+    np.savez("h.npz", x=x, y=y)
+    assert ok(invoke("evaluate", models["spirals"], "h.npz", "-q")).stdout.startswith(
+        f"x, y of h.npz: {len(x)} samples"
+    )
+
+
 def test_evaluate_csv_table(models):
     write_fruit_csv("test.csv", 90, seed=7)
     out = ok(invoke("evaluate", models["fruit"], "test.csv")).stdout
@@ -462,6 +470,7 @@ def test_bad_prediction_options(models, args, message):
             "a.csv:3: column 'kind' has label 'kiwi', not a class the model knows",
         ),
         (lambda: _write("a.csv", "w,h,d,kind\n1,2,3,apple\n1,2,3,\n"), "a.csv:3: column 'kind' has no label"),
+        (lambda: _write("a.csv", "w,h,d,kind\n1,2,3,0\n1,2,3,\n"), "a.csv:3: column 'kind' has no label"),
         (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "has no column 'd', which the model was trained with"),
         (
             lambda: np.savez("a.npz", x=np.full((2, 3), 3e38, np.float32), y=np.zeros(2, int)) or "a.npz",

@@ -96,6 +96,18 @@ def test_resume_applies_a_new_option_and_says_what_changed(write_spec):
     assert "cannot resume with seed 9" in line and "leak" in line
 
 
+def test_resume_refusals_name_what_matters(write_spec):
+    """Another data source differs in its options too: the source is named, not an option;
+    a finished run resumed with too few --epochs says that --epochs asked for no more."""
+    p = write_spec(TEXT)
+    ok(invoke("train", p, "-o", "r.npz", "-q"))
+    other = write_spec(TEXT.replace("builtin:moons, options: {samples: 200}", "builtin:spirals, options: {classes: 2}"))
+    line = one_line_error(invoke("train", other, "--resume", "r.npz", "-o", "s.npz"))
+    assert "cannot resume with data.source 'builtin:spirals'" in line, line
+    line = one_line_error(invoke("train", "--resume", "r.npz", "--epochs", 1))
+    assert "already trained 1 epoch, --epochs 1 asks for no more; pass --epochs N with N > 1" in line, line
+
+
 def test_resume_refuses_data_that_changed_under_the_same_spec(write_spec, tmp_path):
     """A CSV edited between the run and its resume (49 rows deleted) re-splits the data:
     validation rows move into training (a tester saw val_acc 1.0 scored against a best
@@ -192,6 +204,16 @@ def test_log_appends_only_to_a_metrics_log_and_marks_each_run(write_spec):
     assert len([r for r in rows if r["event"] == "epoch"]) == 2
     open("empty.jsonl", "w").close()
     ok(invoke("train", p, "--log", "empty.jsonl", "-o", "c.npz", "-q"))
+    # a log cut short (kill -9, an editor): the next run starts on a line of its own
+    with open("m.jsonl", "rb+") as f:
+        f.truncate(os.path.getsize("m.jsonl") - 1)
+    ok(invoke("train", p, "--log", "m.jsonl", "-o", "d.npz", "-q"))
+    assert [r["event"] for r in log_rows("m.jsonl")].count("start") == 3
+    # the checkpoint's path as the log: the checkpoint would replace the log
+    line = one_line_error(invoke("train", p, "--log", "e.npz", "-o", "e.npz", "-q"))
+    assert "--log e.npz is the checkpoint's path" in line and not os.path.exists("e.npz")
+    line = one_line_error(invoke("train", p, "--log-grad-norms", "-o", "e.npz", "-q"))
+    assert "--log-grad-norms records into the metrics log: give --log FILE too" in line
 
 
 def test_no_command_writes_over_a_file_it_reads(write_spec, tmp_path):
