@@ -170,9 +170,7 @@ def _check_token_ids(pred, x, where):
     for start in range(0, len(x), step):
         block = np.asarray(x[start : start + step])
         flat = block.reshape(len(block), -1)
-        bad = (flat < 0) | (flat >= vocab)
-        if flat.dtype.kind == "f":
-            bad |= np.mod(flat, 1) != 0
+        bad = first.invalid_ids(flat)
         rows = bad.any(axis=1)
         if rows.any():
             row = int(np.argmax(rows))
@@ -234,13 +232,11 @@ def _load_csv(pred, path, need_labels, label):
     )
     n_features = int(np.prod(pred.input_shape))
     if x.ndim != 2 or x.shape[1] != n_features:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = [h.strip() for h in next(csv.reader(f))]
-        cols = [h for h in header if h != label]
+        cols = data.csv_features(path, label)
         raise DataError(
             f"{path}: {len(cols)} feature column{'s' if len(cols) != 1 else ''} ({', '.join(cols)}), "
             f"but the model takes {n_features} input{'s' if n_features != 1 else ''}"
-            + (f" (label column '{label}' excluded)" if label in header else "")
+            + (f" (label column '{label}' excluded)" if y is not None else "")  # load_csv gives y iff it has one
         )
     if not need_labels:
         return x, None

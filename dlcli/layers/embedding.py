@@ -44,21 +44,28 @@ class Embedding(Layer):
         self.output_shape = input_shape + (dim,)
         return self.output_shape
 
+    def invalid_ids(self, x):
+        """Where x holds no token id of this vocabulary: not integral (NaN included) or
+        outside 0..vocab_size-1. `predict` checks a whole input file by it."""
+        bad = (x < 0) | (x >= self.vocab_size)
+        if not np.issubdtype(x.dtype, np.integer):
+            bad |= np.mod(x, 1) != 0
+        return bad
+
     def ids(self, x):
         """x as flat int64 ids, checked: integral and within 0..vocab_size-1."""
         x = np.asarray(x)
         if x.ndim != 2:
             raise self.shape_error("(batch, time) of token ids", x.shape)
-        if not np.issubdtype(x.dtype, np.integer):
-            if not np.all(np.mod(x, 1) == 0):  # NaN fails too
+        if self.invalid_ids(x).any():
+            if not np.issubdtype(x.dtype, np.integer) and not np.all(np.mod(x, 1) == 0):  # NaN fails too
                 raise DataError(f"{self.name}: expects integer token ids, got non-integral {x.dtype} values")
-        ids = np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            ids = x.astype(np.int64)
             raise DataError(
                 f"{self.name}: token ids run from {ids.min()} to {ids.max()}, "
                 f"but vocab_size is {self.vocab_size} (ids 0..{self.vocab_size - 1})"
             )
-        return ids
+        return np.ascontiguousarray(x, dtype=np.int64).reshape(-1)
 
     def forward(self, x, training=False):
         ids = self.ids(x)
