@@ -37,6 +37,7 @@ class Dataset:
     vocab: object = None  # text data: its text.Vocabulary (x and y are then token ids)
     features: list = field(default_factory=list)  # a CSV's feature column names, in order
 
+    SPLITS = ("train", "val", "test")  # x_<split>, y_<split>
     # Rows of x whose bytes go into the fingerprint, from each end of a split: enough to
     # tell another file, cheap on a memory-mapped one (all of x would be read at every run).
     FINGERPRINT_ROWS = 64
@@ -51,7 +52,7 @@ class Dataset:
 
         digest = hashlib.sha256()
         sizes = {}
-        for name in ("train", "val", "test"):
+        for name in self.SPLITS:
             x, y = getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
             sizes[name] = None if x is None else len(x)
             if x is None:

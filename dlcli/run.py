@@ -140,15 +140,17 @@ def run_inputs(s):
     return files + [(f"the data file of data.{key}", data.resolve(v, s.path)) for key, v in data.named_files(s)]
 
 
+def _same_path(a, b):
+    """Whether two paths name one file, existing or still to be written."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def choose_output(s, output=None, resume=None, overwrite=False):
     """(checkpoint path, lock held on it). A run never replaces an existing checkpoint
     unless it continues it (--resume) or is told to (--overwrite): the default
     runs/<name>.npz moves on to runs/<name>-2.npz, -3, ... (the first free one, as
     Lightning versions its run folders); an explicit path that exists is refused. A path
     another run is writing is refused too (an advisory lock beside it)."""
-
-    def same(a, b):
-        return Path(a).resolve() == Path(b).resolve()
 
     if output is None and resume is not None:
         output = resume
@@ -168,7 +170,7 @@ def choose_output(s, output=None, resume=None, overwrite=False):
     if path.suffix.lower() != ".npz":  # --resume, summary and predict know a checkpoint by it
         where = "-o" if output is not None else f"{s.where('train', 'checkpoint')}: train.checkpoint"
         raise OutputError(f"{where} {path}: a checkpoint is a .npz file; give a path ending in .npz")
-    continuing = resume is not None and same(path, resume)
+    continuing = resume is not None and _same_path(path, resume)
     if not continuing and not overwrite and _taken(path):
         what = path if path.exists() or path.is_symlink() else best_path(path)
         raise OutputError(
@@ -300,8 +302,8 @@ def train(
             if display is not None:
                 cbs.insert(0, display)
             if log:
-                taken = [p for p in (output, best_path(output) if s.train.keep_best else None) if p is not None]
-                if any(Path(log).resolve() == Path(p).resolve() for p in taken):  # the checkpoint would replace it
+                taken = [output, best_path(output)] if s.train.keep_best else [output]
+                if any(_same_path(log, p) for p in taken):  # the checkpoint would replace it
                     raise OutputError(f"--log {log} is the checkpoint's path: give the metrics log a file of its own")
                 cbs.append(MetricsLog(log, grad_norms=log_grad_norms))
         if os.environ.get("DLCLI_TEST_SIGINT_AT_STEP"):  # tests: a Ctrl-C at an exact step
@@ -357,7 +359,7 @@ def _check_same_data(ckpt, dataset, resume):
         return
     sizes = [
         f"{name} split {before.get(name)} -> {now[name]} samples"
-        for name in ("train", "val", "test")
+        for name in data.Dataset.SPLITS
         if before.get(name) != now[name]
     ]
     what = "; ".join(sizes) if sizes else "the same sizes, other values"
@@ -374,7 +376,7 @@ def _carry_best(resume, output, state, writer):
     the resumed run keeps the best of its own epochs instead of naming a file it never wrote.
     On every rank alike (only the writer copies), so all score the test split the same way."""
     src, dst = best_path(resume), best_path(output)
-    if Path(src).resolve() == Path(dst).resolve():
+    if _same_path(src, dst):
         return
     if not src.is_file():
         state.pop("best", None)

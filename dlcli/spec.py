@@ -159,7 +159,7 @@ TRAIN_OPTIONS = {
     "clip_norm": Opt(optional(positive_float), None, "clip gradients to this global norm"),
     "threads": Opt(optional(positive_int), None),
     "deterministic": Opt(
-        boolean, True, "the same bits for any --threads (false: OpenBLAS's own threading, ~11% faster for an MLP)"
+        boolean, True, "the same bits for any --threads (false: OpenBLAS's own threading, a few % faster for an MLP)"
     ),
     "checkpoint": Opt(optional(text), None, "where to write the checkpoint"),
     "keep_best": Opt(optional(choice(*MONITORS)), None, "also keep the best epoch's checkpoint (<name>.best.npz)"),

@@ -205,8 +205,8 @@ class _Recurrent(Layer):
             (self.xt.reshape(T * B, F).T, da2, self.grads["w_input"]),
             (self.h[:T].reshape(T * B, H).T, dah.reshape(T * B, G * H), self.grads["w_recurrent"]),
         ]
-        dx = self._work("dx", (T * B, F)) if need_dx else None
         if need_dx:
+            dx = self._work("dx", (T * B, F))
             products.append((da2, self.params["w_input"].T, dx))
         runtime.matmuls(*products)  # one hand-over to the shard threads for all three
         if "bias" in self.grads:
