@@ -3,8 +3,10 @@ shard threads themselves. No kernel uses Numba's `parallel=True` (kernels/conv.p
 why): each is a serial nogil kernel over a range of tasks, and `sharded` runs one range
 per core in these threads."""
 
+import functools
 import os
 import threading
+import time
 from pathlib import Path
 
 _blas_limit = None
@@ -73,25 +75,85 @@ def matmul(a, b, out):
 def matmuls(*products):
     """`matmul` of each (a, b, out), independent products (a layer's weight and input
     gradients): in deterministic mode all their blocks go to the shard threads in one
-    hand-over (~20 us each on this machine, a sixth of a 64 x 256 x 256 block)."""
+    hand-over, each block a one-thread BLAS call from a nogil kernel (kernels/blas.py)."""
     import numpy as np
 
     if not _deterministic:
         for a, b, out in products:
             np.matmul(a, b, out=out)
         return
+    gemm = _gemm_functions()
+    if not gemm:
+        return _numpy_blocks(products)
+    from dlcli.kernels import blas
+
+    rows, works, kept = [], [], []  # kept: operand copies the rows point into, alive until done
+    for a, b, out in products:
+        by_rows, blocks, block_works = _cuts(a.shape[0], b.shape[1], a.shape[1])
+        block_rows = blas.task_rows(a, b, out, by_rows, blocks, kept)
+        if block_rows is None:  # an output BLAS cannot write in place, other dtypes, an empty product
+            np.matmul(a, b, out=out)
+        else:
+            rows += block_rows
+            works += block_works
+    n = min(threads(), len(rows))
+    if n < 2 or sum(works) < SMALL_PRODUCT or not _busy.acquire(blocking=False):
+        if rows:  # small: a hand-over costs more; or the threads are busy (a call from a shard)
+            blas.run_tasks(*gemm, np.array(rows, np.int64), len(rows))
+        return
+    try:
+        shares, loads = [[] for _ in range(n)], [0] * n
+        for i in sorted(range(len(rows)), key=lambda i: -works[i]):  # the largest first, to the least loaded
+            least = loads.index(min(loads))
+            shares[least].append(rows[i])
+            loads[least] += works[i]
+        workers = _workers_for(n)
+        for worker, share in zip(workers, shares[1:]):
+            worker.start_products(share)
+        try:
+            blas.run_tasks(*gemm, np.array(shares[0], np.int64), len(shares[0]))
+        finally:
+            for worker in workers:
+                worker.wait()
+    finally:
+        _busy.release()
+
+
+@functools.lru_cache(maxsize=256)
+def _cuts(m, n, k):
+    """`product_blocks` with each block's multiply-adds, kept per shape (3 us a call)."""
+    rows, blocks = product_blocks(m, n, k)
+    other = n if rows else m
+    return rows, blocks, [(hi - lo) * other * k for lo, hi in blocks]
+
+
+_gemm = None  # (sgemm, dgemm) addresses once looked up; False: NumPy's BLAS has none
+
+
+def _gemm_functions():
+    global _gemm
+    if _gemm is None:
+        from dlcli.kernels import blas
+
+        _gemm = blas.gemm_functions() or False
+    return _gemm
+
+
+def _numpy_blocks(products):
+    """`matmuls` where NumPy's BLAS has no CBLAS for kernels/blas.py to call: the same
+    blocks as NumPy calls, handed to the shard threads as Python tasks."""
     tasks = []
     for a, b, out in products:
         rows, blocks = product_blocks(a.shape[0], b.shape[1], a.shape[1])
         other = b.shape[1] if rows else a.shape[0]
         tasks += [((hi - lo) * other * a.shape[1], (a, b, out, rows, lo, hi)) for lo, hi in blocks]
     n = min(threads(), len(tasks))
-    if n < 2 or sum(work for work, _ in tasks) < SMALL_PRODUCT:  # small: a hand-over costs more
+    if n < 2 or sum(work for work, _ in tasks) < SMALL_PRODUCT:
         for _, task in tasks:
             _block(*task)
         return
     shares, loads = [[] for _ in range(n)], [0] * n
-    for work, task in sorted(tasks, key=lambda t: -t[0]):  # the largest first, to the least loaded
+    for work, task in sorted(tasks, key=lambda t: -t[0]):
         least = loads.index(min(loads))
         shares[least].append(task)
         loads[least] += work
@@ -121,47 +183,92 @@ def shard_bounds(n_rows, n_shards=None):
     return list(zip(edges[:-1], edges[1:]))
 
 
+# A worker with nothing to do polls its ticket this many times (~1.5 ms here, 0.74 ns a
+# poll) before it sleeps on its lock: the gaps between one step's products are shorter,
+# the gap to the next epoch's is longer. No polling when there are more threads than
+# cores: a polling thread would then hold a core another thread waits for.
+SPIN_POLLS = 1 << 21
+WAIT_POLLS = 1 << 18  # the caller's polls between looks at Ctrl-C while a worker finishes
+MOST_ROWS = 64  # task rows a worker takes at once: 3 products of 8 blocks, with room
+
+
+def _spin():
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 0 if threads() > cores else SPIN_POLLS
+
+
 class _Worker:
-    """A thread that runs one task at a time, handed over with two locks. Cheaper than
-    an executor (futures, a queue, a condition per task): a two-shard call of a trivial
-    kernel measured 16-18 us against 27-33 us through ThreadPoolExecutor, and 13-14 us
-    for a Numba `prange` loop over OpenMP."""
+    """A shard thread. It waits for a ticket in a nogil kernel (kernels/blas.py: serve):
+    a ticket of BLAS products it runs there, without the GIL; a Python task (`start`) it
+    runs after returning to Python. After SPIN_POLLS idle polls it sleeps on a lock, which
+    the next ticket releases. Through a lock alone, a hand-over cost 21-25 us back to back
+    and 74-106 us after 1 ms idle; by polling, 1-2 us and 6-18 us."""
 
     def __init__(self, index):
-        self.go, self.done = threading.Lock(), threading.Lock()
-        self.go.acquire()
-        self.done.acquire()
+        import numpy as np
+
+        from dlcli.kernels import blas
+
+        self.blas = blas
+        self.control = np.zeros(blas.CONTROL_SIZE, np.int64)
+        self.rows = np.zeros((MOST_ROWS, blas.FIELDS), np.int64)
+        self.ticket = 0
+        self.wake = threading.Lock()
+        self.wake.acquire()
         self.task = None
         self.result = None
         threading.Thread(target=self._loop, name=f"dlcli-shard-{index}", daemon=True).start()
 
     def _loop(self):
+        blas, gemm, seen = self.blas, _gemm_functions() or (0, 0), 0
         while True:
-            self.go.acquire()
+            seen, why = blas.serve(*gemm, self.control, self.rows, seen, _spin())
+            if why != blas.RUN_PYTHON:
+                self.wake.acquire()
+                continue
             try:
                 self.result = (self.task(), None)
             except BaseException as e:  # handed to the caller, which raises it
                 self.result = (None, e)
             self.task = None
-            self.done.release()
+            # A plain store, not a kernel call: returning from one would wait for the GIL
+            # again. The caller reads `result` only after taking the GIL, which this
+            # thread releases next (in serve): it then sees the result.
+            self.control[blas.DONE] = seen
+
+    def _post(self, kind, count=0):
+        self.ticket += 1
+        if self.blas.post(self.control, self.ticket, kind, count):
+            self.wake.release()
 
     def start(self, task):
         self.task = task
-        self.go.release()
+        self._post(self.blas.PYTHON)
+
+    def start_products(self, rows):
+        self.rows[: len(rows)] = rows
+        self._post(self.blas.PRODUCTS, len(rows))
 
     def wait(self):
         """The task's result (its exception raised here). A Ctrl-C while waiting is held
         until the task is done, so no task still writes into buffers after the call."""
         interrupted = None
+        polls = 0
         while True:
             try:
-                self.done.acquire()
-                break
+                if self.blas.wait_done(self.control, self.ticket, WAIT_POLLS):
+                    break
+                polls += WAIT_POLLS
+                if polls > SPIN_POLLS:  # a long task: look less often, leave the core
+                    time.sleep(50e-6)
             except KeyboardInterrupt as e:
                 interrupted = e
         if interrupted is not None:
             raise interrupted
-        value, error = self.result
+        value, error = self.result or (None, None)
         self.result = None
         if error is not None:
             raise error
@@ -182,6 +289,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def _workers_for(n):
+    """The first n - 1 workers (made when first needed); call with `_busy` held."""
+    while len(_workers) < n - 1:
+        _workers.append(_Worker(len(_workers) + 1))
+    return _workers[: n - 1]
+
+
 def run_shards(fn, n):
     """fn(k) for k in 0..n-1 at once and their results: shard 0 in the calling thread, the
     others in worker threads. fn must release the GIL (call a nogil Numba kernel) for the
@@ -190,18 +304,17 @@ def run_shards(fn, n):
     if n < 2 or not _busy.acquire(blocking=False):
         return [fn(k) for k in range(n)]
     try:
-        while len(_workers) < n - 1:
-            _workers.append(_Worker(len(_workers) + 1))
-        for k in range(1, n):
-            _workers[k - 1].start(lambda k=k: fn(k))
+        workers = _workers_for(n)
+        for k, worker in enumerate(workers, 1):
+            worker.start(lambda k=k: fn(k))
         try:
             first = fn(0)
         finally:
             rest = []
             error = None
-            for k in range(1, n):
+            for worker in workers:
                 try:
-                    rest.append(_workers[k - 1].wait())
+                    rest.append(worker.wait())
                 except BaseException as e:
                     error = error or e
     finally:
@@ -300,7 +413,7 @@ def uncompiled_kernels(model):
     """The model's layer kinds whose kernels are not compiled yet, in model order (or
     'optimizer' when only the shared kernels are missing): an empty cache makes the first
     step wait for the compiler, and a run should say so. Imports no Numba."""
-    missing = {m for m in ("elementwise", "losses") if not _cached(m)}
+    missing = {m for m in ("elementwise", "losses", "blas") if not _cached(m)}
     kinds = []
     for layer in model.layers:
         if layer.fused:  # a relu the layer before applies: it calls no kernel of its own
