@@ -13,16 +13,20 @@ _blas_limit = None
 _threads = None
 _serial = False  # True while `serial(True)` holds BLAS and the shards to one thread
 _deterministic = True  # `matmul` in fixed blocks of one-thread BLAS calls (train.deterministic)
+_cores = None  # the cores this process may keep busy, when not all it may run on (set_threads)
 
 
-def set_threads(n=None, deterministic=None):
+def set_threads(n=None, deterministic=None, cores=None):
     """Use n cores (all when None) for BLAS and the shard threads. `deterministic` (None:
     as before) makes `matmul` give the same bits for any n: BLAS then runs one thread per
-    call and the products' blocks are spread over the shard threads."""
-    global _blas_limit, _threads, _serial, _deterministic
+    call and the products' blocks are spread over the shard threads. `cores`: how many
+    this process may keep busy (the node's, divided among its MPI ranks; default all it
+    may run on): more threads than that never poll for work (`_spin`)."""
+    global _blas_limit, _threads, _serial, _deterministic, _cores
     from threadpoolctl import threadpool_limits
 
     keep_freed_memory()
+    _cores = cores
     if deterministic is not None:
         _deterministic = bool(deterministic)
     n = n or os.cpu_count() or 1
@@ -90,7 +94,7 @@ def matmuls(*products):
     rows, works, kept = [], [], []  # kept: operand copies the rows point into, alive until done
     for a, b, out in products:
         by_rows, blocks, block_works = _cuts(a.shape[0], b.shape[1], a.shape[1])
-        block_rows = blas.task_rows(a, b, out, by_rows, blocks, kept)
+        block_rows = blas.task_rows(a, b, out, by_rows, blocks, kept, gemm)
         if block_rows is None:  # an output BLAS cannot write in place, other dtypes, an empty product
             np.matmul(a, b, out=out)
         else:
@@ -99,7 +103,7 @@ def matmuls(*products):
     n = min(threads(), len(rows))
     if n < 2 or sum(works) < SMALL_PRODUCT or not _busy.acquire(blocking=False):
         if rows:  # small: a hand-over costs more; or the threads are busy (a call from a shard)
-            blas.run_tasks(*gemm, np.array(rows, np.int64), len(rows))
+            blas.run_tasks(np.array(rows, np.int64), len(rows))
         return
     try:
         shares, loads = [[] for _ in range(n)], [0] * n
@@ -111,7 +115,7 @@ def matmuls(*products):
         for worker, share in zip(workers, shares[1:]):
             worker.start_products(share)
         try:
-            blas.run_tasks(*gemm, np.array(shares[0], np.int64), len(shares[0]))
+            blas.run_tasks(np.array(shares[0], np.int64), len(shares[0]))
         finally:
             for worker in workers:
                 worker.wait()
@@ -193,10 +197,13 @@ MOST_ROWS = 64  # task rows a worker takes at once: 3 products of 8 blocks, with
 
 
 def _spin():
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    """How many polls an idle worker makes before it sleeps (none if threads outnumber cores)."""
+    cores = _cores
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
     return 0 if threads() > cores else SPIN_POLLS
 
 
@@ -223,9 +230,9 @@ class _Worker:
         threading.Thread(target=self._loop, name=f"dlcli-shard-{index}", daemon=True).start()
 
     def _loop(self):
-        blas, gemm, seen = self.blas, _gemm_functions() or (0, 0), 0
+        blas, seen = self.blas, 0
         while True:
-            seen, why = blas.serve(*gemm, self.control, self.rows, seen, _spin())
+            seen, why = blas.serve(self.control, self.rows, seen, _spin())
             if why != blas.RUN_PYTHON:
                 self.wake.acquire()
                 continue

@@ -15,8 +15,8 @@ from dlcli.kernels import blas
 def _product(a, b, rows, blocks):
     out = np.full((a.shape[0], b.shape[1]), np.nan, a.dtype)
     kept = []
-    task = blas.task_rows(a, b, out, rows, blocks, kept)
-    blas.run_tasks(*runtime._gemm_functions(), np.array(task, np.int64), len(task))
+    task = blas.task_rows(a, b, out, rows, blocks, kept, runtime._gemm_functions())
+    blas.run_tasks(np.array(task, np.int64), len(task))
     return out
 
 
@@ -60,16 +60,24 @@ def test_products_blas_cannot_write_in_place_are_numpys(rng):
     a = rng.standard_normal((300, 200)).astype(np.float32)
     b = rng.standard_normal((200, 300)).astype(np.float32)
     by_columns = np.empty((300, 300), np.float32, order="F")
-    assert blas.task_rows(a, b, by_columns, True, [(0, 300)], []) is None
-    assert blas.task_rows(a, b.astype(np.float64), np.empty((300, 300)), True, [(0, 300)], []) is None
-    assert blas.task_rows(a[:, :0], b[:0], np.empty((300, 300), np.float32), True, [(0, 300)], []) is None
+    assert blas.task_rows(a, b, by_columns, True, [(0, 300)], [], runtime._gemm_functions()) is None
+    assert (
+        blas.task_rows(a, b.astype(np.float64), np.empty((300, 300)), True, [(0, 300)], [], runtime._gemm_functions())
+        is None
+    )
+    assert (
+        blas.task_rows(
+            a[:, :0], b[:0], np.empty((300, 300), np.float32), True, [(0, 300)], [], runtime._gemm_functions()
+        )
+        is None
+    )
     square = rng.standard_normal((256, 256)).astype(np.float32)
     before = square.copy()
     try:
         runtime.set_threads(2, deterministic=True)
         runtime.matmul(a, b, by_columns)
         np.testing.assert_allclose(by_columns, a @ b, rtol=1e-5, atol=1e-4)
-        assert blas.task_rows(square, square, square, True, [(0, 256)], []) is None
+        assert blas.task_rows(square, square, square, True, [(0, 256)], [], runtime._gemm_functions()) is None
         runtime.matmul(square, before, square)  # out is the left operand
         np.testing.assert_allclose(square, before @ before, rtol=1e-5, atol=1e-3)
         empty = np.full((300, 300), np.nan, np.float32)
@@ -126,3 +134,17 @@ def test_a_worker_that_has_gone_to_sleep_is_woken(short_polling):
         time.sleep(0.001)
     assert worker.control[blas.STATE] == blas.SLEEPING  # 2,000 polls: asleep within microseconds
     assert runtime.run_shards(lambda k: k + 10, 2) == [10, 11]
+
+
+def test_threads_beyond_the_cores_never_poll():
+    """Polling holds a core: with more threads than this process's cores (its share of the
+    node under MPI), idle workers sleep at once."""
+    try:
+        runtime.set_threads(2, cores=2)
+        assert runtime._spin() == runtime.SPIN_POLLS
+        runtime.set_threads(2, cores=1)  # two ranks of a 2-core node, --threads 2 each
+        assert runtime._spin() == 0
+        runtime.set_threads(1, cores=1)
+        assert runtime._spin() == runtime.SPIN_POLLS
+    finally:
+        runtime.set_threads(None)

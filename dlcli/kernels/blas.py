@@ -10,8 +10,9 @@ without returning to Python (no GIL to take): 1-2 us after a short gap, 6 us aft
 
 The products call OpenBLAS's 64-bit-integer CBLAS (the library NumPy's wheels carry,
 `scipy_cblas_[sd]gemm64_`) through its address: `gemm_functions` finds it. Each task is a
-row of FIELDS int64: (double?, transpose a?, transpose b?, m, n, k, a, lda, b, ldb, c, ldc),
-pointers and leading dimensions in elements, row-major as NumPy stores arrays.
+row of FIELDS int64: (the function's address, double?, transpose a?, transpose b?, m, n, k,
+a, lda, b, ldb, c, ldc), pointers, and leading dimensions in elements, row-major as NumPy
+stores arrays.
 
 The control block of a worker (int64, one 64-byte line per writer): TICKET, KIND and
 COUNT written by the caller, DONE by the worker, STATE by both (SPINNING or SLEEPING).
@@ -24,7 +25,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-FIELDS = 12
+FIELDS = 13
 TICKET, KIND, COUNT = 0, 1, 2  # the caller's line
 DONE = 8  # the worker's line
 STATE = 16
@@ -123,20 +124,19 @@ _CONTROL = types.int64[::1]
 _I = types.int64
 
 
-@njit(types.none(_I, _I, _TABLE, _I), cache=True, nogil=True)
-def run_tasks(sgemm, dgemm, tasks, count):
+@njit(types.none(_TABLE, _I), cache=True, nogil=True)
+def run_tasks(tasks, count):
     """The first `count` task rows, in order, on this thread."""
     for i in range(count):
         r = tasks[i]
-        fn = dgemm if r[0] else sgemm
-        if r[0]:
-            _dgemm(fn, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+        if r[1]:
+            _dgemm(r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         else:
-            _sgemm(fn, r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+            _sgemm(r[0], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12])
 
 
-@njit(types.UniTuple(_I, 2)(_I, _I, _CONTROL, _TABLE, _I, _I), cache=True, nogil=True)
-def serve(sgemm, dgemm, control, tasks, seen, spin):
+@njit(types.UniTuple(_I, 2)(_CONTROL, _TABLE, _I, _I), cache=True, nogil=True)
+def serve(control, tasks, seen, spin):
     """A worker's loop: run each new ticket's task rows; return (ticket, RUN_PYTHON) for a
     Python task, or a reason to sleep after `spin` polls without a ticket. Going to sleep
     it says SLEEPING first, then looks once more, so a ticket posted meanwhile is never
@@ -148,7 +148,7 @@ def serve(sgemm, dgemm, control, tasks, seen, spin):
             seen = ticket
             if _load(control, KIND) == PYTHON:
                 return seen, RUN_PYTHON
-            run_tasks(sgemm, dgemm, tasks, _load(control, COUNT))
+            run_tasks(tasks, _load(control, COUNT))
             _store(control, DONE, seen)
             polls = 0
         elif polls < spin:
@@ -183,11 +183,12 @@ def wait_done(control, ticket, polls):
     return 0
 
 
-def task_rows(a, b, out, rows, blocks, kept):
+def task_rows(a, b, out, rows, blocks, kept, gemm):
     """The task rows of each block of out = a @ b, cut along rows of a and out or columns
     of b and out; None when BLAS cannot write out in place, the dtypes differ or the
     product is empty (the caller calls NumPy). An operand BLAS cannot read in place (a
-    strided slice, unaligned data) is copied first, into `kept`: the rows point into it."""
+    strided slice, unaligned data) is copied first, into `kept`: the rows point into it.
+    `gemm`: (sgemm, dgemm) addresses, `gemm_functions`."""
     m, k = a.shape
     n = b.shape[1]
     item = out.itemsize
@@ -218,10 +219,11 @@ def task_rows(a, b, out, rows, blocks, kept):
     (ta, lda), (tb, ldb) = layout_a, layout_b
     pa, pb, pc = addresses(a, b, out)
     double, ldc = int(item == 8), out.strides[0] // item
+    fn = gemm[double]
     if rows:
-        return [[double, ta, tb, hi - lo, n, k, pa + lo * a.strides[0], lda, pb, ldb, pc + lo * out.strides[0], ldc]
+        return [[fn, double, ta, tb, hi - lo, n, k, pa + lo * a.strides[0], lda, pb, ldb, pc + lo * out.strides[0], ldc]
                 for lo, hi in blocks]  # fmt: skip
-    return [[double, ta, tb, m, hi - lo, k, pa, lda, pb + lo * b.strides[1], ldb, pc + lo * item, ldc]
+    return [[fn, double, ta, tb, m, hi - lo, k, pa, lda, pb + lo * b.strides[1], ldb, pc + lo * item, ldc]
             for lo, hi in blocks]  # fmt: skip
 
 
