@@ -123,20 +123,23 @@ def log_bars(names, values, width=30, scale=None, notes=None, room=None):
     """Horizontal bars on a log10 scale, one per layer, with the value printed. `scale`
     (from `log_scale`) fixes the decades, so that bars in two tables compare. The name and
     value columns never shrink: a narrow terminal gets shorter bars, not "0.…". A row with
-    a note (a merge point of a graph) shows the note in place of a bar; the bar column
-    widens up to `room` cells for it."""
-    notes = notes or [None] * len(names)
+    a note (a merge point of a graph) shows the note in place of a bar: a string, or its
+    wordings from the longest to the shortest, of which the longest that fits is shown;
+    the bar column widens up to `room` cells for the longest."""
+    notes = [(n,) if isinstance(n, str) else n for n in notes or [None] * len(names)]
     texts = ["" if note is not None else fmt(v) for v, note in zip(values, notes)]
-    longest_note = max((len(n) for n in notes if n is not None), default=0)
+    longest_note = max((len(n[0]) for n in notes if n is not None), default=0)
+    note_w = max(width, min(longest_note, room or width))
     table = Table.grid(padding=(0, 1))
     table.add_column(justify="left", no_wrap=True, min_width=max(map(len, names), default=0))
-    table.add_column(no_wrap=True, width=max(width, min(longest_note, room or width)))
+    table.add_column(no_wrap=True, width=note_w)
     table.add_column(justify="right", no_wrap=True, min_width=max(map(len, texts), default=1))
     scale = scale or log_scale(values)
     lo, hi = scale or (0, 1)
     for n, v, t, note in zip(names, values, texts, notes):
-        if note is not None:
-            table.add_row(n, Text(note, style="magenta", overflow="ellipsis", no_wrap=True), "")
+        if note is not None:  # the longest wording that fits, else the shortest, cut
+            said = next((w for w in note if len(w) <= note_w), note[-1])
+            table.add_row(n, Text(said, style="magenta", overflow="ellipsis", no_wrap=True), "")
             continue
         if scale is None:
             table.add_row(n, "", "-")
@@ -186,8 +189,9 @@ def summary_table(model, title=None):
 
 def gradient_rows(model):
     """The gradient panel's rows in graph order: (name, k) for the k-th layer with
-    parameters and, in a graph, (name, "add: a + b") for each merge point, so a residual
-    connection shows between the norms on either side of it."""
+    parameters and, in a graph, (name, ("add: a + b", "a + b", "2 inputs", "add")) for each
+    merge point, so a residual connection shows between the norms on either side of it
+    (in the longest wording that fits; the name beside it says the kind)."""
     rows, k = [], 0
     with_params = set(model.param_layers)
     graph = not model.is_chain()
@@ -200,7 +204,8 @@ def gradient_rows(model):
                 "input" if j < 0 else model.labels[j] or model.layers[j].name.split()[0] for j in model.inputs[i]
             ]
             joint = " + " if layer.kind == "add" else ", "
-            rows.append((layer.name, f"{layer.kind}: {joint.join(sources)}"))
+            said = joint.join(sources)
+            rows.append((layer.name, (f"{layer.kind}: {said}", said, f"{len(sources)} inputs", layer.kind)))
     return rows
 
 
@@ -336,7 +341,7 @@ class Dashboard(Callback):
         self.trainer = trainer
         m = trainer.model
         self.grad_rows = gradient_rows(m)
-        self.layer_names = [name for name, what in self.grad_rows if not isinstance(what, str)]
+        self.layer_names = [name for name, what in self.grad_rows if isinstance(what, int)]
         self.steps, self.losses = [], []
         self.val_steps, self.val_losses = [], []
         self.last = None
@@ -403,7 +408,7 @@ class Dashboard(Callback):
         room = height - len(status) - 1  # Live keeps one row for the cursor
         layer_norms = frame.last.layer_grad_norms if frame.last is not None else None
         names = [name for name, _ in self.grad_rows]
-        notes = [what if isinstance(what, str) else None for _, what in self.grad_rows]
+        notes = [None if isinstance(what, int) else what for _, what in self.grad_rows]
         norms = [
             None if note is not None or layer_norms is None else float(layer_norms[what])
             for (_, what), note in zip(self.grad_rows, notes)

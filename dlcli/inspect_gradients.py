@@ -64,6 +64,7 @@ class Inspection:
     first_last_ratio: float | None = None
     verdicts: list = field(default_factory=list)
     clip_norm: float | None = None  # the spec's train.clip_norm: advice on explosions heeds it
+    batches_asked: int | None = None  # --batches, when the training split had fewer
 
     @property
     def param_layers(self):
@@ -74,6 +75,7 @@ class Inspection:
             "source": self.source,
             "name": self.name,
             "batches": self.batches,
+            "batches_asked": self.batches_asked,
             "batch_size": self.batch_size,
             "optimizer": self.optimizer,
             "lr": self.lr,
@@ -134,6 +136,7 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
         m.layer_rows(),
         m.time_step_rows(),
         clip_norm=s.train.clip_norm,
+        batches_asked=batches if m.batches < batches else None,
     )
     plist = result.param_layers
     if len(plist) >= 2:
@@ -141,6 +144,13 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
         result.first_last_ratio = ratio_of(first, last)
     result.verdicts = verdicts(result)
     return result
+
+
+def _batches_line(r):
+    said = f"{r.batches} batch{'es' if r.batches != 1 else ''} of {r.batch_size}"
+    if r.batches_asked:  # never fewer in silence
+        said += f" (of {r.batches_asked} asked: all the training split has)"
+    return said
 
 
 def ratio_of(a, b):
@@ -201,9 +211,13 @@ class _Measurements:
         self._update_ratios()
 
     def _activity(self, k, layer, y):
-        """Dead ReLU units (never positive) and saturated sigmoid/tanh outputs."""
+        """Dead ReLU units (never positive on a batch with finite outputs) and saturated
+        sigmoid/tanh outputs."""
         if layer.kind == "relu":
-            active = (np.asarray(y).reshape(len(y), -1) > 0).any(axis=0)
+            y = np.asarray(y).reshape(len(y), -1)
+            if not np.isfinite(y).all():  # overflow upstream (a -inf makes a 0 here): not dead units
+                return
+            active = (y > 0).any(axis=0)
             self.alive[k] = active if self.alive[k] is None else (self.alive[k] | active)
         elif layer.kind == "sigmoid":
             self.saturated[k].append(float(np.mean((y < 0.01) | (y > 0.99))))
@@ -557,7 +571,7 @@ def render(r: Inspection):
     from .dashboard import fmt, log_bars
 
     t = Table(
-        title=f"{r.name}: {r.batches} batches of {r.batch_size}, loss {fmt(r.loss)}, {r.optimizer} lr {fmt(r.lr)}",
+        title=f"{r.name}: {_batches_line(r)}, loss {fmt(r.loss)}, {r.optimizer} lr {fmt(r.lr)}",
         title_justify="left",
         header_style="bold",
     )

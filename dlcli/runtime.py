@@ -111,6 +111,9 @@ def matmuls(*products):
             least = loads.index(min(loads))
             shares[least].append(rows[i])
             loads[least] += works[i]
+        if max(len(share) for share in shares) > MOST_ROWS:  # more than a worker's table holds
+            blas.run_tasks(np.array(rows, np.int64), len(rows))
+            return
         workers = _workers_for(n)
         for worker, share in zip(workers, shares[1:]):
             worker.start_products(share)
@@ -135,6 +138,7 @@ _gemm = None  # (sgemm, dgemm) addresses once looked up; False: NumPy's BLAS has
 
 
 def _gemm_functions():
+    """kernels/blas.py's (sgemm, dgemm) addresses, looked up once; False if there are none."""
     global _gemm
     if _gemm is None:
         from dlcli.kernels import blas

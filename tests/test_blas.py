@@ -148,3 +148,16 @@ def test_threads_beyond_the_cores_never_poll():
         assert runtime._spin() == runtime.SPIN_POLLS
     finally:
         runtime.set_threads(None)
+
+
+def test_more_blocks_than_a_worker_holds_run_here(rng, monkeypatch):
+    monkeypatch.setattr(runtime, "MOST_ROWS", 1)
+    x, dy, w = (rng.standard_normal(s).astype(np.float32) for s in ((128, 512), (128, 256), (512, 256)))
+    dw, dx = np.empty((512, 256), np.float32), np.empty((128, 512), np.float32)
+    try:
+        runtime.set_threads(2, deterministic=True)
+        runtime.matmuls((x.T, dy, dw), (dy, w.T, dx))  # four blocks, two a thread: more than 1
+    finally:
+        runtime.set_threads(None)
+    np.testing.assert_allclose(dw, x.T @ dy, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dx, dy @ w.T, rtol=1e-4, atol=1e-3)

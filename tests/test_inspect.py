@@ -87,8 +87,15 @@ def test_json_has_the_documented_fields(write_spec):
         "first_last_ratio",
         "clip_norm",
         "verdicts",
+        "batches_asked",
     }
-    assert data["batches"] == 3 and data["clip_norm"] is None and data["batch_size"] == 16 and data["time_steps"] == []
+    assert (
+        data["batches"] == 3
+        and data["batches_asked"] is None
+        and data["clip_norm"] is None
+        and data["batch_size"] == 16
+        and data["time_steps"] == []
+    )
     assert [l["kind"] for l in data["layers"]] == ["dense", "relu", "dense", "sigmoid", "dense"]
     dense = data["layers"][0]
     assert set(dense) >= {
@@ -173,6 +180,9 @@ def test_table_output_and_errors(write_spec, tmp_path):
     result = invoke(spec, "--batches", 1)
     assert result.exit_code == 0, result.output
     assert "update/weight" in result.output and "verdict:" in result.output
+    assert ": 1 batch of 16," in result.output
+    more = invoke(spec, "--batches", 10_000)  # more than the data has: said, not measured quietly
+    assert more.exit_code == 0 and "(of 10000 asked: all the training split has)" in more.output
     no_norms = tmp_path / "plain.jsonl"
     no_norms.write_text('{"event": "step", "step": 1, "loss": 1.0}\n')
     bad = invoke("--log", no_norms)
@@ -292,6 +302,7 @@ def test_an_input_that_overflows_float32_is_not_finite_not_exploding_and_the_jso
     assert r.exit_code == 0 and r.stderr == "", r.output
     d = _strict_json(r.stdout)
     assert d["first_last_ratio"] == "nan" and [v["kind"] for v in d["verdicts"]] == ["not finite"]
+    assert [l["dead_fraction"] for l in d["layers"] if l["kind"] == "relu"] == [None]  # not "38 % dead": unknown
     assert d["batch_size"] == 51  # the training split's rows (validation takes 20 %), not the 1000 asked for
     # a healthy model: a zero-initialised bias's update ratio is infinite, written as "inf"
     np.savez(tmp_path / "ok.npz", x=rng.standard_normal((64, 3)).astype(np.float32), y=rng.integers(0, 2, 64))
