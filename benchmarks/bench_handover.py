@@ -7,7 +7,7 @@ process, alternating in short windows so both see the same machine.
 2. One reference model's training step, samples/s of each way per window, and the
    per-window ratio (polling / lock): median, quartiles, min-max.
 
-    python benchmarks/bench_handover.py [--rounds 40] [--window 0.3] [--models mlp,cnn,lstm,resmlp,bncnn]
+    python benchmarks/bench_handover.py [--rounds 40] [--window 0.3] [--models mlp,cnn,lstm,resmlp,bncnn] [--spin-us 50]
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dlcli  # noqa: E402,F401  (first: its thread-pool defaults must precede NumPy's OpenBLAS)
 
 
-def _ways():
+def _ways(spin_us):
     from dlcli import runtime
 
-    gemm, polls = runtime._gemm_functions(), runtime.SPIN_POLLS
+    gemm, spin = runtime._gemm_functions(), runtime.SPIN_SECONDS if spin_us is None else spin_us * 1e-6
 
     def use(way):
-        runtime.SPIN_POLLS = polls if way == "polling" else 0
+        runtime.SPIN_SECONDS = spin if way == "polling" else 0
         runtime._gemm = gemm if way == "polling" else False  # False: NumPy calls as Python tasks
 
     return use
@@ -121,8 +121,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--window", type=float, default=0.3)
     ap.add_argument("--models", default="mlp,cnn,lstm,resmlp,bncnn")
+    ap.add_argument("--spin-us", type=float, help="how long a worker polls (default: runtime.SPIN_SECONDS)")
     a = ap.parse_args()
-    use = _ways()
+    use = _ways(a.spin_us)
     from dlcli import runtime
 
     if not runtime._gemm_functions():

@@ -191,32 +191,44 @@ def shard_bounds(n_rows, n_shards=None):
     return list(zip(edges[:-1], edges[1:]))
 
 
-# A worker with nothing to do polls its ticket this many times (~1.5 ms here, 0.74 ns a
-# poll) before it sleeps on its lock: the gaps between one step's products are shorter,
-# the gap to the next epoch's is longer. No polling when there are more threads than
-# cores: a polling thread would then hold a core another thread waits for.
-SPIN_POLLS = 1 << 21
+# A worker with nothing to do polls its ticket for this long before it sleeps on its lock:
+# long enough for the next product of a step after a short pass between them, short
+# enough to cost little on a machine busier than its cores. There, a thread that polls
+# for long loses its turn to the threads doing work: with 1.5 ms of polling (load average
+# 5 on 2 cores) the residual MLP trained at 0.23x the speed of workers that sleep at once.
+# No polling at all when there are more threads than cores.
+SPIN_SECONDS = 50e-6
 WAIT_POLLS = 1 << 18  # the caller's polls between looks at Ctrl-C while a worker finishes
 MOST_ROWS = 64  # task rows a worker takes at once: 3 products of 8 blocks, with room
+_ticks_per_second = None
 
 
 def _spin():
-    """How many polls an idle worker makes before it sleeps (none if threads outnumber cores)."""
+    """Clock ticks an idle worker polls before it sleeps (none if threads outnumber cores)."""
+    global _ticks_per_second
     cores = _cores
     if cores is None:
         try:
             cores = len(os.sched_getaffinity(0))
         except (AttributeError, OSError):
             cores = os.cpu_count() or 1
-    return 0 if threads() > cores else SPIN_POLLS
+    if threads() > cores or SPIN_SECONDS <= 0:
+        return 0
+    if _ticks_per_second is None:  # the cycle counter's rate, once (~10 ms)
+        from dlcli.kernels import blas
+
+        t0, c0 = time.perf_counter(), blas.clock()
+        time.sleep(0.01)
+        _ticks_per_second = (blas.clock() - c0) / (time.perf_counter() - t0)
+    return int(SPIN_SECONDS * _ticks_per_second)
 
 
 class _Worker:
     """A shard thread. It waits for a ticket in a nogil kernel (kernels/blas.py: serve):
     a ticket of BLAS products it runs there, without the GIL; a Python task (`start`) it
-    runs after returning to Python. After SPIN_POLLS idle polls it sleeps on a lock, which
-    the next ticket releases. Through a lock alone, a hand-over cost 21-25 us back to back
-    and 74-106 us after 1 ms idle; by polling, 1-2 us and 6-18 us."""
+    runs after returning to Python. After SPIN_SECONDS idle it sleeps on a lock, which the
+    next ticket releases. Through the lock a hand-over cost 21-25 us back to back and
+    74-106 us after 1 ms idle; while the worker polls, 1-2 us."""
 
     def __init__(self, index):
         import numpy as np
@@ -272,8 +284,8 @@ class _Worker:
             try:
                 if self.blas.wait_done(self.control, self.ticket, WAIT_POLLS):
                     break
-                polls += WAIT_POLLS
-                if polls > SPIN_POLLS:  # a long task: look less often, leave the core
+                polls += 1
+                if polls > 4:  # a long task (~1 ms so far): look less often, leave the core
                     time.sleep(50e-6)
             except KeyboardInterrupt as e:
                 interrupted = e

@@ -93,7 +93,7 @@ def test_products_blas_cannot_write_in_place_are_numpys(rng):
 def short_polling(monkeypatch):
     """Workers that poll only briefly, so they go to sleep between the calls below; made
     anew for the test and dropped after it."""
-    monkeypatch.setattr(runtime, "SPIN_POLLS", 2000)
+    monkeypatch.setattr(runtime, "SPIN_SECONDS", 2e-6)
     runtime._forget_pool()
     yield
     runtime._forget_pool()
@@ -132,7 +132,7 @@ def test_a_worker_that_has_gone_to_sleep_is_woken(short_polling):
     deadline = time.monotonic() + 10
     while worker.control[blas.STATE] != blas.SLEEPING and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert worker.control[blas.STATE] == blas.SLEEPING  # 2,000 polls: asleep within microseconds
+    assert worker.control[blas.STATE] == blas.SLEEPING  # polling 2 us: asleep at once
     assert runtime.run_shards(lambda k: k + 10, 2) == [10, 11]
 
 
@@ -141,11 +141,11 @@ def test_threads_beyond_the_cores_never_poll():
     node under MPI), idle workers sleep at once."""
     try:
         runtime.set_threads(2, cores=2)
-        assert runtime._spin() == runtime.SPIN_POLLS
+        assert runtime._spin() > 0
         runtime.set_threads(2, cores=1)  # two ranks of a 2-core node, --threads 2 each
         assert runtime._spin() == 0
         runtime.set_threads(1, cores=1)
-        assert runtime._spin() == runtime.SPIN_POLLS
+        assert runtime._spin() > 0
     finally:
         runtime.set_threads(None)
 

@@ -4,9 +4,9 @@
 over the shard threads. Handing a block to a thread through a lock cost 21-25 us when
 the thread had just finished, 46-57 us after 200 us idle and 74-106 us after 1 ms (the
 sleeping thread's wake-up), against 100-200 us for a block of the reference models. Here
-a worker waits for the next ticket by spinning on a memory word, and runs its blocks
-without returning to Python (no GIL to take): 1-2 us after a short gap, 6 us after 200 us
-(measured 2026-11-27). After `spin` polls without work it goes to sleep on a lock.
+a worker waits for the next ticket by polling a memory word for a short while
+(`runtime.SPIN_SECONDS`), and runs its blocks without returning to Python (no GIL to
+take): 1-2 us while it polls (measured 2026-11-27). Then it sleeps on a lock.
 
 The products call OpenBLAS's 64-bit-integer CBLAS (the library NumPy's wheels carry,
 `scipy_cblas_[sd]gemm64_`) through its address: `gemm_functions` finds it. Each task is a
@@ -23,6 +23,7 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 FIELDS = 13
@@ -32,7 +33,7 @@ STATE = 16
 CONTROL_SIZE = 24
 PRODUCTS, PYTHON = 0, 1  # KIND: run the task rows here, or return to Python to run a callable
 SPINNING, SLEEPING = 0, 1
-# serve's reasons to return: a Python task; no work for `spin` polls (sleep on the lock);
+# serve's reasons to return: a Python task; no work for `spin` ticks (sleep on the lock);
 # the same, but the caller saw SLEEPING first and has released the lock already
 RUN_PYTHON, SLEEP, SLEEP_WOKEN = 1, 2, 3
 ROW_MAJOR, NO_TRANSPOSE = 101, 111  # CBLAS enums; NO_TRANSPOSE + 1 is TRANSPOSE
@@ -105,6 +106,23 @@ def _swap_if(typingctx, control, index, old, new):
     return types.int64(control, types.int64, types.int64, types.int64), codegen
 
 
+@intrinsic
+def _clock(typingctx):
+    """The processor's cycle counter (the TSC on x86: constant rate), for a polling budget
+    in time rather than in polls."""
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter"), [])
+
+    return types.int64(), codegen
+
+
+@njit(types.int64(), cache=True, nogil=True)
+def clock():
+    return _clock()
+
+
 def _addresses_signature(dtype):
     """Arrays of any layout (one compiled kernel, not one per view), the operands read-only
     (writable ones convert: a checkpoint's weights are read-only, a layer's buffers not)."""
@@ -138,10 +156,10 @@ def run_tasks(tasks, count):
 @njit(types.UniTuple(_I, 2)(_CONTROL, _TABLE, _I, _I), cache=True, nogil=True)
 def serve(control, tasks, seen, spin):
     """A worker's loop: run each new ticket's task rows; return (ticket, RUN_PYTHON) for a
-    Python task, or a reason to sleep after `spin` polls without a ticket. Going to sleep
-    it says SLEEPING first, then looks once more, so a ticket posted meanwhile is never
-    missed (the caller posts, then looks at STATE: one of the two sees the other)."""
-    polls = 0
+    Python task, or a reason to sleep once `spin` clock ticks pass without a ticket. Going
+    to sleep it says SLEEPING first, then looks once more, so a ticket posted meanwhile is
+    never missed (the caller posts, then looks at STATE: one of the two sees the other)."""
+    idle = _clock()
     while True:
         ticket = _load(control, TICKET)
         if ticket != seen:
@@ -150,15 +168,13 @@ def serve(control, tasks, seen, spin):
                 return seen, RUN_PYTHON
             run_tasks(tasks, _load(control, COUNT))
             _store(control, DONE, seen)
-            polls = 0
-        elif polls < spin:
-            polls += 1
-        else:
+            idle = _clock()
+        elif _clock() - idle >= spin:
             _store(control, STATE, SLEEPING)
             if _load(control, TICKET) == seen:
                 return seen, SLEEP
             if _swap_if(control, STATE, SLEEPING, SPINNING):
-                polls = 0  # a ticket came before the caller saw SLEEPING: serve it
+                idle = _clock()  # a ticket came before the caller saw SLEEPING: serve it
             else:
                 return seen, SLEEP_WOKEN
 
