@@ -16,6 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .spec import as_yaml
 from .text import bits_name, scores
 from .train import Callback
 
@@ -295,7 +296,7 @@ def start_lines(trainer):
         out.append(f"checkpoint: {trainer.output}")
     r = trainer.resumed
     if r:
-        changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in r["changes"].items())
+        changed = ", ".join(f"{k} {as_yaml(a)} -> {as_yaml(b)}" for k, (a, b) in r["changes"].items())
         out.append(f"resuming {r['from']} {resume_point(r)}" + (f"; changed: {changed}" if changed else ""))
     return out
 

@@ -286,14 +286,20 @@ def load_csv(path, label, classification=True, need_label=True, columns=(), know
             raise DataError(f"{path}: label column '{label}' must be numeric for a regression loss") from None
         check_values(y, f"label column '{label}'", path)
         return x, y, []
+    if classification:  # an empty cell is no class (it would become a class named "")
+        empty = next((n for n, v in zip(lines, labels) if not v), None)
+        if empty is not None:
+            known_note = f" (classes: {', '.join(map(str, known))})" if known else ""
+            raise DataError(f"{path}:{empty}: column '{label}' has no label{known_note}")
     if all(_is_int(v) for v in labels):
         return x, np.asarray([int(v) for v in labels], np.int64), []
-    if known:  # an empty label first (unambiguous), then a name the model does not know
-        for missing in (True, False):
-            for n, v in zip(lines, labels):
-                if (not v) if missing else v not in known:
-                    what = "has no label" if missing else f"has label {v!r}, not a class the model knows"
-                    raise DataError(f"{path}:{n}: column '{label}' {what} (classes: {', '.join(map(str, known))})")
+    if known:  # a name the model does not know
+        for n, v in zip(lines, labels):
+            if v not in known:
+                raise DataError(
+                    f"{path}:{n}: column '{label}' has label {v!r}, not a class the model knows "
+                    f"(classes: {', '.join(map(str, known))})"
+                )
     classes = sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
     return x, np.asarray([index[v] for v in labels], np.int64), classes
@@ -528,15 +534,15 @@ def load(spec, loss, output_shape, vocab=None) -> Dataset:
     else:
         x = shape_batch(x)
     labels_from = ds.targets if ds.targets is not None else where  # a label problem names the labels' file
-    y = loss.check_targets(np.asarray(y), output_shape, labels_from)
-    if loss.kind(output_shape) == "multiclass" and classes and output_shape[-1] > len(classes):
-        # Fewer outputs than classes fails the label range check above; more would train,
-        # but the extra outputs stand for no class, and predictions would lose the names.
+    if loss.kind(output_shape) == "multiclass" and classes and output_shape[-1] != len(classes):
+        # Named classes: said by name (the label range check would speak of numbers). More
+        # outputs than classes would train, but the extra outputs stand for no class.
         raise DataError(
             f"{spec.where('model', 'layers', len(spec.model.layers) - 1)}: the last layer has "
             f"{output_shape[-1]} outputs, but {where} has {len(classes)} classes "
             f"({', '.join(map(str, classes[:6]))}{', ...' if len(classes) > 6 else ''}): give it {len(classes)} units"
         )
+    y = loss.check_targets(np.asarray(y), output_shape, labels_from)
     rng = np.random.default_rng([spec.seed, 1])
     order = rng.permutation(len(x)) if ds.shuffle else np.arange(len(x))
     n_test = int(round(len(x) * ds.test_split))

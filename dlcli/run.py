@@ -153,6 +153,11 @@ def choose_output(s, output=None, resume=None, overwrite=False):
     another run is writing is refused too (an advisory lock beside it)."""
 
     if output is None and resume is not None:
+        if Path(resume).name.lower().endswith(".best.npz"):  # keep_best's copy: never written over unasked
+            raise OutputError(
+                f"--resume {resume}: this is a run's best-epoch copy (keep_best); continuing would write over it. "
+                "Give -o PATH for the continued run"
+            )
         output = resume
     if output is None and not s.train.checkpoint and not overwrite:
         base = default_checkpoint_path(s)
@@ -191,6 +196,9 @@ def settings(s):
     out = {"seed": s.seed, "loss": s.loss, "model.input": list(s.model.input)}
     for i, layer in enumerate(s.model.layers):
         out[f"model.layers[{i}]"] = {layer.kind: layer.options}
+        inputs = list(layer.inputs or ())
+        if inputs != [i - 1]:  # a graph's wiring is the model too: a concat's order, a rewired input
+            out[f"model.layers[{i}].input"] = ["input" if j < 0 else f"layers[{j}]" for j in inputs]
 
     def flatten(prefix, mapping):
         for k, v in mapping.items():
@@ -219,9 +227,13 @@ def resume_changes(old, new, where="the checkpoint"):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in FIXED_ON_RESUME):
             before, after = changes[key]
             hint = " (it would re-split the data: validation samples would leak into training)"
+            if key == "data.test":  # a test file of its own splits nothing
+                hint = " (its test score would be another set's; `dlcli evaluate CHECKPOINT FILE` scores a file)"
+            elif not (key == "seed" or key.startswith("data.")):
+                hint = ""
             raise CheckpointError(
-                f"{where}: cannot resume with {key} {after!r}: it was trained with {before!r}"
-                + (hint if key == "seed" or key.startswith("data.") else "")
+                f"{where}: cannot resume with {key} {spec_mod.as_yaml(after)}: it was trained with {spec_mod.as_yaml(before)}"
+                + hint
             )
     return changes
 

@@ -46,6 +46,24 @@ from .text import TEXT_OPTIONS
 # ---------------------------------------------------------------- dataclasses
 
 
+def as_yaml(value):
+    """A setting's value as a spec would write it (null, val_loss, {dropout: {rate: 0.5}}),
+    for messages that name one: not Python's None and quotes."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        return v
+
+    try:
+        text = yaml.safe_dump(plain(value), default_flow_style=True, width=1 << 30)
+    except yaml.YAMLError:
+        return repr(value)
+    return text.strip().removesuffix("...").strip()
+
+
 @dataclass
 class LayerSpec:
     """One node of the model's graph. `index` is its place in the order the nodes run

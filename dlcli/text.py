@@ -117,7 +117,20 @@ def vocabulary(spec):
     train, _ = _split(tokens, spec.data.validation_split)
     if not train:
         raise DataError(f"{spec.data.source}: the text has no tokens to train on")
-    return Vocabulary.build(train, o["level"], o["unk"], o["min_count"])
+    return _built(spec, train)
+
+
+def _built(spec, train_tokens):
+    """Vocabulary.build for the spec's options; an unknown token that is one of the text's
+    own would swallow it (every 'a' read as unknown): refused."""
+    o = spec.data.text
+    if o["unk"] in set(train_tokens):
+        raise DataError(
+            f"{spec.where('data', 'text', 'unk')}: data.text.unk {o['unk']!r} occurs in the text as a "
+            f"{'character' if o['level'] == 'char' else 'word'} of its own; give a token the text never holds "
+            "(default <unk>)"
+        )
+    return Vocabulary.build(train_tokens, o["level"], o["unk"], o["min_count"])
 
 
 def windows(ids, seq_len, stride):
@@ -141,7 +154,7 @@ def load(spec, loss, output_shape, vocab=None):
     tokens = tokenize(content, o["level"])
     train_tokens, val_tokens = _split(tokens, ds.validation_split)
     if vocab is None:
-        vocab = Vocabulary.build(train_tokens, o["level"], o["unk"], o["min_count"])
+        vocab = _built(spec, train_tokens)
     seq_len, stride = o["seq_len"], o["stride"] or o["seq_len"]
     output_shape = tuple(output_shape)
     if output_shape[:-1] != (seq_len,) or output_shape[-1] < vocab.size:

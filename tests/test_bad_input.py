@@ -327,6 +327,19 @@ DATA_FILES = [
         CSV.replace("{dense: 2}]", "{dense: 3}]"),
         ["s.yaml:4:", "the last layer has 3 outputs, but d.csv has 2 classes (cat, dog): give it 2 units"],
     ),
+    (
+        "csv-fewer-outputs-than-classes",
+        {"d.csv": "a,b,label\n" + "1,2,cat\n3,4,dog\n5,6,emu\n" * 3},
+        CSV,
+        ["s.yaml:4:", "the last layer has 2 outputs, but d.csv has 3 classes (cat, dog, emu): give it 3 units"],
+    ),
+    # an empty label cell is no class named "" (it trained, predicting a class with no name)
+    (
+        "csv-empty-label",
+        {"d.csv": "a,b,label\n" + "1,2,cat\n3,4,\n" * 3},
+        CSV,
+        ["d.csv:3: column 'label' has no label"],
+    ),
     ("csv-inf", {"d.csv": "a,b,label\n1,2,0\n-inf,1,1\n"}, CSV, ["d.csv:3", "column 'a'"]),
     (  # a test file's unknown class is named by its line, as the training file's errors are
         "csv-test-file-unknown-class",

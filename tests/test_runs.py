@@ -103,9 +103,38 @@ def test_resume_refusals_name_what_matters(write_spec):
     ok(invoke("train", p, "-o", "r.npz", "-q"))
     other = write_spec(TEXT.replace("builtin:moons, options: {samples: 200}", "builtin:spirals, options: {classes: 2}"))
     line = one_line_error(invoke("train", other, "--resume", "r.npz", "-o", "s.npz"))
-    assert "cannot resume with data.source 'builtin:spirals'" in line, line
+    assert "cannot resume with data.source builtin:spirals: it was trained with builtin:moons" in line, line
     line = one_line_error(invoke("train", "--resume", "r.npz", "--epochs", 1))
     assert "already trained 1 epoch, --epochs 1 asks for no more; pass --epochs N with N > 1" in line, line
+
+
+GRAPH = """\
+name: wired
+seed: 0
+data: {source: builtin:moons, options: {samples: 200}}
+model:
+  input: [2]
+  layers:
+    - {dense: 4, name: a}
+    - {dense: 3, name: b}
+    - {concat: null, input: [a, b], name: both}
+    - dense: 2
+train: {epochs: 1, batch_size: 32}
+"""
+
+
+def test_resume_refuses_a_rewired_graph(write_spec):
+    """A concat's inputs reordered, or a layer fed from elsewhere, is another model: the
+    next layer's weights would meet other features (a tester saw val_acc 0.90 -> 0.37)."""
+    ok(invoke("train", write_spec(GRAPH), "-o", "g.npz", "-q"))
+    reordered = write_spec(GRAPH.replace("input: [a, b]", "input: [b, a]"))
+    line = one_line_error(invoke("train", reordered, "--resume", "g.npz", "--epochs", 2, "-o", "g2.npz"))
+    assert "cannot resume with model.layers[2].input ['layers[1]', 'layers[0]']: it was trained with" in line, line
+    rewired = write_spec(GRAPH.replace("{dense: 3, name: b}", "{dense: 3, name: b, input: input}"))
+    line = one_line_error(invoke("train", rewired, "--resume", "g.npz", "--epochs", 2, "-o", "g3.npz"))
+    assert "cannot resume with model.layers[1].input [input]: it was trained with" in line, line
+    renamed = write_spec(GRAPH.replace("name: both", "name: joined"))  # a name alone changes nothing
+    ok(invoke("train", renamed, "--resume", "g.npz", "--epochs", 2, "-o", "g4.npz", "-q"))
 
 
 def test_resume_refuses_data_that_changed_under_the_same_spec(write_spec, tmp_path):
@@ -313,6 +342,13 @@ def test_test_split_and_best_checkpoint(write_spec):
     # the three splits are disjoint and cover the data
     x_all = np.concatenate([d.x_train, d.x_val, d.x_test])
     assert len(np.unique(x_all, axis=0)) == 200
+    # resuming the best copy would write over it: refused unless the run goes elsewhere
+    before = open("runs/flow.best.npz", "rb").read()
+    refused = invoke("train", "--resume", "runs/flow.best.npz", "--epochs", "6")
+    assert refused.exit_code == 2 and "best-epoch copy" in refused.output and "-o PATH" in refused.output
+    assert open("runs/flow.best.npz", "rb").read() == before
+    out = ok(invoke("train", "--resume", "runs/flow.best.npz", "--epochs", "6", "-o", "from_best.npz"))
+    assert "from_best.best.npz" in out and open("runs/flow.best.npz", "rb").read() == before
 
 
 def test_test_file_with_x_test_keys(write_spec, tmp_path):

@@ -356,3 +356,16 @@ def test_predict_checks_every_token_id_before_writing_any_prediction(trained, tm
     np.save(tmp_path / "ids.npy", ids)
     good = CliRunner().invoke(main, ["predict", ckpt, str(tmp_path / "ids.npy")])
     assert good.exit_code == 0 and len(good.stdout.splitlines()) == 3001, good.output
+
+
+@pytest.mark.parametrize("level,unk", [("char", "a"), ("word", "the")])
+def test_an_unknown_token_the_text_holds_is_refused(write_spec, tmp_path, level, unk):
+    """unk: "a" swallowed every letter a (vocabulary 29 "with a", a never generated)."""
+    (tmp_path / "t.txt").write_text("the cat sat on the mat and the rat ran away " * 20)
+    p = write_spec(
+        f"data: {{source: {tmp_path / 't.txt'}, text: {{level: {level}, seq_len: 8, unk: {unk}}}}}\n"
+        "model:\n  layers: [{embedding: 4}, {lstm: {units: 8, return_sequences: true}}, {dense: vocab}]\n"
+    )
+    r = CliRunner().invoke(main, ["summary", str(p)])
+    assert r.exit_code == 2 and f"data.text.unk '{unk}' occurs in the text" in r.output, r.output
+    assert re.search(r"spec\.yaml:\d+:\d+: ", r.output) and "Traceback" not in r.output
