@@ -206,7 +206,7 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
     elif sys.stdout.isatty():
         display = Dashboard()
     else:
-        display = PlainProgress(click.echo)
+        display = PlainProgress(_echo_while_read)
     try:
         result, saved, trainer = run.train(
             s,
@@ -223,34 +223,49 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
         kept = getattr(e, "kept", None)
         if not kept or sync is not None:  # under MPI, `failing_together` ends every rank
             raise
-        _say_stopped("Interrupted. The last checkpoint written is kept.", kept)
+        _say_stopped("Interrupted. The last checkpoint written is kept.", kept, log_path, log_grad_norms)
         return 130
     code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
     if not speaks:
         return code
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     for line in final_lines(result, saved, trainer, width):
-        click.echo(line)
+        _echo_while_read(line)
     kept = saved or resume  # a resumed run that wrote nothing yet leaves the checkpoint it came from
     if result.stopped == "interrupted":
-        _say_stopped(f"Stopped: {result.message}.", kept)
+        _say_stopped(f"Stopped: {result.message}.", kept, log_path, log_grad_norms)
     if result.stopped == "diverged":
         what = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint was written yet"
         click.echo("Error: " + result.message.replace("the last good checkpoint is kept", what), err=True)
     return code
 
 
-def _say_stopped(sentence, kept):
+def _echo_while_read(line):
+    """click.echo to stdout until its reader has gone (`train ... | tail`, tail ended by the
+    same Ctrl-C): then nothing more goes there, and the run goes on to save its checkpoint
+    and say on stderr what is kept, instead of ending in a BrokenPipeError."""
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _say_stopped(sentence, kept, log_path=None, log_grad_norms=False):
     """The sentence (on stderr, broken between words to fit a terminal), then the command
     that resumes the run on a line of its own: the one line a user copies, never broken
-    inside the path by a wrap that happened to fall there."""
+    inside the path by a wrap that happened to fall there. It keeps the run's --log (a
+    resume without it would record nothing more there)."""
+    import shlex
     import textwrap
 
     width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
     for line in textwrap.wrap(sentence, width, break_on_hyphens=False) if width else [sentence]:
         click.echo(line, err=True)
     if kept:
-        click.echo(f"Resume with: dlcli train --resume {kept}", err=True)
+        command = f"dlcli train --resume {shlex.quote(str(kept))}"
+        if log_path:
+            command += f" --log {shlex.quote(str(log_path))}" + (" --log-grad-norms" if log_grad_norms else "")
+        click.echo(f"Resume with: {command}", err=True)
 
 
 def final_lines(result, saved, trainer, width=None):

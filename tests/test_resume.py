@@ -182,3 +182,22 @@ def test_a_second_ctrl_c_while_the_stopped_run_saves_still_says_how_to_resume(tm
     assert "Interrupted. The last checkpoint written is kept." in out.output
     assert f"\nResume with: dlcli train --resume {tmp_path / 'm.npz'}\n" in out.output
     assert checkpoint.load(tmp_path / "m.npz").meta["epochs_done"] == 1
+
+
+def test_a_stopped_run_with_a_log_resumes_into_it_and_a_closed_pipe_still_says_so(tmp_path):
+    """The resume command keeps --log (without it the resumed run recorded nothing more);
+    `train ... | tail` with tail gone at the Ctrl-C exited 1 in silence: now 130, and
+    stderr names the kept checkpoint."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(samples=400, epochs=5))
+    log = tmp_path / "my log.jsonl"
+    env = dict(os.environ, DLCLI_TEST_SIGINT_AT_STEP="30")
+    cmd = [sys.executable, "-m", "dlcli", "train", str(spec), "-o", str(tmp_path / "m.npz"), "--threads", "1"]
+    p = subprocess.Popen(
+        [*cmd, "--log", str(log), "--log-grad-norms"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    p.stdout.close()  # the reader has gone
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 130, err
+    assert f"Resume with: dlcli train --resume {tmp_path / 'm.npz'} --log '{log}' --log-grad-norms" in err, err
+    assert "Traceback" not in err
