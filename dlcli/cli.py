@@ -180,7 +180,7 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
     if spec_file is None:
         if resume is None:
             raise click.UsageError("give a SPEC_FILE, or --resume CHECKPOINT")
-        s, _ = run.spec_or_checkpoint(resume)
+        s, _ = run.spec_or_checkpoint(resume, checkpoint_only=True)
     else:
         s = run.load_spec(spec_file)
         if threads is None:

@@ -418,9 +418,19 @@ def _check_monitors(s, dataset):
             )
 
 
-def spec_or_checkpoint(path):
-    """A spec file or a checkpoint (.npz): returns (spec, checkpoint or None)."""
-    if str(path).endswith(".npz"):
+def spec_or_checkpoint(path, checkpoint_only=False):
+    """A spec file or a checkpoint: returns (spec, checkpoint or None). A checkpoint is
+    known by its name (.npz) or its first bytes (a zip file's), so a renamed copy
+    (m.npz.bak) still reads as one; `checkpoint_only` (--resume): never a spec."""
+    if checkpoint_only or str(path).lower().endswith(".npz") or _zip_file(path):
         ckpt = checkpoint.load(path)
         return ckpt.spec(), ckpt
     return spec_mod.load(path), None
+
+
+def _zip_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:  # missing, a directory, unreadable: the spec loader says which
+        return False

@@ -681,3 +681,18 @@ def test_a_seeded_run_gives_the_same_bits_on_one_thread_and_on_two(write_spec):
     one, two = checkpoint.load("one.npz").params, checkpoint.load("two.npz").params
     for k in one:
         assert np.array_equal(one[k], two[k]), k
+
+
+def test_a_checkpoint_is_known_by_its_bytes_and_resume_never_reads_a_spec(write_spec, tmp_path):
+    """A renamed copy (r.npz.orig) read as a spec ("byte 0x89 ... is it a spec?"); a
+    missing --resume file was a "spec file not found", a CSV given to --resume a YAML error."""
+    import shutil
+
+    ok(invoke("train", write_spec(TEXT), "-o", "r.npz", "-q"))
+    shutil.copyfile("r.npz", "r.npz.orig")
+    assert "dense" in ok(invoke("summary", "r.npz.orig"))
+    line = one_line_error(invoke("train", "--resume", "gone.npz.bak"))
+    assert "checkpoint not found: gone.npz.bak" in line, line
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    line = one_line_error(invoke("train", "--resume", str(tmp_path / "t.csv")))
+    assert "t.csv" in line and "YAML" not in line and "spec" not in line, line
