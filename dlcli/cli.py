@@ -585,7 +585,7 @@ def evaluate(model, data_file, as_json, batch_size, label, split, keys, threads,
         click.echo(jsontext.dumps(r.as_dict(), indent=2))
         return
     console = stdout_console()
-    for renderable in predict_mod.evaluation_report(r):
+    for renderable in predict_mod.evaluation_report(r, console.width if sys.stdout.isatty() else None):
         console.print(renderable)
 
 

@@ -597,9 +597,11 @@ def evaluate(model_path, data_path, batch_size=1024, label=None, progress=None, 
     return result
 
 
-def evaluation_report(r):
+def evaluation_report(r, width=None):
     """What `dlcli evaluate` prints: a summary line, the per-class table and the
-    confusion matrix (rows: true class), as Rich renderables."""
+    confusion matrix (rows: true class), as Rich renderables. A matrix wider than `width`
+    (a text model's vocabulary: 30 classes and more) is named, not drawn: cut to fit, its
+    cells were empty or '…'; `--json` has it whole."""
     from rich.table import Table
 
     from .dashboard import fmt
@@ -619,6 +621,11 @@ def evaluation_report(r):
         per.add_column(name, justify="left" if name == "class" else "right")
     for c, p, rc, s in zip(r.classes, r.precision, r.recall, r.support):
         per.add_row(str(c), pct(p), pct(rc), str(s))
+    cells = [len(str(c)) for c in r.classes] + [len(str(v)) for row in r.confusion for v in row]
+    label_w = max([len("true \\ predicted")] + [len(str(c)) for c in r.classes])
+    matrix_w = label_w + 4 + len(r.classes) * (max(cells) + 3)  # Rich's borders and padding
+    if width is not None and matrix_w > width:
+        return out + [per, f"confusion matrix: {len(r.classes)} classes, {matrix_w} columns wide; --json has it"]
     cm = Table(title="confusion matrix")
     cm.add_column("true \\ predicted")
     for c in r.classes:

@@ -562,3 +562,25 @@ def test_loading_a_checkpoint_draws_no_initial_values(tmp_path, monkeypatch):
     for k, v in state.items():
         np.testing.assert_array_equal(v, saved[k])
     assert np.abs(state[next(k for k in state if "w_recurrent" in k)]).sum() > 0
+
+
+def test_a_confusion_matrix_too_wide_for_the_terminal_is_named_not_drawn_empty():
+    """A text model's 30 classes in 80 columns: every cell was empty; now one line says so."""
+    from rich.console import Console
+
+    from dlcli.predict import Evaluation, evaluation_report
+
+    def report(k, width):
+        r = Evaluation(100, "cross_entropy", 0.5, 0.9, [f"c{i}" for i in range(k)], [0.5] * k, [0.5] * k, [3] * k)
+        r.confusion = [[7] * k for _ in range(k)]
+        out = evaluation_report(r, width)
+        console = Console(width=width, record=True, file=io.StringIO())
+        for part in out:
+            console.print(part)
+        return console.export_text()
+
+    wide = report(30, 80)
+    assert "confusion matrix: 30 classes, " in wide and "--json has it" in wide and "…" not in wide
+    small = report(10, 80)
+    assert "confusion matrix" in small and "--json has it" not in small and "…" not in small
+    assert all(len(line) <= 80 for line in small.splitlines())
