@@ -344,7 +344,7 @@ def record(paths, threads=2):
 
         for module in [m for name, m in sys.modules.items() if name.startswith("dlcli.kernels.")]:
             for value in vars(module).values():
-                if isinstance(value, Dispatcher) and value._can_compile:  # not those compiled on import
+                if isinstance(value, Dispatcher):
                     yield value
 
     @contextmanager

@@ -256,8 +256,9 @@ def train(
     ended may go on (with fresh patience); without it, such a run is finished."""
     ckpt = checkpoint.load(resume) if resume is not None else None
     changes = resume_changes(ckpt.spec(), s, resume) if ckpt is not None else {}
-    node_share = sync.default_threads() if sync is not None else None  # this rank's cores
-    runtime.set_threads(s.train.threads or node_share, s.train.deterministic, cores=node_share)
+    runtime.set_threads(
+        s.train.threads or (sync.default_threads() if sync is not None else None), s.train.deterministic
+    )
     vocab = vocabulary_of(ckpt)  # a resumed text model keeps its token ids
     if vocab is None and s.data.text is not None:
         vocab = text.vocabulary(s)

@@ -3,30 +3,24 @@ shard threads themselves. No kernel uses Numba's `parallel=True` (kernels/conv.p
 why): each is a serial nogil kernel over a range of tasks, and `sharded` runs one range
 per core in these threads."""
 
-import functools
 import os
 import threading
-import time
 from pathlib import Path
 
 _blas_limit = None
 _threads = None
 _serial = False  # True while `serial(True)` holds BLAS and the shards to one thread
 _deterministic = True  # `matmul` in fixed blocks of one-thread BLAS calls (train.deterministic)
-_cores = None  # the cores this process may keep busy, when not all it may run on (set_threads)
 
 
-def set_threads(n=None, deterministic=None, cores=None):
+def set_threads(n=None, deterministic=None):
     """Use n cores (all when None) for BLAS and the shard threads. `deterministic` (None:
     as before) makes `matmul` give the same bits for any n: BLAS then runs one thread per
-    call and the products' blocks are spread over the shard threads. `cores`: how many
-    this process may keep busy (the node's, divided among its MPI ranks; default all it
-    may run on): more threads than that never poll for work (`_spin`)."""
-    global _blas_limit, _threads, _serial, _deterministic, _cores
+    call and the products' blocks are spread over the shard threads."""
+    global _blas_limit, _threads, _serial, _deterministic
     from threadpoolctl import threadpool_limits
 
     keep_freed_memory()
-    _cores = cores
     if deterministic is not None:
         _deterministic = bool(deterministic)
     n = n or os.cpu_count() or 1
@@ -79,89 +73,25 @@ def matmul(a, b, out):
 def matmuls(*products):
     """`matmul` of each (a, b, out), independent products (a layer's weight and input
     gradients): in deterministic mode all their blocks go to the shard threads in one
-    hand-over, each block a one-thread BLAS call from a nogil kernel (kernels/blas.py)."""
+    hand-over (~20 us each on this machine, a sixth of a 64 x 256 x 256 block)."""
     import numpy as np
 
     if not _deterministic:
         for a, b, out in products:
             np.matmul(a, b, out=out)
         return
-    gemm = _gemm_functions()
-    if not gemm:
-        return _numpy_blocks(products)
-    from dlcli.kernels import blas
-
-    rows, works, kept = [], [], []  # kept: operand copies the rows point into, alive until done
-    for a, b, out in products:
-        by_rows, blocks, block_works = _cuts(a.shape[0], b.shape[1], a.shape[1])
-        block_rows = blas.task_rows(a, b, out, by_rows, blocks, kept, gemm)
-        if block_rows is None:  # an output BLAS cannot write in place, other dtypes, an empty product
-            np.matmul(a, b, out=out)
-        else:
-            rows += block_rows
-            works += block_works
-    n = min(threads(), len(rows))
-    if n < 2 or sum(works) < SMALL_PRODUCT or not _busy.acquire(blocking=False):
-        if rows:  # small: a hand-over costs more; or the threads are busy (a call from a shard)
-            blas.run_tasks(np.array(rows, np.int64), len(rows))
-        return
-    try:
-        shares, loads = [[] for _ in range(n)], [0] * n
-        for i in sorted(range(len(rows)), key=lambda i: -works[i]):  # the largest first, to the least loaded
-            least = loads.index(min(loads))
-            shares[least].append(rows[i])
-            loads[least] += works[i]
-        if max(len(share) for share in shares) > MOST_ROWS:  # more than a worker's table holds
-            blas.run_tasks(np.array(rows, np.int64), len(rows))
-            return
-        workers = _workers_for(n)
-        for worker, share in zip(workers, shares[1:]):
-            worker.start_products(share)
-        try:
-            blas.run_tasks(np.array(shares[0], np.int64), len(shares[0]))
-        finally:
-            for worker in workers:
-                worker.wait()
-    finally:
-        _busy.release()
-
-
-@functools.lru_cache(maxsize=256)
-def _cuts(m, n, k):
-    """`product_blocks` with each block's multiply-adds, kept per shape (3 us a call)."""
-    rows, blocks = product_blocks(m, n, k)
-    other = n if rows else m
-    return rows, blocks, [(hi - lo) * other * k for lo, hi in blocks]
-
-
-_gemm = None  # (sgemm, dgemm) addresses once looked up; False: NumPy's BLAS has none
-
-
-def _gemm_functions():
-    """kernels/blas.py's (sgemm, dgemm) addresses, looked up once; False if there are none."""
-    global _gemm
-    if _gemm is None:
-        from dlcli.kernels import blas
-
-        _gemm = blas.gemm_functions() or False
-    return _gemm
-
-
-def _numpy_blocks(products):
-    """`matmuls` where NumPy's BLAS has no CBLAS for kernels/blas.py to call: the same
-    blocks as NumPy calls, handed to the shard threads as Python tasks."""
     tasks = []
     for a, b, out in products:
         rows, blocks = product_blocks(a.shape[0], b.shape[1], a.shape[1])
         other = b.shape[1] if rows else a.shape[0]
         tasks += [((hi - lo) * other * a.shape[1], (a, b, out, rows, lo, hi)) for lo, hi in blocks]
     n = min(threads(), len(tasks))
-    if n < 2 or sum(work for work, _ in tasks) < SMALL_PRODUCT:
+    if n < 2 or sum(work for work, _ in tasks) < SMALL_PRODUCT:  # small: a hand-over costs more
         for _, task in tasks:
             _block(*task)
         return
     shares, loads = [[] for _ in range(n)], [0] * n
-    for work, task in sorted(tasks, key=lambda t: -t[0]):
+    for work, task in sorted(tasks, key=lambda t: -t[0]):  # the largest first, to the least loaded
         least = loads.index(min(loads))
         shares[least].append(task)
         loads[least] += work
@@ -191,107 +121,47 @@ def shard_bounds(n_rows, n_shards=None):
     return list(zip(edges[:-1], edges[1:]))
 
 
-# A worker with nothing to do polls its ticket for this long before it sleeps on its lock:
-# long enough for the next product of a step after a short pass between them, short
-# enough to cost little on a machine busier than its cores. There, a thread that polls
-# for long loses its turn to the threads doing work: with 1.5 ms of polling (load average
-# 5 on 2 cores) the residual MLP trained at 0.23x the speed of workers that sleep at once.
-# No polling at all when there are more threads than cores.
-SPIN_SECONDS = 50e-6
-WAIT_POLLS = 1 << 18  # the caller's polls between looks at Ctrl-C while a worker finishes
-MOST_ROWS = 64  # task rows a worker takes at once: 3 products of 8 blocks, with room
-_ticks_per_second = None
-
-
-def _spin():
-    """Clock ticks an idle worker polls before it sleeps (none if threads outnumber cores)."""
-    global _ticks_per_second
-    cores = _cores
-    if cores is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-    if threads() > cores or SPIN_SECONDS <= 0:
-        return 0
-    if _ticks_per_second is None:  # the cycle counter's rate, once (~10 ms)
-        from dlcli.kernels import blas
-
-        t0, c0 = time.perf_counter(), blas.clock()
-        time.sleep(0.01)
-        _ticks_per_second = (blas.clock() - c0) / (time.perf_counter() - t0)
-    return int(SPIN_SECONDS * _ticks_per_second)
-
-
 class _Worker:
-    """A shard thread. It waits for a ticket in a nogil kernel (kernels/blas.py: serve):
-    a ticket of BLAS products it runs there, without the GIL; a Python task (`start`) it
-    runs after returning to Python. After SPIN_SECONDS idle it sleeps on a lock, which the
-    next ticket releases. Through the lock a hand-over cost 21-25 us back to back and
-    74-106 us after 1 ms idle; while the worker polls, 1-2 us."""
+    """A thread that runs one task at a time, handed over with two locks. Cheaper than
+    an executor (futures, a queue, a condition per task): a two-shard call of a trivial
+    kernel measured 16-18 us against 27-33 us through ThreadPoolExecutor, and 13-14 us
+    for a Numba `prange` loop over OpenMP."""
 
     def __init__(self, index):
-        import numpy as np
-
-        from dlcli.kernels import blas
-
-        self.blas = blas
-        self.control = np.zeros(blas.CONTROL_SIZE, np.int64)
-        self.rows = np.zeros((MOST_ROWS, blas.FIELDS), np.int64)
-        self.ticket = 0
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.go, self.done = threading.Lock(), threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
         self.task = None
         self.result = None
         threading.Thread(target=self._loop, name=f"dlcli-shard-{index}", daemon=True).start()
 
     def _loop(self):
-        blas, seen = self.blas, 0
         while True:
-            seen, why = blas.serve(self.control, self.rows, seen, _spin())
-            if why != blas.RUN_PYTHON:
-                self.wake.acquire()
-                continue
+            self.go.acquire()
             try:
                 self.result = (self.task(), None)
             except BaseException as e:  # handed to the caller, which raises it
                 self.result = (None, e)
             self.task = None
-            # A plain store, not a kernel call: returning from one would wait for the GIL
-            # again. The caller reads `result` only after taking the GIL, which this
-            # thread releases next (in serve): it then sees the result.
-            self.control[blas.DONE] = seen
-
-    def _post(self, kind, count=0):
-        self.ticket += 1
-        if self.blas.post(self.control, self.ticket, kind, count):
-            self.wake.release()
+            self.done.release()
 
     def start(self, task):
         self.task = task
-        self._post(self.blas.PYTHON)
-
-    def start_products(self, rows):
-        self.rows[: len(rows)] = rows
-        self._post(self.blas.PRODUCTS, len(rows))
+        self.go.release()
 
     def wait(self):
         """The task's result (its exception raised here). A Ctrl-C while waiting is held
         until the task is done, so no task still writes into buffers after the call."""
         interrupted = None
-        polls = 0
         while True:
             try:
-                if self.blas.wait_done(self.control, self.ticket, WAIT_POLLS):
-                    break
-                polls += 1
-                if polls > 4:  # a long task (~1 ms so far): look less often, leave the core
-                    time.sleep(50e-6)
+                self.done.acquire()
+                break
             except KeyboardInterrupt as e:
                 interrupted = e
         if interrupted is not None:
             raise interrupted
-        value, error = self.result or (None, None)
+        value, error = self.result
         self.result = None
         if error is not None:
             raise error
@@ -312,13 +182,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _workers_for(n):
-    """The first n - 1 workers (made when first needed); call with `_busy` held."""
-    while len(_workers) < n - 1:
-        _workers.append(_Worker(len(_workers) + 1))
-    return _workers[: n - 1]
-
-
 def run_shards(fn, n):
     """fn(k) for k in 0..n-1 at once and their results: shard 0 in the calling thread, the
     others in worker threads. fn must release the GIL (call a nogil Numba kernel) for the
@@ -327,17 +190,18 @@ def run_shards(fn, n):
     if n < 2 or not _busy.acquire(blocking=False):
         return [fn(k) for k in range(n)]
     try:
-        workers = _workers_for(n)
-        for k, worker in enumerate(workers, 1):
-            worker.start(lambda k=k: fn(k))
+        while len(_workers) < n - 1:
+            _workers.append(_Worker(len(_workers) + 1))
+        for k in range(1, n):
+            _workers[k - 1].start(lambda k=k: fn(k))
         try:
             first = fn(0)
         finally:
             rest = []
             error = None
-            for worker in workers:
+            for k in range(1, n):
                 try:
-                    rest.append(worker.wait())
+                    rest.append(_workers[k - 1].wait())
                 except BaseException as e:
                     error = error or e
     finally:
@@ -436,7 +300,7 @@ def uncompiled_kernels(model):
     """The model's layer kinds whose kernels are not compiled yet, in model order (or
     'optimizer' when only the shared kernels are missing): an empty cache makes the first
     step wait for the compiler, and a run should say so. Imports no Numba."""
-    missing = {m for m in ("elementwise", "losses", "blas") if not _cached(m)}
+    missing = {m for m in ("elementwise", "losses") if not _cached(m)}
     kinds = []
     for layer in model.layers:
         if layer.fused:  # a relu the layer before applies: it calls no kernel of its own

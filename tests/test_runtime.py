@@ -168,15 +168,12 @@ def test_matmuls_gives_each_product_the_bits_of_matmul_and_hands_small_ones_over
                 first = dw.copy(), dx.copy()
             assert np.array_equal(dw, first[0]) and np.array_equal(dx, first[1]), n
         calls = []
-        start = runtime._Worker.start_products
-        monkeypatch.setattr(
-            runtime._Worker, "start_products", lambda self, rows: calls.append(len(rows)) or start(self, rows)
-        )
+        monkeypatch.setattr(runtime, "run_shards", lambda fn, k: calls.append(k) or [fn(i) for i in range(k)])
         runtime.set_threads(2, deterministic=True)
         small = [(rng.standard_normal((4, 8)).astype(np.float32), w[:8, :8].copy(), np.empty((4, 8), np.float32))] * 2
         runtime.matmuls(*small)
         assert calls == []  # two tiny products: done here, no hand-over
         runtime.matmuls((x.T, dy, dw), (dy, w.T, dx))
-        assert calls == [2]  # one hand-over for both: a block of each (four blocks, two here)
+        assert calls == [2]  # one hand-over for both
     finally:
         runtime.set_threads(None)
