@@ -98,6 +98,7 @@ class MetricsLog(Callback):
                     "epoch_step": r["epoch_step"],
                     "step": r["step"],
                     "changes": changes,
+                    **({"lr_next": list(r["lr_moves"])} if r.get("lr_moves") else {}),  # [was going to be, is]
                 }
             )
 

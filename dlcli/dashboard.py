@@ -298,6 +298,12 @@ def start_lines(trainer):
     if r:
         changed = ", ".join(f"{k} {as_yaml(a)} -> {as_yaml(b)}" for k, (a, b) in r["changes"].items())
         out.append(f"resuming {r['from']} {resume_point(r)}" + (f"; changed: {changed}" if changed else ""))
+        if r.get("lr_moves"):
+            before, after = r["lr_moves"]
+            out.append(
+                f"the lr schedule now spans {trainer.epochs} epochs: the next step's lr is {fmt(after)} "
+                f"(it was going to be {fmt(before)})"
+            )
     return out
 
 

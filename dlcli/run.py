@@ -4,6 +4,7 @@ where a run writes, build, train, summarise."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -342,6 +343,9 @@ def train(
                 "step": trainer.step,  # steps done: it goes on at step + 1
                 "changes": changes,
             }
+            moves = _schedule_moves(ckpt.spec(), s, start_epoch + skip / trainer.steps_per_epoch, state)
+            if moves is not None:
+                trainer.resumed["lr_moves"] = moves
             if s.train.keep_best and best_path(output).exists():
                 trainer.best_params = checkpoint.load(best_path(output)).params
         # An overflow on the way to a divergence would print NumPy's warnings (file, line,
@@ -380,6 +384,18 @@ def _check_same_data(ckpt, dataset, resume):
         "a changed file re-splits them, moving validation samples into training. Train anew, "
         "or restore the data"
     )
+
+
+def _schedule_moves(old, new, progress, state):
+    """(the lr the checkpoint's run would take next, the lr the resumed run takes) when a
+    new train.epochs moves a schedule that spans the run (cosine: more epochs raise the
+    lr again, fewer drop it), else None: a resume should say so, not jump unannounced."""
+    if old.train.epochs == new.train.epochs:
+        return None
+    # the new optimizer settings on both sides: a new --lr is listed among the changes already
+    before = optim.learning_rate(new.optimizer, progress, old.train.epochs, state.get("schedule"))
+    after = optim.learning_rate(new.optimizer, progress, new.train.epochs, state.get("schedule"))
+    return None if math.isclose(before, after, rel_tol=1e-9, abs_tol=0.0) else (before, after)
 
 
 def _carry_best(resume, output, state, writer):

@@ -694,3 +694,14 @@ def test_a_checkpoint_is_known_by_its_bytes_and_resume_never_reads_a_spec(write_
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     line = one_line_error(invoke("train", "--resume", str(tmp_path / "t.csv")))
     assert "t.csv" in line and "YAML" not in line and "spec" not in line, line
+
+
+def test_a_new_epoch_count_that_moves_a_cosine_schedule_is_said(write_spec):
+    """--epochs 6 on a 3-epoch cosine run raised the lr from 3.8e-05 back to 0.025 unannounced."""
+    p = write_spec(TEXT.replace("{name: adam, lr: 0.02}", "{name: adam, lr: 0.02, schedule: cosine}"))
+    ok(invoke("train", p, "-o", "c.npz", "--epochs", 3))
+    out = ok(invoke("train", "--resume", "c.npz", "--epochs", 6))
+    assert "changed: train.epochs 3 -> 6" in out and "the lr schedule now spans 6 epochs: the next step's lr is" in out
+    plain = write_spec(TEXT)  # a constant lr: nothing moves, nothing said
+    ok(invoke("train", plain, "-o", "k.npz"))
+    assert "schedule now spans" not in ok(invoke("train", "--resume", "k.npz", "--epochs", 3))
