@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import DlcliError
+from .errors import CheckpointError, DataError, DlcliError
 from .options import FLOAT32_MAX
 
 
@@ -354,7 +354,20 @@ def summary(source, no_data):
             + ("; set on the command line: " + _options_text(meta["overrides"]) if meta.get("overrides") else "")
         )
     if not no_data:
-        d = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
+        try:
+            d = data.load(s, loss, model.output_shape, vocab=run.vocabulary_of(ckpt))
+        except DataError as e:
+            if ckpt is None:  # a spec: the error train would give
+                raise
+            # a checkpoint reads without its data (its vocabulary and classes are inside)
+            console.print(f"data: {e} (only --resume needs them)", style="yellow", markup=False)
+            d = None
+        if d is not None and ckpt is not None:
+            try:
+                run.check_same_data(ckpt, d, source)
+            except CheckpointError as e:
+                console.print(f"note: {e}".replace(": cannot resume:", ": --resume would refuse:"), markup=False)
+    if not no_data and d is not None:
         console.print(
             f"data: {d.description}; train {list(d.x_train.shape)}, validation {list(d.x_val.shape)}"
             + (f", test {list(d.x_test.shape)}" if d.x_test is not None else "")

@@ -401,7 +401,7 @@ def _test_arrays(ds, spec_path, classification, classes, features=()):
         desc = f"{path.name} ({', '.join(keys)})" if keys[0] == "x_test" else path.name
     else:
         known = [c for c in classes if isinstance(c, str)]  # a label outside them: an error naming its line
-        x, y, names = load_csv(path, ds.label, classification, columns=features, known=known)
+        x, y, names = load_csv(path, ds.label or "label", classification, columns=features, known=known)
         if names:
             index = {c: i for i, c in enumerate(classes)}
             unknown = sorted(set(names) - set(index))
@@ -409,6 +409,12 @@ def _test_arrays(ds, spec_path, classification, classes, features=()):
                 raise DataError(f"{path}: class {unknown[0]!r} is not among the training data's classes")
             y = np.asarray([index[names[i]] for i in y], np.int64)
         desc = path.name
+    named = [c for c in classes if isinstance(c, str)] if str(ds.source).lower().endswith(".csv") else []
+    if classification and named and (path.suffix.lower() == ".npz" or not names):  # numbers for a CSV's names
+        raise DataError(
+            f"{path}: the labels are numbers, but the training data's classes are named "
+            f"({', '.join(named[:6])}{', ...' if len(named) > 6 else ''}): give the names"
+        )
     if len(x) != len(y):
         raise DataError(f"{path}: x has {len(x)} samples but y has {len(y)}")
     return x, y, f"{desc}, {len(x)} samples"

@@ -271,7 +271,7 @@ def train(
     try:
         dataset = data.load(s, loss, model.output_shape, vocab=vocab)
         if ckpt is not None:
-            _check_same_data(ckpt, dataset, resume)
+            check_same_data(ckpt, dataset, resume)
         _check_monitors(s, dataset)
         optimizer = optim.for_model(s.optimizer, model)
         if sync is not None:  # ranks on one node may share the parameters: before loading them
@@ -365,7 +365,7 @@ def train(
     return result, checkpointer.saved, trainer
 
 
-def _check_same_data(ckpt, dataset, resume):
+def check_same_data(ckpt, dataset, resume):
     """A resumed run must see the data it was trained on: the same spec with an edited file
     re-splits it (the tester's CSV, 49 rows deleted, moved validation rows into training and
     scored val_acc 1.0 against a best epoch from the old split). Checkpoints from before the

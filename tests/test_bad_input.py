@@ -347,6 +347,12 @@ DATA_FILES = [
         spec_for("d.csv", ", label: label, test: t.csv"),
         ["t.csv:3:", "column 'label' has label 'wolf', not a class"],
     ),
+    (  # numbers where the classes are named: 0 need not be the first name in sorted order
+        "csv-test-file-numbered-labels",
+        {"d.csv": "a,b,label\n" + "1,2,cat\n3,4,dog\n" * 4, "t.npz": npz_bytes(x=np.zeros((2, 2)), y=np.array([0, 1]))},
+        spec_for("d.csv", ", label: label, test: t.npz"),
+        ["t.npz: the labels are numbers, but the training data's classes are named (cat, dog): give the names"],
+    ),
     ("csv-beyond-float32", {"d.csv": "a,b,label\n1,2,0\n1,1e39,1\n"}, CSV, ["d.csv:3", "'1e39'"]),
     ("csv-not-numeric", {"d.csv": "a,b,label\n1,x,0\n"}, CSV, ["d.csv:2", "not numeric"]),
     ("csv-ragged", {"d.csv": "a,b,label\n1,2,0\n1,2\n"}, CSV, ["d.csv:3", "2 values"]),

@@ -463,7 +463,7 @@ def test_bad_prediction_options(models, args, message):
             "samples have shape (2,), but model.input is [3]",
         ),
         (lambda: np.savez("a.npz", x=np.zeros((4, 3)), y=np.zeros(5, int)) or "a.npz", "x has 4 samples but y has 5"),
-        (lambda: np.savez("a.npz", x=np.zeros((4, 3)), y=np.full(4, 7)) or "a.npz", "labels run from 7 to 7"),
+        (lambda: np.savez("a.npz", x=np.zeros((4, 3)), y=np.full(4, 7)) or "a.npz", "the labels are numbers, but"),
         (lambda: _write("a.csv", "w,h,d\n1,2,3\n"), "no column named 'kind'"),
         (
             lambda: _write("a.csv", "w,h,d,kind\n1,2,3,apple\n1,2,3,kiwi\n"),
@@ -473,8 +473,8 @@ def test_bad_prediction_options(models, args, message):
         (lambda: _write("a.csv", "w,h,d,kind\n1,2,3,0\n1,2,3,\n"), "a.csv:3: column 'kind' has no label"),
         (lambda: _write("a.csv", "w,h,kind\n1,2,apple\n"), "has no column 'd', which the model was trained with"),
         (
-            lambda: np.savez("a.npz", x=np.full((2, 3), 3e38, np.float32), y=np.zeros(2, int)) or "a.npz",
-            "a.npz: the model's output for row 0 (counting from 0) is not finite",
+            lambda: _write("a.csv", "w,h,d,kind\n3e38,3e38,3e38,apple\n3e38,3e38,3e38,apple\n"),
+            "a.csv: the model's output for row 0 (counting from 0) is not finite",
         ),
     ],
 )
@@ -584,3 +584,34 @@ def test_a_confusion_matrix_too_wide_for_the_terminal_is_named_not_drawn_empty()
     small = report(10, 80)
     assert "confusion matrix" in small and "--json has it" not in small and "…" not in small
     assert all(len(line) <= 80 for line in small.splitlines())
+
+
+def test_numbered_labels_for_a_model_of_named_classes_are_refused(tmp_path):
+    """A model trained on CSV names (high, low, mid), scored on an npz whose 0, 1, 2 meant
+    low, mid, high: accuracy 0.07 with exit 0. Refused, naming the classes."""
+    from click.testing import CliRunner
+
+    from dlcli.cli import main
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 2))
+    names = np.array(["high", "low", "mid"])[rng.integers(0, 3, 60)]
+    rows = "\n".join(f"{a:.4f},{b:.4f},{n}" for (a, b), n in zip(x, names))
+    (tmp_path / "d.csv").write_text("a,b,label\n" + rows + "\n")
+    (tmp_path / "s.yaml").write_text(
+        f"data: {{source: {tmp_path / 'd.csv'}, label: label}}\n"
+        "model: {input: [2], layers: [{dense: 3}]}\ntrain: {epochs: 1, batch_size: 16}\n"
+    )
+    ck = str(tmp_path / "m.npz")
+    assert CliRunner().invoke(main, ["train", str(tmp_path / "s.yaml"), "-o", ck, "-q"]).exit_code == 0
+    np.savez(tmp_path / "n.npz", x=x.astype(np.float32), y=rng.integers(0, 3, 60))
+    r = CliRunner().invoke(main, ["evaluate", ck, str(tmp_path / "n.npz")])
+    assert (
+        r.exit_code == 2
+        and "the labels are numbers, but the model was trained on named classes (high, low, mid)" in r.output
+    )
+    (tmp_path / "n.csv").write_text("a,b,label\n" + "\n".join(f"{a:.4f},{b:.4f},1" for a, b in x) + "\n")
+    r = CliRunner().invoke(main, ["evaluate", ck, str(tmp_path / "n.csv")])
+    assert r.exit_code == 2 and "the labels are numbers" in r.output
+    (tmp_path / "ok.csv").write_text("a,b,label\n" + rows + "\n")
+    assert CliRunner().invoke(main, ["evaluate", ck, str(tmp_path / "ok.csv")]).exit_code == 0

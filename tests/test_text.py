@@ -369,3 +369,23 @@ def test_an_unknown_token_the_text_holds_is_refused(write_spec, tmp_path, level,
     r = CliRunner().invoke(main, ["summary", str(p)])
     assert r.exit_code == 2 and f"data.text.unk '{unk}' occurs in the text" in r.output, r.output
     assert re.search(r"spec\.yaml:\d+:\d+: ", r.output) and "Traceback" not in r.output
+
+
+def test_summary_of_a_checkpoint_whose_text_is_gone_or_changed(write_spec, tmp_path):
+    """The README says a text checkpoint's summary works without its text: it ended in a
+    data error; an edited text said "spec OK" with no word that the data differ."""
+    src = tmp_path / "s.txt"
+    src.write_text("the cat sat on the mat. " * 40)
+    p = write_spec(
+        f"data: {{source: {src}, text: {{seq_len: 8}}}}\n"
+        "model:\n  layers: [{embedding: 4}, {lstm: {units: 8, return_sequences: true}}, {dense: vocab}]\n"
+        "train: {epochs: 1, batch_size: 16}\n"
+    )
+    ckpt = str(tmp_path / "lm.npz")
+    assert CliRunner().invoke(main, ["train", str(p), "-o", ckpt, "-q"]).exit_code == 0
+    src.write_text("the cat sat on the mat. " * 41)
+    r = CliRunner().invoke(main, ["summary", ckpt])
+    assert r.exit_code == 0 and "--resume would refuse: the data differ" in r.output, r.output
+    src.unlink()
+    r = CliRunner().invoke(main, ["summary", ckpt])
+    assert r.exit_code == 0 and "data file not found" in r.output and "only --resume needs them" in r.output, r.output
