@@ -649,7 +649,11 @@ def export(checkpoint_path, output, opset, check, overwrite):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--prompt", default="", help="Text to start from (default: the start of a line).")
 @click.option(
-    "--length", type=click.IntRange(min=0), default=200, show_default=True, help="Tokens (characters) to generate."
+    "--length",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Tokens to generate (characters; at word level, words and punctuation).",
 )
 @click.option(
     "--temperature",
