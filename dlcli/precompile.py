@@ -292,7 +292,8 @@ def compile_entries(entries, claimed=frozenset(), say=lambda text: None, stopped
         except _Stop:
             return
         except Exception:  # the run (or the rank's first call) compiles what it needs
-            pass
+            if stopped():  # our SIGTERM, which Numba's compiler turned into its own error: not done
+                return
         say(f"done {i}")
 
 

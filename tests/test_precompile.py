@@ -217,7 +217,8 @@ left = [d for d in patched if "compile" in vars(d)]
 import time
 from pathlib import Path
 manifest = json.loads(precompile.MANIFEST.read_text())
-slow = precompile.Helper([e[:3] for e in manifest["forward:lstm"] if e[1] == "lstm_seq_forward"])
+slow = precompile.Helper([e[:3] for kind in ("lstm", "gru", "rnn") for e in manifest["forward:" + kind]
+                          if e[1] == kind + "_seq_forward"])  # ~5 s each
 while not slow.state:
     time.sleep(0.05)
 t = time.perf_counter()
@@ -260,5 +261,7 @@ def test_a_cold_run_and_its_helper_share_the_compiling(tmp_path):
     assert "done" in states  # the helper did compile some
     assert result["left"] == 0
     assert np.isfinite(result["loss"])
-    assert result["slow_state"] == {"0": "started"}  # stopped before it was done
+    # stopped in the first of three ~5 s compiles: the others never start, and the first is
+    # "done" only if its compile ended before the stop took hold (a long LLVM call under load)
+    assert result["slow_state"] in ({"0": "started"}, {"0": "done"}), result["slow_state"]
     assert result["code"] is not None and result["stopped_in"] < 10 and result["temporary"] == []
