@@ -358,8 +358,8 @@ class Dashboard(Callback):
         self.after_first = None  # (time, step) when the run's first step ended: it may have compiled for seconds
         self.last_draw = 0.0
         self.console.print(summary_table(m, title=f"model: {trainer.spec.name}"))
-        for line in start_lines(trainer):
-            self.console.print(line, highlight=False)
+        for line in start_lines(trainer):  # whole lines (a path is copied from them), the terminal wraps them
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
         self.live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 

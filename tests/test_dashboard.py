@@ -395,3 +395,13 @@ train: {{epochs: 1, batch_size: 16}}
     first = next(k for k, ln in enumerate(lines) if "epoch 1:" in ln)
     assert re.search(r"epoch 1: loss [\d.]+ +acc [\d.]+ +bpc [\d.]+ +ppl [\d.]+", lines[first]), lines[first:]
     assert "val bpc" in lines[first + 1]
+
+
+def test_the_lines_before_the_run_are_never_broken_inside_a_path(tmp_path):
+    """An 80-column terminal got `checkpoint:` and its path on two lines joined by a real
+    newline (copy-paste broke); a path with brackets must not read as Rich markup."""
+    console = Console(file=io.StringIO(), record=True, width=80, force_terminal=True, color_system=None)
+    out = tmp_path / ("a-long-folder-name-" * 4) / "[run]" / "d.npz"
+    out.parent.mkdir(parents=True)
+    run.train(spec.parse(TEXT, "dash.yaml"), output=out, display=Dashboard(console=console))
+    assert f"checkpoint: {out}\n" in console.export_text()
