@@ -196,7 +196,7 @@ def train(spec_file, epochs, batch_size, lr, seed, threads, output, resume, over
 
 def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, more_epochs=False):
     """The train command's body after the spec; returns its exit code (0, 130 interrupted,
-    1 diverged)."""
+    143 terminated, 1 diverged)."""
     from . import run
     from .dashboard import Dashboard, PlainProgress
 
@@ -226,6 +226,8 @@ def _train(sync, s, output, resume, overwrite, log_path, log_grad_norms, quiet, 
         _say_stopped("Interrupted. The last checkpoint written is kept.", kept, log_path, log_grad_norms)
         return 130
     code = {"interrupted": 130, "diverged": 1}.get(result.stopped, 0)
+    if result.stopped == "interrupted" and trainer.interrupt.get("signal") == "SIGTERM":
+        code = 143  # 128 + SIGTERM, as a shell reports a terminated command
     if not speaks:
         return code
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None

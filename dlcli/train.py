@@ -58,9 +58,12 @@ class TrainResult:
 
 
 @contextmanager
-def stop_on_interrupt(flag):
+def stop_on_interrupt(flag, terminate=True):
     """First Ctrl-C sets flag["stop"] so the loop stops between steps with consistent
-    parameters; a second Ctrl-C interrupts at once."""
+    parameters; a second Ctrl-C interrupts at once. `terminate`: SIGTERM (`timeout`, a
+    batch system ending a job) does the same, and flag["signal"] says which came first.
+    (Under MPI the launcher's SIGTERM ends the ranks as before: a rank stopping on its own
+    would wait for the others in the next allreduce.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -69,12 +72,15 @@ def stop_on_interrupt(flag):
         if flag.get("stop"):
             raise KeyboardInterrupt
         flag["stop"] = True
+        flag.setdefault("signal", signal.Signals(signum).name)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    caught = [signal.SIGINT] + ([signal.SIGTERM] if terminate else [])
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 class Callback:
@@ -207,7 +213,7 @@ class Trainer:
             t0 = time.perf_counter()
             result = TrainResult(self.start_epoch, self.step)
             try:
-                with stop_on_interrupt(self.interrupt):
+                with stop_on_interrupt(self.interrupt, terminate=self.sync is None):
                     self._loop(result, t0)
             except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the parameters may be torn
                 self.interrupt["stop"] = True
@@ -217,7 +223,8 @@ class Trainer:
                 result.message = str(e)
             if self.interrupt.get("stop") and result.stopped == "finished" and result.epochs_done < self.epochs:
                 result.stopped = "interrupted"
-                result.message = f"interrupted at epoch {result.epochs_done + 1}, step {self.step}"
+                how = "terminated (SIGTERM)" if self.interrupt.get("signal") == "SIGTERM" else "interrupted"
+                result.message = f"{how} at epoch {result.epochs_done + 1}, step {self.step}"
             result.history = self.history
             result.step = self.step
             if result.stopped in ("finished", "early_stopped") and self.dataset.x_test is not None:

@@ -201,3 +201,26 @@ def test_a_stopped_run_with_a_log_resumes_into_it_and_a_closed_pipe_still_says_s
     assert p.wait(timeout=120) == 130, err
     assert f"Resume with: dlcli train --resume {tmp_path / 'm.npz'} --log '{log}' --log-grad-norms" in err, err
     assert "Traceback" not in err
+
+
+def test_sigterm_stops_like_ctrl_c_saving_the_run(tmp_path):
+    """`timeout` or a batch system ends a job with SIGTERM: the run exited 143 at once and
+    lost its partial epoch, saying nothing. Now it stops between steps, saves, says how
+    to resume, exit 143; the checkpoint holds the partial epoch."""
+    import signal
+    import time
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.format(samples=4000, epochs=200))
+    out = tmp_path / "m.npz"
+    p = dlcli_train(spec, "-o", out, wait=False)
+    deadline = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)  # the first epoch's checkpoint: training is under way
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "Stopped: terminated (SIGTERM) at epoch" in err and f"Resume with: dlcli train --resume {out}" in err
+    meta = checkpoint.load(out).meta
+    assert meta["step"] > 0 and "Traceback" not in err

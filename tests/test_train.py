@@ -429,12 +429,17 @@ def test_resume_writes_back_to_the_checkpoint_it_continues(tmp_path):
 
 def test_ctrl_c_handler_sets_the_flag_then_interrupts():
     flag = {}
+    before = signal.getsignal(signal.SIGTERM)
     with stop_on_interrupt(flag):
         os.kill(os.getpid(), signal.SIGINT)
-        assert flag == {"stop": True}
+        assert flag == {"stop": True, "signal": "SIGINT"}
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal of either kind: at once
+    assert flag["signal"] == "SIGINT"  # the first one says why the run stopped
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is before
+    with stop_on_interrupt(flag := {}, terminate=False):  # under MPI: the launcher's SIGTERM is left alone
+        assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.slow
