@@ -262,6 +262,8 @@ def compile_notice(trainer):
 # that keeps the reader waiting this long is explained even when the cache looked warm.
 FIRST_STEP_PATIENCE = 2.0
 FIRST_STEP_NOTICE = "waiting for the first step (a kernel's first use compiles it, once)"
+# A first step that compiles takes seconds: without this line a Ctrl-C seemed unheard.
+STOPPING_NOTICE = "stopping after this step (Ctrl-C again stops at once, keeping the last checkpoint)"
 
 
 def notice_lines(notice, width):
@@ -518,6 +520,8 @@ class Dashboard(Callback):
         if notice:  # the first step waits for the compiler: say so, with a spinner
             spin = SPINNER[int(time.perf_counter() * 10) % len(SPINNER)]
             lines += notice_lines(f"{spin} {notice}", width)
+        if tr.interrupt.get("stop") and step < self.total_steps:  # a Ctrl-C is heard at once, seen at once
+            lines += notice_lines(STOPPING_NOTICE, width)
         if e:
             stats = [Text(f"loss {fmt(e.loss)}")]
             stats += [Text(t) for t in text_scores(tr, e.loss)]

@@ -405,3 +405,20 @@ def test_the_lines_before_the_run_are_never_broken_inside_a_path(tmp_path):
     out.parent.mkdir(parents=True)
     run.train(spec.parse(TEXT, "dash.yaml"), output=out, display=Dashboard(console=console))
     assert f"checkpoint: {out}\n" in console.export_text()
+
+
+def test_a_ctrl_c_is_shown_at_once_while_the_step_runs(trained_dashboard):
+    """During a cold first step (seconds of compiling) a Ctrl-C showed nothing for ~6 s."""
+    from dlcli import dashboard
+
+    dash = trained_dashboard
+    total = dash.total_steps
+    try:
+        dash.total_steps = total + 10  # a run with steps still to go
+        dash.trainer.interrupt["stop"] = True
+        assert "stopping after this step" in frame_text(dash, 80, 24)
+        dash.trainer.interrupt.clear()
+        assert "stopping after this step" not in frame_text(dash, 80, 24)
+    finally:
+        dash.total_steps = total
+    assert dashboard.STOPPING_NOTICE.startswith("stopping after this step")
