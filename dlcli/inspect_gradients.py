@@ -146,6 +146,12 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
     return result
 
 
+def shown_name(l):
+    """A layer row's name as the spec's reader knows it: 'layers[7] dense (h)' for a layer
+    named h in the spec (logs from before the label have none)."""
+    return f"{l['name']} ({l['label']})" if l.get("label") else l["name"]
+
+
 def _batches_line(r):
     said = f"{r.batches} batch{'es' if r.batches != 1 else ''} of {r.batch_size}"
     if r.batches_asked:  # never fewer in silence
@@ -257,6 +263,7 @@ class _Measurements:
                 {
                     "index": k,
                     "name": layer.name,
+                    "label": layer.label,  # the spec's `name:`, if the layer has one
                     "kind": layer.kind,
                     # None: token ids, which have no gradient
                     "input_grad_norm": _stats(self.input_norms[k]) if self.input_norms[k] else None,
@@ -289,6 +296,7 @@ class _Measurements:
                 {
                     "index": self.layers.index(layer),
                     "name": layer.name,
+                    "label": layer.label,  # the spec's `name:`, if the layer has one
                     "kind": layer.kind,
                     "grad_norms": [float(v) for v in g],
                     "first_last_ratio": ratio_of(float(g[0]), float(g[-1])),
@@ -392,7 +400,7 @@ def verdicts(r: Inspection):
                 Verdict(
                     "dead_relu",
                     l["name"],
-                    f"dead ReLUs: {l['dead_fraction']:.0%} of {l['name']}'s units are never active on these batches, "
+                    f"dead ReLUs: {l['dead_fraction']:.0%} of {shown_name(l)}'s units are never active on these batches, "
                     "so their gradient is zero and they stop learning",
                     "lower the learning rate, use He initialisation, or standardize the inputs",
                 )
@@ -402,7 +410,7 @@ def verdicts(r: Inspection):
                 Verdict(
                     "saturation",
                     l["name"],
-                    f"saturation: {l['saturated_fraction']:.0%} of {l['name']}'s outputs sit where its derivative "
+                    f"saturation: {l['saturated_fraction']:.0%} of {shown_name(l)}'s outputs sit where its derivative "
                     "is almost 0, so they pass almost no gradient back",
                     "standardize the inputs (data.standardize), use Glorot initialisation, or relu",
                 )
@@ -586,7 +594,7 @@ def render(r: Inspection):
     ):
         t.add_column(col, justify=just)
     for l in r.layers:
-        idx, kind = str(l["index"]), l["kind"]
+        idx, kind = str(l["index"]), l["kind"] + (f" ({l['label']})" if l.get("label") else "")
         for name, p in l["params"].items():
             t.add_row(idx, kind, name, fmt(p["mean"]), fmt(p["std"]), fmt(p["update_ratio"]), "")
             idx = kind = ""
@@ -609,7 +617,7 @@ def render(r: Inspection):
     plist = r.param_layers
     parts.append(
         Panel(
-            log_bars([l["name"] for l in plist], [l["grad_norm"]["mean"] for l in plist], width=30),
+            log_bars([shown_name(l) for l in plist], [l["grad_norm"]["mean"] for l in plist], width=30),
             title="gradient norm per layer (log scale, first layer at the top)",
             title_align="left",
             border_style="blue",
@@ -716,7 +724,7 @@ def render_compare(a: Inspection, b: Inspection):
     scale = log_scale(norms[0] + norms[1])  # one scale, so the two models' bars compare
     bars = [
         Panel(
-            log_bars([l["name"] for l in x.param_layers], n, width=16, scale=scale),
+            log_bars([shown_name(l) for l in x.param_layers], n, width=16, scale=scale),
             title=label,
             border_style="blue",
             expand=False,

@@ -309,3 +309,17 @@ def test_an_input_that_overflows_float32_is_not_finite_not_exploding_and_the_jso
     p.write_text(f"data: {tmp_path / 'ok.npz'}\nmodel: {{input: [3], layers: [{{dense: 8}}, relu, {{dense: 2}}]}}\n")
     d = _strict_json(CliRunner().invoke(main, ["inspect-gradients", str(p), "--json"]).stdout)
     assert d["layers"][0]["params"]["bias"]["update_ratio"] == "inf"
+
+
+def test_layers_named_in_the_spec_are_shown_by_their_names(write_spec):
+    """A tester's layers h and side showed only as 'layers[2] dense' in tables and JSON."""
+    p = write_spec(
+        TINY.replace(
+            "[{dense: 16}, relu, {dense: 16}, sigmoid, {dense: 3}]",
+            "[{dense: 16, name: h}, relu, {dense: 16}, sigmoid, {dense: 3, name: side}]",
+        )
+    )
+    data = as_json(p, "--batches", 1)
+    assert [l["label"] for l in data["layers"]] == ["h", None, None, None, "side"]
+    out = invoke(p, "--batches", 1).output
+    assert "dense (h)" in out and "dense (side)" in out
