@@ -80,6 +80,10 @@ def load(path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):  # else np.load reports it as pickled data
+        if path.suffix.lower() in (".yaml", ".yml"):  # `export spec.yaml`: the spec, not what it trains
+            raise CheckpointError(
+                f"{path}: a spec, not a checkpoint: train it first (dlcli train {path}) and give the .npz it writes"
+            )
         raise CheckpointError(f"{path}: not a dlcli checkpoint (not a .npz file, or truncated)")
     try:
         with np.load(path, allow_pickle=False) as f:

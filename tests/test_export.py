@@ -484,6 +484,9 @@ def test_not_a_checkpoint(tmp_path):
     line = one_line_error(invoke("export", tmp_path / "bad.npz"))
     assert "not a dlcli checkpoint" in line
     assert not (tmp_path / "bad.onnx").exists()
+    (tmp_path / "g.yaml").write_text("model: {input: [2], layers: [{dense: 2}]}\n")  # the spec, not its checkpoint
+    line = one_line_error(invoke("export", tmp_path / "g.yaml"))
+    assert "a spec, not a checkpoint: train it first (dlcli train" in line, line
 
 
 def test_an_existing_file_is_replaced_only_when_asked(spirals, tmp_path):
