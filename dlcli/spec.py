@@ -485,6 +485,10 @@ def parse(text_: str, file: str = "<spec>") -> Spec:
     loss = doc.get("loss", "cross_entropy")
     if loss not in LOSSES:
         raise reader.field_error(("loss",), "must be one of " + ", ".join(LOSSES) + did_you_mean(loss, LOSSES), loss)
+    if data.text is not None and loss != "cross_entropy":  # found here, not only when the text is read (--no-data)
+        raise reader.error(
+            ("loss",), f"loss: {loss}: a text source trains next-token prediction: it needs cross_entropy"
+        )
 
     optimizer = _parse_optimizer(reader, doc.get("optimizer") or {})
     train_values = reader.options(("train",), doc.get("train") or {}, TRAIN_OPTIONS)

@@ -389,3 +389,15 @@ def test_summary_of_a_checkpoint_whose_text_is_gone_or_changed(write_spec, tmp_p
     src.unlink()
     r = CliRunner().invoke(main, ["summary", ckpt])
     assert r.exit_code == 0 and "data file not found" in r.output and "only --resume needs them" in r.output, r.output
+
+
+def test_a_text_source_with_another_loss_is_a_spec_error_even_without_the_data(write_spec):
+    """`summary --no-data` said "spec OK" for a text spec with loss: mse that can never train."""
+    p = write_spec(
+        "data: {source: gone.txt, text: {seq_len: 8}}\n"
+        "model:\n  layers: [{embedding: 4}, {lstm: {units: 8, return_sequences: true}}, {dense: vocab}]\n"
+        "loss: mse\n"
+    )
+    r = CliRunner().invoke(main, ["summary", str(p), "--no-data"])
+    assert r.exit_code == 2 and "loss: mse: a text source trains next-token prediction" in r.output, r.output
+    assert re.search(r"spec\.yaml:4:\d+: ", r.output)
