@@ -45,6 +45,7 @@ class TensorCheck:
     kinks: int
     status: str  # pass | FAIL | kink | n/a (an input of token ids: nothing to check)
     worst_index: tuple = field(default_factory=tuple)
+    label: str | None = None  # the spec's `name:` for the layer, if it has one
 
     def to_dict(self):
         d = asdict(self)
@@ -225,6 +226,9 @@ def check_model(
                     rng,
                 )
             )
+    labels = {layer.name: layer.label for layer in layers}  # the names a spec gave its layers
+    for r in results:
+        r.label = labels.get(r.layer)
     return results
 
 
@@ -476,7 +480,7 @@ def report_tables(report):
         status = r.status + (f" ({r.kinks})" if r.kinks else "")
         cells = [
             first,
-            kind if second is None else second,
+            (kind + (f" ({r.label})" if r.label else "")) if second is None else second,
             r.tensor,
             str(r.checked),
             f"{r.max_abs_error:.1e}" if r.max_abs_error is not None else "-",

@@ -211,3 +211,12 @@ def test_a_tensor_with_only_kinks_reports_no_error_figures(write_spec):
         r for r in json.loads(result.output)["checks"] if r["status"] == "kink" and r["kinks"] == r["checked"]
     ]
     assert only_kinks and all(r["max_abs_error"] is None and r["max_rel_error"] is None for r in only_kinks)
+
+
+def test_layers_named_in_the_spec_are_shown_by_their_names(write_spec):
+    """A tester's named layers (h, side) showed only as their index and type."""
+    p = write_spec(SPEC.format(loss="cross_entropy", out=3).replace("    - dense: 5\n", "    - {dense: 5, name: h}\n"))
+    data = json.loads(run(p, "--json", "--samples", 5).output)
+    labels = {(r["layer_index"], r["label"]) for r in data["checks"] if r["layer_index"] is not None}
+    assert (3, "h") in labels and (0, None) in labels
+    assert "dense (h)" in run(p, "--samples", 5).output
