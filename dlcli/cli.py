@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import CheckpointError, DataError, DlcliError
+from .errors import DataError, DlcliError
 from .options import FLOAT32_MAX
 
 
@@ -364,11 +364,9 @@ def summary(source, no_data):
             # a checkpoint reads without its data (its vocabulary and classes are inside)
             console.print(f"data: {e} (only --resume needs them)", style="yellow", markup=False)
             d = None
-        if d is not None and ckpt is not None:
-            try:
-                run.check_same_data(ckpt, d, source)
-            except CheckpointError as e:
-                console.print(f"note: {e}".replace(": cannot resume:", ": --resume would refuse:"), markup=False)
+        what = run.data_difference(ckpt, d) if d is not None and ckpt is not None else None
+        if what is not None:
+            console.print(f"note: {source}: --resume would refuse: " + run.DATA_DIFFER.format(what=what), markup=False)
     if not no_data and d is not None:
         console.print(
             f"data: {d.description}; train {list(d.x_train.shape)}, validation {list(d.x_val.shape)}"

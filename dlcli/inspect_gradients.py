@@ -146,10 +146,10 @@ def inspect(source, batches=4, batch_size=None, seed=None) -> Inspection:
     return result
 
 
-def shown_name(l):
-    """A layer row's name as the spec's reader knows it: 'layers[7] dense (h)' for a layer
-    named h in the spec (logs from before the label have none)."""
-    return f"{l['name']} ({l['label']})" if l.get("label") else l["name"]
+def shown_name(l, key="name"):
+    """A layer row's name (or its `key`, e.g. kind) as the spec's reader knows it:
+    'layers[7] dense (h)' for a layer named h in the spec (logs from before the label have none)."""
+    return f"{l[key]} ({l['label']})" if l.get("label") else l[key]
 
 
 def _batches_line(r):
@@ -594,7 +594,7 @@ def render(r: Inspection):
     ):
         t.add_column(col, justify=just)
     for l in r.layers:
-        idx, kind = str(l["index"]), l["kind"] + (f" ({l['label']})" if l.get("label") else "")
+        idx, kind = str(l["index"]), shown_name(l, "kind")
         for name, p in l["params"].items():
             t.add_row(idx, kind, name, fmt(p["mean"]), fmt(p["std"]), fmt(p["update_ratio"]), "")
             idx = kind = ""

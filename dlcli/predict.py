@@ -252,16 +252,11 @@ def _load_csv(pred, path, need_labels, label):
 
 
 def _check_labels(pred, y, where, numbered=False):
-    """The labels as the loss takes them. `numbered`: the file gave numbers, not names; a
-    model trained on a CSV's class names refuses them (number i need not mean the i-th name
-    in sorted order: a tester's 0=low, 1=mid, 2=high scored 0.07 in silence). A built-in
-    dataset's names (arm0, arm1, ...) go by their numbers."""
-    named = [c for c in pred.class_names() if isinstance(c, str)]
-    from_file = str(pred.spec.data.source).lower().endswith(".csv")  # a built-in's names go by number
-    if numbered and named and from_file and pred.loss.classification:
-        raise DataError(
-            f"{where}: the labels are numbers, but the model was trained on named classes "
-            f"({', '.join(named[:6])}{', ...' if len(named) > 6 else ''}): give the names"
+    """The labels as the loss takes them. `numbered`: the file gave numbers, not names
+    (refused for a model of a CSV's class names: data.refuse_numbered_labels)."""
+    if numbered and pred.loss.classification:
+        data.refuse_numbered_labels(
+            where, pred.class_names(), pred.spec.data.source, "the model was trained on named classes"
         )
     return pred.loss.check_targets(y, pred.output_shape, where)
 

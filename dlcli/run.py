@@ -365,25 +365,34 @@ def train(
     return result, checkpointer.saved, trainer
 
 
-def check_same_data(ckpt, dataset, resume):
-    """A resumed run must see the data it was trained on: the same spec with an edited file
-    re-splits it (the tester's CSV, 49 rows deleted, moved validation rows into training and
-    scored val_acc 1.0 against a best epoch from the old split). Checkpoints from before the
-    fingerprint (no "data" in meta) are not checked."""
+def data_difference(ckpt, dataset):
+    """How the data differ from those the checkpoint was trained on, or None: split sizes
+    that changed, else "the same sizes, other values". Checkpoints from before the
+    fingerprint (no "data" in meta) are not compared."""
     before, now = ckpt.meta.get("data"), dataset.fingerprint
     if not isinstance(before, dict) or before == now:
-        return
+        return None
     sizes = [
         f"{name} split {before.get(name)} -> {now[name]} samples"
         for name in data.Dataset.SPLITS
         if before.get(name) != now[name]
     ]
-    what = "; ".join(sizes) if sizes else "the same sizes, other values"
-    raise CheckpointError(
-        f"{resume}: cannot resume: the data differ from those it was trained on ({what}); "
-        "a changed file re-splits them, moving validation samples into training. Train anew, "
-        "or restore the data"
-    )
+    return "; ".join(sizes) if sizes else "the same sizes, other values"
+
+
+DATA_DIFFER = (
+    "the data differ from those it was trained on ({what}); a changed file re-splits them, moving "
+    "validation samples into training. Train anew, or restore the data"
+)
+
+
+def check_same_data(ckpt, dataset, resume):
+    """A resumed run must see the data it was trained on: the same spec with an edited file
+    re-splits it (the tester's CSV, 49 rows deleted, moved validation rows into training and
+    scored val_acc 1.0 against a best epoch from the old split)."""
+    what = data_difference(ckpt, dataset)
+    if what is not None:
+        raise CheckpointError(f"{resume}: cannot resume: " + DATA_DIFFER.format(what=what))
 
 
 def _schedule_moves(old, new, progress, state):
