@@ -365,15 +365,12 @@ def test_interrupt_flag_writes_a_resumable_checkpoint(tmp_path):
     assert checkpoint.load(out).meta["epoch_step"] == 0
 
 
-class SecondCtrlCAt(Callback):
+class SecondCtrlCAt(StopAt):
     """A Ctrl-C while stopping was already asked: KeyboardInterrupt from inside a step."""
 
-    def __init__(self, step):
-        self.step = step
-
     def on_step(self, trainer, e):
+        super().on_step(trainer, e)
         if e.step == self.step:
-            trainer.interrupt["stop"] = True
             raise KeyboardInterrupt
 
 
